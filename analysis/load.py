@@ -1,0 +1,228 @@
+"""A study directory → tidy pandas frames, read only through :mod:`repeatability.artifacts`.
+
+Nothing is dropped: failed, diverged, half-finished and unreadable runs are rows of ``runs``
+with their ``status``; whatever could not be read is a :class:`Problem` and the rest of the
+study is still loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from repeatability import artifacts
+from repeatability.errors import RunDirError
+
+log = logging.getLogger(__name__)
+
+# Columns that identify a run in every frame; the summary's own `cell`/`trial` keys are checked
+# against the directory name and not repeated.
+ID_COLUMNS = ("run", "cell", "model", "dataset", "optim", "variant", "trial", "status")
+FINISHED = artifacts.FINISHED_STATUSES  # complete, diverged: runs whose numbers are reported
+_NONFINITE = {"nan", "inf", "-inf"}
+
+
+class StudyError(Exception):
+    """The study cannot be analysed at all (no such directory, or no run directory in it)."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something in the study that could not be read as the contract says.
+
+    ``run`` is the run's path relative to the study (or ``"."`` for the study itself),
+    ``kind`` a short category (``summary``, ``state``, ``loss_curve``, ``generations``,
+    ``environment``, ``layout``, ``mismatch``), ``message`` the reader's own one-line error.
+    """
+
+    run: str
+    kind: str
+    message: str
+
+
+@dataclass
+class Study:
+    """One study, loaded. Frames share the identifying columns in :data:`ID_COLUMNS`.
+
+    ``runs``: one row per run directory, summary keys flattened with ``.`` (``metrics.
+    perplexity_token_weighted``, ``optimizer.effective.bits`` ...), plus ``environment.*`` and
+    ``state`` (what :func:`artifacts.run_state` said) and ``load_error``. ``status`` is the
+    run's status, or ``unreadable`` when its summary could not be read.
+    ``curves``: one row per loss-curve row; ``generations``: one row per generation.
+    """
+
+    path: Path
+    runs: pd.DataFrame
+    curves: pd.DataFrame
+    generations: pd.DataFrame
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts → one level with dotted keys; the contract's ``"nan"``/``"inf"`` → floats.
+
+    Lists stay as values (e.g. ``model.lora.target_modules``).
+    """
+    out: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        if not obj and prefix:
+            out[prefix] = None
+        for key, value in obj.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(obj, str) and obj in _NONFINITE:
+        out[prefix] = artifacts.as_float(obj)
+    else:
+        out[prefix] = obj
+    return out
+
+
+def trial_number(run_path: Path, cell: artifacts.CellKey) -> int:
+    """The trial number of a run directory, checked against :func:`artifacts.run_dir`.
+
+    Adapter until the contract offers a parser for ``trial-NN`` names (see
+    ``analysis/_contract_requests.md``): the digits are taken from the name and the result is
+    accepted only if the contract builds exactly this path back from it.
+    """
+    match = re.search(r"(\d+)$", run_path.name)
+    if match:
+        trial = int(match.group(1))
+        study = run_path.parent.parent
+        if artifacts.run_dir(study.parent, study.name, cell, trial) == run_path:
+            return trial
+    raise RunDirError(f"{run_path.name}: not a trial directory name the contract writes")
+
+
+def _read_summary(path: Path, state: str, rel: str, problems: list[Problem]) -> dict[str, Any]:
+    """The flattened summary, or ``{}``. A half-finished run may have none: not a problem."""
+    try:
+        return flatten(artifacts.read_summary(path))
+    except RunDirError as exc:
+        if state != "incomplete":
+            problems.append(Problem(rel, "summary", str(exc)))
+        return {"load_error": str(exc)}
+
+
+def _check_identity(row: dict[str, Any], rel: str, problems: list[Problem]) -> None:
+    """The summary's own cell/trial must agree with the directory it lies in."""
+    for key in ("model", "dataset", "optim", "variant"):
+        said = row.pop(f"cell.{key}", None)
+        if said is not None and said != row[key]:
+            problems.append(Problem(rel, "mismatch", f"summary cell.{key}={said!r}, directory "
+                                    f"says {row[key]!r}"))
+    said_trial = row.pop("summary_trial", None)
+    if said_trial is not None and said_trial != row["trial"]:
+        problems.append(Problem(rel, "mismatch", f"summary trial={said_trial}, directory says "
+                                f"{row['trial']}"))
+
+
+def _run_row(path: Path, study: Path, problems: list[Problem]) -> dict[str, Any] | None:
+    """One row of the runs frame; ``None`` (and a problem) when the path is not a run dir."""
+    rel = str(path.relative_to(study))
+    try:
+        cell = artifacts.parse_cell_dirname(path.parent.name)
+        trial = trial_number(path, cell)
+    except RunDirError as exc:
+        problems.append(Problem(rel, "layout", str(exc)))
+        return None
+    try:
+        state = artifacts.run_state(path)
+    except RunDirError as exc:
+        problems.append(Problem(rel, "state", str(exc)))
+        state = "unreadable"
+    row: dict[str, Any] = {"run": rel, "cell": path.parent.name, "model": cell.model,
+                           "dataset": cell.dataset, "optim": cell.optim, "variant": cell.variant,
+                           "trial": trial, "status": state, "state": state, "load_error": None}
+    summary = _read_summary(path, state, rel, problems) if state != "unreadable" else {}
+    summary.pop("status", None)
+    summary.pop("schema_version", None)
+    if "trial" in summary:
+        summary["summary_trial"] = summary.pop("trial")
+    row.update(summary)
+    if row["load_error"] and state in FINISHED + ("failed",):
+        row["status"] = "unreadable"
+    _check_identity(row, rel, problems)
+    try:
+        row.update(flatten(artifacts.read_environment(path), "environment"))
+    except RunDirError as exc:
+        problems.append(Problem(rel, "environment", str(exc)))
+    return row
+
+
+def _long_rows(path: Path, ids: dict[str, Any], problems: list[Problem]) -> tuple[list, list]:
+    """Loss-curve and generation rows of one run, each tagged with the run's ids."""
+    curves: list[dict[str, Any]] = []
+    gens: list[dict[str, Any]] = []
+    try:
+        curves = [{**ids, **r} for r in artifacts.read_loss_curve(path)]
+    except (RunDirError, ValueError, KeyError, TypeError) as exc:
+        problems.append(Problem(ids["run"], "loss_curve", f"{type(exc).__name__}: {exc}"))
+    try:
+        gens = [{**ids, **r} for r in artifacts.read_generations(path)]
+    except (RunDirError, ValueError) as exc:
+        problems.append(Problem(ids["run"], "generations", str(exc)))
+    return curves, gens
+
+
+def _frame(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    for col in columns:
+        if col not in frame.columns:
+            frame[col] = pd.Series(dtype="object")
+    rest = [c for c in frame.columns if c not in columns]
+    return frame[list(columns) + rest]
+
+
+def load_study(path: str | Path) -> Study:
+    """Load every run directory of ``path`` (a ``results/<study>`` folder).
+
+    Raises:
+        StudyError: ``path`` is not a directory, or holds no run directory at all.
+    """
+    study = Path(path)
+    if not study.is_dir():
+        raise StudyError(f"{study}: no such study directory")
+    problems: list[Problem] = []
+    runs, curves, gens = [], [], []
+    for run_path in artifacts.iter_run_dirs(study):
+        row = _run_row(run_path, study, problems)
+        if row is None:
+            continue
+        runs.append(row)
+        ids = {k: row[k] for k in ID_COLUMNS}
+        run_curves, run_gens = _long_rows(run_path, ids, problems)
+        curves += run_curves
+        gens += run_gens
+    if not runs:
+        raise StudyError(f"{study}: no run directories (expected <model>__<dataset>__<optim>/"
+                         "trial-NN inside)")
+    for problem in problems:
+        log.warning("%s: %s: %s", problem.run, problem.kind, problem.message)
+    runs_frame = _frame(runs, ID_COLUMNS).sort_values(["cell", "trial"], ignore_index=True)
+    curves_frame = _frame(curves, ID_COLUMNS + artifacts.LOSS_COLUMNS)
+    gens_frame = _frame(gens, ID_COLUMNS + ("prompt_index", "mode", "completion"))
+    log.info("%s: %d runs, %d loss rows, %d generations, %d problems", study, len(runs_frame),
+             len(curves_frame), len(gens_frame), len(problems))
+    return Study(study, runs_frame, curves_frame, gens_frame, problems)
+
+
+def finite(values: pd.Series) -> pd.Series:
+    """Numeric values of a column that are finite (``None``/NaN/inf removed)."""
+    numbers = pd.to_numeric(values, errors="coerce").astype(float)
+    return numbers[numbers.map(math.isfinite)]
+
+
+def column(frame: pd.DataFrame, name: str, default: Any = None) -> pd.Series:
+    """``frame[name]`` or a column of ``default`` when no run recorded that key."""
+    if name in frame.columns:
+        return frame[name]
+    return pd.Series([default] * len(frame), index=frame.index, dtype="object")

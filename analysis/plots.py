@@ -1,0 +1,174 @@
+"""Figures (matplotlib, Agg backend). Every function returns a Figure and leaves saving to
+the caller; the y axis turns logarithmic when the plotted values span more than 10×.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display anywhere this runs (CI, device machines, notebook tests)
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from analysis.curves import dispersion  # noqa: E402
+from analysis.load import FINISHED, column  # noqa: E402
+from analysis.stats import PRIMARY_METRIC, paired_trials  # noqa: E402
+
+METRIC_LABELS = {
+    "metrics.perplexity_token_weighted": "held-out perplexity (token-weighted)",
+    "metrics.perplexity_mean_per_sequence": "held-out perplexity (mean of per-sequence)",
+    "metrics.final_train_loss": "final training loss (nats/token)",
+    "metrics.final_val_loss": "final validation loss (nats/token)",
+    "timings.train_s": "training time (s)",
+    "timings.eval_s": "held-out scoring time (s)",
+}
+STATUS_MARKERS = {"complete": "o", "diverged": "X"}
+LOG_SPAN = 10.0  # values spanning more than this ratio get a log axis
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+def wants_log(values: Iterable[float]) -> bool:
+    """True when the finite positive values span more than :data:`LOG_SPAN` (max/min)."""
+    x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    return bool(x.size and (x > 0).all() and x.max() / x.min() > LOG_SPAN)
+
+
+def short_cell(cell: str) -> str:
+    """A cell name broken over lines at ``__`` so tick labels stay readable."""
+    return cell.replace("__", "\n")
+
+
+def _values(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    rows = runs[runs["status"].isin(FINISHED)].copy()
+    rows["value"] = pd.to_numeric(column(rows, metric), errors="coerce").astype(float)
+    return rows[np.isfinite(rows["value"])]
+
+
+def _same_comparison(runs: pd.DataFrame, left: str, right: str) -> bool:
+    """Two cells differing only in the optimizer, with seed-matched trials."""
+    keys = ["model", "dataset", "variant"]
+    a = runs.loc[runs["cell"] == left, keys].iloc[0]
+    b = runs.loc[runs["cell"] == right, keys].iloc[0]
+    return bool((a == b).all()) and bool(paired_trials(runs, left, right))
+
+
+def _status_legend(ax: plt.Axes, statuses: Iterable[str]) -> None:
+    handles = [Line2D([], [], ls="", marker=STATUS_MARKERS[s], color="0.35", label=s)
+               for s in STATUS_MARKERS if s in set(statuses)]
+    handles.append(Line2D([], [], color="k", lw=1.5, label="median"))
+    handles.append(Line2D([], [], color="0.75", lw=0.8, label="same trial & seeds"))
+    ax.legend(handles=handles, fontsize=8, loc="best")
+
+
+def metric_by_cell(runs: pd.DataFrame, metric: str = PRIMARY_METRIC,
+                   cells: list[str] | None = None) -> Figure:
+    """One column of points per cell (one point per trial, ``X`` = diverged), median as a bar.
+
+    Neighbouring cells that differ only in the optimizer and are seed-matched get each trial's
+    two points joined by a grey line (the paired view).
+    """
+    rows = _values(runs, metric)
+    cells = cells or sorted(runs["cell"].unique())
+    fig, ax = plt.subplots(figsize=(max(4.5, 2.2 * len(cells)), 4.2), layout="constrained")
+    for i, cell in enumerate(cells):
+        group = rows[rows["cell"] == cell]
+        jitter = (group["trial"].to_numpy() - group["trial"].mean()) * 0.02
+        for status, marker in STATUS_MARKERS.items():
+            sel = (group["status"] == status).to_numpy()
+            ax.scatter(i + jitter[sel], group["value"].to_numpy()[sel], marker=marker, s=36,
+                       color=f"C{i % 10}", zorder=3)
+        if len(group):
+            ax.hlines(group["value"].median(), i - 0.25, i + 0.25, color="k", lw=1.5, zorder=4)
+    by_trial = rows.pivot_table(index="trial", columns="cell", values="value", aggfunc="first")
+    for i, (left, right) in enumerate(zip(cells, cells[1:])):
+        if left in by_trial and right in by_trial and _same_comparison(runs, left, right):
+            for _, pair in by_trial[[left, right]].dropna().iterrows():
+                ax.plot([i, i + 1], pair.to_numpy(), color="0.75", lw=0.8, zorder=1)
+    log = wants_log(rows["value"])
+    ax.set_xticks(range(len(cells)), [short_cell(c) for c in cells], fontsize=8)
+    ax.set_xlim(-0.6, len(cells) - 0.4)
+    ax.set_ylabel(metric_label(metric) + (" (log scale)" if log else ""))
+    ax.set_yscale("log" if log else "linear")
+    ax.set_title(f"{metric_label(metric)}, one point per trial", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    _status_legend(ax, rows["status"])
+    return fig
+
+
+def loss_curves(curves: pd.DataFrame, split: str = "train") -> Figure:
+    """One panel per cell (shared axes), one line per trial of its finished runs."""
+    rows = curves[(curves["split"] == split) & curves["status"].isin(FINISHED)]
+    cells = sorted(rows["cell"].unique()) or ["(no finished runs)"]
+    ncols = min(2, len(cells))
+    nrows = math.ceil(len(cells) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 3.4 * nrows), squeeze=False,
+                             sharex=True, sharey=True, layout="constrained")
+    log = wants_log(rows["loss"].astype(float))
+    for ax, cell in zip(axes.flat, cells):
+        for trial, run in rows[rows["cell"] == cell].groupby("trial"):
+            run = run.sort_values("step")
+            ax.plot(run["step"], run["loss"].astype(float), lw=1, label=f"trial {trial}")
+        ax.set_title(cell, fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.set_yscale("log" if log else "linear")
+        if ax.get_lines():
+            ax.legend(fontsize=7, ncols=2)
+    for ax in axes.flat[len(cells):]:
+        ax.set_visible(False)
+    fig.supxlabel("optimizer step")
+    fig.supylabel(f"{split} loss (nats/token)" + (" (log scale)" if log else ""))
+    return fig
+
+
+def loss_spread(curves: pd.DataFrame, split: str = "train") -> Figure:
+    """Across-trial standard deviation of the loss at each step, one line per cell."""
+    disp = dispersion(curves, split)
+    fig, ax = plt.subplots(figsize=(6.5, 3.8), layout="constrained")
+    for cell, group in disp.groupby("cell"):
+        ax.plot(group["step"], group["std"], lw=1.2, label=cell)
+    values = disp["std"][disp["std"] > 0] if len(disp) else []
+    if wants_log(values):
+        ax.set_yscale("log")
+    else:  # a std is >= 0; an explicit range also keeps matplotlib from an offset axis
+        top = float(disp["std"].max()) if len(disp) else 0.0
+        ax.set_ylim(0, top * 1.15 if top > 0 else 1.0)
+        if len(disp) and top == 0:
+            ax.text(0.5, 0.5, "every trial has the same loss at every step",
+                    transform=ax.transAxes, ha="center")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(f"std of {split} loss across trials (nats/token)")
+    ax.set_title(f"Spread of the {split} loss between trials", fontsize=10)
+    ax.grid(alpha=0.3)
+    if ax.get_lines():
+        ax.legend(fontsize=7)
+    return fig
+
+
+def paired_differences(runs: pd.DataFrame, cell_x: str, cell_y: str,
+                       metric: str = PRIMARY_METRIC) -> Figure:
+    """Per trial, ``metric`` of arm X over arm Y (ratio; 1 = no difference), bars by trial."""
+    rows = _values(runs, metric)
+    table = rows.pivot_table(index="trial", columns="cell", values="value", aggfunc="first")
+    fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
+    if cell_x in table and cell_y in table:
+        ratio = (table[cell_x] / table[cell_y]).dropna()
+        ax.bar(ratio.index.astype(str), ratio.to_numpy(), color="C0")
+        if wants_log(list(ratio) + [1.0]):
+            ax.set_yscale("log")
+    ax.axhline(1.0, color="k", lw=1)
+    matched = bool(paired_trials(runs, cell_x, cell_y))
+    ax.set_xlabel("trial" + (" (same seeds in both arms)" if matched else " (seeds differ)"))
+    ax.set_ylabel(f"ratio X / Y of {metric_label(metric).split(' (')[0]}")
+    ax.set_title(f"X = {cell_x}\nY = {cell_y}", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return fig

@@ -1,0 +1,112 @@
+"""The per-cell verdict (identical adapters? identical greedy text? perplexity spread?) and the
+list of what did not run as the config asked.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from analysis.load import FINISHED, column
+from analysis.stats import PRIMARY_METRIC, describe, metric_values
+
+SEED_KEYS = ("lora_init", "data_order", "dropout", "generation")
+
+
+def varying_seeds(rows: pd.DataFrame) -> list[str]:
+    """Seed sources whose value differs between the given runs (``seeds.<source>``)."""
+    return [s for s in SEED_KEYS if column(rows, f"seeds.{s}").dropna().nunique() > 1]
+
+
+def _greedy_identity(gens: pd.DataFrame, cell: str) -> tuple[int, int]:
+    """(prompts whose greedy completion is the same in every finished trial, prompts)."""
+    rows = gens[(gens["cell"] == cell) & (gens["mode"] == "greedy") & gens["status"].isin(FINISHED)]
+    if rows.empty:
+        return 0, 0
+    distinct = rows.groupby("prompt_index")["completion"].nunique(dropna=False)
+    return int((distinct == 1).sum()), int(distinct.size)
+
+
+def _verdict_text(n: int, adapters: int, same_greedy: int, n_prompts: int, spread: float) -> str:
+    if n < 2:
+        return "fewer than 2 finished runs: nothing to compare"
+    if adapters == 1:
+        return "bitwise repeatable: every adapter is identical"
+    if n_prompts and same_greedy == n_prompts:
+        return f"weights differ ({adapters} distinct adapters) but greedy outputs are identical"
+    spread_txt = f"perplexity max/min = {spread:.4g}" if not math.isnan(spread) else "no perplexity"
+    return f"not repeatable: {adapters} distinct adapters, {spread_txt}"
+
+
+def cell_verdicts(runs: pd.DataFrame, gens: pd.DataFrame,
+                  metric: str = PRIMARY_METRIC) -> pd.DataFrame:
+    """One row per cell: finished runs, distinct adapter hashes, greedy identity, spread.
+
+    ``seeds_varied`` names the seed sources that differ across the cell's trials: when it is
+    non-empty, differences between trials are *expected* (they are what the study measures).
+    """
+    out = []
+    for cell, group in runs.groupby("cell", sort=True):
+        done = group[group["status"].isin(FINISHED)]
+        hashes = column(done, "adapter.sha256").dropna()
+        same, n_prompts = _greedy_identity(gens, str(cell))
+        spread = describe(metric_values(runs, str(cell), metric).to_numpy())["spread"]
+        out.append({"cell": cell, "n_finished": len(done),
+                    "n_distinct_adapters": int(hashes.nunique()),
+                    "adapters_identical": len(done) >= 2 and hashes.nunique() == 1
+                    and len(hashes) == len(done),
+                    "greedy_prompts_identical": f"{same}/{n_prompts}",
+                    "greedy_identical": n_prompts > 0 and same == n_prompts,
+                    "ppl_spread": spread,
+                    "seeds_varied": ", ".join(varying_seeds(done)) or "none",
+                    "verdict": _verdict_text(len(done), int(hashes.nunique()), same, n_prompts,
+                                             spread)})
+    return pd.DataFrame(out)
+
+
+def _flag(value: Any) -> bool | None:
+    """A recorded boolean as ``True``/``False``; ``None`` when the run did not record it."""
+    if value is None or (not isinstance(value, (list, dict)) and pd.isna(value)):
+        return None
+    return bool(value)
+
+
+def _issues(row: pd.Series) -> list[tuple[str, str]]:
+    """(issue, detail) pairs for one run; empty when it ran as asked."""
+    get = row.get
+    issues: list[tuple[str, str]] = []
+    status = get("status")
+    if status == "failed":
+        issues.append(("failed", f"{get('error.type') or 'error'}: {get('error.message') or ''}"))
+    elif status == "diverged":
+        issues.append(("diverged", f"{get('divergence.reason')} at step {get('divergence.step')}"
+                                   f" (last loss {get('divergence.last_loss')})"))
+    elif status == "incomplete":
+        issues.append(("incomplete", "no DONE marker: half-finished; re-run the study to redo it"))
+    elif status == "unreadable":
+        issues.append(("unreadable", str(get("load_error") or "see problems")))
+    if _flag(get("optimizer.requested.is_paged")) is True \
+            and _flag(get("optimizer.effective.paging_effective")) is False:
+        issues.append(("paging not effective",
+                       str(get("optimizer.effective.paging_note") or "no state tensor was paged")))
+    if get("optimizer.requested.optim_bits") == 8:
+        bits, frac = get("optimizer.effective.bits"), get("optimizer.effective.state_8bit_param_fraction")
+        if bits == 32:
+            issues.append(("8-bit state not used", "every optimizer state stayed 32-bit"))
+        elif isinstance(frac, (int, float)) and not math.isnan(frac) and frac < 1:
+            issues.append(("8-bit state partial", f"{frac:.1%} of trainable parameters had 8-bit "
+                           "state; tensors under min_8bit_size keep 32-bit"))
+    return issues
+
+
+def not_as_asked(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every run that failed, diverged, is half-finished or unreadable, and every run whose
+    optimizer did not do what was requested (paging off on CPU, 8-bit state partial or absent).
+    """
+    out: list[dict[str, Any]] = []
+    for _, row in runs.iterrows():
+        out += [{"run": row["run"], "cell": row["cell"], "trial": row["trial"], "issue": issue,
+                 "detail": detail} for issue, detail in _issues(row)]
+    return pd.DataFrame(out, columns=["run", "cell", "trial", "issue", "detail"])

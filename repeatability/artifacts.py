@@ -1,0 +1,338 @@
+"""The run-directory contract: the one module that knows file names, schema and atomic writes.
+
+Layout (``docs/run-directory.md`` documents every file and key)::
+
+    results/<study>/
+      <model>__<dataset>__<optim>[__<variant>]/trial-<NN>/   one run
+        summary.json        status, seeds, optimizer requested/effective, metrics, timings ...
+        loss_curve.csv      one row per logged step (train) and per validation evaluation (val)
+        generations.jsonl   one row per (prompt, decoding mode)
+        environment.json    python/torch/transformers/peft/bitsandbytes/CUDA/CPU/git commit
+        config.yaml         the resolved Hydra config this run used
+        overrides.yaml      the command-line overrides of the job
+        adapter/            standard PEFT adapter (adapter_config.json, adapter_model.safetensors)
+        error.txt           traceback (failed runs only)
+        DONE                completion marker, written last (complete and diverged runs)
+      _splits/<sha>.jsonl   the held-out examples as scored (template applied), by split hash
+      _base/<key>.json      base-model perplexity, computed once per (model, dataset, split, eval)
+      _sweeps/<time>/       Hydra's own logs and the sweep ledger (never a run directory)
+
+Everything else (analysis included) reads and writes runs only through this module.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from repeatability.errors import RunDirError
+
+SCHEMA_VERSION = 1
+SUPPORTED_SCHEMA_VERSIONS = (1,)
+
+SUMMARY = "summary.json"
+LOSS_CURVE = "loss_curve.csv"
+GENERATIONS = "generations.jsonl"
+ENVIRONMENT = "environment.json"
+CONFIG = "config.yaml"
+OVERRIDES = "overrides.yaml"
+ADAPTER = "adapter"
+ERROR = "error.txt"
+DONE = "DONE"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+LOSS_COLUMNS = ("step", "epoch", "split", "loss", "learning_rate", "grad_norm", "elapsed_s")
+FINISHED_STATUSES = ("complete", "diverged")  # runs that are kept and skipped on re-run
+STATUSES = ("complete", "diverged", "failed")
+
+# The files of a finished run (a failed run has error.txt instead of DONE, and may lack adapter).
+RUN_FILES = (SUMMARY, LOSS_CURVE, GENERATIONS, ENVIRONMENT, CONFIG, OVERRIDES, ADAPTER, DONE)
+
+
+@dataclass(frozen=True)
+class CellKey:
+    """What identifies a cell; the run directory's name is built from it."""
+
+    model: str
+    dataset: str
+    optim: str
+    variant: str = ""
+
+    @property
+    def dirname(self) -> str:
+        parts = [self.model, self.dataset, self.optim] + ([self.variant] if self.variant else [])
+        for part in parts:
+            if not part or "/" in part or "__" in part:
+                raise RunDirError(f"cell name part {part!r} must be non-empty, without '/' or '__'")
+        return "__".join(parts)
+
+
+def study_dir(results_dir: str | Path, study: str) -> Path:
+    return Path(results_dir) / study
+
+
+def run_dir(results_dir: str | Path, study: str, cell: CellKey, trial: int) -> Path:
+    """``results/<study>/<model>__<dataset>__<optim>[__<variant>]/trial-NN``."""
+    return study_dir(results_dir, study) / cell.dirname / f"trial-{trial:02d}"
+
+
+def parse_cell_dirname(name: str) -> CellKey:
+    parts = name.split("__")
+    if len(parts) not in (3, 4):
+        raise RunDirError(f"{name}: not a cell directory (expected model__dataset__optim[__variant])")
+    return CellKey(*parts)
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _clean_floats(obj: Any) -> Any:
+    """JSON has no NaN/inf: store them as strings "nan"/"inf"/"-inf" so files stay standard."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: _clean_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean_floats(v) for v in obj]
+    return obj
+
+
+def write_json(path: Path, obj: Any) -> None:
+    text = json.dumps(_clean_floats(obj), indent=2, sort_keys=True, default=_json_default)
+    _atomic_write_bytes(path, (text + "\n").encode())
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic_write_bytes(path, text.encode())
+
+
+def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    lines = [json.dumps(_clean_floats(r), sort_keys=True, default=_json_default) for r in rows]
+    _atomic_write_bytes(path, ("\n".join(lines) + ("\n" if lines else "")).encode())
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunDirError(f"{path}: missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path}: corrupted JSON ({exc.msg if hasattr(exc, 'msg') else exc}); "
+                          "delete the run directory and re-run its trial") from None
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise RunDirError(f"{path}:{i}: corrupted JSON line; re-run this trial") from None
+    return rows
+
+
+def as_float(value: Any) -> float:
+    """Undo :func:`_clean_floats` for numbers read back from the contract's JSON."""
+    if value is None:
+        return math.nan
+    return float(value)
+
+
+# --------------------------------------------------------------------------- run state
+
+
+def run_state(path: Path) -> str:
+    """``absent`` | ``incomplete`` (half-finished) | ``failed`` | ``complete`` | ``diverged``."""
+    if not path.exists():
+        return "absent"
+    if (path / DONE).exists():
+        status = read_json(path / SUMMARY).get("status")
+        if status not in FINISHED_STATUSES:
+            raise RunDirError(f"{path}: DONE marker but summary status {status!r}; delete and re-run")
+        return status
+    if (path / SUMMARY).exists():
+        try:
+            if read_json(path / SUMMARY).get("status") == "failed":
+                return "failed"
+        except RunDirError:
+            pass
+    return "incomplete"
+
+
+def start_fresh(path: Path) -> None:
+    """Remove what a half-finished or failed attempt left, then create the directory.
+
+    Refuses to touch a finished run: those are never overwritten.
+    """
+    state = run_state(path)
+    if state in FINISHED_STATUSES:
+        raise RunDirError(f"{path}: holds a {state} run; it is never overwritten")
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+
+
+def mark_done(path: Path) -> None:
+    """Write the completion marker; call last, after every other file is in place."""
+    summary = read_json(path / SUMMARY)
+    missing = [f for f in RUN_FILES if f != DONE and not (path / f).exists()]
+    if missing:
+        raise RunDirError(f"{path}: cannot mark done, missing {', '.join(missing)}")
+    write_text(path / DONE, f"{summary['status']}\n")
+
+
+# --------------------------------------------------------------------------- writers
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    if summary.get("status") not in STATUSES:
+        raise ValueError(f"summary status must be one of {STATUSES}")
+    write_json(path / SUMMARY, {"schema_version": SCHEMA_VERSION, **summary})
+
+
+def write_loss_curve(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=LOSS_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in LOSS_COLUMNS})
+    write_text(path / LOSS_CURVE, buf.getvalue())
+
+
+def write_generations(path: Path, rows: list[dict[str, Any]]) -> None:
+    write_jsonl(path / GENERATIONS, rows)
+
+
+def write_environment(path: Path, env: dict[str, Any]) -> None:
+    write_json(path / ENVIRONMENT, env)
+
+
+def write_config(path: Path, config_yaml: str, overrides: list[str]) -> None:
+    write_text(path / CONFIG, config_yaml)
+    write_text(path / OVERRIDES, "".join(f"- {o}\n" for o in overrides) or "[]\n")
+
+
+def write_error(path: Path, traceback_text: str) -> None:
+    write_text(path / ERROR, traceback_text)
+
+
+def save_adapter(path: Path, model: Any) -> str:
+    """Save a PEFT model's adapter atomically (tmp dir, then rename); return its SHA-256."""
+    tmp = path / f".{ADAPTER}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp))
+    os.replace(tmp, path / ADAPTER)
+    return adapter_sha256(path)
+
+
+def adapter_sha256(path: Path) -> str:
+    """SHA-256 of ``adapter/adapter_model.safetensors`` (what ``sha256sum`` prints)."""
+    digest = hashlib.sha256()
+    with open(path / ADAPTER / ADAPTER_WEIGHTS, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """The run's summary, checked for a supported schema version."""
+    summary = read_json(path / SUMMARY)
+    if not isinstance(summary, dict):
+        raise RunDirError(f"{path / SUMMARY}: not a JSON object; delete the run and re-run it")
+    version = summary.get("schema_version")
+    if version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise RunDirError(
+            f"{path / SUMMARY}: schema version {version!r} is not supported "
+            f"(this code reads {SUPPORTED_SCHEMA_VERSIONS}); use the repeatability version that wrote it"
+        )
+    return summary
+
+
+def read_loss_curve(path: Path) -> list[dict[str, Any]]:
+    """Rows of ``loss_curve.csv`` with numbers parsed (empty cells become NaN)."""
+    file = path / LOSS_CURVE
+    if not file.exists():
+        return []
+    rows = []
+    with open(file, newline="") as fh:
+        for row in csv.DictReader(fh):
+            parsed: dict[str, Any] = {"split": row["split"]}
+            for key in LOSS_COLUMNS:
+                if key != "split":
+                    parsed[key] = float(row[key]) if row[key] not in ("", None) else math.nan
+            parsed["step"] = int(parsed["step"])
+            rows.append(parsed)
+    return rows
+
+
+def read_generations(path: Path) -> list[dict[str, Any]]:
+    file = path / GENERATIONS
+    return read_jsonl(file) if file.exists() else []
+
+
+def read_environment(path: Path) -> dict[str, Any]:
+    file = path / ENVIRONMENT
+    return read_json(file) if file.exists() else {}
+
+
+def adapter_weights_path(path: Path) -> Path:
+    return path / ADAPTER / ADAPTER_WEIGHTS
+
+
+def iter_run_dirs(study: Path) -> Iterator[Path]:
+    """Every run directory of a study (finished, failed or half-finished), in name order."""
+    for cell in sorted(p for p in study.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))):
+        for trial in sorted(cell.glob("trial-*")):
+            if trial.is_dir():
+                yield trial
+
+
+# --------------------------------------------------------------------------- study-level files
+
+
+def split_file(study: Path, split_hash: str) -> Path:
+    return study / "_splits" / f"{split_hash}.jsonl"
+
+
+def base_perplexity_file(study: Path, key: str) -> Path:
+    return study / "_base" / f"{key}.json"
+
+
+def sweeps_dir(study: Path) -> Path:
+    return study / "_sweeps"

@@ -1,0 +1,164 @@
+"""Held-out perplexity (two named definitions) and fixed-prompt generations."""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+PERPLEXITY_DEFINITION = (
+    "Each held-out example is templated, tokenized without automatic special tokens and truncated "
+    "to max_length; every token after the first is a target. perplexity_token_weighted = "
+    "exp(total NLL / total target tokens) over the whole held-out split (primary). "
+    "perplexity_mean_per_sequence = mean over examples of exp(mean NLL of that example) "
+    "(HF evaluate's 'mean_perplexity', dominated by the worst examples). Natural log; computed "
+    "from the model's raw distribution (no temperature)."
+)
+
+
+@dataclass
+class Perplexity:
+    token_weighted: float
+    mean_per_sequence: float
+    mean_token_nll: float
+    tokens: int
+    sequences: int
+
+    def as_metrics(self, prefix: str = "") -> dict[str, float | int]:
+        return {
+            f"{prefix}perplexity_token_weighted": self.token_weighted,
+            f"{prefix}perplexity_mean_per_sequence": self.mean_per_sequence,
+            f"{prefix}heldout_mean_token_nll": self.mean_token_nll,
+            f"{prefix}heldout_tokens": self.tokens,
+            f"{prefix}heldout_sequences": self.sequences,
+        }
+
+
+def _safe_exp(x: float) -> float:
+    return math.exp(x) if x < 709 else math.inf
+
+
+@torch.no_grad()
+def sequence_nll(model: Any, ids: list[list[int]], pad_id: int, batch_size: int, device: str) -> list[tuple[float, int]]:
+    """(sum of NLL, number of targets) per sequence, in input order.
+
+    Sequences are batched by length (less padding, same numbers as one by one up to float
+    rounding, and deterministic for a given input).
+    """
+    model.eval()
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(ids)
+    for start in range(0, len(order), batch_size):
+        chunk = [ids[i] for i in order[start : start + batch_size]]
+        width = max(len(x) for x in chunk)
+        inp = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros_like(inp)
+        for row, seq in enumerate(chunk):
+            inp[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        logits = model(input_ids=inp.to(device), attention_mask=mask.to(device)).logits.float()
+        targets = inp[:, 1:].to(device)
+        nll = torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none"
+        ).view(len(chunk), -1)
+        valid = mask[:, 1:].to(device).bool()
+        sums = (nll * valid).sum(dim=1).tolist()
+        counts = valid.sum(dim=1).tolist()
+        for k, idx in enumerate(order[start : start + batch_size]):
+            out[idx] = (float(sums[k]), int(counts[k]))
+    return out
+
+
+def perplexity(per_sequence: list[tuple[float, int]]) -> Perplexity:
+    """Both definitions from per-sequence (NLL sum, token count)."""
+    kept = [(s, n) for s, n in per_sequence if n > 0]
+    total = sum(s for s, _ in kept)
+    tokens = sum(n for _, n in kept)
+    mean_nll = total / tokens if tokens else math.nan
+    per_seq = [_safe_exp(s / n) for s, n in kept]
+    return Perplexity(
+        token_weighted=_safe_exp(mean_nll) if tokens else math.nan,
+        mean_per_sequence=sum(per_seq) / len(per_seq) if per_seq else math.nan,
+        mean_token_nll=mean_nll,
+        tokens=tokens,
+        sequences=len(kept),
+    )
+
+
+def score_texts(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int, device: str) -> Perplexity:
+    """Perplexity of ``texts`` (already templated) under ``model``; usable from outside scripts."""
+    enc = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+    return perplexity(sequence_nll(model, enc, tokenizer.pad_token_id, batch_size, device))
+
+
+# --------------------------------------------------------------------------- generations
+
+_LETTER_PATTERNS = (
+    re.compile(r"[Aa]nswer\s*(?:is|:)?\s*\(?([A-D])\b"),
+    re.compile(r"^\W*\(?([A-D])[\):.]"),
+    re.compile(r"\b([A-D])\s*[:)]"),
+    re.compile(r"^\s*([A-D])\b"),
+)
+
+
+def answer_letter(completion: str) -> str | None:
+    """The A–D choice a completion commits to, or None (patterns tried most specific first)."""
+    for pattern in _LETTER_PATTERNS:
+        m = pattern.search(completion.strip())
+        if m:
+            return m.group(1).upper()
+    return None
+
+
+@torch.no_grad()
+def generate(model: Any, tokenizer: Any, prompt_text: str, *, sample: bool, seed: int | None,
+             temperature: float, top_p: float, max_new_tokens: int, device: str) -> str:
+    """Completion of ``prompt_text`` (new tokens only). Sampling is reseeded per call."""
+    model.eval()
+    ids = tokenizer(prompt_text, add_special_tokens=False, return_tensors="pt").to(device)
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id}
+    if sample:
+        assert seed is not None
+        torch.manual_seed(seed)
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    out = model.generate(**ids, **kwargs)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def run_generations(model: Any, tokenizer: Any, prompts: list[tuple[str, str]], eval_cfg: Any,
+                    seed: int, multiple_choice: bool, device: str) -> list[dict[str, Any]]:
+    """Generations for every fixed prompt: sampled (T/top-p, generation seed) and greedy.
+
+    ``prompts`` holds (prompt as given, prompt as fed to the model after templating).
+    """
+    rows = []
+    modes = (["sampled"] if eval_cfg.sample else []) + (["greedy"] if eval_cfg.greedy else [])
+    for index, (given, fed) in enumerate(prompts):
+        for mode in modes:
+            start = time.perf_counter()
+            completion = generate(
+                model, tokenizer, fed, sample=mode == "sampled", seed=seed if mode == "sampled" else None,
+                temperature=eval_cfg.temperature, top_p=eval_cfg.top_p,
+                max_new_tokens=eval_cfg.max_new_tokens, device=device,
+            )
+            rows.append({
+                "prompt_index": index, "prompt": given, "mode": mode,
+                "seed": seed if mode == "sampled" else None,
+                "temperature": eval_cfg.temperature if mode == "sampled" else None,
+                "top_p": eval_cfg.top_p if mode == "sampled" else None,
+                "max_new_tokens": eval_cfg.max_new_tokens,
+                "completion": completion,
+                "text": (given + completion) if not multiple_choice else completion,
+                "answer_letter": answer_letter(completion) if multiple_choice else None,
+                "seconds": round(time.perf_counter() - start, 3),
+            })
+    return rows

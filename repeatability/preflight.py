@@ -1,0 +1,128 @@
+"""Check every job of a command line before any training starts.
+
+Composes each job's config (the sweep expanded, experiment sweeps included), validates it,
+and checks that its model and dataset can be had and its splits are not empty. The first
+problem is one line on stderr naming it and the fix; nothing has been computed yet.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from repeatability.config import GROUPS, RunConfig, to_run_config
+from repeatability.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = ROOT / "conf"
+EXPERIMENTS_DIR = ROOT / "experiments"
+SEARCHPATH_OVERRIDE = f"hydra.searchpath=[file://{ROOT}]"  # makes experiments/*.yaml the `experiments` group
+_HYDRA_ONLY_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
+                     "--resolve", "--package", "-p", "--version", "--config-path", "-cp", "--config-name", "-cn",
+                     "--config-dir", "-cd", "--experimental-rerun"}
+
+
+def group_choices(group: str) -> list[str]:
+    folder = EXPERIMENTS_DIR if group == "experiments" else CONF_DIR / group
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def _check_group_values(overrides: list[str]) -> None:
+    """Unknown choices of our config groups get a one-line error listing the valid ones."""
+    parser = OverridesParser.create()
+    for ov in parser.parse_overrides(overrides):
+        group = ov.key_or_group.lstrip("+~")
+        if group not in GROUPS and group != "experiments" or ov.is_delete():
+            continue
+        values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.get_value_element_as_str()]
+        known = group_choices(group)
+        for value in values:
+            if value not in known:
+                raise ConfigError(f"unknown {group} {value!r}; choose one of: {', '.join(known)}")
+
+
+def expand_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The override list of every job, as Hydra's basic sweeper would launch them."""
+    parser = OverridesParser.create()
+    parsed = parser.parse_overrides(overrides)
+    if not multirun:
+        return [overrides]
+    axes: list[list[str]] = []
+    for ov in parsed:
+        key = ov.get_key_element()
+        if ov.is_sweep_override():
+            axes.append([f"{key}={v}" for v in ov.sweep_string_iterator()])
+        else:
+            axes.append([ov.input_line])
+    return [list(combo) for combo in itertools.product(*axes)]
+
+
+def _sweeper_params(cfg: DictConfig) -> list[str]:
+    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
+    return [f"{k}={v}" for k, v in params.items()]
+
+
+def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
+    """Composed config of every job (sweeps in the command line and in experiment files)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        first = compose("config", overrides=[SEARCHPATH_OVERRIDE, *overrides], return_hydra_config=True)
+        extra = _sweeper_params(first) if multirun else []
+        cli_keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+        combined = [p for p in extra if p.split("=", 1)[0] not in cli_keys] + list(overrides)
+        jobs = expand_jobs(combined, multirun)
+        configs = []
+        for job in jobs:
+            cfg = compose("config", overrides=[SEARCHPATH_OVERRIDE, *job], return_hydra_config=True)
+            with open_dict(cfg):
+                del cfg["hydra"]
+            configs.append(cfg)
+        return configs
+
+
+def _check_resources(configs: list[RunConfig]) -> None:
+    from repeatability import data, modelling
+
+    for name, cfg in {c.model.name + str(c.model.path): c for c in configs}.items():
+        modelling.check_model_available(cfg.model)
+        modelling.resolve_compute_dtype(cfg.quant, modelling.resolve_device(cfg.device))
+    seen: set[str] = set()
+    for cfg in configs:
+        key = repr((cfg.dataset, cfg.determinism.split_seed, cfg.train.val_examples))
+        if key in seen:
+            continue
+        seen.add(key)
+        examples = data.load_examples(cfg.dataset)
+        data.split_examples(examples, cfg.determinism.split_seed, cfg.train.val_examples, cfg.dataset.name)
+
+
+def check(overrides: list[str], multirun: bool) -> list[RunConfig]:
+    """Raise :class:`ConfigError` for the first problem; return the checked job configs."""
+    _check_group_values(overrides)
+    try:
+        composed = compose_jobs(overrides, multirun)
+    except ConfigError:
+        raise
+    except Exception as exc:  # Hydra / OmegaConf composition errors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{first} (check the spelling of the key and its type in conf/)") from None
+    finally:
+        GlobalHydra.instance().clear()
+    configs = [to_run_config(c) for c in composed]
+    _check_resources(configs)
+    return configs
+
+
+def check_argv(argv: list[str]) -> Any:
+    """Preflight for ``python -m repeatability.run ARGS``; None when Hydra flags take over."""
+    if any(a.split("=", 1)[0] in _HYDRA_ONLY_FLAGS for a in argv):
+        return None
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    overrides = [a for a in argv if not a.startswith("-")]
+    return check(overrides, multirun)

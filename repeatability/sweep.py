@@ -1,0 +1,188 @@
+"""One job of a sweep with resume and isolation, the sweep ledger, and the end-of-sweep report.
+
+- a finished run (complete or diverged) is skipped, and said so; its config must match;
+- a half-finished or failed run is redone from scratch;
+- an exception is recorded in the run directory (status failed, traceback) and the sweep goes on;
+- at the end the sweep lists what happened and exits non-zero if any run failed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from repeatability import artifacts
+from repeatability.config import RunConfig, to_run_config
+from repeatability.errors import ConfigError, RunDirError
+
+log = logging.getLogger("repeatability")
+
+LEDGER = "ledger.jsonl"
+# keys that may differ between a finished run and a re-run of it without changing the result
+_NEUTRAL_KEYS = ("results_dir", "cache_dir")
+
+
+def _ledger_path() -> Path | None:
+    try:
+        return Path(HydraConfig.get().runtime.output_dir).parent / LEDGER
+    except ValueError:  # not under Hydra (tests calling run_one directly)
+        return None
+
+
+def _append_ledger(entry: dict[str, Any]) -> None:
+    path = _ledger_path()
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:  # one short line per job: appends from parallel workers stay whole
+        fh.write(json.dumps(entry) + "\n")
+
+
+def _job_progress() -> str:
+    try:
+        hc = HydraConfig.get()
+        return f"run {hc.job.num + 1}" if hc.mode.name == "MULTIRUN" else "run"
+    except ValueError:
+        return "run"
+
+
+def _config_fingerprint(cfg: DictConfig) -> str:
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    for key in _NEUTRAL_KEYS:
+        plain.pop(key, None)
+    return json.dumps(plain, sort_keys=True)
+
+
+def _check_same_config(path: Path, cfg: DictConfig) -> None:
+    """A finished run is only skipped when it ran the same config; otherwise say so."""
+    stored = OmegaConf.load(path / artifacts.CONFIG)
+    if _config_fingerprint(stored) != _config_fingerprint(cfg):  # type: ignore[arg-type]
+        a = OmegaConf.to_container(stored, resolve=True)
+        b = OmegaConf.to_container(cfg, resolve=True)
+        diff = sorted(_diff_keys(a, b))[:5]
+        raise RunDirError(
+            f"{path} holds a finished run with a different config ({', '.join(diff)}); "
+            f"use another study=NAME (or variant=LABEL) instead of overwriting it"
+        )
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = set(a) | set(b)
+        return [k for key in keys if key not in _NEUTRAL_KEYS or prefix
+                for k in _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [prefix.rstrip(".")] if a != b else []
+
+
+def run_one(cfg: DictConfig) -> str:
+    """The Hydra task: returns the run's status (complete | diverged | failed | skipped | invalid)."""
+    from repeatability import pipeline  # heavy imports (torch, transformers) only once a job runs
+
+    started = time.perf_counter()
+    try:
+        rc: RunConfig = to_run_config(cfg)
+        path = artifacts.run_dir(rc.results_dir, rc.study, pipeline.cell_of(rc), rc.trial)
+        state = artifacts.run_state(path)
+        if state in artifacts.FINISHED_STATUSES:
+            _check_same_config(path, cfg)
+            log.info("%s skipped: %s already %s", _job_progress(), path, state)
+            _append_ledger({"run_dir": str(path), "status": "skipped", "was": state})
+            return "skipped"
+        if state in ("incomplete", "failed"):
+            log.info("%s: %s was %s; redoing it from scratch", _job_progress(), path, state)
+        artifacts.start_fresh(path)
+    except (ConfigError, RunDirError) as exc:
+        log.error("error: %s", exc)
+        _append_ledger({"run_dir": None, "status": "invalid", "error": str(exc)})
+        return "invalid"
+    log.info("%s: %s", _job_progress(), path)
+    status = _execute_isolated(rc, cfg, path)
+    _append_ledger({"run_dir": str(path), "status": status, "seconds": round(time.perf_counter() - started, 1)})
+    return status
+
+
+def _execute_isolated(rc: RunConfig, cfg: DictConfig, path: Path) -> str:
+    from repeatability import pipeline
+
+    overrides = _job_overrides()
+    try:
+        summary = pipeline.execute(rc, OmegaConf.to_yaml(cfg, resolve=True), overrides, path)
+    except Exception as exc:  # isolate: record and let the sweep go on
+        one_line = str(exc).splitlines()[0] if str(exc) else ""
+        if isinstance(exc, ConfigError):
+            log.error("error: %s", one_line)
+        else:
+            log.exception("%s failed", path)
+        artifacts.write_error(path, traceback.format_exc())
+        artifacts.write_summary(path, {
+            "study": rc.study, "trial": rc.trial, "cell": {"model": rc.model.name, "dataset": rc.dataset.name,
+                                                          "optim": rc.optim.name, "variant": rc.variant},
+            "status": "failed", "error": {"type": type(exc).__name__, "message": one_line},
+        })
+        return "failed"
+    m = summary["metrics"]
+    log.info("%s %s: ppl(token-weighted) %.4g, ppl(mean per-seq) %.4g, optimizer state %s-bit (%.0f%% of params), "
+             "paging effective %s, %.0fs", path, summary["status"], m.get("perplexity_token_weighted", float("nan")),
+             m.get("perplexity_mean_per_sequence", float("nan")), summary["optimizer"]["effective"]["bits"],
+             100 * summary["optimizer"]["effective"]["state_8bit_param_fraction"],
+             summary["optimizer"]["effective"]["paging_effective"], summary["timings"]["total_s"])
+    return summary["status"]
+
+
+def _job_overrides() -> list[str]:
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:
+        return []
+
+
+def read_ledger(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summarize(entries: list[dict[str, Any]], elapsed_s: float) -> tuple[str, list[str]]:
+    """One line of counts and the list of runs that need attention."""
+    counts: dict[str, int] = {}
+    for e in entries:
+        counts[e["status"]] = counts.get(e["status"], 0) + 1
+    bad = [f"{e['status']}: {e.get('run_dir') or e.get('error')}" for e in entries if e["status"] in ("failed", "invalid")]
+    parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    return f"sweep finished: {len(entries)} runs ({parts}) in {elapsed_s / 60:.1f} min", bad
+
+
+class SweepReport(Callback):
+    """Prints the sweep's outcome and makes the command fail when any run failed."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.start = time.perf_counter()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._finish(Path(config.hydra.sweep.dir) / LEDGER)
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._finish(Path(config.hydra.run.dir).parent / LEDGER)
+
+    def _finish(self, ledger: Path) -> None:
+        entries = read_ledger(ledger)
+        line, bad = summarize(entries, time.perf_counter() - self.start)
+        log.info(line)
+        if bad:
+            for b in bad:
+                log.error("  %s", b)
+            log.error("%d run(s) failed; see error.txt in each run directory, fix, and re-run the same command "
+                      "(finished runs are skipped)", len(bad))
+            raise SystemExit(1)  # not an Exception: Hydra's error wrapper lets it through

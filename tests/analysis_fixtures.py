@@ -1,0 +1,191 @@
+"""Synthetic studies for the analysis tests, written only through the run-directory contract.
+
+Each run gets every file the contract lists (summary with every documented key, loss curve,
+generations, environment, config, a real safetensors adapter) and is marked DONE by
+``artifacts.mark_done``, so a change in the contract breaks these fixtures first.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from repeatability import artifacts
+
+# The paper's Tables 1 and 2 (Alahmari et al. 2024), perplexity per trial 1..7.
+PAPER_TABLE1 = {
+    ("gpt-neox-20b", "paged_adamw_8bit"): [21024, 3452, 3028, 5440, 1105, 790, 1780],
+    ("gpt-neox-20b", "paged_adamw_32bit"): [8.039, 8.179, 8.257, 8.101, 8.391, 8.226, 8.703],
+    ("llama2-7b-hf", "paged_adamw_8bit"): [165687.93, 12.471, 109585.75, 14.766, 185572.82,
+                                           13.541, 233812.79],
+    ("llama2-7b-hf", "paged_adamw_32bit"): [3.567, 3.561, 3.566, 3.566, 3.541, 3.379, 3.526],
+}
+PAPER_TABLE2 = {
+    ("neoxt-chat-20b", "paged_adamw_8bit"): [3824, 6720, 2400, 3600, 1752, 14680, 5920],
+    ("neoxt-chat-20b", "paged_adamw_32bit"): [6.531, 6.468, 6.531, 6.937, 6.468, 6.718, 6.562],
+    ("llama2-chat-7b", "paged_adamw_8bit"): [6.667, 6.490, 145808, 77.938, 46649, 124091, 10769],
+    ("llama2-chat-7b", "paged_adamw_32bit"): [5.365, 5.409, 5.374, 5.442, 5.500, 5.398, 5.320],
+}
+PROMPTS = ["Your silence will", "Let the improvement of yourself keep you"]
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def seeds_for(trial: int, paired: bool = True, optim: str = "") -> dict[str, Any]:
+    """Per-trial seeds; ``paired=False`` gives each arm its own (different) seeds."""
+    salt = 0 if paired else sum(map(ord, optim))
+    return {"lora_init": 1000 + trial + salt, "data_order": 2000 + trial + salt,
+            "dropout": 3000 + trial + salt, "generation": 4000 + trial, "split": 42,
+            "policy": "per_trial", "rules": {"lora_init": "trial", "data_order": "trial",
+                                             "dropout": "trial", "generation": "trial"}}
+
+
+def optimizer_record(optim: str, device: str = "cpu") -> dict[str, Any]:
+    bits = 8 if "8bit" in optim else 32
+    paged = optim.startswith("paged")
+    return {
+        "requested": {"name": optim, "impl": "bnb_adamw", "optim_bits": bits, "is_paged": paged,
+                      "min_8bit_size": 4096, "betas": [0.9, 0.999], "eps": 1e-8,
+                      "weight_decay": 0.0, "lr": 2e-4},
+        "effective": {"class": "bitsandbytes.optim.adamw.AdamW", "bits": bits,
+                      "paging_requested": paged, "paging_effective": paged and device == "cuda",
+                      "paging_note": "Paged optimizers are not supported on CPU" if paged
+                      and device == "cpu" else "", "n_param_tensors": 420, "n_params": 2441216,
+                      "state_8bit_tensors": 420 if bits == 8 else 0,
+                      "state_8bit_params": 2441216 if bits == 8 else 0,
+                      "state_8bit_param_fraction": 1.0 if bits == 8 else 0.0,
+                      "state_dtypes": {"torch.uint8" if bits == 8 else "torch.float32": 840}},
+    }
+
+
+def base_summary(cell: artifacts.CellKey, trial: int, study: str, ppl: float) -> dict[str, Any]:
+    """A summary with every key docs/run-directory.md documents."""
+    return {
+        "status": "complete", "study": study, "trial": trial,
+        "cell": {"model": cell.model, "dataset": cell.dataset, "optim": cell.optim,
+                 "variant": cell.variant},
+        "seeds": seeds_for(trial),
+        "determinism": {"mode": "default", "use_deterministic_algorithms": False,
+                        "cudnn_deterministic": True, "cudnn_benchmark": False,
+                        "CUBLAS_WORKSPACE_CONFIG": None, "FLASH_ATTENTION_DETERMINISTIC": None,
+                        "cuda_initialised_before_flags": False, "torch_num_threads": 2},
+        "optimizer": optimizer_record(cell.optim),
+        "device": {"type": "cpu", "name": "AMD EPYC", "compute_dtype": "float32",
+                   "quantization": {"load_in_4bit": True, "quant_type": "nf4",
+                                    "double_quant": True}, "n_4bit_layers": 210},
+        "model": {"name": cell.model, "source": "gguf_package", "resolved": "/cache/x",
+                  "architecture": "LlamaForCausalLM", "n_params": 134515008,
+                  "n_trainable_params": 2441216,
+                  "lora": {"r": 8, "alpha": 32, "dropout": 0.05, "targets": "all_linear",
+                           "target_modules": ["q_proj", "v_proj"]}},
+        "data": {"dataset": cell.dataset, "source": "fortune", "kind": "text",
+                 "template": "plain", "n_total": 400, "n_train": 288, "n_val": 32,
+                 "n_heldout": 80, "n_heldout_scored": 80, "split_seed": 42,
+                 "heldout_sha256": "ab" * 32, "heldout_file": "_splits/abab.jsonl",
+                 "max_length": 64},
+        "metrics": {"perplexity_token_weighted": ppl, "perplexity_mean_per_sequence": ppl * 1.5,
+                    "heldout_mean_token_nll": math.log(ppl) if ppl > 0 else math.nan,
+                    "heldout_tokens": 2000, "heldout_sequences": 80,
+                    "base_perplexity_token_weighted": 64.0,
+                    "base_perplexity_mean_per_sequence": 90.0, "final_train_loss": 3.0,
+                    "final_val_loss": 3.2, "steps": 10},
+        "perplexity_definition": "token-weighted: exp(sum nll / N tokens); mean per sequence: "
+                                 "mean_s exp(mean nll of s)",
+        "timings": {"model_load_s": 3.0, "train_s": 100.0 + trial, "eval_s": 10.0 + trial / 10,
+                    "generation_s": 5.0, "total_s": 120.0, "step_s_mean": 2.2,
+                    "step_s_median": 2.1},
+        "memory": {"peak_rss_mb": 1500.0 + trial, "process_max_rss_mb": 1600.0},
+        "adapter": {"path": "adapter", "sha256": None},
+        "divergence": None, "error": None,
+        "started_at": "2026-11-22T10:00:00Z", "finished_at": "2026-11-22T10:02:00Z",
+    }
+
+
+def loss_rows(losses: list[float], eval_every: int = 5) -> list[dict[str, Any]]:
+    rows = [{"step": i, "epoch": i / len(losses), "split": "train", "loss": loss,
+             "learning_rate": 2e-4, "grad_norm": 1.0, "elapsed_s": 2.0 * i}
+            for i, loss in enumerate(losses, 1)]
+    rows += [{"step": i, "epoch": i / len(losses), "split": "val", "loss": losses[i - 1] + 0.2,
+              "elapsed_s": 2.0 * i} for i in range(eval_every, len(losses) + 1, eval_every)]
+    return rows
+
+
+def generation_rows(completions: list[str], letters: list[str | None] | None = None,
+                    prompts: list[str] | None = None) -> list[dict[str, Any]]:
+    """One greedy and one sampled row per prompt; the sampled text gets a suffix."""
+    prompts = prompts or PROMPTS
+    rows = []
+    for i, (prompt, text) in enumerate(zip(prompts, completions)):
+        letter = letters[i] if letters else None
+        for mode, seed, suffix in (("greedy", None, ""), ("sampled", 7, " (s)")):
+            rows.append({"prompt_index": i, "prompt": prompt, "mode": mode, "seed": seed,
+                         "temperature": 0.1, "top_p": 0.1, "max_new_tokens": 32,
+                         "completion": text + suffix, "text": f"{prompt} {text}{suffix}",
+                         "answer_letter": letter})
+    return rows
+
+
+def write_adapter(path: Path, weight_seed: int) -> str:
+    """A small real safetensors adapter; equal ``weight_seed`` → byte-identical file."""
+    weights = artifacts.adapter_weights_path(path)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(weight_seed)
+    save_file({"lora_A": rng.standard_normal((8, 16)).astype(np.float32)}, str(weights))
+    artifacts.write_json(weights.parent / "adapter_config.json", {"r": 8, "lora_alpha": 32})
+    return artifacts.adapter_sha256(path)
+
+
+def write_run(results: Path, study: str, cell: artifacts.CellKey, trial: int, *,
+              ppl: float = 10.0, status: str = "complete", losses: list[float] | None = None,
+              completions: list[str] | None = None, letters: list[str | None] | None = None,
+              weight_seed: int | None = None, summary: dict[str, Any] | None = None) -> Path:
+    """Write one run through the contract. ``status``: complete | diverged | failed | incomplete.
+
+    ``summary`` is deep-merged over :func:`base_summary` (e.g. other seeds, a schema version).
+    """
+    path = artifacts.run_dir(results, study, cell, trial)
+    artifacts.start_fresh(path)
+    losses = losses if losses is not None else [3.0 - 0.1 * i + 0.01 * trial for i in range(10)]
+    artifacts.write_loss_curve(path, loss_rows(losses))
+    if status == "incomplete":
+        return path
+    artifacts.write_generations(path, generation_rows(completions or [f"text {trial}"] * 2,
+                                                      letters))
+    artifacts.write_environment(path, {"python": "3.11.7", "packages": {"torch": "2.13.0"},
+                                       "cuda": {"available": False}, "git": {"commit": "abc"}})
+    artifacts.write_config(path, f"study: {study}\ntrial: {trial}\n", [f"trial={trial}"])
+    record = deep_merge(base_summary(cell, trial, study, ppl), summary or {})
+    record["status"] = status
+    if status != "failed":
+        record["adapter"]["sha256"] = write_adapter(path, weight_seed if weight_seed is not None
+                                                    else trial)
+    artifacts.write_summary(path, record)
+    if status == "failed":
+        artifacts.write_error(path, "Traceback ...\nRuntimeError: out of memory\n")
+    else:
+        artifacts.mark_done(path)
+    return path
+
+
+def write_paper_study(results: Path, study: str = "paper", paired: bool = True) -> Path:
+    """The paper's Tables 1 (quotes) and 2 (platypus) as a study of 56 complete runs."""
+    for dataset, table in (("quotes", PAPER_TABLE1), ("platypus", PAPER_TABLE2)):
+        for (model, optim), values in table.items():
+            cell = artifacts.CellKey(model, dataset, optim)
+            for trial, value in enumerate(values, 1):
+                write_run(results, study, cell, trial, ppl=value,
+                          summary={"seeds": seeds_for(trial, paired, optim)})
+    return artifacts.study_dir(results, study)
