@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -52,10 +51,9 @@ class Doc:
         self.blocks.append(("table", (table, caption, index)))
 
     def figure(self, name: str, fig: Figure, caption: str, dpi: int = 110) -> None:
-        """Render ``fig`` to PNG now (and close it); it is written as ``figures/<name>.png``."""
+        """Render ``fig`` to PNG now; it is written as ``figures/<name>.png``."""
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi)
-        plt.close(fig)
         self.figures[name] = buf.getvalue()
         self.blocks.append(("figure", (name, caption)))
 

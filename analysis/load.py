@@ -138,10 +138,12 @@ def _run_row(path: Path, study: Path, problems: list[Problem]) -> dict[str, Any]
         state = artifacts.run_state(path)
     except RunDirError as exc:
         problems.append(Problem(rel, "state", str(exc)))
-        state = "unreadable"
+        state, error = "unreadable", str(exc)
+    else:
+        error = None
     row: dict[str, Any] = {"run": rel, "cell": path.parent.name, "model": cell.model,
                            "dataset": cell.dataset, "optim": cell.optim, "variant": cell.variant,
-                           "trial": trial, "status": state, "state": state, "load_error": None}
+                           "trial": trial, "status": state, "state": state, "load_error": error}
     summary = _read_summary(path, state, rel, problems) if state != "unreadable" else {}
     summary.pop("status", None)
     summary.pop("schema_version", None)

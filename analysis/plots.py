@@ -1,25 +1,26 @@
-"""Figures (matplotlib, Agg backend). Every function returns a Figure and leaves saving to
+"""Figures (matplotlib, Agg canvas). Every function returns a Figure and leaves saving to
 the caller; the y axis turns logarithmic when the plotted values span more than 10×.
+
+Figures are built without pyplot: each gets its own Agg canvas, so nothing depends on (or
+changes) the process's backend, no figure lingers in pyplot's registry, and a notebook still
+shows the returned Figure inline.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Any, Iterable
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")  # no display anywhere this runs (CI, device machines, notebook tests)
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-
-from analysis.curves import dispersion  # noqa: E402
-from analysis.load import FINISHED, column  # noqa: E402
-from analysis.stats import PRIMARY_METRIC, paired_trials  # noqa: E402
+from analysis.curves import dispersion
+from analysis.load import FINISHED, column
+from analysis.stats import PRIMARY_METRIC, paired_trials
 
 METRIC_LABELS = {
     "metrics.perplexity_token_weighted": "held-out perplexity (token-weighted)",
@@ -31,6 +32,14 @@ METRIC_LABELS = {
 }
 STATUS_MARKERS = {"complete": "o", "diverged": "X"}
 LOG_SPAN = 10.0  # values spanning more than this ratio get a log axis
+
+
+def new_figure(figsize: tuple[float, float], nrows: int = 1, ncols: int = 1,
+               **subplot_kw: Any) -> tuple[Figure, np.ndarray]:
+    """A constrained-layout Figure on an Agg canvas and its axes as a 2-D array."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False, **subplot_kw)
 
 
 def metric_label(metric: str) -> str:
@@ -48,6 +57,13 @@ def short_cell(cell: str) -> str:
     return cell.replace("__", "\n")
 
 
+def _n_nonfinite(runs: pd.DataFrame, cell: str, metric: str) -> int:
+    """Finished runs of ``cell`` whose ``metric`` is NaN/inf (a diverged run, typically)."""
+    rows = runs[(runs["cell"] == cell) & runs["status"].isin(FINISHED)]
+    values = pd.to_numeric(column(rows, metric), errors="coerce").astype(float)
+    return int((~np.isfinite(values)).sum())
+
+
 def _values(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
     rows = runs[runs["status"].isin(FINISHED)].copy()
     rows["value"] = pd.to_numeric(column(rows, metric), errors="coerce").astype(float)
@@ -62,7 +78,7 @@ def _same_comparison(runs: pd.DataFrame, left: str, right: str) -> bool:
     return bool((a == b).all()) and bool(paired_trials(runs, left, right))
 
 
-def _status_legend(ax: plt.Axes, statuses: Iterable[str]) -> None:
+def _status_legend(ax: Axes, statuses: Iterable[str]) -> None:
     handles = [Line2D([], [], ls="", marker=STATUS_MARKERS[s], color="0.35", label=s)
                for s in STATUS_MARKERS if s in set(statuses)]
     handles.append(Line2D([], [], color="k", lw=1.5, label="median"))
@@ -79,7 +95,8 @@ def metric_by_cell(runs: pd.DataFrame, metric: str = PRIMARY_METRIC,
     """
     rows = _values(runs, metric)
     cells = cells or sorted(runs["cell"].unique())
-    fig, ax = plt.subplots(figsize=(max(4.5, 2.2 * len(cells)), 4.2), layout="constrained")
+    fig, axes = new_figure((max(4.5, 2.2 * len(cells)), 4.2))
+    ax = axes[0, 0]
     for i, cell in enumerate(cells):
         group = rows[rows["cell"] == cell]
         jitter = (group["trial"].to_numpy() - group["trial"].mean()) * 0.02
@@ -95,7 +112,9 @@ def metric_by_cell(runs: pd.DataFrame, metric: str = PRIMARY_METRIC,
             for _, pair in by_trial[[left, right]].dropna().iterrows():
                 ax.plot([i, i + 1], pair.to_numpy(), color="0.75", lw=0.8, zorder=1)
     log = wants_log(rows["value"])
-    ax.set_xticks(range(len(cells)), [short_cell(c) for c in cells], fontsize=8)
+    hidden = [_n_nonfinite(runs, c, metric) for c in cells]
+    ax.set_xticks(range(len(cells)), [short_cell(c) + (f"\n+{n} not finite, not shown" if n else "")
+                                      for c, n in zip(cells, hidden)], fontsize=8)
     ax.set_xlim(-0.6, len(cells) - 0.4)
     ax.set_ylabel(metric_label(metric) + (" (log scale)" if log else ""))
     ax.set_yscale("log" if log else "linear")
@@ -111,13 +130,14 @@ def loss_curves(curves: pd.DataFrame, split: str = "train") -> Figure:
     cells = sorted(rows["cell"].unique()) or ["(no finished runs)"]
     ncols = min(2, len(cells))
     nrows = math.ceil(len(cells) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 3.4 * nrows), squeeze=False,
-                             sharex=True, sharey=True, layout="constrained")
+    fig, axes = new_figure((6 * ncols, 3.4 * nrows), nrows, ncols, sharex=True, sharey=True)
     log = wants_log(rows["loss"].astype(float))
     for ax, cell in zip(axes.flat, cells):
         for trial, run in rows[rows["cell"] == cell].groupby("trial"):
             run = run.sort_values("step")
-            ax.plot(run["step"], run["loss"].astype(float), lw=1, label=f"trial {trial}")
+            diverged = (run["status"] == "diverged").any()
+            ax.plot(run["step"], run["loss"].astype(float), lw=1,
+                    label=f"trial {trial}" + (" (diverged)" if diverged else ""))
         ax.set_title(cell, fontsize=9)
         ax.grid(alpha=0.3)
         ax.set_yscale("log" if log else "linear")
@@ -133,11 +153,15 @@ def loss_curves(curves: pd.DataFrame, split: str = "train") -> Figure:
 def loss_spread(curves: pd.DataFrame, split: str = "train") -> Figure:
     """Across-trial standard deviation of the loss at each step, one line per cell."""
     disp = dispersion(curves, split)
-    fig, ax = plt.subplots(figsize=(6.5, 3.8), layout="constrained")
+    fig, axes = new_figure((6.5, 3.8))
+    ax = axes[0, 0]
     for cell, group in disp.groupby("cell"):
-        ax.plot(group["step"], group["std"], lw=1.2, label=cell)
+        zero = not (group["std"].fillna(0) > 0).any()
+        ax.plot(group["step"], group["std"], lw=1.2,
+                label=cell + (" (std 0 at every step: not visible on a log axis)" if zero else ""))
     values = disp["std"][disp["std"] > 0] if len(disp) else []
-    if wants_log(values):
+    log = wants_log(values)
+    if log:
         ax.set_yscale("log")
     else:  # a std is >= 0; an explicit range also keeps matplotlib from an offset axis
         top = float(disp["std"].max()) if len(disp) else 0.0
@@ -146,7 +170,7 @@ def loss_spread(curves: pd.DataFrame, split: str = "train") -> Figure:
             ax.text(0.5, 0.5, "every trial has the same loss at every step",
                     transform=ax.transAxes, ha="center")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel(f"std of {split} loss across trials (nats/token)")
+    ax.set_ylabel(f"std of {split} loss across trials (nats/token)" + (", log" if log else ""))
     ax.set_title(f"Spread of the {split} loss between trials", fontsize=10)
     ax.grid(alpha=0.3)
     if ax.get_lines():
@@ -159,7 +183,8 @@ def paired_differences(runs: pd.DataFrame, cell_x: str, cell_y: str,
     """Per trial, ``metric`` of arm X over arm Y (ratio; 1 = no difference), bars by trial."""
     rows = _values(runs, metric)
     table = rows.pivot_table(index="trial", columns="cell", values="value", aggfunc="first")
-    fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
+    fig, axes = new_figure((6, 3.6))
+    ax = axes[0, 0]
     if cell_x in table and cell_y in table:
         ratio = (table[cell_x] / table[cell_y]).dropna()
         ax.bar(ratio.index.astype(str), ratio.to_numpy(), color="C0")

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.load import column
+from analysis.load import FINISHED, column
 from analysis.stats import PRIMARY_METRIC
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,8 @@ def perplexity_table(runs: pd.DataFrame, dataset: str,
     it under "What could not run as asked"); failed or missing runs are NaN.
     """
     rows = _with_arm(runs[runs["dataset"] == dataset])
-    rows = rows.assign(value=pd.to_numeric(column(rows, metric), errors="coerce"))
+    numbers = pd.to_numeric(column(rows, metric), errors="coerce").astype(float)
+    rows = rows.assign(value=numbers.where(rows["status"].isin(FINISHED)))
     table = rows.pivot_table(index="trial", columns=["model", "arm"], values="value",
                              aggfunc="first", dropna=False)
     table.index.name = "Run #"
@@ -97,7 +98,7 @@ def memory_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         values = pd.to_numeric(column(runs, key), errors="coerce")
         if values.notna().any():
             frame = _with_arm(runs).assign(value=values)
-            frame = frame[frame["status"].isin(("complete", "diverged"))]
+            frame = frame[frame["status"].isin(FINISHED)]
             table = frame.pivot_table(index=["model", "dataset"], columns="arm", values="value",
                                       aggfunc="mean")
             table.columns.name = None
@@ -109,9 +110,12 @@ def timing_table(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Tables 10/11: rows = Run #, columns = (arm, model, Train/Test time s).
 
     "Train" is ``timings.train_s``; "Test" is ``timings.eval_s``, the held-out scoring (the
-    paper's test time).
+    paper's test time). Runs that did not finish are NaN (their times are partial).
     """
     rows = _with_arm(runs[runs["dataset"] == dataset])
+    rows = rows.assign(**{k: pd.to_numeric(column(rows, k), errors="coerce").astype(float)
+                          .where(rows["status"].isin(FINISHED))
+                          for k in ("timings.train_s", "timings.eval_s")})
     long = pd.concat([rows.assign(phase="Train (s)", value=column(rows, "timings.train_s")),
                       rows.assign(phase="Test (s)", value=column(rows, "timings.eval_s"))])
     long["value"] = pd.to_numeric(long["value"], errors="coerce")

@@ -11,6 +11,7 @@ import pandas as pd
 
 from analysis.load import FINISHED, column
 from analysis.stats import PRIMARY_METRIC, describe, metric_values
+from analysis.tables import format_number
 
 SEED_KEYS = ("lora_init", "data_order", "dropout", "generation")
 
@@ -29,15 +30,19 @@ def _greedy_identity(gens: pd.DataFrame, cell: str) -> tuple[int, int]:
     return int((distinct == 1).sum()), int(distinct.size)
 
 
-def _verdict_text(n: int, adapters: int, same_greedy: int, n_prompts: int, spread: float) -> str:
+def _verdict_text(n: int, adapters: int, same_greedy: int, n_prompts: int, spread: float,
+                  seeds_varied: bool) -> str:
+    """One sentence; trials meant to differ (seeds vary) are not called "not repeatable"."""
     if n < 2:
         return "fewer than 2 finished runs: nothing to compare"
     if adapters == 1:
         return "bitwise repeatable: every adapter is identical"
     if n_prompts and same_greedy == n_prompts:
         return f"weights differ ({adapters} distinct adapters) but greedy outputs are identical"
-    spread_txt = f"perplexity max/min = {spread:.4g}" if not math.isnan(spread) else "no perplexity"
-    return f"not repeatable: {adapters} distinct adapters, {spread_txt}"
+    spread_txt = f"perplexity max/min = {format_number(spread)}"
+    if seeds_varied:
+        return f"trials differ, as their seeds do: {adapters} distinct adapters, {spread_txt}"
+    return f"NOT repeatable under identical seeds: {adapters} distinct adapters, {spread_txt}"
 
 
 def cell_verdicts(runs: pd.DataFrame, gens: pd.DataFrame,
@@ -52,6 +57,7 @@ def cell_verdicts(runs: pd.DataFrame, gens: pd.DataFrame,
         done = group[group["status"].isin(FINISHED)]
         hashes = column(done, "adapter.sha256").dropna()
         same, n_prompts = _greedy_identity(gens, str(cell))
+        varied = varying_seeds(done)
         spread = describe(metric_values(runs, str(cell), metric).to_numpy())["spread"]
         out.append({"cell": cell, "n_finished": len(done),
                     "n_distinct_adapters": int(hashes.nunique()),
@@ -60,9 +66,9 @@ def cell_verdicts(runs: pd.DataFrame, gens: pd.DataFrame,
                     "greedy_prompts_identical": f"{same}/{n_prompts}",
                     "greedy_identical": n_prompts > 0 and same == n_prompts,
                     "ppl_spread": spread,
-                    "seeds_varied": ", ".join(varying_seeds(done)) or "none",
+                    "seeds_varied": ", ".join(varied) or "none",
                     "verdict": _verdict_text(len(done), int(hashes.nunique()), same, n_prompts,
-                                             spread)})
+                                             spread, bool(set(varied) - {"generation"}))})
     return pd.DataFrame(out)
 
 
@@ -81,8 +87,9 @@ def _issues(row: pd.Series) -> list[tuple[str, str]]:
     if status == "failed":
         issues.append(("failed", f"{get('error.type') or 'error'}: {get('error.message') or ''}"))
     elif status == "diverged":
-        issues.append(("diverged", f"{get('divergence.reason')} at step {get('divergence.step')}"
-                                   f" (last loss {get('divergence.last_loss')})"))
+        issues.append(("diverged", f"{get('divergence.reason')} at step "
+                                   f"{format_number(get('divergence.step'))} (last loss "
+                                   f"{format_number(get('divergence.last_loss'))})"))
     elif status == "incomplete":
         issues.append(("incomplete", "no DONE marker: half-finished; re-run the study to redo it"))
     elif status == "unreadable":

@@ -72,7 +72,8 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
     """Composed config of every job (sweeps in the command line and in experiment files)."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        first = compose("config", overrides=[SEARCHPATH_OVERRIDE, *overrides], return_hydra_config=True)
+        first_job = expand_jobs(overrides, multirun)[0]
+        first = compose("config", overrides=[SEARCHPATH_OVERRIDE, *first_job], return_hydra_config=True)
         extra = _sweeper_params(first) if multirun else []
         cli_keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
         combined = [p for p in extra if p.split("=", 1)[0] not in cli_keys] + list(overrides)

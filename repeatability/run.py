@@ -20,7 +20,7 @@ from repeatability.sweep import run_one
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(preflight.CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> str:
     return run_one(cfg)
 

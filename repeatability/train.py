@@ -107,8 +107,11 @@ class LoggingCallback(TrainerCallback):
             loss = float(logs["loss"])
             self.record.rows.append({**base, "split": "train", "loss": loss,
                                      "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm")})
-            if not math.isfinite(loss) and self.record.divergence is None:
-                self.record.divergence = {"reason": "non-finite training loss", "step": state.global_step, "last_loss": loss}
+            grad_norm = logs.get("grad_norm")
+            bad = "training loss" if not math.isfinite(loss) else (
+                "gradient norm" if grad_norm is not None and not math.isfinite(grad_norm) else None)
+            if bad and self.record.divergence is None:
+                self.record.divergence = {"reason": f"non-finite {bad}", "step": state.global_step, "last_loss": loss}
                 control.should_training_stop = True
             done, total = state.global_step, max(state.max_steps, 1)
             eta = elapsed / max(done, 1) * (total - done)
@@ -130,7 +133,7 @@ def train(model: Any, train_ds: Any, val_ds: Any, collator: Any, cfg: TrainConfi
             gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr,
             lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_steps,
             max_grad_norm=cfg.max_grad_norm, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
-            logging_strategy="steps", logging_steps=1,
+            logging_strategy="steps", logging_steps=1, logging_nan_inf_filter=False,  # keep NaN visible
             eval_strategy="steps" if cfg.eval_every and len(val_ds) else "no",
             eval_steps=cfg.eval_every or None,
             seed=seeds.dropout, data_seed=seeds.data_order,  # dropout RNG / sampler order

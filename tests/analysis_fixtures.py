@@ -189,3 +189,40 @@ def write_paper_study(results: Path, study: str = "paper", paired: bool = True) 
                 write_run(results, study, cell, trial, ppl=value,
                           summary={"seeds": seeds_for(trial, paired, optim)})
     return artifacts.study_dir(results, study)
+
+
+SMOL_8 = artifacts.CellKey("smollm2-135m", "quotes", "paged_adamw_8bit")
+SMOL_32 = artifacts.CellKey("smollm2-135m", "quotes", "paged_adamw_32bit")
+SMOL_FIXED = artifacts.CellKey("smollm2-135m", "quotes", "paged_adamw_32bit", "fixedseed")
+MIXED_PPL_8 = [20.0, 25.0, 40.0]
+MIXED_PPL_32 = [18.0, 19.0, 20.5]
+
+
+def write_mixed_study(results: Path, study: str = "mixed") -> Path:
+    """Every kind of run the analysis must cope with, in three cells.
+
+    - ``SMOL_8``: trials 1–3 complete (ppl 20, 25, 40); 4 diverged (ppl inf at step 7);
+      5 complete but its summary is corrupted afterwards.
+    - ``SMOL_32``: trials 1–3 complete (ppl 18, 19, 20.5), seed-matched with ``SMOL_8``;
+      4 failed (MemoryError); 5 half-finished; 6 complete with an unknown schema version.
+    - ``SMOL_FIXED``: trials 1–3 with the same seeds, adapter and text: bitwise repeatable.
+    """
+    for trial, ppl in enumerate(MIXED_PPL_8, 1):
+        write_run(results, study, SMOL_8, trial, ppl=ppl, completions=[f"quiet {trial}", "busy"])
+    write_run(results, study, SMOL_8, 4, ppl=math.inf, status="diverged",
+              losses=[3.0, 2.9, 2.8, 5.0, 40.0, 900.0, math.nan],
+              summary={"divergence": {"reason": "loss is NaN", "step": 7, "last_loss": math.nan},
+                       "metrics": {"perplexity_mean_per_sequence": math.inf}})
+    broken = write_run(results, study, SMOL_8, 5, ppl=22.0)
+    artifacts.write_text(broken / artifacts.SUMMARY, '{"status": "complete", "schema_')
+    for trial, ppl in enumerate(MIXED_PPL_32, 1):
+        write_run(results, study, SMOL_32, trial, ppl=ppl, completions=["quiet", "busy"])
+    write_run(results, study, SMOL_32, 4, status="failed",
+              summary={"error": {"type": "MemoryError", "message": "cannot allocate 2 GB"}})
+    write_run(results, study, SMOL_32, 5, status="incomplete")
+    write_run(results, study, SMOL_32, 6, ppl=19.5, summary={"schema_version": 99})
+    for trial in (1, 2, 3):
+        write_run(results, study, SMOL_FIXED, trial, ppl=17.0, weight_seed=0,
+                  losses=[3.0 - 0.1 * i for i in range(10)], completions=["same", "same"],
+                  summary={"seeds": seeds_for(0)})
+    return artifacts.study_dir(results, study)

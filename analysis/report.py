@@ -1,0 +1,87 @@
+"""``python -m analysis.report results/<study>``: the study's report.
+
+Writes, under ``<study>/_report/`` (or ``--out``): ``report.md``, a self-contained
+``report.html`` (figures embedded as base64 PNG), ``figures/*.png`` and ``tables/*``
+(``.csv`` full precision, ``.md``, ``.tex``), plus ``tables/runs.csv`` (every run, every
+summary key). Prints the path of ``report.md`` on stdout and nothing else.
+
+Exit codes: 0 report written (even when some runs are corrupted: they are listed in the
+report's problems section); 2 bad input (no such directory, or no run directory in it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from analysis import sections
+from analysis.document import Doc, render_html, render_markdown, write_figures
+from analysis.load import Study, StudyError, load_study
+from analysis.tables import write_table
+
+log = logging.getLogger(__name__)
+
+REPORT_DIRNAME = "_report"  # "_" prefix: the contract's iter_run_dirs never takes it for a cell
+
+
+def build(study: Study) -> tuple[Doc, sections.Tables]:
+    """Every section of :data:`sections.SECTIONS`, in order, into one document."""
+    doc = Doc(f"Repeatability report: {study.name}")
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    doc.para(f"Generated {stamp} by `python -m analysis.report`.")
+    out: sections.Tables = {}
+    for section in sections.SECTIONS:
+        out |= section(doc, study)
+    return doc, out
+
+
+def write_report(study_path: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Load the study, build the report and write every file; return ``report.md``'s path.
+
+    Raises:
+        StudyError: no such study directory, or no run directory in it.
+    """
+    study = load_study(study_path)
+    out = Path(out_dir) if out_dir else study.path / REPORT_DIRNAME
+    doc, tabs = build(study)
+    tables_dir = out / "tables"
+    for name, (table, caption) in tabs.items():
+        write_table(table, tables_dir, name, caption, index=not _is_flat(table))
+    study.runs.to_csv(tables_dir / "runs.csv", index=False)
+    write_figures(doc, out / "figures")
+    md = out / "report.md"
+    md.write_text(render_markdown(doc))
+    (out / "report.html").write_text(render_html(doc))
+    log.info("wrote %s (%d figures, %d tables)", out, len(doc.figures), len(tabs) + 1)
+    return md
+
+
+def _is_flat(table: pd.DataFrame) -> bool:
+    """A frame whose index carries nothing (a plain RangeIndex) is written without it."""
+    return isinstance(table.index, pd.RangeIndex) and table.index.name is None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("study", help="a study directory, e.g. results/default")
+    parser.add_argument("--out", help=f"output folder (default: <study>/{REPORT_DIRNAME})")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        path = write_report(args.study, args.out)
+    except StudyError as exc:
+        parser.exit(2, f"error: {exc}\n")
+    print(path)  # the one line of stdout: where the report is
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
