@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from itertools import combinations
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

@@ -9,7 +9,8 @@ shows the returned Figure inline.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -78,23 +79,34 @@ def _same_comparison(runs: pd.DataFrame, left: str, right: str) -> bool:
     return bool((a == b).all()) and bool(paired_trials(runs, left, right))
 
 
-def _status_legend(ax: Axes, statuses: Iterable[str]) -> None:
+def cell_order(runs: pd.DataFrame) -> list[str]:
+    """Cells grouped by model, dataset and variant; within a group, fewer optimizer bits first."""
+    bits = pd.to_numeric(column(runs, "optimizer.requested.optim_bits"), errors="coerce")
+    frame = runs.assign(bits=bits.fillna(np.inf)).groupby("cell").agg(
+        model=("model", "first"), dataset=("dataset", "first"), variant=("variant", "first"),
+        bits=("bits", "min"))
+    return list(frame.sort_values(["model", "dataset", "variant", "bits"]).index)
+
+
+def _status_legend(ax: Axes, statuses: Iterable[str], joined: bool) -> None:
     handles = [Line2D([], [], ls="", marker=STATUS_MARKERS[s], color="0.35", label=s)
                for s in STATUS_MARKERS if s in set(statuses)]
     handles.append(Line2D([], [], color="k", lw=1.5, label="median"))
-    handles.append(Line2D([], [], color="0.75", lw=0.8, label="same trial & seeds"))
+    if joined:
+        handles.append(Line2D([], [], color="0.75", lw=0.8, label="same trial & seeds"))
     ax.legend(handles=handles, fontsize=8, loc="best")
 
 
 def metric_by_cell(runs: pd.DataFrame, metric: str = PRIMARY_METRIC,
                    cells: list[str] | None = None) -> Figure:
-    """One column of points per cell (one point per trial, ``X`` = diverged), median as a bar.
+    """One column of points per cell (one point per trial, ``X`` = diverged), median as a bar;
+    cells in :func:`cell_order` unless given.
 
     Neighbouring cells that differ only in the optimizer and are seed-matched get each trial's
     two points joined by a grey line (the paired view).
     """
     rows = _values(runs, metric)
-    cells = cells or sorted(runs["cell"].unique())
+    cells = cells or cell_order(runs)
     fig, axes = new_figure((max(4.5, 2.2 * len(cells)), 4.2))
     ax = axes[0, 0]
     for i, cell in enumerate(cells):
@@ -107,10 +119,12 @@ def metric_by_cell(runs: pd.DataFrame, metric: str = PRIMARY_METRIC,
         if len(group):
             ax.hlines(group["value"].median(), i - 0.25, i + 0.25, color="k", lw=1.5, zorder=4)
     by_trial = rows.pivot_table(index="trial", columns="cell", values="value", aggfunc="first")
+    joined = 0
     for i, (left, right) in enumerate(zip(cells, cells[1:])):
         if left in by_trial and right in by_trial and _same_comparison(runs, left, right):
             for _, pair in by_trial[[left, right]].dropna().iterrows():
                 ax.plot([i, i + 1], pair.to_numpy(), color="0.75", lw=0.8, zorder=1)
+                joined += 1
     log = wants_log(rows["value"])
     hidden = [_n_nonfinite(runs, c, metric) for c in cells]
     ax.set_xticks(range(len(cells)), [short_cell(c) + (f"\n+{n} not finite, not shown" if n else "")
@@ -120,7 +134,7 @@ def metric_by_cell(runs: pd.DataFrame, metric: str = PRIMARY_METRIC,
     ax.set_yscale("log" if log else "linear")
     ax.set_title(f"{metric_label(metric)}, one point per trial", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    _status_legend(ax, rows["status"])
+    _status_legend(ax, rows["status"], joined > 0)
     return fig
 
 

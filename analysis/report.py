@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -32,7 +32,7 @@ REPORT_DIRNAME = "_report"  # "_" prefix: the contract's iter_run_dirs never tak
 def build(study: Study) -> tuple[Doc, sections.Tables]:
     """Every section of :data:`sections.SECTIONS`, in order, into one document."""
     doc = Doc(f"Repeatability report: {study.name}")
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     doc.para(f"Generated {stamp} by `python -m analysis.report`.")
     out: sections.Tables = {}
     for section in sections.SECTIONS:

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 
@@ -137,21 +137,11 @@ def perplexity(doc: Doc, study: Study) -> Tables:
         if len(cell_stats):
             doc.table(_stats_view(cell_stats), caption)
         out[f"cell_stats_{tag}"] = (cell_stats, caption)
-        cells = _cell_order(runs)
-        doc.figure(f"perplexity_{tag}", plots.metric_by_cell(runs, metric, cells),
+        doc.figure(f"perplexity_{tag}", plots.metric_by_cell(runs, metric),
                    f"{label}, one point per trial")
     base = _values(runs[runs["status"].isin(FINISHED)], ("metrics.base_perplexity_token_weighted",))
     doc.para(f"Base model before fine-tuning (token-weighted): {base}.")
     return out
-
-
-def _cell_order(runs: pd.DataFrame) -> list[str]:
-    """Cells grouped by model/dataset/variant, arms in :func:`tables.arm_order` within."""
-    rank = {a: i for i, a in enumerate(tables.arm_order(runs))}
-    first = runs.drop_duplicates("cell")
-    key = {r["cell"]: (r["model"], r["dataset"], r["variant"], rank[tables.arm_label(r)])
-           for _, r in first.iterrows()}
-    return sorted(key, key=key.get)
 
 
 def comparisons(doc: Doc, study: Study) -> Tables:
@@ -171,7 +161,8 @@ def comparisons(doc: Doc, study: Study) -> Tables:
     view.columns = [f"{x} vs {y}" for x, y in view.columns]
     doc.table(view, "Comparisons of the token-weighted held-out perplexity")
     for i, row in table.iterrows():
-        doc.figure(f"paired_ratio_{i + 1}", plots.paired_differences(study.runs, row["x"], row["y"]),
+        fig = plots.paired_differences(study.runs, row["x"], row["y"])
+        doc.figure(f"paired_ratio_{i + 1}", fig,
                    f"Per-trial perplexity ratio X/Y: X = {row['x']}, Y = {row['y']}")
     return {"comparisons": (table, "Comparisons of the token-weighted held-out perplexity")}
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import re
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,17 @@ def to_markdown(table: pd.DataFrame, index: bool = True) -> str:
     return flat.to_markdown(index=index, disable_numparse=True)
 
 
+_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                   "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    """Plain text (with `code` spans) → LaTeX: specials escaped, code spans in \\texttt."""
+    escaped = "".join(_LATEX_SPECIALS.get(ch, ch) for ch in text)
+    return re.sub(r"`([^`]*)`", r"\\texttt{\1}", escaped)
+
+
 def write_table(table: pd.DataFrame, out_dir: Path, name: str, caption: str = "",
                 index: bool = True) -> dict[str, Path]:
     """Write ``name.csv`` (full precision), ``name.md`` and ``name.tex`` under ``out_dir``."""
@@ -158,7 +170,7 @@ def write_table(table: pd.DataFrame, out_dir: Path, name: str, caption: str = ""
     md = (f"{caption}\n\n" if caption else "") + to_markdown(table, index) + "\n"
     paths["md"].write_text(md)
     latex = table.astype(object).map(format_number).to_latex(
-        index=index, caption=caption or None, label=f"tab:{name}", escape=True)
+        index=index, caption=latex_escape(caption) or None, label=f"tab:{name}", escape=True)
     paths["tex"].write_text(latex)
     log.debug("wrote %s", ", ".join(str(p) for p in paths.values()))
     return paths

@@ -99,7 +99,8 @@ def _issues(row: pd.Series) -> list[tuple[str, str]]:
         issues.append(("paging not effective",
                        str(get("optimizer.effective.paging_note") or "no state tensor was paged")))
     if get("optimizer.requested.optim_bits") == 8:
-        bits, frac = get("optimizer.effective.bits"), get("optimizer.effective.state_8bit_param_fraction")
+        bits = get("optimizer.effective.bits")
+        frac = get("optimizer.effective.state_8bit_param_fraction")
         if bits == 32:
             issues.append(("8-bit state not used", "every optimizer state stayed 32-bit"))
         elif isinstance(frac, (int, float)) and not math.isnan(frac) and frac < 1:

