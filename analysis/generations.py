@@ -70,21 +70,28 @@ def mean_pairwise_similarity(texts: Sequence[str]) -> float:
 
 def agreement(gens: pd.DataFrame) -> pd.DataFrame:
     """Per (cell, prompt_index, mode): n trials, distinct completions, exact-match rate,
-    mean pairwise similarity, and (multiple choice) distinct answer letters.
+    mean pairwise similarity, and for multiple-choice prompts the distinct answer letters and
+    the letter agreement (fraction of trial pairs giving the same letter; no letter counts as
+    an answer of its own).
     """
     rows = []
     for (cell, prompt, mode), group in _finished(gens).groupby(["cell", "prompt_index", "mode"]):
         texts = [str(t) for t in group.sort_values("trial")["completion"].fillna("")]
-        letters = group.get("answer_letter", pd.Series(dtype=object)).dropna()
+        all_letters = group.sort_values("trial").get("answer_letter",
+                                                        pd.Series(dtype=object))
+        letters = all_letters.dropna()
         rows.append({"cell": cell, "prompt_index": int(prompt), "mode": mode,
                      "prompt": str(group["prompt"].iloc[0]) if "prompt" in group else "",
                      "n": len(texts), "n_distinct": len(set(texts)),
                      "exact_match": pairwise_exact_match(texts),
                      "similarity": mean_pairwise_similarity(texts),
-                     "n_distinct_letters": int(letters.nunique()) if len(letters) else np.nan})
+                     "n_distinct_letters": int(letters.nunique()) if len(letters) else np.nan,
+                     "letter_agreement": pairwise_exact_match(
+                         [str(v) if v is not None else "" for v in all_letters.fillna("")])
+                     if len(letters) else np.nan})
     return pd.DataFrame(rows, columns=["cell", "prompt_index", "mode", "prompt", "n",
                                        "n_distinct", "exact_match", "similarity",
-                                       "n_distinct_letters"])
+                                       "n_distinct_letters", "letter_agreement"])
 
 
 def prompts(gens: pd.DataFrame) -> pd.DataFrame:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,29 +85,16 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def trial_number(run_path: Path, cell: artifacts.CellKey) -> int:
-    """The trial number of a run directory, checked against :func:`artifacts.run_dir`.
-
-    Adapter until the contract offers a parser for ``trial-NN`` names (see
-    ``analysis/_contract_requests.md``): the digits are taken from the name and the result is
-    accepted only if the contract builds exactly this path back from it.
+def _read_summary(path: Path, rel: str, problems: list[Problem]) -> dict[str, Any]:
+    """The flattened summary; ``{}`` when the run has not written one yet (half-finished: not a
+    problem); ``{"load_error": ...}`` and a problem when it is corrupted or of another schema.
     """
-    match = re.search(r"(\d+)$", run_path.name)
-    if match:
-        trial = int(match.group(1))
-        study = run_path.parent.parent
-        if artifacts.run_dir(study.parent, study.name, cell, trial) == run_path:
-            return trial
-    raise RunDirError(f"{run_path.name}: not a trial directory name the contract writes")
-
-
-def _read_summary(path: Path, state: str, rel: str, problems: list[Problem]) -> dict[str, Any]:
-    """The flattened summary, or ``{}``. A half-finished run may have none: not a problem."""
+    if not artifacts.has_summary(path):
+        return {}
     try:
         return flatten(artifacts.read_summary(path))
     except RunDirError as exc:
-        if state != "incomplete":
-            problems.append(Problem(rel, "summary", str(exc)))
+        problems.append(Problem(rel, "summary", str(exc)))
         return {"load_error": str(exc)}
 
 
@@ -130,7 +116,7 @@ def _run_row(path: Path, study: Path, problems: list[Problem]) -> dict[str, Any]
     rel = str(path.relative_to(study))
     try:
         cell = artifacts.parse_cell_dirname(path.parent.name)
-        trial = trial_number(path, cell)
+        trial = artifacts.parse_trial_dirname(path.name)
     except RunDirError as exc:
         problems.append(Problem(rel, "layout", str(exc)))
         return None
@@ -144,13 +130,13 @@ def _run_row(path: Path, study: Path, problems: list[Problem]) -> dict[str, Any]
     row: dict[str, Any] = {"run": rel, "cell": path.parent.name, "model": cell.model,
                            "dataset": cell.dataset, "optim": cell.optim, "variant": cell.variant,
                            "trial": trial, "status": state, "state": state, "load_error": error}
-    summary = _read_summary(path, state, rel, problems) if state != "unreadable" else {}
+    summary = _read_summary(path, rel, problems) if state != "unreadable" else {}
     summary.pop("status", None)
     summary.pop("schema_version", None)
     if "trial" in summary:
         summary["summary_trial"] = summary.pop("trial")
     row.update(summary)
-    if row["load_error"] and state in FINISHED + ("failed",):
+    if row["load_error"]:
         row["status"] = "unreadable"
     _check_identity(row, rel, problems)
     try:
@@ -166,11 +152,11 @@ def _long_rows(path: Path, ids: dict[str, Any], problems: list[Problem]) -> tupl
     gens: list[dict[str, Any]] = []
     try:
         curves = [{**ids, **r} for r in artifacts.read_loss_curve(path)]
-    except (RunDirError, ValueError, KeyError, TypeError) as exc:
-        problems.append(Problem(ids["run"], "loss_curve", f"{type(exc).__name__}: {exc}"))
+    except RunDirError as exc:
+        problems.append(Problem(ids["run"], "loss_curve", str(exc)))
     try:
         gens = [{**ids, **r} for r in artifacts.read_generations(path)]
-    except (RunDirError, ValueError) as exc:
+    except RunDirError as exc:
         problems.append(Problem(ids["run"], "generations", str(exc)))
     return curves, gens
 

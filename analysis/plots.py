@@ -94,7 +94,7 @@ def _status_legend(ax: Axes, statuses: Iterable[str], joined: bool) -> None:
     handles.append(Line2D([], [], color="k", lw=1.5, label="median"))
     if joined:
         handles.append(Line2D([], [], color="0.75", lw=0.8, label="same trial & seeds"))
-    ax.legend(handles=handles, fontsize=8, loc="best")
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
 def metric_by_cell(runs: pd.DataFrame, metric: str = PRIMARY_METRIC,
@@ -107,23 +107,25 @@ def metric_by_cell(runs: pd.DataFrame, metric: str = PRIMARY_METRIC,
     """
     rows = _values(runs, metric)
     cells = cells or cell_order(runs)
-    fig, axes = new_figure((max(4.5, 2.2 * len(cells)), 4.2))
+    fig, axes = new_figure((max(6.5, 2.0 * len(cells) + 2.0), 4.4))
     ax = axes[0, 0]
+    # x of each point: the cell's position, spread a little by trial so equal values stay visible
+    rows = rows.assign(x=rows["cell"].map({c: i for i, c in enumerate(cells)})
+                       + (rows["trial"] - rows["trial"].mean()) * 0.02)
     for i, cell in enumerate(cells):
         group = rows[rows["cell"] == cell]
-        jitter = (group["trial"].to_numpy() - group["trial"].mean()) * 0.02
         for status, marker in STATUS_MARKERS.items():
-            sel = (group["status"] == status).to_numpy()
-            ax.scatter(i + jitter[sel], group["value"].to_numpy()[sel], marker=marker, s=36,
-                       color=f"C{i % 10}", zorder=3)
+            sel = group[group["status"] == status]
+            ax.scatter(sel["x"], sel["value"], marker=marker, s=36, color=f"C{i % 10}", zorder=3)
         if len(group):
             ax.hlines(group["value"].median(), i - 0.25, i + 0.25, color="k", lw=1.5, zorder=4)
-    by_trial = rows.pivot_table(index="trial", columns="cell", values="value", aggfunc="first")
     joined = 0
-    for i, (left, right) in enumerate(zip(cells, cells[1:])):
-        if left in by_trial and right in by_trial and _same_comparison(runs, left, right):
-            for _, pair in by_trial[[left, right]].dropna().iterrows():
-                ax.plot([i, i + 1], pair.to_numpy(), color="0.75", lw=0.8, zorder=1)
+    for left, right in zip(cells, cells[1:]):
+        if _same_comparison(runs, left, right):
+            pairs = pd.merge(rows[rows["cell"] == left], rows[rows["cell"] == right], on="trial")
+            for _, pair in pairs.iterrows():
+                ax.plot([pair["x_x"], pair["x_y"]], [pair["value_x"], pair["value_y"]],
+                        color="0.75", lw=0.8, zorder=1)
                 joined += 1
     log = wants_log(rows["value"])
     hidden = [_n_nonfinite(runs, c, metric) for c in cells]
@@ -138,19 +140,31 @@ def metric_by_cell(runs: pd.DataFrame, metric: str = PRIMARY_METRIC,
     return fig
 
 
-def loss_curves(curves: pd.DataFrame, split: str = "train") -> Figure:
-    """One panel per cell (shared axes), one line per trial of its finished runs."""
+def loss_curves(curves: pd.DataFrame, split: str = "train",
+                cells: list[str] | None = None) -> Figure:
+    """One panel per cell (shared axes): one line per trial of its finished runs, over a grey
+    band from the lowest to the highest loss of any trial at each step.
+
+    ``cells`` orders the panels (e.g. :func:`cell_order` of the runs); default: by name.
+    """
     rows = curves[(curves["split"] == split) & curves["status"].isin(FINISHED)]
-    cells = sorted(rows["cell"].unique()) or ["(no finished runs)"]
+    present = set(rows["cell"])
+    cells = [c for c in (cells or sorted(present)) if c in present] or ["(no finished runs)"]
     ncols = min(2, len(cells))
     nrows = math.ceil(len(cells) / ncols)
     fig, axes = new_figure((6 * ncols, 3.4 * nrows), nrows, ncols, sharex=True, sharey=True)
     log = wants_log(rows["loss"].astype(float))
     for ax, cell in zip(axes.flat, cells):
+        band = rows[rows["cell"] == cell].astype({"loss": float}).groupby("step")["loss"]
+        if band.ngroups:
+            low, high = band.min(), band.max()
+            ax.fill_between(low.index, low.to_numpy(), high.to_numpy(), color="0.6", alpha=0.25,
+                            lw=0, label="min–max across trials")
         for trial, run in rows[rows["cell"] == cell].groupby("trial"):
             run = run.sort_values("step")
             diverged = (run["status"] == "diverged").any()
-            ax.plot(run["step"], run["loss"].astype(float), lw=1,
+            ax.plot(run["step"], run["loss"].astype(float), lw=1, ms=3,
+                    marker="o" if len(run) <= 20 else None,  # sparse (val) points stay visible
                     label=f"trial {trial}" + (" (diverged)" if diverged else ""))
         ax.set_title(cell, fontsize=9)
         ax.grid(alpha=0.3)
@@ -194,20 +208,29 @@ def loss_spread(curves: pd.DataFrame, split: str = "train") -> Figure:
 
 def paired_differences(runs: pd.DataFrame, cell_x: str, cell_y: str,
                        metric: str = PRIMARY_METRIC) -> Figure:
-    """Per trial, ``metric`` of arm X over arm Y (ratio; 1 = no difference), bars by trial."""
+    """Per trial, arm X's ``metric`` relative to arm Y's, one bar per trial.
+
+    Ratios spanning more than 10× (the paper's 8-bit runs) are drawn as X/Y on a log axis;
+    otherwise as the relative difference X/Y − 1 in percent, so small effects stay visible.
+    """
     rows = _values(runs, metric)
     table = rows.pivot_table(index="trial", columns="cell", values="value", aggfunc="first")
     fig, axes = new_figure((6, 3.6))
     ax = axes[0, 0]
-    if cell_x in table and cell_y in table:
-        ratio = (table[cell_x] / table[cell_y]).dropna()
+    name = metric_label(metric).split(" (")[0]
+    ratio = (table[cell_x] / table[cell_y]).dropna() if cell_x in table and cell_y in table \
+        else pd.Series(dtype=float)
+    if wants_log(list(ratio) + [1.0]):
         ax.bar(ratio.index.astype(str), ratio.to_numpy(), color="C0")
-        if wants_log(list(ratio) + [1.0]):
-            ax.set_yscale("log")
-    ax.axhline(1.0, color="k", lw=1)
+        ax.set_yscale("log")
+        ax.axhline(1.0, color="k", lw=1)
+        ax.set_ylabel(f"X / Y of {name} (log scale)")
+    else:
+        ax.bar(ratio.index.astype(str), (ratio.to_numpy() - 1) * 100, color="C0")
+        ax.axhline(0.0, color="k", lw=1)
+        ax.set_ylabel(f"X / Y − 1 of {name} (%)")
     matched = bool(paired_trials(runs, cell_x, cell_y))
     ax.set_xlabel("trial" + (" (same seeds in both arms)" if matched else " (seeds differ)"))
-    ax.set_ylabel(f"ratio X / Y of {metric_label(metric).split(' (')[0]}")
     ax.set_title(f"X = {cell_x}\nY = {cell_y}", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return fig

@@ -1,7 +1,8 @@
 """``python -m analysis.report results/<study>``: the study's report.
 
-Writes, under ``<study>/_report/`` (or ``--out``): ``report.md``, a self-contained
-``report.html`` (figures embedded as base64 PNG), ``figures/*.png`` and ``tables/*``
+Writes, under ``artifacts.report_dir(study)`` = ``<study>/_report/`` (or ``--out``):
+``report.md``, a self-contained ``report.html`` (figures embedded as base64 PNG),
+``figures/*.png`` and ``tables/*``
 (``.csv`` full precision, ``.md``, ``.tex``), plus ``tables/runs.csv`` (every run, every
 summary key). Prints the path of ``report.md`` on stdout and nothing else.
 
@@ -19,23 +20,26 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import sections
+from analysis import sections, sections_runs
 from analysis.document import Doc, render_html, render_markdown, write_figures
 from analysis.load import Study, StudyError, load_study
 from analysis.tables import write_table
+from repeatability import artifacts
 
 log = logging.getLogger(__name__)
 
-REPORT_DIRNAME = "_report"  # "_" prefix: the contract's iter_run_dirs never takes it for a cell
+SECTIONS = (sections.overview, sections.verdicts, sections.perplexity, sections.comparisons,
+            sections_runs.loss, sections_runs.generation, sections_runs.resources,
+            sections_runs.not_as_asked, sections_runs.problems)
 
 
 def build(study: Study) -> tuple[Doc, sections.Tables]:
-    """Every section of :data:`sections.SECTIONS`, in order, into one document."""
+    """Every section of :data:`SECTIONS`, in order, into one document."""
     doc = Doc(f"Repeatability report: {study.name}")
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     doc.para(f"Generated {stamp} by `python -m analysis.report`.")
     out: sections.Tables = {}
-    for section in sections.SECTIONS:
+    for section in SECTIONS:
         out |= section(doc, study)
     return doc, out
 
@@ -47,7 +51,7 @@ def write_report(study_path: str | Path, out_dir: str | Path | None = None) -> P
         StudyError: no such study directory, or no run directory in it.
     """
     study = load_study(study_path)
-    out = Path(out_dir) if out_dir else study.path / REPORT_DIRNAME
+    out = Path(out_dir) if out_dir else artifacts.report_dir(study.path)
     doc, tabs = build(study)
     tables_dir = out / "tables"
     for name, (table, caption) in tabs.items():
@@ -70,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", help="a study directory, e.g. results/default")
-    parser.add_argument("--out", help=f"output folder (default: <study>/{REPORT_DIRNAME})")
+    parser.add_argument("--out", help="output folder (default: the contract's report_dir, "
+                        "<study>/_report)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

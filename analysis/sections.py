@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from analysis import curves, generations, plots, stats, tables, verdict
+from analysis import plots, stats, tables, verdict
 from analysis.document import Doc
 from analysis.load import FINISHED, Study, column
 
@@ -77,6 +77,14 @@ def setup_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
+def environment_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Rows = every ``environment.*`` key, columns = cell, values = distinct values (`;`)."""
+    keys = sorted(c for c in runs.columns if c.startswith("environment."))
+    data = {cell: {k.removeprefix("environment."): _values(group, (k,)) for k in keys}
+            for cell, group in runs.groupby("cell", sort=True)}
+    return pd.DataFrame(data)
+
+
 def overview(doc: Doc, study: Study) -> Tables:
     runs = study.runs
     counts = runs["status"].value_counts().to_dict()
@@ -88,7 +96,20 @@ def overview(doc: Doc, study: Study) -> Tables:
              "not the config); several values in one cell are separated by `;`.")
     setup = setup_table(runs)
     doc.table(setup, "Setup per cell")
-    return {"setup": (setup, "Setup per cell")}
+    out = {"setup": (setup, "Setup per cell")}
+    diffs = verdict.environment_differences(runs)
+    if diffs.empty:
+        doc.para("Environment: every run of a cell recorded the same environment "
+                 "(python, platform, packages, CUDA, CPU, git commit, host, threads).")
+    else:
+        doc.para("WARNING: the environment differs inside a cell; those trials did not run "
+                 "under the same software/hardware, which confounds the variance:")
+        doc.table(diffs, "Environment differences inside a cell", index=False)
+        out["environment_differences"] = (diffs, "Environment differences inside a cell")
+    env = environment_table(runs)
+    doc.table(env, "Environment per cell (as recorded in environment.json)")
+    out["environment"] = (env, "Environment per cell")
+    return out
 
 
 def verdicts(doc: Doc, study: Study) -> Tables:
@@ -103,15 +124,54 @@ def verdicts(doc: Doc, study: Study) -> Tables:
     return {"verdicts": (table, "Verdict per cell")}
 
 
+def arm_notes(runs: pd.DataFrame) -> list[str]:
+    """One line per cell: the optimizer state, paging, device and dtype that actually ran."""
+    notes = []
+    for cell in plots.cell_order(runs):
+        rows = runs[(runs["cell"] == cell) & runs["status"].isin(FINISHED)]
+        if rows.empty:
+            notes.append(f"`{cell}`: no finished run")
+            continue
+        frac = pd.to_numeric(column(rows, "optimizer.effective.state_8bit_param_fraction"),
+                             errors="coerce")
+        frac_txt = f"{frac.mean():.1%}" if frac.notna().any() else "–"
+        notes.append(
+            f"`{cell}`: Adam state {_values(rows, ('optimizer.effective.bits',))}-bit "
+            f"({frac_txt} of trainable parameters with 8-bit state), paging effective "
+            f"{_values(rows, ('optimizer.effective.paging_effective',))}, device "
+            f"{_values(rows, ('device.type', 'device.compute_dtype'))}")
+    return notes
+
+
+def _ci(view: pd.DataFrame, stat: str) -> list[str]:
+    pairs = zip(view[f"{stat}_ci_low"], view[f"{stat}_ci_high"], strict=True)
+    return [f"[{tables.format_number(lo)}, {tables.format_number(hi)}]" for lo, hi in pairs]
+
+
 def _stats_view(cell_stats: pd.DataFrame) -> pd.DataFrame:
+    """The perplexity statistics as shown: counts, location, spread, log scale, CIs."""
     view = cell_stats.set_index("cell")
-    ci = lambda lo, hi: [f"[{tables.format_number(a)}, {tables.format_number(b)}]"  # noqa: E731
-                         for a, b in zip(view[lo], view[hi])]
-    out = view[["n_runs", "n_complete", "n_diverged", "n_failed", "n", "median"]].copy()
-    out["median 95% CI"] = ci("median_ci_low", "median_ci_high")
-    out["gmean"] = view["gmean"]
-    out["gmean 95% CI"] = ci("gmean_ci_low", "gmean_ci_high")
-    for key in ("mean", "std", "cv", "min", "max", "spread"):
+    out = view[["n_runs", "n_complete", "n_diverged", "n_failed", "n", "mean"]].copy()
+    out["mean 95% CI"] = _ci(view, "mean")
+    out["std"] = view["std"]
+    out["std 95% CI"] = _ci(view, "std")
+    for key in ("cv", "median", "iqr", "min", "max", "spread", "gmean"):
+        out[key] = view[key]
+    out["gmean 95% CI"] = _ci(view, "gmean")
+    out["gstd"] = view["gstd"]
+    return out
+
+
+def compact_stats(runs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """Per (metric, cell): n, mean, std, CV, median, IQR, min, max, max/min, mean 95% CI."""
+    table = stats.stats_table(runs, metrics)
+    if table.empty:
+        return table
+    table["metric"] = table["metric"].map(plots.metric_label)
+    view = table.set_index(["metric", "cell"])
+    out = view[["n", "mean"]].copy()
+    out["mean 95% CI"] = _ci(view, "mean")
+    for key in ("std", "cv", "median", "iqr", "min", "max", "spread"):
         out[key] = view[key]
     return out
 
@@ -124,6 +184,8 @@ def perplexity(doc: Doc, study: Study) -> Tables:
              "over the held-out split. Also shown: `perplexity_mean_per_sequence`, the mean of "
              "per-sequence perplexities (HF evaluate's `mean_perplexity`), dominated by the "
              "worst sequences. As recorded by the runs: " + definition)
+    doc.para("What each arm actually ran (read back from the optimizer after training):")
+    doc.bullets(arm_notes(runs))
     for metric, tag in ((stats.PRIMARY_METRIC, "token_weighted"), (SECOND_METRIC, "mean_per_seq")):
         label = plots.metric_label(metric)
         for dataset in sorted(runs["dataset"].unique()):
@@ -133,7 +195,9 @@ def perplexity(doc: Doc, study: Study) -> Tables:
             out[f"table1_{dataset}_perplexity_{tag}"] = (table, caption)
         cell_stats = stats.cell_stats(runs, metric)
         caption = (f"Statistics of the {label} over finished trials (complete + diverged, finite "
-                   "values); CIs: percentile bootstrap, 9,999 resamples")
+                   "values). gmean/gstd: geometric mean and geometric standard deviation (a "
+                   "factor), i.e. mean and spread of log perplexity. 95% CIs: percentile bootstrap,"
+                   " 9,999 resamples (rough with 7 trials)")
         if len(cell_stats):
             doc.table(_stats_view(cell_stats), caption)
         out[f"cell_stats_{tag}"] = (cell_stats, caption)
@@ -157,6 +221,7 @@ def comparisons(doc: Doc, study: Study) -> Tables:
              "every common trial has the same lora_init/data_order/dropout seeds in both arms "
              "(`paired`), trials are matched and `wilcoxon_p` is the signed-rank test on the "
              "per-trial differences X − Y.")
+    doc.bullets([verdict.comparison_reading(row) for _, row in table.iterrows()])
     view = table.drop(columns=["metric"]).set_index(["x", "y"]).T
     view.columns = [f"{x} vs {y}" for x, y in view.columns]
     doc.table(view, "Comparisons of the token-weighted held-out perplexity")
@@ -165,102 +230,3 @@ def comparisons(doc: Doc, study: Study) -> Tables:
         doc.figure(f"paired_ratio_{i + 1}", fig,
                    f"Per-trial perplexity ratio X/Y: X = {row['x']}, Y = {row['y']}")
     return {"comparisons": (table, "Comparisons of the token-weighted held-out perplexity")}
-
-
-def loss(doc: Doc, study: Study) -> Tables:
-    doc.heading("Loss curves")
-    if study.curves.empty:
-        doc.para("No loss curve was recorded.")
-        return {}
-    doc.figure("loss_train", plots.loss_curves(study.curves, "train"),
-               "Training loss per optimizer step, one line per trial (finished runs)")
-    doc.figure("loss_spread", plots.loss_spread(study.curves, "train"),
-               "Standard deviation of the training loss across trials at each step")
-    within = curves.within_cell_divergence(study.curves)
-    doc.para("First step at which two trials of a cell log different training losses "
-             "(`first_step`; empty when all trials are identical throughout):")
-    doc.table(within.set_index("cell"), "Where trials part, per cell", index=True)
-    out = {"loss_within_cell": (within, "Where trials part, per cell")}
-    for i, (x, y) in enumerate(stats.comparison_pairs(study.runs), 1):
-        paired = curves.paired_divergence(study.curves, x, y)
-        matched = "seed-matched" if stats.paired_trials(study.runs, x, y) else "NOT seed-matched"
-        caption = f"First step where arm X's curve parts from arm Y's ({matched}): X = {x}, Y = {y}"
-        doc.table(paired.drop(columns=["x", "y"]).set_index("trial"), caption)
-        out[f"loss_paired_{i}"] = (paired, caption)
-    return out
-
-
-def generation(doc: Doc, study: Study) -> Tables:
-    doc.heading("Generations")
-    gens = study.generations
-    if gens.empty:
-        doc.para("No generations were recorded.")
-        return {}
-    agree = generations.agreement(gens)
-    doc.para("`n_distinct`: distinct completions over the cell's finished trials; `exact_match`: "
-             "fraction of trial pairs with identical completions; `similarity`: mean pairwise "
-             "difflib ratio (1 = identical).")
-    doc.table(agree.drop(columns=["prompt"]).set_index(["cell", "prompt_index", "mode"]),
-              "Agreement between trials")
-    out = {"generation_agreement": (agree, "Agreement between trials")}
-    for dataset, rows in gens.groupby("dataset", sort=True):
-        for _, p in generations.prompts(rows).iterrows():
-            index = int(p["prompt_index"])
-            for mode in sorted(rows["mode"].dropna().unique()):
-                table = generations.side_by_side(rows, index, mode)
-                caption = (f"Tables 4–7 shape: {mode} completions, dataset `{dataset}`, prompt "
-                           f"{index}: `{p['prompt']}`")
-                doc.table(table, caption)
-                out[f"generations_{dataset}_p{index}_{mode}"] = (table, caption)
-        letters = generations.answer_letters(rows)
-        if not letters.empty:
-            caption = f"Tables 8/9 shape: answer letters (greedy), dataset `{dataset}`"
-            doc.table(letters, caption)
-            out[f"answer_letters_{dataset}"] = (letters, caption)
-    return out
-
-
-def resources(doc: Doc, study: Study) -> Tables:
-    doc.heading("Memory and time")
-    memory, label = tables.memory_table(study.runs)
-    out = {}
-    if not memory.empty:
-        doc.table(memory, f"Table 3 shape: {label}, mean over finished trials")
-        out["table3_memory"] = (memory, label)
-    for dataset in sorted(study.runs["dataset"].unique()):
-        times = tables.timing_table(study.runs, dataset)
-        caption = (f"Tables 10/11 shape, dataset `{dataset}`: training time and held-out scoring "
-                   "time (the paper's test time), seconds")
-        doc.table(times, caption)
-        out[f"table10_{dataset}_times"] = (times, caption)
-    return out
-
-
-def not_as_asked(doc: Doc, study: Study) -> Tables:
-    doc.heading("What could not run as asked")
-    issues = verdict.not_as_asked(study.runs)
-    if issues.empty:
-        doc.para("Every run finished and its optimizer did what was requested.")
-        return {}
-    grouped = (issues.groupby(["cell", "issue", "detail"], sort=True)["trial"]
-               .apply(lambda t: ", ".join(str(x) for x in sorted(t))).reset_index()
-               .rename(columns={"trial": "trials"}))
-    doc.table(grouped[["cell", "issue", "trials", "detail"]], "Runs that did not run as asked",
-              index=False)
-    return {"not_as_asked": (issues, "Runs that did not run as asked")}
-
-
-def problems(doc: Doc, study: Study) -> Tables:
-    doc.heading("Problems found while reading the study")
-    if not study.problems:
-        doc.para("None: every run directory was read as the contract describes.")
-        return {}
-    table = pd.DataFrame([vars(p) for p in study.problems])
-    doc.para("These runs (or files) could not be read; they are listed in the runs table with "
-             "status `unreadable` (or without the unreadable part) and the rest is reported.")
-    doc.table(table, "Problems", index=False)
-    return {"problems": (table, "Problems")}
-
-
-SECTIONS = (overview, verdicts, perplexity, comparisons, loss, generation, resources,
-            not_as_asked, problems)

@@ -26,30 +26,30 @@ SEED_SOURCES = ("lora_init", "data_order", "dropout")  # what makes two trials a
 STATUS_COUNTS = ("complete", "diverged", "failed", "incomplete", "unreadable")
 
 
-def describe(values: Sequence[float]) -> dict[str, float]:
-    """n, mean, std (n-1), CV, median, geometric mean/std, min, max and spread (max/min).
+DESCRIBE_KEYS = ("n", "mean", "std", "cv", "median", "q1", "q3", "iqr", "min", "max", "spread",
+                 "gmean", "gstd")
 
-    Non-finite values must be removed first. The geometric statistics and the spread need
+
+def describe(values: Sequence[float]) -> dict[str, float]:
+    """n, mean, std (n-1), CV, median, quartiles and IQR (linear interpolation), min, max,
+    spread = max/min, and on the log scale the geometric mean and geometric std (a factor).
+
+    Non-finite values must be removed first. The log-scale statistics and the spread need
     positive values and are NaN otherwise; everything but ``n`` is NaN for an empty input.
     """
     x = np.asarray(values, dtype=float)
-    out = {"n": int(x.size)}
-    nan = math.nan
+    out: dict[str, float] = dict.fromkeys(DESCRIBE_KEYS, math.nan) | {"n": int(x.size)}
     if x.size == 0:
-        return out | dict.fromkeys(("mean", "std", "cv", "median", "gmean", "gstd", "min", "max",
-                                    "spread"), nan)
-    std = float(x.std(ddof=1)) if x.size > 1 else nan
+        return out
+    std = float(x.std(ddof=1)) if x.size > 1 else math.nan
     mean = float(x.mean())
-    positive = bool((x > 0).all())
-    logs = np.log(x) if positive else None
-    out |= {
-        "mean": mean, "std": std, "cv": std / mean if mean else nan,
-        "median": float(np.median(x)),
-        "gmean": float(np.exp(logs.mean())) if positive else nan,
-        "gstd": float(np.exp(logs.std(ddof=1))) if positive and x.size > 1 else nan,
-        "min": float(x.min()), "max": float(x.max()),
-        "spread": float(x.max() / x.min()) if positive else nan,
-    }
+    q1, median, q3 = (float(q) for q in np.percentile(x, [25, 50, 75]))
+    out |= {"mean": mean, "std": std, "cv": std / mean if mean else math.nan, "median": median,
+            "q1": q1, "q3": q3, "iqr": q3 - q1, "min": float(x.min()), "max": float(x.max())}
+    if (x > 0).all():
+        logs = np.log(x)
+        out |= {"spread": float(x.max() / x.min()), "gmean": float(np.exp(logs.mean())),
+                "gstd": float(np.exp(logs.std(ddof=1))) if x.size > 1 else math.nan}
     return out
 
 
@@ -57,21 +57,29 @@ def _gmean(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.exp(np.log(x).mean(axis=axis))
 
 
-def bootstrap_ci(values: Sequence[float], statistic: str = "median", confidence: float = 0.95,
+def _std(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.std(x, ddof=1, axis=axis)
+
+
+BOOTSTRAP_STATISTICS = {"mean": np.mean, "std": _std, "median": np.median, "gmean": _gmean}
+
+
+def bootstrap_ci(values: Sequence[float], statistic: str = "mean", confidence: float = 0.95,
                  n_resamples: int = 9999, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI (``scipy.stats.bootstrap``) of the median or geometric mean.
+    """Percentile bootstrap CI (``scipy.stats.bootstrap``) of ``mean``, ``std`` (n-1),
+    ``median`` or ``gmean`` (geometric mean).
 
     Percentile rather than BCa: with 7 trials and ties BCa's acceleration is often undefined.
-    Fewer than 3 values → (NaN, NaN); all values equal → (value, value). Same seed, same CI.
+    Fewer than 3 values → (NaN, NaN); all values equal → the statistic twice (a point).
+    Same seed, same CI. With 7 trials the interval is rough: read it as a range, not a test.
     """
     x = np.asarray(values, dtype=float)
-    if x.size < 3:
+    func = BOOTSTRAP_STATISTICS[statistic]
+    if x.size < 3 or (statistic == "gmean" and not (x > 0).all()):
         return math.nan, math.nan
     if np.all(x == x[0]):
-        return float(x[0]), float(x[0])
-    func = {"median": np.median, "gmean": _gmean}[statistic]
-    if statistic == "gmean" and not (x > 0).all():
-        return math.nan, math.nan
+        point = float(func(x))
+        return point, point
     res = sps.bootstrap((x,), func, n_resamples=n_resamples, confidence_level=confidence,
                         method="percentile", vectorized=True, rng=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
@@ -86,7 +94,8 @@ def metric_values(runs: pd.DataFrame, cell: str, metric: str = PRIMARY_METRIC) -
 
 
 def cell_stats(runs: pd.DataFrame, metric: str = PRIMARY_METRIC, seed: int = 0) -> pd.DataFrame:
-    """One row per cell: run counts by status, :func:`describe` of ``metric`` and bootstrap CIs.
+    """One row per cell: run counts by status, :func:`describe` of ``metric`` and bootstrap
+    95% CIs of the mean, the std and the geometric mean.
 
     The statistics use the finite values of complete *and* diverged runs (a diverged run is an
     outcome of fine-tuning, and dropping it would understate the spread); ``n_nonfinite``
@@ -94,18 +103,23 @@ def cell_stats(runs: pd.DataFrame, metric: str = PRIMARY_METRIC, seed: int = 0) 
     """
     rows = []
     for cell, group in runs.groupby("cell", sort=True):
-        values = metric_values(runs, str(cell), metric)
+        values = metric_values(runs, str(cell), metric).to_numpy()
         counts = {f"n_{s}": int((group["status"] == s).sum()) for s in STATUS_COUNTS}
-        n_finished = counts["n_complete"] + counts["n_diverged"]
-        med_lo, med_hi = bootstrap_ci(values, "median", seed=seed)
-        g_lo, g_hi = bootstrap_ci(values, "gmean", seed=seed)
+        cis = {}
+        for stat in ("mean", "std", "gmean"):
+            cis[f"{stat}_ci_low"], cis[f"{stat}_ci_high"] = bootstrap_ci(values, stat, seed=seed)
         first = group.iloc[0]
         rows.append({"cell": cell, "model": first["model"], "dataset": first["dataset"],
                      "optim": first["optim"], "variant": first["variant"], "metric": metric,
-                     "n_runs": len(group), **counts, "n_nonfinite": n_finished - len(values),
-                     **describe(values.to_numpy()), "median_ci_low": med_lo,
-                     "median_ci_high": med_hi, "gmean_ci_low": g_lo, "gmean_ci_high": g_hi})
+                     "n_runs": len(group), **counts,
+                     "n_nonfinite": counts["n_complete"] + counts["n_diverged"] - len(values),
+                     **describe(values), **cis})
     return pd.DataFrame(rows)
+
+
+def stats_table(runs: pd.DataFrame, metrics: Sequence[str], seed: int = 0) -> pd.DataFrame:
+    """:func:`cell_stats` of several metrics stacked (one row per cell and metric)."""
+    return pd.concat([cell_stats(runs, m, seed) for m in metrics], ignore_index=True)
 
 
 def paired_trials(runs: pd.DataFrame, cell_a: str, cell_b: str) -> list[int]:

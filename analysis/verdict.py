@@ -118,3 +118,62 @@ def not_as_asked(runs: pd.DataFrame) -> pd.DataFrame:
         out += [{"run": row["run"], "cell": row["cell"], "trial": row["trial"], "issue": issue,
                  "detail": detail} for issue, detail in _issues(row)]
     return pd.DataFrame(out, columns=["run", "cell", "trial", "issue", "detail"])
+
+
+def environment_differences(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per cell, every ``environment.*`` key whose recorded value is not the same in all of the
+    cell's runs (a different torch, GPU or commit inside one cell confounds its variance).
+    """
+    keys = sorted(c for c in runs.columns if c.startswith("environment."))
+    out = []
+    for cell, group in runs.groupby("cell", sort=True):
+        for key in keys:
+            values = group[key].dropna().astype(str)
+            if values.nunique() > 1:
+                trials = {v: ",".join(str(t) for t in sorted(group.loc[values == v, "trial"]))
+                          for v in sorted(values.unique())}
+                out.append({"cell": cell, "key": key.removeprefix("environment."),
+                            "values (trials)": "; ".join(f"{v} ({t})" for v, t in trials.items())})
+    return pd.DataFrame(out, columns=["cell", "key", "values (trials)"])
+
+
+def _ratio(value: float) -> str:
+    return format_number(value) if value >= 100 else f"{value:.3g}"
+
+
+def _p(value: float) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.2g}"
+
+
+def comparison_reading(row: dict[str, Any] | pd.Series, alpha: float = 0.05) -> str:
+    """One paragraph in plain words for a row of :func:`analysis.stats.compare_all`.
+
+    Says which design was used (seed-matched or not), the direction and size of the shift,
+    whether the spreads differ on the log scale, and when the sample is too small for any
+    p-value to fall below ``alpha`` (2/2^n for Wilcoxon, 2/C(n_x+n_y, n_x) for Mann-Whitney).
+    """
+    x, y = row["x"], row["y"]
+    parts = [f"`{x}` (X) vs `{y}` (Y): median perplexity {format_number(row['median_x'])} vs "
+             f"{format_number(row['median_y'])}."]
+    if row.get("paired") and row.get("n_pairs", 0) >= 1:
+        n = int(row["n_pairs"])
+        floor = 2 / 2 ** n
+        parts.append(f"With the same seeds in both arms, X was higher in {row['n_pairs_positive']}"
+                     f" of {n} trials (Wilcoxon signed-rank p = {_p(row['wilcoxon_p'])}"
+                     + (f"; with {n} pairs no p-value can be below {floor:.2g}" if floor >= alpha
+                        else "") + ").")
+    else:
+        parts.append("The arms do not share seeds trial by trial, so trials are not paired.")
+    nx, ny = int(row["n_x"]), int(row["n_y"])
+    floor = 2 / math.comb(nx + ny, nx) if nx and ny else 1.0
+    parts.append(f"P(X > Y) = {row['p_x_gt_y']:.2f} (0.5 = no shift; rank-biserial "
+                 f"{row['rank_biserial']:.2f}; Mann-Whitney p = {_p(row['mwu_p'])}"
+                 + (f"; with {nx}+{ny} trials no p-value can be below {floor:.2g}"
+                    if floor >= alpha else "") + ").")
+    bf = row["bf_log_p"]
+    judged = "—" if math.isnan(bf) else ("the spreads differ" if bf < alpha
+                                          else "no evidence that the spreads differ")
+    parts.append(f"Spread max/min: {_ratio(row['spread_x'])}× vs {_ratio(row['spread_y'])}×; "
+                 "Brown-Forsythe on log perplexity "
+                 f"p = {_p(bf)}: {judged} at α = {alpha}.")
+    return " ".join(parts)

@@ -16,6 +16,7 @@ Layout (``docs/run-directory.md`` documents every file and key)::
       _splits/<sha>.jsonl   the held-out examples as scored (template applied), by split hash
       _base/<key>.json      base-model perplexity, computed once per (model, dataset, split, eval)
       _sweeps/<time>/       Hydra's own logs and the sweep ledger (never a run directory)
+      _report/              the generated variance report (analysis.report)
 
 Everything else (analysis included) reads and writes runs only through this module.
 """
@@ -83,6 +84,14 @@ def study_dir(results_dir: str | Path, study: str) -> Path:
 def run_dir(results_dir: str | Path, study: str, cell: CellKey, trial: int) -> Path:
     """``results/<study>/<model>__<dataset>__<optim>[__<variant>]/trial-NN``."""
     return study_dir(results_dir, study) / cell.dirname / f"trial-{trial:02d}"
+
+
+def parse_trial_dirname(name: str) -> int:
+    """The trial number of a ``trial-NN`` directory name (exactly as :func:`run_dir` writes it)."""
+    prefix, _, digits = name.partition("-")
+    if prefix != "trial" or not digits.isdigit() or f"trial-{int(digits):02d}" != name:
+        raise RunDirError(f"{name}: not a trial directory (expected trial-NN)")
+    return int(digits)
 
 
 def parse_cell_dirname(name: str) -> CellKey:
@@ -291,14 +300,22 @@ def read_loss_curve(path: Path) -> list[dict[str, Any]]:
         return []
     rows = []
     with open(file, newline="") as fh:
-        for row in csv.DictReader(fh):
-            parsed: dict[str, Any] = {"split": row["split"]}
-            for key in LOSS_COLUMNS:
-                if key != "split":
-                    parsed[key] = float(row[key]) if row[key] not in ("", None) else math.nan
-            parsed["step"] = int(parsed["step"])
+        for line, row in enumerate(csv.DictReader(fh), 2):
+            try:
+                parsed: dict[str, Any] = {"split": row["split"]}
+                for key in LOSS_COLUMNS:
+                    if key != "split":
+                        parsed[key] = float(row[key]) if row[key] not in ("", None) else math.nan
+                parsed["step"] = int(parsed["step"])
+            except (KeyError, ValueError, TypeError):
+                raise RunDirError(f"{file}:{line}: corrupted loss-curve row; re-run this trial") from None
             rows.append(parsed)
     return rows
+
+
+def has_summary(path: Path) -> bool:
+    """Whether the run has written its summary yet (a half-finished run has not)."""
+    return (path / SUMMARY).exists()
 
 
 def read_generations(path: Path) -> list[dict[str, Any]]:
@@ -336,3 +353,8 @@ def base_perplexity_file(study: Path, key: str) -> Path:
 
 def sweeps_dir(study: Path) -> Path:
     return study / "_sweeps"
+
+
+def report_dir(study: Path) -> Path:
+    """Where ``python -m analysis.report`` writes report.md/html, figures/ and tables/."""
+    return study / "_report"

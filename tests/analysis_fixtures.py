@@ -151,7 +151,8 @@ def write_adapter(path: Path, weight_seed: int) -> str:
 def write_run(results: Path, study: str, cell: artifacts.CellKey, trial: int, *,
               ppl: float = 10.0, status: str = "complete", losses: list[float] | None = None,
               completions: list[str] | None = None, letters: list[str | None] | None = None,
-              weight_seed: int | None = None, summary: dict[str, Any] | None = None) -> Path:
+              weight_seed: int | None = None, summary: dict[str, Any] | None = None,
+              env: dict[str, Any] | None = None) -> Path:
     """Write one run through the contract. ``status``: complete | diverged | failed | incomplete.
 
     ``summary`` is deep-merged over :func:`base_summary` (e.g. other seeds, a schema version).
@@ -164,8 +165,9 @@ def write_run(results: Path, study: str, cell: artifacts.CellKey, trial: int, *,
         return path
     artifacts.write_generations(path, generation_rows(completions or [f"text {trial}"] * 2,
                                                       letters))
-    artifacts.write_environment(path, {"python": "3.11.7", "packages": {"torch": "2.13.0"},
-                                       "cuda": {"available": False}, "git": {"commit": "abc"}})
+    artifacts.write_environment(path, deep_merge(
+        {"python": "3.11.7", "packages": {"torch": "2.13.0"}, "cuda": {"available": False},
+         "git": {"commit": "abc"}}, env or {}))
     artifacts.write_config(path, f"study: {study}\ntrial: {trial}\n", [f"trial={trial}"])
     record = deep_merge(base_summary(cell, trial, study, ppl), summary or {})
     record["status"] = status
@@ -203,7 +205,8 @@ def write_mixed_study(results: Path, study: str = "mixed") -> Path:
 
     - ``SMOL_8``: trials 1–3 complete (ppl 20, 25, 40); 4 diverged (ppl inf at step 7);
       5 complete but its summary is corrupted afterwards.
-    - ``SMOL_32``: trials 1–3 complete (ppl 18, 19, 20.5), seed-matched with ``SMOL_8``;
+    - ``SMOL_32``: trials 1–3 complete (ppl 18, 19, 20.5), seed-matched with ``SMOL_8``,
+      trial 3 under another torch (2.12.0);
       4 failed (MemoryError); 5 half-finished; 6 complete with an unknown schema version.
     - ``SMOL_FIXED``: trials 1–3 with the same seeds, adapter and text: bitwise repeatable.
     """
@@ -216,7 +219,8 @@ def write_mixed_study(results: Path, study: str = "mixed") -> Path:
     broken = write_run(results, study, SMOL_8, 5, ppl=22.0)
     artifacts.write_text(broken / artifacts.SUMMARY, '{"status": "complete", "schema_')
     for trial, ppl in enumerate(MIXED_PPL_32, 1):
-        write_run(results, study, SMOL_32, trial, ppl=ppl, completions=["quiet", "busy"])
+        write_run(results, study, SMOL_32, trial, ppl=ppl, completions=["quiet", "busy"],
+                  env={"packages": {"torch": "2.12.0"}} if trial == 3 else None)
     write_run(results, study, SMOL_32, 4, status="failed",
               summary={"error": {"type": "MemoryError", "message": "cannot allocate 2 GB"}})
     write_run(results, study, SMOL_32, 5, status="incomplete")

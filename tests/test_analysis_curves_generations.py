@@ -103,3 +103,13 @@ def test_answer_letters_only_for_multiple_choice_prompts(tmp_path):
     assert list(letters[(SMOL_8.dirname, 0)]) == ["A", "C", ""]
     agree = generations.agreement(study.generations).set_index(["prompt_index", "mode"])
     assert agree.loc[(0, "greedy"), "n_distinct_letters"] == 2
+
+
+def test_letter_agreement(tmp_path):
+    for trial, letter in ((1, "A"), (2, "A"), (3, "C"), (4, None)):
+        write_run(tmp_path, "s", SMOL_8, trial, completions=["x", "y"], letters=[letter, None])
+    agree = generations.agreement(load_study(tmp_path / "s").generations)
+    row = agree.set_index(["prompt_index", "mode"]).loc[(0, "greedy")]
+    assert row["letter_agreement"] == pytest.approx(1 / 6)  # only (1, 2) of 6 pairs agree
+    assert math.isnan(agree.set_index(["prompt_index", "mode"]).loc[(1, "greedy"),
+                                                                   "letter_agreement"])

@@ -37,8 +37,8 @@ def test_report_files(mixed_report):
     assert sorted(p.name for p in out.iterdir()) == ["figures", "report.html", "report.md",
                                                       "tables"]
     assert sorted(p.name for p in (out / "figures").iterdir()) == [
-        "loss_spread.png", "loss_train.png", "paired_ratio_1.png", "perplexity_mean_per_seq.png",
-        "perplexity_token_weighted.png"]
+        "loss_spread.png", "loss_train.png", "loss_val.png", "paired_ratio_1.png",
+        "perplexity_mean_per_seq.png", "perplexity_token_weighted.png"]
     assert all(p.read_bytes().startswith(PNG) for p in (out / "figures").iterdir())
     names = {p.name for p in (out / "tables").iterdir()}
     for stem in ("table1_quotes_perplexity_token_weighted", "table3_memory", "table10_quotes_times",
@@ -62,16 +62,21 @@ def test_report_markdown_says_what_happened(mixed_report):
     problems = text.split("## Problems found while reading the study")[1]
     assert "schema version 99 is not supported" in problems and "corrupted JSON" in problems
     assert "bitwise repeatable: every adapter is identical" in text
+    assert "WARNING: the environment differs inside a cell" in text
+    assert "| packages.torch | 2.12.0 (3); 2.13.0 (1,2,4,6) |" in text.replace("  ", "")
+    assert "X was higher in 3 of 3 trials (Wilcoxon signed-rank p = 0.25" in text
     assert "| 1       | 20    " in text or "| 1       | 20 " in text  # Table 1, trial 1, 8-bit
     assert "CPU peak RSS during the run (MB)" in text  # Table 3 labelled as what it is
     assert "paged_adamw_8bit / 8 / True" in text  # requested bits and paging, in the setup
+    assert (f"- `{SMOL_8.dirname}`: Adam state 8-bit (100.0% of trainable parameters with 8-bit "
+            "state), paging effective False, device cpu / float32") in text
 
 
 def test_report_html_is_self_contained(mixed_report):
     _, out, _ = mixed_report
     html = (out / "report.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
-    assert len(images) == 5 and 'src="figures/' not in html
+    assert len(images) == 6 and 'src="figures/' not in html
     assert base64.b64decode(images[0]) == (out / "figures" / "perplexity_token_weighted.png"
                                            ).read_bytes()
     assert "<h2>What could not run as asked</h2>" in html and "<table" in html
@@ -100,6 +105,21 @@ def test_cli_rejects_a_study_without_runs(tmp_path, capsys):
     assert captured.out == ""
     assert captured.err.startswith("error: ") and "no run directories" in captured.err
     assert captured.err.count("\n") == 1
+
+
+def test_cli_subprocess_lists_bad_runs_on_stderr_and_reports_the_rest(mixed_report, tmp_path):
+    study = mixed_report[0]
+    proc = subprocess.run([sys.executable, "-m", "analysis.report", str(study), "--out",
+                           str(tmp_path / "r")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stdout == f"{tmp_path / 'r' / 'report.md'}\n"
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 2  # one line per unreadable run, nothing else
+    assert lines[0].startswith(f"WARNING analysis.load: {SMOL_32.dirname}/trial-06: summary: ")
+    assert lines[0].endswith("schema version 99 is not supported (this code reads (1,)); use the "
+                             "repeatability version that wrote it")
+    assert lines[1].startswith(f"WARNING analysis.load: {SMOL_8.dirname}/trial-05: state: ")
+    assert "corrupted JSON" in lines[1]
 
 
 def test_cli_subprocess_nonexistent_path(tmp_path):

@@ -50,7 +50,15 @@ def test_describe_matches_hand_arithmetic(values):
     assert got["std"] == pytest.approx(std, rel=1e-12)
     assert got["cv"] == pytest.approx(std / mean, rel=1e-12)
     assert got["gmean"] == pytest.approx(gmean, rel=1e-12)
-    assert got["median"] == sorted(values)[3]
+    s = sorted(values)
+    assert got["median"] == s[3]
+    # quartiles by linear interpolation: position (n-1)/4 = 1.5 and 3(n-1)/4 = 4.5
+    q1, q3 = s[1] + 0.5 * (s[2] - s[1]), s[4] + 0.5 * (s[5] - s[4])
+    assert got["q1"] == pytest.approx(q1) and got["q3"] == pytest.approx(q3)
+    assert got["iqr"] == pytest.approx(q3 - q1)
+    log_mean = sum(math.log(v) for v in values) / 7
+    log_sd = (sum((math.log(v) - log_mean) ** 2 for v in values) / 6) ** 0.5
+    assert got["gstd"] == pytest.approx(math.exp(log_sd), rel=1e-12)
     assert got["spread"] == pytest.approx(max(values) / min(values), rel=1e-12)
 
 
@@ -70,12 +78,20 @@ def test_describe_edge_cases():
 
 
 def test_bootstrap_ci_is_reproducible_and_brackets_the_statistic():
-    low, high = stats.bootstrap_ci(LLAMA_32, "median", seed=3)
-    assert (low, high) == stats.bootstrap_ci(LLAMA_32, "median", seed=3)
-    assert min(LLAMA_32) <= low <= sorted(LLAMA_32)[3] <= high <= max(LLAMA_32)
+    mean, std, gmean = _by_hand(LLAMA_32)
+    low, high = stats.bootstrap_ci(LLAMA_32, "mean", seed=3)
+    assert (low, high) == stats.bootstrap_ci(LLAMA_32, "mean", seed=3)
+    assert min(LLAMA_32) <= low < mean < high <= max(LLAMA_32)
+    s_low, s_high = stats.bootstrap_ci(LLAMA_32, "std")
+    assert 0 <= s_low < std < s_high
+    # resampling 7 values can never give a std above that of the most extreme half-half split
+    assert s_high <= (max(LLAMA_32) - min(LLAMA_32)) * 0.6
+    m_low, m_high = stats.bootstrap_ci(LLAMA_32, "median")
+    assert min(LLAMA_32) <= m_low <= sorted(LLAMA_32)[3] <= m_high <= max(LLAMA_32)
     g_low, g_high = stats.bootstrap_ci(LLAMA_8, "gmean")
     assert g_low < _by_hand(LLAMA_8)[2] < g_high
     assert stats.bootstrap_ci([2.0, 2.0, 2.0]) == (2.0, 2.0)
+    assert stats.bootstrap_ci([2.0, 2.0, 2.0], "std") == (0.0, 0.0)
     assert all(math.isnan(v) for v in stats.bootstrap_ci([1.0, 2.0]))
 
 
@@ -128,7 +144,9 @@ def test_cell_stats_on_the_paper_study(paper):
     assert (row["n_runs"], row["n_complete"], row["n"]) == (7, 7, 7)
     assert row["mean"] == pytest.approx(mean) and row["std"] == pytest.approx(std)
     assert row["gmean"] == pytest.approx(gmean)
-    assert row["median_ci_low"] <= row["median"] <= row["median_ci_high"]
+    assert row["mean_ci_low"] <= row["mean"] <= row["mean_ci_high"]
+    assert row["std_ci_low"] <= row["std_ci_high"]
+    assert row["gmean_ci_low"] <= row["gmean"] <= row["gmean_ci_high"]
     assert len(table) == 8
 
 

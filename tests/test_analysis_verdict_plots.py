@@ -100,7 +100,10 @@ def test_loss_figures(mixed):
     visible = [ax for ax in fig.axes if ax.get_visible()]
     assert len(visible) == 3 and visible[0].get_title() == SMOL_32.dirname
     legend = [t.get_text() for t in visible[2].get_legend().get_texts()]
-    assert legend == ["trial 1", "trial 2", "trial 3", "trial 4 (diverged)"]
+    assert legend == ["min–max across trials", "trial 1", "trial 2", "trial 3",
+                      "trial 4 (diverged)"]
+    band = visible[2].collections[0].get_paths()[0].vertices[:, 1]
+    assert band.max() == pytest.approx(900.0)  # the band reaches the diverged trial's peak
     assert visible[2].get_yscale() == "log"  # the diverged run reaches 900
     spread = plots.loss_spread(mixed.curves).axes[0]
     assert spread.get_xlabel() == "optimizer step" and "std of train loss" in spread.get_ylabel()
@@ -109,3 +112,27 @@ def test_loss_figures(mixed):
 def test_wants_log():
     assert plots.wants_log([1.0, 11.0]) and not plots.wants_log([1.0, 10.0])
     assert not plots.wants_log([0.0, 100.0]) and not plots.wants_log([])
+
+
+def test_environment_differences_inside_a_cell(mixed):
+    diffs = verdict.environment_differences(mixed.runs)
+    assert diffs.to_dict("records") == [{"cell": SMOL_32.dirname, "key": "packages.torch",
+                                         "values (trials)": "2.12.0 (3); 2.13.0 (1,2,4,6)"}]
+
+
+def test_comparison_reading_in_plain_words(tmp_path):
+    from analysis import stats
+
+    paper = load_study(write_paper_study(tmp_path))
+    row = stats.compare_all(paper.runs).iloc[1]  # llama2-7b-hf, 8-bit vs 32-bit
+    text = verdict.comparison_reading(row)
+    assert text.startswith("`llama2-7b-hf__quotes__paged_adamw_8bit` (X) vs "
+                           "`llama2-7b-hf__quotes__paged_adamw_32bit` (Y): median perplexity "
+                           "109586 vs 3.561.")
+    assert "X was higher in 7 of 7 trials (Wilcoxon signed-rank p = 0.016)" in text
+    assert "P(X > Y) = 1.00" in text and "no p-value can be below" not in text
+    assert "Brown-Forsythe on log perplexity p = 0.036: the spreads differ at α = 0.05." in text
+    small = verdict.comparison_reading(stats.compare_all(load_study(
+        write_mixed_study(tmp_path / "m")).runs).iloc[0])
+    assert "with 3 pairs no p-value can be below 0.25" in small
+    assert "no evidence that the spreads differ" in small

@@ -30,7 +30,7 @@ def test_every_config_file_composes(group: str, name: str) -> None:
 
 @pytest.mark.parametrize("name", preflight.group_choices("experiments"))
 def test_every_experiment_composes(name: str) -> None:
-    jobs = preflight.compose_jobs([f"+experiments={name}"], multirun=True)
+    jobs = preflight.compose_jobs([f"experiments={name}"], multirun=True)
     assert len(jobs) >= 2
     runs = [to_run_config(j) for j in jobs]
     assert len({(r.model.name, r.dataset.name, r.optim.name, r.variant, r.trial) for r in runs}) == len(runs)

@@ -1,0 +1,125 @@
+"""The report's sections on what the runs did and produced: loss curves, generations, memory
+and time, what could not run as asked, and what could not be read. Same conventions as
+:mod:`analysis.sections`.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from analysis import curves, generations, plots, stats, tables, verdict
+from analysis.document import Doc
+from analysis.load import Study
+from analysis.sections import Tables, compact_stats
+
+LOSS_METRICS = ("metrics.final_train_loss", "metrics.final_val_loss")
+TIME_METRICS = ("timings.train_s", "timings.eval_s", "timings.total_s")
+
+
+def loss(doc: Doc, study: Study) -> Tables:
+    doc.heading("Loss curves")
+    if study.curves.empty:
+        doc.para("No loss curve was recorded.")
+        return {}
+    order = plots.cell_order(study.runs)
+    doc.figure("loss_train", plots.loss_curves(study.curves, "train", order),
+               "Training loss per optimizer step, one line per trial (finished runs)")
+    if (study.curves["split"] == "val").any():
+        doc.figure("loss_val", plots.loss_curves(study.curves, "val", order),
+                   "Validation-slice loss every `train.eval_every` steps, one line per trial")
+    doc.figure("loss_spread", plots.loss_spread(study.curves, "train"),
+               "Standard deviation of the training loss across trials at each step")
+    final = compact_stats(study.runs, LOSS_METRICS)
+    if not final.empty:
+        doc.table(final, "Final losses per cell (last logged step; finished trials)")
+    within = curves.within_cell_divergence(study.curves)
+    doc.para("First step at which two trials of a cell log different training losses "
+             "(`first_step`; empty when all trials are identical throughout):")
+    doc.table(within.set_index("cell"), "Where trials part, per cell", index=True)
+    out = {"loss_within_cell": (within, "Where trials part, per cell"),
+           "final_loss_stats": (final, "Final losses per cell")}
+    for i, (x, y) in enumerate(stats.comparison_pairs(study.runs), 1):
+        paired = curves.paired_divergence(study.curves, x, y)
+        matched = "seed-matched" if stats.paired_trials(study.runs, x, y) else "NOT seed-matched"
+        caption = f"First step where arm X's curve parts from arm Y's ({matched}): X = {x}, Y = {y}"
+        doc.table(paired.drop(columns=["x", "y"]).set_index("trial"), caption)
+        out[f"loss_paired_{i}"] = (paired, caption)
+    return out
+
+
+def generation(doc: Doc, study: Study) -> Tables:
+    doc.heading("Generations")
+    gens = study.generations
+    if gens.empty:
+        doc.para("No generations were recorded.")
+        return {}
+    agree = generations.agreement(gens)
+    doc.para("`n_distinct`: distinct completions over the cell's finished trials; `exact_match`: "
+             "fraction of trial pairs with identical completions; `similarity`: mean pairwise "
+             "difflib ratio (1 = identical).")
+    doc.table(agree.drop(columns=["prompt"]).set_index(["cell", "prompt_index", "mode"]),
+              "Agreement between trials")
+    out = {"generation_agreement": (agree, "Agreement between trials")}
+    for dataset, rows in gens.groupby("dataset", sort=True):
+        for _, p in generations.prompts(rows).iterrows():
+            index = int(p["prompt_index"])
+            for mode in sorted(rows["mode"].dropna().unique()):
+                table = generations.side_by_side(rows, index, mode)
+                caption = (f"Tables 4–7 shape: {mode} completions, dataset `{dataset}`, prompt "
+                           f"{index}: `{p['prompt']}`")
+                doc.table(table, caption)
+                out[f"generations_{dataset}_p{index}_{mode}"] = (table, caption)
+        letters = generations.answer_letters(rows)
+        if not letters.empty:
+            caption = f"Tables 8/9 shape: answer letters (greedy), dataset `{dataset}`"
+            doc.table(letters, caption)
+            out[f"answer_letters_{dataset}"] = (letters, caption)
+    return out
+
+
+def resources(doc: Doc, study: Study) -> Tables:
+    doc.heading("Memory and time")
+    memory, label = tables.memory_table(study.runs)
+    out = {}
+    if not memory.empty:
+        doc.table(memory, f"Table 3 shape: {label}, mean over finished trials")
+        out["table3_memory"] = (memory, label)
+    for dataset in sorted(study.runs["dataset"].unique()):
+        times = tables.timing_table(study.runs, dataset)
+        caption = (f"Tables 10/11 shape, dataset `{dataset}`: training time and held-out scoring "
+                   "time (the paper's test time), seconds")
+        doc.table(times, caption)
+        out[f"table10_{dataset}_times"] = (times, caption)
+    time_stats = compact_stats(study.runs, TIME_METRICS)
+    if not time_stats.empty:
+        doc.table(time_stats, "Times per cell, seconds (finished trials). Wall-clock on a shared "
+                  "machine: differences say as much about the load as about the optimizer")
+        out["time_stats"] = (time_stats, "Times per cell, seconds")
+    return out
+
+
+def not_as_asked(doc: Doc, study: Study) -> Tables:
+    doc.heading("What could not run as asked")
+    issues = verdict.not_as_asked(study.runs)
+    if issues.empty:
+        doc.para("Every run finished and its optimizer did what was requested.")
+        return {}
+    grouped = (issues.groupby(["cell", "issue", "detail"], sort=True)["trial"]
+               .apply(lambda t: ", ".join(str(x) for x in sorted(t))).reset_index()
+               .rename(columns={"trial": "trials"}))
+    doc.table(grouped[["cell", "issue", "trials", "detail"]], "Runs that did not run as asked",
+              index=False)
+    return {"not_as_asked": (issues, "Runs that did not run as asked")}
+
+
+def problems(doc: Doc, study: Study) -> Tables:
+    doc.heading("Problems found while reading the study")
+    if not study.problems:
+        doc.para("None: every run directory was read as the contract describes.")
+        return {}
+    table = pd.DataFrame([vars(p) for p in study.problems])
+    doc.para("These runs (or files) could not be read; they are listed in the runs table with "
+             "status `unreadable` (or without the unreadable part) and the rest is reported.")
+    doc.table(table, "Problems", index=False)
+    return {"problems": (table, "Problems")}
+
