@@ -7,8 +7,8 @@ ones mix that with the generation seed (per trial or fixed: see ``seeds.generati
 from __future__ import annotations
 
 import difflib
-from itertools import combinations
 from collections.abc import Sequence
+from itertools import combinations
 
 import numpy as np
 import pandas as pd

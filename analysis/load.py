@@ -49,7 +49,8 @@ class Problem:
 class Study:
     """One study, loaded. Frames share the identifying columns in :data:`ID_COLUMNS`.
 
-    ``runs``: one row per run directory, summary keys flattened with ``.`` (``metrics.
+    ``runs``: one row per run directory (object columns: values as written; use
+    ``pd.to_numeric`` for arithmetic), summary keys flattened with ``.`` (``metrics.
     perplexity_token_weighted``, ``optimizer.effective.bits`` ...), plus ``environment.*`` and
     ``state`` (what :func:`artifacts.run_state` said) and ``load_error``. ``status`` is the
     run's status, or ``unreadable`` when its summary could not be read.
@@ -161,13 +162,13 @@ def _long_rows(path: Path, ids: dict[str, Any], problems: list[Problem]) -> tupl
     return curves, gens
 
 
-def _frame(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows)
+def _frame(rows: list[dict[str, Any]], columns: tuple[str, ...], dtype: Any = None) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, dtype=dtype)
     for col in columns:
         if col not in frame.columns:
             frame[col] = pd.Series(dtype="object")
     rest = [c for c in frame.columns if c not in columns]
-    return frame[list(columns) + rest]
+    return frame[list(columns) + rest].copy()  # one consolidated block, not one per column
 
 
 def load_study(path: str | Path) -> Study:
@@ -195,7 +196,10 @@ def load_study(path: str | Path) -> Study:
                          "trial-NN inside)")
     for problem in problems:
         log.warning("%s: %s: %s", problem.run, problem.kind, problem.message)
-    runs_frame = _frame(runs, ID_COLUMNS).sort_values(["cell", "trial"], ignore_index=True)
+    # object dtype keeps each value as the summary wrote it: a seed stays an int, a flag a bool,
+    # even when another run (half-finished) has no value for that key
+    runs_frame = _frame(runs, ID_COLUMNS, dtype=object).astype({"trial": int})
+    runs_frame = runs_frame.sort_values(["cell", "trial"], ignore_index=True)
     curves_frame = _frame(curves, ID_COLUMNS + artifacts.LOSS_COLUMNS)
     gens_frame = _frame(gens, ID_COLUMNS + ("prompt_index", "mode", "completion"))
     log.info("%s: %d runs, %d loss rows, %d generations, %d problems", study, len(runs_frame),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -120,7 +121,7 @@ def metric_by_cell(runs: pd.DataFrame, metric: str = PRIMARY_METRIC,
         if len(group):
             ax.hlines(group["value"].median(), i - 0.25, i + 0.25, color="k", lw=1.5, zorder=4)
     joined = 0
-    for left, right in zip(cells, cells[1:]):
+    for left, right in pairwise(cells):
         if _same_comparison(runs, left, right):
             pairs = pd.merge(rows[rows["cell"] == left], rows[rows["cell"] == right], on="trial")
             for _, pair in pairs.iterrows():

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -36,7 +37,7 @@ SECTIONS = (sections.overview, sections.verdicts, sections.perplexity, sections.
 def build(study: Study) -> tuple[Doc, sections.Tables]:
     """Every section of :data:`SECTIONS`, in order, into one document."""
     doc = Doc(f"Repeatability report: {study.name}")
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     doc.para(f"Generated {stamp} by `python -m analysis.report`.")
     out: sections.Tables = {}
     for section in SECTIONS:
@@ -47,12 +48,18 @@ def build(study: Study) -> tuple[Doc, sections.Tables]:
 def write_report(study_path: str | Path, out_dir: str | Path | None = None) -> Path:
     """Load the study, build the report and write every file; return ``report.md``'s path.
 
+    ``figures/`` and ``tables/`` under the output folder are replaced, so no file of an
+    earlier report survives next to the new one.
+
     Raises:
         StudyError: no such study directory, or no run directory in it.
     """
     study = load_study(study_path)
     out = Path(out_dir) if out_dir else artifacts.report_dir(study.path)
     doc, tabs = build(study)
+    for old in (out / "figures", out / "tables"):  # a previous report's files must not linger
+        if old.is_dir():
+            shutil.rmtree(old)
     tables_dir = out / "tables"
     for name, (table, caption) in tabs.items():
         write_table(table, tables_dir, name, caption, index=not _is_flat(table))
@@ -75,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", help="a study directory, e.g. results/default")
     parser.add_argument("--out", help="output folder (default: the contract's report_dir, "
-                        "<study>/_report)")
+                        "<study>/_report); its figures/ and tables/ are replaced")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -226,6 +226,8 @@ def comparisons(doc: Doc, study: Study) -> Tables:
     view.columns = [f"{x} vs {y}" for x, y in view.columns]
     doc.table(view, "Comparisons of the token-weighted held-out perplexity")
     for i, row in table.iterrows():
+        if not row["n_x"] or not row["n_y"]:
+            continue
         fig = plots.paired_differences(study.runs, row["x"], row["y"])
         doc.figure(f"paired_ratio_{i + 1}", fig,
                    f"Per-trial perplexity ratio X/Y: X = {row['x']}, Y = {row['y']}")

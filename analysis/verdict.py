@@ -87,9 +87,8 @@ def _issues(row: pd.Series) -> list[tuple[str, str]]:
     if status == "failed":
         issues.append(("failed", f"{get('error.type') or 'error'}: {get('error.message') or ''}"))
     elif status == "diverged":
-        issues.append(("diverged", f"{get('divergence.reason')} at step "
-                                   f"{format_number(get('divergence.step'))} (last loss "
-                                   f"{format_number(get('divergence.last_loss'))})"))
+        step, last = format_number(get("divergence.step")), format_number(get("divergence.last_loss"))
+        issues.append(("diverged", f"{get('divergence.reason')} at step {step} (last loss {last})"))
     elif status == "incomplete":
         issues.append(("incomplete", "no DONE marker: half-finished; re-run the study to redo it"))
     elif status == "unreadable":
@@ -104,8 +103,8 @@ def _issues(row: pd.Series) -> list[tuple[str, str]]:
         if bits == 32:
             issues.append(("8-bit state not used", "every optimizer state stayed 32-bit"))
         elif isinstance(frac, (int, float)) and not math.isnan(frac) and frac < 1:
-            issues.append(("8-bit state partial", f"{frac:.1%} of trainable parameters had 8-bit "
-                           "state; tensors under min_8bit_size keep 32-bit"))
+            detail = f"{frac:.1%} of trainable parameters had 8-bit state; tensors under min_8bit_size keep 32-bit"
+            issues.append(("8-bit state partial", detail))
     return issues
 
 
@@ -130,7 +129,8 @@ def environment_differences(runs: pd.DataFrame) -> pd.DataFrame:
         for key in keys:
             values = group[key].dropna().astype(str)
             if values.nunique() > 1:
-                trials = {v: ",".join(str(t) for t in sorted(group.loc[values == v, "trial"]))
+                trial = group.loc[values.index, "trial"]
+                trials = {v: ",".join(str(t) for t in sorted(trial[values == v]))
                           for v in sorted(values.unique())}
                 out.append({"cell": cell, "key": key.removeprefix("environment."),
                             "values (trials)": "; ".join(f"{v} ({t})" for v, t in trials.items())})
@@ -153,8 +153,10 @@ def comparison_reading(row: dict[str, Any] | pd.Series, alpha: float = 0.05) -> 
     p-value to fall below ``alpha`` (2/2^n for Wilcoxon, 2/C(n_x+n_y, n_x) for Mann-Whitney).
     """
     x, y = row["x"], row["y"]
-    parts = [f"`{x}` (X) vs `{y}` (Y): median perplexity {format_number(row['median_x'])} vs "
-             f"{format_number(row['median_y'])}."]
+    if not row["n_x"] or not row["n_y"]:
+        return f"`{x}` vs `{y}`: not compared, one arm has no finished trial with a finite value."
+    medians = f"{format_number(row['median_x'])} vs {format_number(row['median_y'])}"
+    parts = [f"`{x}` (X) vs `{y}` (Y): median perplexity {medians}."]
     if row.get("paired") and row.get("n_pairs", 0) >= 1:
         n = int(row["n_pairs"])
         floor = 2 / 2 ** n

@@ -7,32 +7,36 @@ hands over to Hydra, which launches one :func:`repeatability.sweep.run_one` per 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import time
 
 import hydra
 from omegaconf import DictConfig
 
-from repeatability import preflight
+from repeatability import preflight, sweep
 from repeatability.config import register_configs
 from repeatability.errors import ConfigError
-from repeatability.sweep import run_one
 
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=str(preflight.CONF_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> str:
-    return run_one(cfg)
+    return sweep.run_one(cfg)
 
 
 def main() -> None:
     """Preflight, then Hydra."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        preflight.check_argv(sys.argv[1:])
+        jobs = preflight.check_argv(sys.argv[1:])
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    if jobs is not None:  # for progress lines "run k/n ... elapsed" (inherited by launcher workers)
+        os.environ[sweep.TOTAL_ENV] = str(len(jobs))
+        os.environ[sweep.START_ENV] = str(time.time())
     sys.argv.append(preflight.SEARCHPATH_OVERRIDE)
     _hydra_main()
 

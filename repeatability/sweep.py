@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import traceback
 from pathlib import Path
@@ -46,12 +47,25 @@ def _append_ledger(entry: dict[str, Any]) -> None:
         fh.write(json.dumps(entry) + "\n")
 
 
+TOTAL_ENV, START_ENV = "REPEATABILITY_SWEEP_TOTAL", "REPEATABILITY_SWEEP_START"
+
+
 def _job_progress() -> str:
+    """``run k/n (s skipped, f failed so far, m min elapsed)``: n and the start come from preflight."""
     try:
         hc = HydraConfig.get()
-        return f"run {hc.job.num + 1}" if hc.mode.name == "MULTIRUN" else "run"
     except ValueError:
         return "run"
+    if hc.mode.name != "MULTIRUN":
+        return "run"
+    total = os.environ.get(TOTAL_ENV, "?")
+    ledger = _ledger_path()
+    done = read_ledger(ledger) if ledger else []
+    skipped = sum(e["status"] == "skipped" for e in done)
+    failed = sum(e["status"] in ("failed", "invalid") for e in done)
+    start = float(os.environ.get(START_ENV, time.time()))
+    return (f"run {hc.job.num + 1}/{total} ({skipped} skipped, {failed} failed so far, "
+            f"{(time.time() - start) / 60:.1f} min elapsed)")
 
 
 def _config_fingerprint(cfg: DictConfig) -> str:

@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import difflib
 import math
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from analysis_fixtures import SMOL_8, SMOL_32, write_run
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from analysis_fixtures import SMOL_8, SMOL_32, write_run  # noqa: E402
-
-from analysis import curves, generations  # noqa: E402
-from analysis.load import load_study  # noqa: E402
+from analysis import curves, generations
+from analysis.load import load_study
 
 
 def _curve(losses, start=1):

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
+from analysis_fixtures import SMOL_8, SMOL_32, SMOL_FIXED, write_mixed_study, write_run
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from analysis_fixtures import SMOL_8, SMOL_32, SMOL_FIXED, write_mixed_study, write_run  # noqa: E402
-
-from analysis.load import StudyError, flatten, load_study  # noqa: E402
-from repeatability import artifacts  # noqa: E402
+from analysis.load import StudyError, flatten, load_study
+from repeatability import artifacts
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +46,7 @@ def test_summary_keys_are_flattened_and_non_finite_strings_become_floats(mixed):
     assert diverged["divergence.step"] == 7
     done = runs.loc[f"{SMOL_32.dirname}/trial-02"]
     assert done["metrics.perplexity_token_weighted"] == 19.0
-    assert done["optimizer.effective.paging_effective"] == False  # noqa: E712 (numpy bool)
+    assert done["optimizer.effective.paging_effective"] == False
     assert done["seeds.lora_init"] == 1002
     assert done["environment.packages.torch"] == "2.13.0"
     assert (done["model"], done["optim"], done["variant"], done["trial"]) == (

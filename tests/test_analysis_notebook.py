@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import nbformat
+from analysis_fixtures import SMOL_8, write_default_like_study
 from nbclient import NotebookClient
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from analysis_fixtures import SMOL_8, write_default_like_study  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "analysis" / "notebooks" / "variance.ipynb"

@@ -10,14 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from analysis_fixtures import SMOL_8, SMOL_32, write_default_like_study, write_mixed_study
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from analysis_fixtures import (SMOL_8, SMOL_32, write_default_like_study,  # noqa: E402
-                               write_mixed_study)
-
-from analysis import report  # noqa: E402
-from analysis.load import load_study  # noqa: E402
+from analysis import report
+from analysis.load import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -32,7 +28,7 @@ def mixed_report(tmp_path_factory):
 
 
 def test_report_files(mixed_report):
-    study, out, md = mixed_report
+    _, out, md = mixed_report
     assert md == out / "report.md"
     assert sorted(p.name for p in out.iterdir()) == ["figures", "report.html", "report.md",
                                                       "tables"]
@@ -111,7 +107,7 @@ def test_cli_subprocess_lists_bad_runs_on_stderr_and_reports_the_rest(mixed_repo
     study = mixed_report[0]
     proc = subprocess.run([sys.executable, "-m", "analysis.report", str(study), "--out",
                            str(tmp_path / "r")], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, check=False)
     assert proc.returncode == 0 and proc.stdout == f"{tmp_path / 'r' / 'report.md'}\n"
     lines = proc.stderr.splitlines()
     assert len(lines) == 2  # one line per unreadable run, nothing else
@@ -124,6 +120,6 @@ def test_cli_subprocess_lists_bad_runs_on_stderr_and_reports_the_rest(mixed_repo
 
 def test_cli_subprocess_nonexistent_path(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "analysis.report", str(tmp_path / "missing")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr == f"error: {tmp_path / 'missing'}: no such study directory\n"

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from analysis_fixtures import PAPER_TABLE1, SMOL_8, SMOL_32, write_mixed_study, write_paper_study
 
-sys.path.insert(0, str(Path(__file__).parent))  # tests/ holds the shared fixture builders
-
-from analysis_fixtures import (PAPER_TABLE1, SMOL_8, SMOL_32, write_mixed_study,  # noqa: E402
-                               write_paper_study)
-
-from analysis import stats  # noqa: E402
-from analysis.load import load_study  # noqa: E402
+from analysis import stats
+from analysis.load import load_study
 
 LLAMA_8 = PAPER_TABLE1[("llama2-7b-hf", "paged_adamw_8bit")]
 LLAMA_32 = PAPER_TABLE1[("llama2-7b-hf", "paged_adamw_32bit")]
@@ -78,7 +72,7 @@ def test_describe_edge_cases():
 
 
 def test_bootstrap_ci_is_reproducible_and_brackets_the_statistic():
-    mean, std, gmean = _by_hand(LLAMA_32)
+    mean, std, _ = _by_hand(LLAMA_32)
     low, high = stats.bootstrap_ci(LLAMA_32, "mean", seed=3)
     assert (low, high) == stats.bootstrap_ci(LLAMA_32, "mean", seed=3)
     assert min(LLAMA_32) <= low < mean < high <= max(LLAMA_32)

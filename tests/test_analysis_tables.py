@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pandas as pd
 import pytest
+from analysis_fixtures import (
+    PAPER_TABLE1,
+    PAPER_TABLE2,
+    SMOL_8,
+    SMOL_32,
+    write_mixed_study,
+    write_paper_study,
+    write_run,
+)
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from analysis_fixtures import (PAPER_TABLE1, PAPER_TABLE2, SMOL_8, SMOL_32,  # noqa: E402
-                               write_mixed_study, write_paper_study, write_run)
-
-from analysis import tables  # noqa: E402
-from analysis.load import load_study  # noqa: E402
+from analysis import tables
+from analysis.load import load_study
 
 
 @pytest.fixture(scope="module")

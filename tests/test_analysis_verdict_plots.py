@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
+from analysis_fixtures import SMOL_8, SMOL_32, SMOL_FIXED, write_mixed_study, write_paper_study, write_run
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from analysis_fixtures import (SMOL_8, SMOL_32, SMOL_FIXED, write_mixed_study,  # noqa: E402
-                               write_paper_study, write_run)
-
-from analysis import plots, verdict  # noqa: E402
-from analysis.load import load_study  # noqa: E402
+from analysis import plots, verdict
+from analysis.load import load_study
 
 
 @pytest.fixture(scope="module")

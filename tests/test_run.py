@@ -89,7 +89,8 @@ def test_rerun_skips_finished_runs(sweep: Path, tiny_model_dir: Path, quotes_jso
     assert run_cli(["-m", "trial=1,2", "optim=paged_adamw_8bit", "study=a", *args]) == 0
     out = capsys.readouterr().out
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
-    assert "run 1 skipped" in out and "2 runs (2 skipped)" in out
+    assert "run 1/2 (0 skipped, 0 failed so far" in out and "run 2/2 (1 skipped" in out
+    assert "2 runs (2 skipped)" in out
 
 
 def test_finished_run_with_other_config_is_not_overwritten(sweep: Path, tiny_model_dir: Path, quotes_jsonl: Path,
