@@ -168,7 +168,7 @@ def _frame(rows: list[dict[str, Any]], columns: tuple[str, ...], dtype: Any = No
         if col not in frame.columns:
             frame[col] = pd.Series(dtype="object")
     rest = [c for c in frame.columns if c not in columns]
-    return frame[list(columns) + rest].copy()  # one consolidated block, not one per column
+    return frame[list(columns) + rest]
 
 
 def load_study(path: str | Path) -> Study:
@@ -198,7 +198,8 @@ def load_study(path: str | Path) -> Study:
         log.warning("%s: %s: %s", problem.run, problem.kind, problem.message)
     # object dtype keeps each value as the summary wrote it: a seed stays an int, a flag a bool,
     # even when another run (half-finished) has no value for that key
-    runs_frame = _frame(runs, ID_COLUMNS, dtype=object).astype({"trial": int})
+    runs_frame = _frame(runs, ID_COLUMNS, dtype=object)
+    runs_frame["trial"] = runs_frame["trial"].astype(int)  # not astype({...}): one block per column
     runs_frame = runs_frame.sort_values(["cell", "trial"], ignore_index=True)
     curves_frame = _frame(curves, ID_COLUMNS + artifacts.LOSS_COLUMNS)
     gens_frame = _frame(gens, ID_COLUMNS + ("prompt_index", "mode", "completion"))

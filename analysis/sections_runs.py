@@ -14,6 +14,23 @@ from analysis.sections import Tables, compact_stats
 
 LOSS_METRICS = ("metrics.final_train_loss", "metrics.final_val_loss")
 TIME_METRICS = ("timings.train_s", "timings.eval_s", "timings.total_s")
+LOSS_ATOL = 0.01  # nats/token: a difference in loss curves worth calling material
+
+
+def _parting(study: Study) -> tuple[pd.DataFrame, list[tuple[str, pd.DataFrame]]]:
+    """Where trials part within each cell, and where paired arms part, at atol 0 and
+    :data:`LOSS_ATOL` (``first_step`` = any difference, ``first_step_tol`` = beyond it)."""
+    within = curves.within_cell_divergence(study.curves)
+    tol = curves.within_cell_divergence(study.curves, atol=LOSS_ATOL)
+    within.insert(5, "first_step_tol", within["cell"].map(tol.set_index("cell")["first_step"]))
+    pairs = []
+    for x, y in stats.comparison_pairs(study.runs):
+        paired = curves.paired_divergence(study.curves, x, y)
+        tol = curves.paired_divergence(study.curves, x, y, atol=LOSS_ATOL)
+        paired.insert(4, "first_step_tol", tol["first_step"].to_numpy())
+        pairs.append((f"X = {x}, Y = {y}" + ("" if stats.paired_trials(study.runs, x, y)
+                                              else " (NOT seed-matched)"), paired))
+    return within, pairs
 
 
 def loss(doc: Doc, study: Study) -> Tables:
@@ -23,7 +40,8 @@ def loss(doc: Doc, study: Study) -> Tables:
         return {}
     order = plots.cell_order(study.runs)
     doc.figure("loss_train", plots.loss_curves(study.curves, "train", order),
-               "Training loss per optimizer step, one line per trial (finished runs)")
+               "Training loss per optimizer step: every trial overlaid, grey band = min–max "
+               "across trials (finished runs)")
     if (study.curves["split"] == "val").any():
         doc.figure("loss_val", plots.loss_curves(study.curves, "val", order),
                    "Validation-slice loss every `train.eval_every` steps, one line per trial")
@@ -32,16 +50,17 @@ def loss(doc: Doc, study: Study) -> Tables:
     final = compact_stats(study.runs, LOSS_METRICS)
     if not final.empty:
         doc.table(final, "Final losses per cell (last logged step; finished trials)")
-    within = curves.within_cell_divergence(study.curves)
-    doc.para("First step at which two trials of a cell log different training losses "
-             "(`first_step`; empty when all trials are identical throughout):")
-    doc.table(within.set_index("cell"), "Where trials part, per cell", index=True)
-    out = {"loss_within_cell": (within, "Where trials part, per cell"),
-           "final_loss_stats": (final, "Final losses per cell")}
-    for i, (x, y) in enumerate(stats.comparison_pairs(study.runs), 1):
-        paired = curves.paired_divergence(study.curves, x, y)
-        matched = "seed-matched" if stats.paired_trials(study.runs, x, y) else "NOT seed-matched"
-        caption = f"First step where arm X's curve parts from arm Y's ({matched}): X = {x}, Y = {y}"
+    within, pairs = _parting(study)
+    doc.para(f"Where curves part: `first_step` is the first logged step at which two trials "
+             f"(or the two arms of one trial) have different training losses at all, "
+             f"`first_step_tol` the first at which they differ by more than {LOSS_ATOL} "
+             "nats/token; empty = never.")
+    doc.table(within.set_index("cell"), "Where the trials of a cell part")
+    out = {"loss_within_cell": (within, "Where the trials of a cell part"),
+           "final_loss_stats": (final, "Final losses per cell"),
+           "loss_dispersion": (curves.dispersion(study.curves), "Training loss across trials by step")}
+    for i, (label, paired) in enumerate(pairs, 1):
+        caption = f"Where arm X's curve parts from arm Y's, per trial: {label}"
         doc.table(paired.drop(columns=["x", "y"]).set_index("trial"), caption)
         out[f"loss_paired_{i}"] = (paired, caption)
     return out

@@ -149,7 +149,10 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path) 
         optimizer={"requested": {**asdict(cfg.optim), "lr": cfg.train.lr}, "effective": effective},
         device={"type": device, "name": _device_name(device), "compute_dtype": str(dtype).replace("torch.", ""),
                 "quantization": {k: v for k, v in asdict(cfg.quant).items() if k != "compute_dtype"},
-                "n_4bit_layers": built.n_4bit_layers},
+                "n_4bit_layers": built.n_4bit_layers,
+                "bnb_cpu_inference_repack": ("disabled: bitsandbytes' AVX512-BF16 repack breaks LoRA gradients after "
+                                             "an eval pass; one fp32 dequantize path for training and scoring")
+                if device == "cpu" and cfg.quant.load_in_4bit else "not applicable"},
         model=_model_info(cfg, built), data=prep.info,
         metrics={**metrics, **{k: v for k, v in built.base.items() if k.startswith("base_perplexity")},
                  "final_train_loss": _last(record.rows, "train"), "final_val_loss": _last(record.rows, "val"),

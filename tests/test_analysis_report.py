@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from analysis_fixtures import SMOL_8, SMOL_32, write_default_like_study, write_mixed_study
+from analysis_fixtures import SMOL_8, SMOL_32, SMOL_FIXED, write_default_like_study, write_mixed_study
 
 from analysis import report
 from analysis.load import load_study
@@ -42,6 +42,11 @@ def test_report_files(mixed_report):
                  "problems", "setup", "generation_agreement", "generations_quotes_p0_greedy"):
         assert {f"{stem}.csv", f"{stem}.md", f"{stem}.tex"} <= names, stem
     assert "runs.csv" in names
+    within = pd.read_csv(out / "tables" / "loss_within_cell.csv").set_index("cell")
+    assert within.loc[SMOL_8.dirname, ["first_step", "first_step_tol"]].tolist() == [1, 1]
+    assert within.loc[SMOL_FIXED.dirname, ["first_step", "first_step_tol"]].isna().all()
+    disp = pd.read_csv(out / "tables" / "loss_dispersion.csv").set_index(["cell", "step"])
+    assert disp.loc[(SMOL_32.dirname, 1), "n"] == 3  # trials 1-3 (4 failed, 5-6 not finished)
 
 
 def test_report_markdown_says_what_happened(mixed_report):
