@@ -10,7 +10,7 @@ STUDY ?= default
 # The card's command: 7 trials x 2 optimizer precisions on the bundled defaults
 STUDY_ARGS ?= -m trial=1,2,3,4,5,6,7 optim=paged_adamw_8bit,paged_adamw_32bit
 
-.PHONY: setup study report test test-fast test-gpu bench clean
+.PHONY: setup study variance-study report test test-fast test-gpu bench clean
 
 setup: $(STAMP)
 
@@ -26,6 +26,12 @@ $(STAMP): pyproject.toml Makefile
 study: setup
 	$(PY) -m repeatability.run $(STUDY_ARGS) study=$(STUDY)
 	$(PY) -m analysis.report results/$(STUDY)
+
+# Where does the variance come from? (one seed source at a time, then quantization x optimizer)
+variance-study: setup
+	$(PY) -m repeatability.run -m experiments=variance_sources
+	$(PY) -m repeatability.run -m experiments=variance_sources_crossed
+	$(PY) -m analysis.report results/variance-sources
 
 report: setup
 	$(PY) -m analysis.report results/$(STUDY)

@@ -76,6 +76,7 @@ def _md_block(kind: str, payload: Any) -> str:
 
 
 def render_markdown(doc: Doc) -> str:
+    """The document as Markdown; figures are linked as ``figures/<name>.png``."""
     return f"# {doc.title}\n\n" + "\n\n".join(_md_block(k, p) for k, p in doc.blocks) + "\n"
 
 
@@ -119,6 +120,7 @@ def render_html(doc: Doc) -> str:
 
 
 def write_figures(doc: Doc, out_dir: Path) -> list[Path]:
+    """Write every figure's PNG as ``<out_dir>/<name>.png``; return the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, png in doc.figures.items():

@@ -45,6 +45,7 @@ def new_figure(figsize: tuple[float, float], nrows: int = 1, ncols: int = 1,
 
 
 def metric_label(metric: str) -> str:
+    """Axis/caption text for a summary key (with its definition and unit), else the key."""
     return METRIC_LABELS.get(metric, metric)
 
 

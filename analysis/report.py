@@ -78,6 +78,7 @@ def _is_flat(table: pd.DataFrame) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status (2 via ``parser.exit`` on bad input)."""
     parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("study", help="a study directory, e.g. results/default")

@@ -86,6 +86,7 @@ def environment_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def overview(doc: Doc, study: Study) -> Tables:
+    """Run counts, the setup that actually ran, the environment and any difference inside a cell."""
     runs = study.runs
     counts = runs["status"].value_counts().to_dict()
     doc.para(f"Study directory: `{study.path}`. {len(runs)} run directories in "
@@ -113,6 +114,7 @@ def overview(doc: Doc, study: Study) -> Tables:
 
 
 def verdicts(doc: Doc, study: Study) -> Tables:
+    """The repeatability verdict per cell (:func:`analysis.verdict.cell_verdicts`)."""
     table = verdict.cell_verdicts(study.runs, study.generations)
     doc.heading("Verdict per cell")
     doc.para("Identical adapters = every finished trial's `adapter_model.safetensors` has the same "
@@ -177,6 +179,7 @@ def compact_stats(runs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
 
 
 def perplexity(doc: Doc, study: Study) -> Tables:
+    """Tables 1/2 and statistics for both perplexity definitions, with one figure each."""
     runs, out = study.runs, {}
     doc.heading("Held-out perplexity")
     definition = _values(runs[runs["status"].isin(FINISHED)], ("perplexity_definition",))
@@ -209,6 +212,7 @@ def perplexity(doc: Doc, study: Study) -> Tables:
 
 
 def comparisons(doc: Doc, study: Study) -> Tables:
+    """Each optimizer comparison: plain-words reading, the test table, a per-trial ratio figure."""
     doc.heading("Arm comparisons (cells differing only in the optimizer)")
     table = stats.compare_all(study.runs)
     if table.empty:

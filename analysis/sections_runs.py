@@ -34,6 +34,7 @@ def _parting(study: Study) -> tuple[pd.DataFrame, list[tuple[str, pd.DataFrame]]
 
 
 def loss(doc: Doc, study: Study) -> Tables:
+    """Loss curves, their spread, final-loss statistics and where curves part."""
     doc.heading("Loss curves")
     if study.curves.empty:
         doc.para("No loss curve was recorded.")
@@ -67,6 +68,7 @@ def loss(doc: Doc, study: Study) -> Tables:
 
 
 def generation(doc: Doc, study: Study) -> Tables:
+    """Agreement between trials, then every prompt's completions side by side per dataset."""
     doc.heading("Generations")
     gens = study.generations
     if gens.empty:
@@ -97,6 +99,7 @@ def generation(doc: Doc, study: Study) -> Tables:
 
 
 def resources(doc: Doc, study: Study) -> Tables:
+    """Table 3 (memory), Tables 10/11 (times) and time statistics per cell."""
     doc.heading("Memory and time")
     memory, label = tables.memory_table(study.runs)
     out = {}
@@ -118,6 +121,7 @@ def resources(doc: Doc, study: Study) -> Tables:
 
 
 def not_as_asked(doc: Doc, study: Study) -> Tables:
+    """Failed, diverged, half-finished, unreadable runs and optimizer requests not honoured."""
     doc.heading("What could not run as asked")
     issues = verdict.not_as_asked(study.runs)
     if issues.empty:
@@ -132,6 +136,7 @@ def not_as_asked(doc: Doc, study: Study) -> Tables:
 
 
 def problems(doc: Doc, study: Study) -> Tables:
+    """What could not be read (corrupted files, unknown schema versions, stray folders)."""
     doc.heading("Problems found while reading the study")
     if not study.problems:
         doc.para("None: every run directory was read as the contract describes.")

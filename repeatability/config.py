@@ -192,9 +192,17 @@ class EvalConfig:
     temperature: float = 0.1
     top_p: float = 0.1
     sample: bool = True  # generate with temperature/top-p under the generation seed
+    sample_repeats: int = 1  # K sampled generations per prompt, seeds gen_seed + k (paper ablation a)
     greedy: bool = True  # also generate greedily
     base_perplexity: bool = True  # score the base model once per (model, dataset, split)
+    base_repeats: int = 1  # score the base K times: the spread must be exactly 0 (paper ablation b)
     ppl_overflow: float = 1e30  # a perplexity above this (or inf/NaN) marks the run diverged
+
+    def __post_init__(self) -> None:
+        if self.sample_repeats < 1 or self.base_repeats < 1:
+            raise ConfigError("eval.sample_repeats and eval.base_repeats must be >= 1")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ConfigError(f"eval.max_examples={self.max_examples}: must be >= 1 (or null for all)")
 
 
 @dataclass

@@ -136,25 +136,27 @@ def generate(model: Any, tokenizer: Any, prompt_text: str, *, sample: bool, seed
 
 def run_generations(model: Any, tokenizer: Any, prompts: list[tuple[str, str]], eval_cfg: Any,
                     seed: int, multiple_choice: bool, device: str) -> list[dict[str, Any]]:
-    """Generations for every fixed prompt: sampled (T/top-p, generation seed) and greedy.
-
-    ``prompts`` holds (prompt as given, prompt as fed to the model after templating).
-    """
+    """Generations for every fixed prompt: sampled (T/top-p; ``sample_repeats`` seeds from the
+    generation seed on) and greedy. ``prompts`` holds (prompt as given, prompt as fed)."""
     rows = []
-    modes = (["sampled"] if eval_cfg.sample else []) + (["greedy"] if eval_cfg.greedy else [])
+    modes: list[tuple[str, int | None, int]] = []
+    if eval_cfg.sample:
+        modes += [("sampled", (seed + k) % 2**31, k) for k in range(eval_cfg.sample_repeats)]
+    if eval_cfg.greedy:
+        modes.append(("greedy", None, 0))
     for index, (given, fed) in enumerate(prompts):
-        for mode in modes:
+        for mode, mode_seed, k in modes:
             start = time.perf_counter()
             completion = generate(
-                model, tokenizer, fed, sample=mode == "sampled", seed=seed if mode == "sampled" else None,
+                model, tokenizer, fed, sample=mode == "sampled", seed=mode_seed,
                 temperature=eval_cfg.temperature, top_p=eval_cfg.top_p,
                 max_new_tokens=eval_cfg.max_new_tokens, device=device,
             )
+            sampled = mode == "sampled"
             rows.append({
-                "prompt_index": index, "prompt": given, "mode": mode,
-                "seed": seed if mode == "sampled" else None,
-                "temperature": eval_cfg.temperature if mode == "sampled" else None,
-                "top_p": eval_cfg.top_p if mode == "sampled" else None,
+                "prompt_index": index, "prompt": given, "mode": mode, "sample_index": k, "seed": mode_seed,
+                "temperature": eval_cfg.temperature if sampled else None,
+                "top_p": eval_cfg.top_p if sampled else None,
                 "max_new_tokens": eval_cfg.max_new_tokens,
                 "completion": completion,
                 "text": (given + completion) if not multiple_choice else completion,

@@ -83,15 +83,20 @@ def base_perplexity(cfg: RunConfig, model: Any, tokenizer: Any, prep: Prepared, 
                     model_id: str, device: str, dtype: torch.dtype) -> dict[str, Any]:
     """Base-model perplexity, computed once per (model, quant, device, held-out split) and cached."""
     key_src = json.dumps([cfg.model.name, model_id, asdict(cfg.quant), str(dtype), device,
-                          prep.info["heldout_sha256"], cfg.train.max_length])
+                          prep.info["heldout_sha256"], cfg.train.max_length, cfg.eval.base_repeats])
     key = f"{cfg.model.name}__{cfg.dataset.name}__{hashlib.sha256(key_src.encode()).hexdigest()[:16]}"
     file = artifacts.base_perplexity_file(study, key)
     if file.exists():
         return artifacts.read_json(file)
-    log.info("scoring the base model on %d held-out examples (once per model/dataset/split)", len(prep.heldout_texts))
+    log.info("scoring the base model on %d held-out examples %d time(s) (once per model/dataset/split)",
+             len(prep.heldout_texts), cfg.eval.base_repeats)
     start = time.perf_counter()
-    ppl = evaluate.score_texts(model, tokenizer, prep.heldout_texts, cfg.train.max_length, cfg.eval.batch_size, device)
-    record = {**ppl.as_metrics("base_"), "key": json.loads(key_src), "seconds": time.perf_counter() - start}
+    repeats = [evaluate.score_texts(model, tokenizer, prep.heldout_texts, cfg.train.max_length, cfg.eval.batch_size,
+                                    device) for _ in range(cfg.eval.base_repeats)]
+    ppl = repeats[0]
+    record = {**ppl.as_metrics("base_"), "key": json.loads(key_src), "seconds": time.perf_counter() - start,
+              "base_perplexity_repeats": [r.token_weighted for r in repeats],
+              "base_perplexity_repeat_spread": max(r.token_weighted for r in repeats) - min(r.token_weighted for r in repeats)}
     artifacts.write_json(file, record)
     return record
 

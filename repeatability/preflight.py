@@ -28,6 +28,9 @@ _HYDRA_ONLY_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-
                      "--config-dir", "-cd", "--experimental-rerun"}
 
 
+SELECTOR_GROUPS = ("vary", "experiments")  # groups that only set other keys (no schema node)
+
+
 def group_choices(group: str) -> list[str]:
     folder = EXPERIMENTS_DIR if group == "experiments" else CONF_DIR / group
     return sorted(p.stem for p in folder.glob("*.yaml"))
@@ -38,7 +41,7 @@ def _check_group_values(overrides: list[str]) -> None:
     parser = OverridesParser.create()
     for ov in parser.parse_overrides(overrides):
         group = ov.key_or_group.lstrip("+~")
-        if group not in GROUPS and group != "experiments" or ov.is_delete():
+        if group not in GROUPS and group not in SELECTOR_GROUPS or ov.is_delete():
             continue
         values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.get_value_element_as_str()]
         known = group_choices(group)

@@ -94,3 +94,34 @@ def test_an_eval_pass_does_not_change_training_gradients(tiny_model_dir: Path) -
     plain, after_eval, reference = grad_norm(False), grad_norm(True), grad_norm(False, quantized=False)
     assert plain == after_eval
     assert plain == pytest.approx(reference, rel=1e-5)
+
+
+def test_strict_mode_runs_and_records_its_flags(tiny_model_dir: Path, quotes_jsonl: Path, tmp_path: Path) -> None:
+    """strict on CPU: the flags are really set (read back into the summary), and the result equals
+    default mode bit for bit (CPU kernels here are deterministic either way)."""
+    import torch
+
+    runs = {}
+    for mode in ("strict", "default"):
+        args = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path, determinism=mode,
+                              **{"train.max_steps": 3, "eval.sample_repeats": 3, "eval.base_repeats": 2})
+        try:
+            assert run_cli([f"study={mode}", "trial=1", *args]) == 0
+        finally:
+            torch.use_deterministic_algorithms(False)
+        runs[mode] = artifacts.read_summary(tmp_path / mode / CELL / "trial-01")
+    flags = runs["strict"]["determinism"]
+    assert flags["mode"] == "strict" and flags["use_deterministic_algorithms"] is True
+    assert flags["cudnn_deterministic"] is True and flags["cudnn_benchmark"] is False
+    assert flags["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8" and flags["FLASH_ATTENTION_DETERMINISTIC"] == "1"
+    assert runs["default"]["determinism"]["use_deterministic_algorithms"] is False
+    assert runs["strict"]["adapter"]["sha256"] == runs["default"]["adapter"]["sha256"]
+    # ablation (b): the base model scored twice gives exactly the same perplexity
+    m = runs["strict"]["metrics"]
+    assert len(m["base_perplexity_repeats"]) == 2 and m["base_perplexity_repeat_spread"] == 0.0
+    # ablation (a): 3 sampled generations per prompt under consecutive generation seeds, plus greedy
+    gens = artifacts.read_generations(tmp_path / "strict" / CELL / "trial-01")
+    sampled = [g for g in gens if g["mode"] == "sampled" and g["prompt_index"] == 0]
+    seed = runs["strict"]["seeds"]["generation"]
+    assert [(g["sample_index"], g["seed"]) for g in sampled] == [(k, seed + k) for k in range(3)]
+    assert len([g for g in gens if g["mode"] == "greedy"]) == 2
