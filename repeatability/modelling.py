@@ -80,11 +80,10 @@ def _gguf_source(cfg: ModelConfig) -> Path:
     raise ConfigError(f"model {cfg.name}: {cfg.gguf_file} not found in package {pip_name}; reinstall it")
 
 
-def _convert_gguf(cfg: ModelConfig, target: Path) -> None:
+def _convert_gguf(cfg: ModelConfig, gguf: Path, target: Path) -> None:
     """Dequantize the GGUF once into a normal fp32 checkpoint folder (atomic rename)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = _gguf_source(cfg)
     log.info("converting %s (%s) to a local checkpoint in %s — once, about 20-40 s", cfg.name, gguf.name, target)
     start = time.perf_counter()
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
@@ -137,9 +136,9 @@ def resolve_model(cfg: ModelConfig, cache_dir: str | Path) -> str:
     if cfg.source == "gguf_package":
         target = Path(cache_dir).expanduser() / "models" / cfg.name
         if not (target / "config.json").exists():
-            _gguf_source(cfg)  # fail fast, before the slow import, if the package is missing
+            gguf = _gguf_source(cfg)  # fails fast, before the slow import, if the package is missing
             target.parent.mkdir(parents=True, exist_ok=True)
-            _convert_gguf(cfg, target)
+            _convert_gguf(cfg, gguf, target)
         return str(target)
     _hub_available(cfg)
     assert cfg.hub_id
