@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.load import FINISHED, column
+from analysis.load import FINISHED
 from repeatability import artifacts
 
 log = logging.getLogger(__name__)
@@ -169,3 +169,124 @@ def relative_l2(distance: float, norm_i: float, norm_j: float) -> float:
 def cosine(dot: float, norm_i: float, norm_j: float) -> float:
     """dot / (norm_i·norm_j); NaN when either update is zero."""
     return dot / (norm_i * norm_j) if norm_i and norm_j else math.nan
+
+
+# --------------------------------------------------------------------------- per cell
+
+RunKey = tuple[tuple[str, int], ...]  # (run path, trial) of each finished run with an adapter
+
+
+def _cell_key(runs: pd.DataFrame, study: Path, cell: str) -> RunKey:
+    rows = runs[(runs["cell"] == cell) & runs["status"].isin(FINISHED)]
+    key = []
+    for _, row in rows.sort_values("trial").iterrows():
+        path = study / str(row["run"])
+        if artifacts.adapter_weights_path(path).exists():
+            key.append((str(path), int(row["trial"])))
+    return tuple(key)
+
+
+def _read_all(key: RunKey) -> dict[int, Adapter]:
+    """Each run's adapter; unreadable ones and ones without LoRA A/B pairs left out (logged)."""
+    adapters = {}
+    for path, trial in key:
+        try:
+            adapter = read_adapter(Path(path))
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the report
+            log.warning("%s: adapter not readable: %s", path, exc)
+            continue
+        if adapter.factors:
+            adapters[trial] = adapter
+        else:
+            log.warning("%s: no lora_A/lora_B weight pairs in the adapter", path)
+    return adapters
+
+
+@lru_cache(maxsize=32)
+def _cell_pairs(cell: str, key: RunKey) -> pd.DataFrame:
+    """Per (trial pair, module) of one cell; cached because two report sections need it."""
+    adapters = _read_all(key)
+    frames = []
+    for i, j in combinations(sorted(adapters), 2):
+        frame = compare(adapters[i], adapters[j])
+        frame.insert(0, "cell", cell)
+        frame.insert(1, "trial_i", i)
+        frame.insert(2, "trial_j", j)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(PAIR_COLUMNS))
+
+
+def pair_table(runs: pd.DataFrame, study: Path) -> pd.DataFrame:
+    """Per cell, trial pair (i < j) and module: ``norm_i``, ``norm_j`` (||ΔW||_F), ``distance``
+    (||ΔW_i − ΔW_j||_F) and ``inner`` (<ΔW_i, ΔW_j>_F), over finished runs with an adapter.
+    """
+    frames = [_cell_pairs(str(cell), _cell_key(runs, Path(study), str(cell)))
+              for cell in sorted(runs["cell"].unique())]
+    frames = [f for f in frames if len(f)]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(PAIR_COLUMNS))
+
+
+def aggregate(pairs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Sum modules into one update per group of ``by`` (ΔW of the group = every module's ΔW
+    concatenated), then ``rel_l2`` and ``cosine`` of that concatenation.
+    """
+    squares = pairs.assign(norm_i=pairs["norm_i"] ** 2, norm_j=pairs["norm_j"] ** 2,
+                           distance=pairs["distance"] ** 2)
+    out = squares.groupby(by, sort=True)[["norm_i", "norm_j", "distance", "inner"]].sum()
+    out[["norm_i", "norm_j", "distance"]] = np.sqrt(out[["norm_i", "norm_j", "distance"]])
+    out["rel_l2"] = [relative_l2(d, a, b) for d, a, b in
+                     zip(out["distance"], out["norm_i"], out["norm_j"])]
+    out["cosine"] = [cosine(p, a, b) for p, a, b in zip(out["inner"], out["norm_i"], out["norm_j"])]
+    return out.reset_index()
+
+
+def whole_adapter(pairs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (cell, trial_i, trial_j): the whole adapter's ``rel_l2`` and ``cosine``."""
+    return aggregate(pairs, ["cell", "trial_i", "trial_j"])
+
+
+def by_layer(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Per (cell, layer): mean, min and max over trial pairs of the layer's ``rel_l2`` and
+    ``cosine`` (a layer's update = its modules' ΔW concatenated)."""
+    layers = aggregate(pairs, ["cell", "layer", "trial_i", "trial_j"])
+    out = layers.groupby(["cell", "layer"])[["rel_l2", "cosine"]].agg(["mean", "min", "max"])
+    out.columns = [f"{a}_{b}" for a, b in out.columns]
+    return out.reset_index()
+
+
+def cell_summary(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: adapters compared, pairs, identical pairs (distance exactly 0), mean ||ΔW||_F,
+    mean/min/max whole-adapter ``rel_l2`` and ``cosine``, and the module kind (q_proj, ...)
+    with the largest mean relative L2."""
+    whole = whole_adapter(pairs)
+    kinds = aggregate(pairs, ["cell", "kind", "trial_i", "trial_j"])
+    rows = []
+    for cell, group in whole.groupby("cell", sort=True):
+        trials = sorted(set(group["trial_i"]) | set(group["trial_j"]))
+        norms = pd.concat([group[["trial_i", "norm_i"]].set_axis(["t", "n"], axis=1),
+                           group[["trial_j", "norm_j"]].set_axis(["t", "n"], axis=1)])
+        kind = kinds[kinds["cell"] == cell].groupby("kind")["rel_l2"].mean()
+        rows.append({"cell": cell, "n_adapters": len(trials), "n_pairs": len(group),
+                     "n_identical_pairs": int((group["distance"] == 0).sum()),
+                     "mean_norm": float(norms.drop_duplicates("t")["n"].mean()),
+                     **{f"rel_l2_{s}": float(getattr(group["rel_l2"], s)()) for s in
+                        ("mean", "min", "max")},
+                     **{f"cosine_{s}": float(getattr(group["cosine"], s)()) for s in
+                        ("mean", "min", "max")},
+                     "most_divergent_kind": str(kind.idxmax()) if kind.notna().any() else "–"})
+    return pd.DataFrame(rows)
+
+
+def distance_matrix(pairs: pd.DataFrame, cell: str) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """(trials, D², ||ΔW||²) of one cell's whole adapters: ``D²[a, b]`` the squared Frobenius
+    distance between trials a and b (0 on the diagonal), ``||ΔW||²`` per trial."""
+    whole = whole_adapter(pairs[pairs["cell"] == cell])
+    trials = sorted(set(whole["trial_i"]) | set(whole["trial_j"]))
+    pos = {t: k for k, t in enumerate(trials)}
+    d2 = np.zeros((len(trials), len(trials)))
+    n2 = np.zeros(len(trials))
+    for _, row in whole.iterrows():
+        a, b = pos[row["trial_i"]], pos[row["trial_j"]]
+        d2[a, b] = d2[b, a] = row["distance"] ** 2
+        n2[a], n2[b] = row["norm_i"] ** 2, row["norm_j"] ** 2
+    return trials, d2, n2

@@ -167,9 +167,30 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path) 
                  "total_s": time.perf_counter() - t_start, **train.step_time_stats(record)},
         memory=memory.result(), adapter={"path": artifacts.ADAPTER, "sha256": adapter_sha}, finished_at=utc_now(),
     )
+    summary["headline"] = headline(summary)
     artifacts.write_summary(path, summary)
     artifacts.mark_done(path)
     return summary
+
+
+def headline(s: dict[str, Any]) -> str:
+    """The run in one paragraph of plain words (stored in the summary for readers)."""
+    cell, m, eff, dev = s["cell"], s["metrics"], s["optimizer"]["effective"], s["device"]
+    state = (f"8-bit Adam state on {100 * eff['state_8bit_param_fraction']:.1f}% of the trainable parameters "
+             f"(tensors under min_8bit_size={s['optimizer']['requested']['min_8bit_size']} elements keep 32-bit)"
+             if eff["bits"] == 8 else "32-bit Adam state")
+    paging = ("paging in effect" if eff["paging_effective"] else
+              f"paging {'requested but not in effect' if eff['paging_requested'] else 'off'}")
+    quant = "NF4 4-bit base" if dev["quantization"]["load_in_4bit"] else "unquantized base"
+    return (f"Trial {s['trial']} of {cell['model']} x {cell['dataset']} x {cell['optim']}"
+            f"{' (' + cell['variant'] + ')' if cell['variant'] else ''}: {s['status']} after {m['steps']} steps. "
+            f"Held-out perplexity {m.get('perplexity_token_weighted', math.nan):.4g} (token-weighted; "
+            f"{m.get('perplexity_mean_per_sequence', math.nan):.4g} as the mean of per-sequence perplexities) "
+            f"vs {m.get('base_perplexity_token_weighted', math.nan):.4g} for the base model, on "
+            f"{m.get('heldout_sequences', 0)} held-out examples. Optimizer {eff['class'].rsplit('.', 1)[-1]} "
+            f"({eff['class'].split('.')[0]}) with {state}, {paging}. {dev['type'].upper()} ({dev['name']}), "
+            f"{dev['compute_dtype']} compute, {quant}. Seeds: LoRA init {s['seeds']['lora_init']}, data order "
+            f"{s['seeds']['data_order']}, dropout {s['seeds']['dropout']} (policy {s['seeds']['policy']}).")
 
 
 def _score_and_generate(cfg: RunConfig, built: Built, prep: Prepared, record: train.TrainLog, seeds: Seeds,

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 
 import hydra
 from omegaconf import DictConfig
@@ -29,6 +30,8 @@ def _hydra_main(cfg: DictConfig) -> str:
 def main() -> None:
     """Preflight, then Hydra."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # transformers 5 renamed gradient checkpointing; peft still calls the old name (harmless)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:
         jobs = preflight.check_argv(sys.argv[1:])
     except ConfigError as exc:
