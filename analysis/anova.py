@@ -40,6 +40,7 @@ RESPONSES: tuple[tuple[str, str, bool], ...] = (
     ("final val loss", "metrics.final_val_loss", False),
 )
 BLOCK_LABEL = "trial (block: all seeds)"
+CONSTANT_RTOL = 1e-12  # a response whose range is below this (relative) does not vary
 TABLE_COLUMNS = ("term", "sum_sq", "df", "F", "p", "eta2", "partial_eta2",
                  "partial_eta2_ci_low", "partial_eta2_ci_high")
 
@@ -138,8 +139,10 @@ def noncentrality_ci(f: float, df1: float, df2: float,
         if sps.f.cdf(f, df1, df2) < quantile:
             return 0.0
         upper = max(10.0, 2 * f * df1)
-        while cdf(upper) > 0 and upper < 1e9:
+        while cdf(upper) > 0 and upper < 1e9:  # NaN (ncf out of range) stops the loop
             upper *= 4
+        if not cdf(upper) < 0:  # F too large for ncf (e.g. a perfect fit): no bound
+            return math.nan
         return float(optimize.brentq(cdf, 0.0, upper, xtol=1e-10))
 
     return lam((1 + confidence) / 2), lam((1 - confidence) / 2)
@@ -165,8 +168,12 @@ def anova_table(frame: pd.DataFrame, factors: tuple[str, ...] | list[str],
     with the columns of :data:`TABLE_COLUMNS` and a last row ``total``.
 
     Raises:
-        ValueError: no residual degree of freedom is left (too few observations).
+        ValueError: ``y`` does not vary (nothing to decompose), or no residual degree of freedom
+            is left (too few observations).
     """
+    y = frame["y"].to_numpy(dtype=float) if len(frame) else np.array([])
+    if y.size == 0 or np.ptp(y) <= CONSTANT_RTOL * np.abs(y).max():
+        raise ValueError("the response does not vary: nothing to decompose")
     import statsmodels.formula.api as smf
     from statsmodels.stats.anova import anova_lm
 
@@ -179,9 +186,12 @@ def anova_table(frame: pd.DataFrame, factors: tuple[str, ...] | list[str],
         table = anova_lm(fit, typ=2)
     ss_total = float(((frame["y"] - frame["y"].mean()) ** 2).sum())
     ss_res = float(table.loc["Residual", "sum_sq"])
+    exact = ss_res <= CONSTANT_RTOL * ss_total  # a perfect fit: F is rounding noise / 0
     rows = []
     for term, row in table.iterrows():
         ss, df, f = float(row["sum_sq"]), float(row["df"]), float(row["F"])
+        if exact and term != "Residual":
+            f, row["PR(>F)"] = (math.inf, 0.0) if ss > CONSTANT_RTOL * ss_total else (0.0, 1.0)
         partial = ss / (ss + ss_res) if term != "Residual" and ss + ss_res > 0 else math.nan
         ci = partial_eta2_ci(f, df, fit.df_resid, confidence) \
             if term != "Residual" else (math.nan, math.nan)

@@ -198,7 +198,7 @@ def _read_all(key: RunKey) -> dict[int, Adapter]:
         if adapter.factors:
             adapters[trial] = adapter
         else:
-            log.warning("%s: no lora_A/lora_B weight pairs in the adapter", path)
+            log.info("%s: no lora_A/lora_B weight pairs in the adapter", path)
     return adapters
 
 
@@ -273,7 +273,7 @@ def cell_summary(pairs: pd.DataFrame) -> pd.DataFrame:
                         ("mean", "min", "max")},
                      **{f"cosine_{s}": float(getattr(group["cosine"], s)()) for s in
                         ("mean", "min", "max")},
-                     "most_divergent_kind": str(kind.idxmax()) if kind.notna().any() else "–"})
+                     "most_divergent_kind": str(kind.idxmax()) if kind.max() > 0 else "–"})
     return pd.DataFrame(rows)
 
 

@@ -71,7 +71,7 @@ def trials_needed(runs: pd.DataFrame, ratios: Sequence[float] = RATIOS, alpha: f
         values = np.log(values[values > 0])
         if values.size < 2:
             continue
-        sigma = float(values.std(ddof=1))
+        sigma = float(values.std(ddof=1)) if np.ptp(values) > 0 else 0.0  # no rounding noise
         upper = sigma_upper(sigma, values.size)
         row = {"cell": cell, "n": int(values.size), "std_log": sigma, "std_log_ci_high": upper}
         for ratio in ratios:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import sections, sections_runs
+from analysis import sections, sections_runs, sections_variance
 from analysis.document import Doc, render_html, render_markdown, write_figures
 from analysis.load import Study, StudyError, load_study
 from analysis.tables import write_table
@@ -29,8 +29,10 @@ from repeatability import artifacts
 
 log = logging.getLogger(__name__)
 
-SECTIONS = (sections.overview, sections.verdicts, sections.perplexity, sections.comparisons,
-            sections_runs.loss, sections_runs.generation, sections_runs.resources,
+SECTIONS = (sections.overview, sections.verdicts, sections.perplexity,
+            sections_variance.variance_sources, sections_variance.adapter_divergence,
+            sections.comparisons, sections_variance.trials_needed, sections_runs.loss,
+            sections_runs.generation, sections_variance.ablations, sections_runs.resources,
             sections_runs.not_as_asked, sections_runs.problems)
 
 

@@ -122,8 +122,13 @@ def verdicts(doc: Doc, study: Study) -> Tables:
              "trial. Spread = max/min of the token-weighted held-out perplexity. When seed "
              "sources vary across trials, trials are meant to differ: the spread is the "
              "seed-to-seed variance the study measures.")
+    bitwise = verdict.bitwise_verdicts(study.runs, study.curves, study.generations)
+    doc.para("Bitwise verdict, one line per cell: all adapter SHA-256 equal? training-loss "
+             "curves identical at every logged step? greedy generations identical?")
+    doc.bullets(list(bitwise["line"]))
     doc.table(table.set_index("cell"), "Verdict per cell")
-    return {"verdicts": (table, "Verdict per cell")}
+    return {"verdicts": (table, "Verdict per cell"),
+            "bitwise_verdicts": (bitwise, "Bitwise verdict per cell")}
 
 
 def arm_notes(runs: pd.DataFrame) -> list[str]:

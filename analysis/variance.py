@@ -33,14 +33,15 @@ import pandas as pd
 from scipy import stats as sps
 
 from analysis import divergence
-from analysis.load import FINISHED, column
+from analysis.load import FINISHED
 from analysis.stats import PRIMARY_METRIC, metric_values
-from analysis.verdict import SEED_KEYS, varying_seeds
+from analysis.verdict import varied_sources
 
 log = logging.getLogger(__name__)
 
 BASELINE = "none (floor)"  # the source label of the all-fixed cell
-VARYING_RULES = ("trial", "entropy")
+__all__ = ["BASELINE", "OFAT_METRICS", "WEIGHTS", "answer", "components", "decompose",
+           "ofat_design", "pair_variance", "scalar_d2", "varied_sources"]
 # (label, summary key, on the log scale?)
 OFAT_METRICS: tuple[tuple[str, str, bool], ...] = (
     ("log perplexity", PRIMARY_METRIC, True),
@@ -53,15 +54,6 @@ _BATCH_ELEMENTS = 4_000_000  # resampled D² elements held at once by the bootst
 TABLE_COLUMNS = ("metric", "group", "source", "cell", "n", "mean", "variance", "std",
                  "std_ci_low", "std_ci_high", "component", "share", "share_ci_low",
                  "share_ci_high")
-
-
-def varied_sources(rows: pd.DataFrame) -> list[str]:
-    """Seed sources that vary across the given runs by design (rule ``trial``/``entropy`` in
-    ``seeds.rules``); without recorded rules, the sources whose seed values differ."""
-    rules = {s: column(rows, f"seeds.rules.{s}") for s in SEED_KEYS}
-    if not any(r.notna().any() for r in rules.values()):
-        return varying_seeds(rows)
-    return [s for s, r in rules.items() if r.isin(VARYING_RULES).any()]
 
 
 def ofat_design(runs: pd.DataFrame) -> pd.DataFrame:

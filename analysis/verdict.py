@@ -9,16 +9,27 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.curves import within_cell_divergence
 from analysis.load import FINISHED, column
 from analysis.stats import PRIMARY_METRIC, describe, metric_values
 from analysis.tables import format_number
 
 SEED_KEYS = ("lora_init", "data_order", "dropout", "generation")
+VARYING_RULES = ("trial", "entropy")  # seed rules that give each trial its own seed
 
 
 def varying_seeds(rows: pd.DataFrame) -> list[str]:
     """Seed sources whose value differs between the given runs (``seeds.<source>``)."""
     return [s for s in SEED_KEYS if column(rows, f"seeds.{s}").dropna().nunique() > 1]
+
+
+def varied_sources(rows: pd.DataFrame) -> list[str]:
+    """Seed sources that vary across the given runs by design (rule ``trial``/``entropy`` in
+    ``seeds.rules``); runs recorded without rules: the sources whose seed values differ."""
+    rules = {s: column(rows, f"seeds.rules.{s}") for s in SEED_KEYS}
+    if not any(r.notna().any() for r in rules.values()):
+        return varying_seeds(rows)
+    return [s for s, r in rules.items() if r.isin(VARYING_RULES).any()]
 
 
 def _greedy_identity(gens: pd.DataFrame, cell: str) -> tuple[int, int]:
@@ -70,6 +81,63 @@ def cell_verdicts(runs: pd.DataFrame, gens: pd.DataFrame,
                     "verdict": _verdict_text(len(done), int(hashes.nunique()), same, n_prompts,
                                              spread, bool(set(varied) - {"generation"}))})
     return pd.DataFrame(out)
+
+
+def _bitwise_parts(done: pd.DataFrame, curve: pd.Series | None,
+                   greedy: tuple[int, int]) -> tuple[list[str], bool]:
+    """The three checks of one cell in words, and whether all of them passed."""
+    n, hashes = len(done), column(done, "adapter.sha256").dropna()
+    if len(hashes) == n and hashes.nunique() == 1:
+        parts, ok = [f"adapters identical ({n}/{n} same SHA-256)"], True
+    else:
+        top = int(hashes.value_counts().max()) if len(hashes) else 0
+        parts = [f"adapters differ ({hashes.nunique()} distinct SHA-256 in {len(hashes)} "
+                 f"recorded of {n}; at most {top} alike)"]
+        ok = False
+    if curve is None or not curve["n_pairs"]:
+        parts.append("no loss curves to compare")
+    elif curve["n_pairs_identical"] == curve["n_pairs"]:
+        parts.append("loss curves identical")
+    else:
+        parts.append(f"loss curves part at step {format_number(curve['first_step'])}")
+        ok = False
+    same, n_prompts = greedy
+    if not n_prompts:
+        parts.append("no greedy generations")
+    elif same == n_prompts:
+        parts.append("greedy generations identical")
+    else:
+        parts.append(f"greedy generations identical on {same}/{n_prompts} prompts")
+        ok = False
+    return parts, ok
+
+
+def bitwise_verdicts(runs: pd.DataFrame, curves: pd.DataFrame,
+                     gens: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell with ``bitwise`` (every adapter's SHA-256 equal, every training-loss
+    curve identical at every step, every greedy completion identical; curves or generations
+    not recorded count as passing) and ``line``, the verdict as one line of text.
+    """
+    within = within_cell_divergence(curves).set_index("cell")
+    rows = []
+    for cell, group in runs.groupby("cell", sort=True):
+        done = group[group["status"].isin(FINISHED)]
+        if len(done) < 2:
+            rows.append({"cell": cell, "bitwise": False,
+                         "line": f"`{cell}`: {len(done)} finished run(s): nothing to compare"})
+            continue
+        curve = within.loc[cell] if cell in within.index else None
+        parts, ok = _bitwise_parts(done, curve, _greedy_identity(gens, str(cell)))
+        varied = varied_sources(done)
+        if ok:
+            end = "bitwise repeatable"
+        elif set(varied) - {"generation"}:
+            end = f"not bitwise repeatable, as designed (seeds vary: {', '.join(varied)})"
+        else:
+            end = "NOT bitwise repeatable under identical seeds"
+        rows.append({"cell": cell, "bitwise": ok,
+                     "line": f"`{cell}`: " + ", ".join(parts) + f" → {end}"})
+    return pd.DataFrame(rows, columns=["cell", "bitwise", "line"])
 
 
 def _flag(value: Any) -> bool | None:

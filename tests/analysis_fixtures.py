@@ -138,13 +138,19 @@ def generation_rows(completions: list[str], letters: list[str | None] | None = N
     return rows
 
 
-def write_adapter(path: Path, weight_seed: int) -> str:
-    """A small real safetensors adapter; equal ``weight_seed`` → byte-identical file."""
+def write_adapter(path: Path, weight_seed: int, tensors: dict[str, np.ndarray] | None = None,
+                  config: dict[str, Any] | None = None) -> str:
+    """A small real safetensors adapter; equal ``weight_seed`` → byte-identical file.
+
+    ``tensors``/``config`` replace the default single random tensor and ``{r: 8, lora_alpha: 32}``.
+    """
     weights = artifacts.adapter_weights_path(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(weight_seed)
-    save_file({"lora_A": rng.standard_normal((8, 16)).astype(np.float32)}, str(weights))
-    artifacts.write_json(weights.parent / "adapter_config.json", {"r": 8, "lora_alpha": 32})
+    if tensors is None:
+        tensors = {"lora_A": rng.standard_normal((8, 16)).astype(np.float32)}
+    save_file(tensors, str(weights))
+    artifacts.write_json(weights.parent / "adapter_config.json", config or {"r": 8, "lora_alpha": 32})
     return artifacts.adapter_sha256(path)
 
 
@@ -152,10 +158,13 @@ def write_run(results: Path, study: str, cell: artifacts.CellKey, trial: int, *,
               ppl: float = 10.0, status: str = "complete", losses: list[float] | None = None,
               completions: list[str] | None = None, letters: list[str | None] | None = None,
               weight_seed: int | None = None, summary: dict[str, Any] | None = None,
-              env: dict[str, Any] | None = None) -> Path:
+              env: dict[str, Any] | None = None, generations: list[dict[str, Any]] | None = None,
+              adapter: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None) -> Path:
     """Write one run through the contract. ``status``: complete | diverged | failed | incomplete.
 
-    ``summary`` is deep-merged over :func:`base_summary` (e.g. other seeds, a schema version).
+    ``summary`` is deep-merged over :func:`base_summary` (e.g. other seeds, a schema version);
+    ``generations`` replaces the rows of :func:`generation_rows`; ``adapter`` is (tensors,
+    adapter_config) for :func:`write_adapter`.
     """
     path = artifacts.run_dir(results, study, cell, trial)
     artifacts.start_fresh(path)
@@ -163,8 +172,8 @@ def write_run(results: Path, study: str, cell: artifacts.CellKey, trial: int, *,
     artifacts.write_loss_curve(path, loss_rows(losses))
     if status == "incomplete":
         return path
-    artifacts.write_generations(path, generation_rows(completions or [f"text {trial}"] * 2,
-                                                      letters))
+    artifacts.write_generations(path, generations if generations is not None else generation_rows(
+        completions or [f"text {trial}"] * 2, letters))
     artifacts.write_environment(path, deep_merge(
         {"python": "3.11.7", "packages": {"torch": "2.13.0"}, "cuda": {"available": False},
          "git": {"commit": "abc"}}, env or {}))
@@ -173,7 +182,7 @@ def write_run(results: Path, study: str, cell: artifacts.CellKey, trial: int, *,
     record["status"] = status
     if status != "failed":
         record["adapter"]["sha256"] = write_adapter(path, weight_seed if weight_seed is not None
-                                                    else trial)
+                                                    else trial, *(adapter or ()))
     artifacts.write_summary(path, record)
     if status == "failed":
         artifacts.write_error(path, "Traceback ...\nRuntimeError: out of memory\n")
