@@ -22,6 +22,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from itertools import product
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -162,6 +163,23 @@ def _label(term: str) -> str:
     return BLOCK_LABEL if parts == ["trial"] else " × ".join(parts)
 
 
+def _term_row(term: str, row: pd.Series, ss_total: float, ss_res: float, df_resid: float,
+              exact: bool, confidence: float) -> dict[str, Any]:
+    """One row of :func:`anova_table` from statsmodels' row of ``term``."""
+    ss, df, f, p = (float(row[k]) for k in ("sum_sq", "df", "F", "PR(>F)"))
+    if term == "Residual":
+        return {"term": "residual", "sum_sq": ss, "df": df, "F": math.nan, "p": math.nan,
+                "eta2": ss / ss_total if ss_total else math.nan, "partial_eta2": math.nan,
+                "partial_eta2_ci_low": math.nan, "partial_eta2_ci_high": math.nan}
+    if exact:  # residual 0: a real effect has F = inf, an absent one F = 0
+        f, p = (math.inf, 0.0) if ss > CONSTANT_RTOL * ss_total else (0.0, 1.0)
+    low, high = partial_eta2_ci(f, df, df_resid, confidence)
+    return {"term": _label(term), "sum_sq": ss, "df": df, "F": f, "p": p,
+            "eta2": ss / ss_total if ss_total else math.nan,
+            "partial_eta2": ss / (ss + ss_res) if ss + ss_res > 0 else math.nan,
+            "partial_eta2_ci_low": low, "partial_eta2_ci_high": high}
+
+
 def anova_table(frame: pd.DataFrame, factors: tuple[str, ...] | list[str],
                 block: bool = True, confidence: float = 0.95) -> pd.DataFrame:
     """Type-2 ANOVA of ``frame.y`` on the crossed ``factors`` (+ ``C(trial)`` when ``block``),
@@ -187,18 +205,8 @@ def anova_table(frame: pd.DataFrame, factors: tuple[str, ...] | list[str],
     ss_total = float(((frame["y"] - frame["y"].mean()) ** 2).sum())
     ss_res = float(table.loc["Residual", "sum_sq"])
     exact = ss_res <= CONSTANT_RTOL * ss_total  # a perfect fit: F is rounding noise / 0
-    rows = []
-    for term, row in table.iterrows():
-        ss, df, f = float(row["sum_sq"]), float(row["df"]), float(row["F"])
-        if exact and term != "Residual":
-            f, row["PR(>F)"] = (math.inf, 0.0) if ss > CONSTANT_RTOL * ss_total else (0.0, 1.0)
-        partial = ss / (ss + ss_res) if term != "Residual" and ss + ss_res > 0 else math.nan
-        ci = partial_eta2_ci(f, df, fit.df_resid, confidence) \
-            if term != "Residual" else (math.nan, math.nan)
-        rows.append({"term": _label(str(term)), "sum_sq": ss, "df": df, "F": f,
-                     "p": float(row["PR(>F)"]), "eta2": ss / ss_total if ss_total else math.nan,
-                     "partial_eta2": partial, "partial_eta2_ci_low": ci[0],
-                     "partial_eta2_ci_high": ci[1]})
+    rows = [_term_row(str(term), row, ss_total, ss_res, fit.df_resid, exact, confidence)
+            for term, row in table.iterrows()]
     rows.append({"term": "total", "sum_sq": ss_total, "df": float(len(frame) - 1),
                  **dict.fromkeys(TABLE_COLUMNS[3:], math.nan),
                  "eta2": 1.0 if ss_total else math.nan})

@@ -40,6 +40,9 @@ def main() -> None:
     if jobs is not None:  # for progress lines "run k/n ... elapsed" (inherited by launcher workers)
         os.environ[sweep.TOTAL_ENV] = str(len(jobs))
         os.environ[sweep.START_ENV] = str(time.time())
+        if any(job.determinism.mode == "strict" for job in jobs):
+            # cuBLAS reads this when its first handle is made: set it before any job touches CUDA
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     sys.argv.append(preflight.SEARCHPATH_OVERRIDE)
     _hydra_main()
 
