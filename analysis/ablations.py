@@ -80,7 +80,7 @@ def _all(count: str) -> bool:
 def sampling_line(row: pd.Series | dict) -> str:
     """One line per cell of :func:`sampling_by_cell`, in words."""
     same, greedy = row["samples_identical"], row["equal_greedy"]
-    head = (f"`{row['cell']}` ({row['runs']} runs, temperature / top-p "
+    head = (f"`{row['cell']}` ({row['runs']} run(s), temperature / top-p "
             f"{row['temperature / top_p']}): ")
     if same == "–":  # one sample per prompt: nothing to compare across seeds
         return (head + f"K = {row['K']} sample per prompt, so seeds cannot be compared; the "

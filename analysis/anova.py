@@ -167,12 +167,15 @@ def _term_row(term: str, row: pd.Series, ss_total: float, ss_res: float, df_resi
               exact: bool, confidence: float) -> dict[str, Any]:
     """One row of :func:`anova_table` from statsmodels' row of ``term``."""
     ss, df, f, p = (float(row[k]) for k in ("sum_sq", "df", "F", "PR(>F)"))
+    ss = 0.0 if ss <= CONSTANT_RTOL * ss_total else ss  # rounding noise of an absent effect
     if term == "Residual":
         return {"term": "residual", "sum_sq": ss, "df": df, "F": math.nan, "p": math.nan,
                 "eta2": ss / ss_total if ss_total else math.nan, "partial_eta2": math.nan,
                 "partial_eta2_ci_low": math.nan, "partial_eta2_ci_high": math.nan}
-    if exact:  # residual 0: a real effect has F = inf, an absent one F = 0
-        f, p = (math.inf, 0.0) if ss > CONSTANT_RTOL * ss_total else (0.0, 1.0)
+    if ss == 0:
+        f, p = 0.0, 1.0
+    elif exact:  # residual 0: a real effect has F = inf
+        f, p = math.inf, 0.0
     low, high = partial_eta2_ci(f, df, df_resid, confidence)
     return {"term": _label(term), "sum_sq": ss, "df": df, "F": f, "p": p,
             "eta2": ss / ss_total if ss_total else math.nan,
@@ -205,6 +208,7 @@ def anova_table(frame: pd.DataFrame, factors: tuple[str, ...] | list[str],
     ss_total = float(((frame["y"] - frame["y"].mean()) ** 2).sum())
     ss_res = float(table.loc["Residual", "sum_sq"])
     exact = ss_res <= CONSTANT_RTOL * ss_total  # a perfect fit: F is rounding noise / 0
+    ss_res = 0.0 if exact else ss_res
     rows = [_term_row(str(term), row, ss_total, ss_res, fit.df_resid, exact, confidence)
             for term, row in table.iterrows()]
     rows.append({"term": "total", "sum_sq": ss_total, "df": float(len(frame) - 1),

@@ -173,7 +173,7 @@ def cosine(dot: float, norm_i: float, norm_j: float) -> float:
 
 # --------------------------------------------------------------------------- per cell
 
-RunKey = tuple[tuple[str, int], ...]  # (run path, trial) of each finished run with an adapter
+RunKey = tuple[tuple[str, int, int], ...]  # (run path, trial, weights mtime_ns) per finished run
 
 
 def _cell_key(runs: pd.DataFrame, study: Path, cell: str) -> RunKey:
@@ -181,15 +181,16 @@ def _cell_key(runs: pd.DataFrame, study: Path, cell: str) -> RunKey:
     key = []
     for _, row in rows.sort_values("trial").iterrows():
         path = study / str(row["run"])
-        if artifacts.adapter_weights_path(path).exists():
-            key.append((str(path), int(row["trial"])))
+        weights = artifacts.adapter_weights_path(path)
+        if weights.exists():  # the mtime keeps the cache from serving a rewritten adapter
+            key.append((str(path), int(row["trial"]), weights.stat().st_mtime_ns))
     return tuple(key)
 
 
 def _read_all(key: RunKey) -> dict[int, Adapter]:
     """Each run's adapter; unreadable ones and ones without LoRA A/B pairs left out (logged)."""
     adapters = {}
-    for path, trial in key:
+    for path, trial, _ in key:
         try:
             adapter = read_adapter(Path(path))
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the report
@@ -224,6 +225,19 @@ def pair_table(runs: pd.DataFrame, study: Path) -> pd.DataFrame:
               for cell in sorted(runs["cell"].unique())]
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(PAIR_COLUMNS))
+
+
+def arm_pairs(runs: pd.DataFrame, study: Path, cell_x: str, cell_y: str,
+              trials: list[int]) -> pd.DataFrame:
+    """Whole-adapter ``rel_l2``/``cosine`` between arm X's and arm Y's adapter of each of
+    ``trials`` (seed-matched arms: what the arm difference alone does to the weights)."""
+    x = _read_all(tuple(k for k in _cell_key(runs, Path(study), cell_x) if k[1] in trials))
+    y = _read_all(tuple(k for k in _cell_key(runs, Path(study), cell_y) if k[1] in trials))
+    frames = [compare(x[t], y[t]).assign(cell=f"{cell_x} vs {cell_y}", trial_i=t, trial_j=t)
+              for t in sorted(set(x) & set(y))]
+    if not frames:
+        return pd.DataFrame(columns=["cell", "trial_i", "trial_j", "rel_l2", "cosine"])
+    return whole_adapter(pd.concat(frames, ignore_index=True))
 
 
 def aggregate(pairs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -262,13 +276,12 @@ def cell_summary(pairs: pd.DataFrame) -> pd.DataFrame:
     kinds = aggregate(pairs, ["cell", "kind", "trial_i", "trial_j"])
     rows = []
     for cell, group in whole.groupby("cell", sort=True):
-        trials = sorted(set(group["trial_i"]) | set(group["trial_j"]))
-        norms = pd.concat([group[["trial_i", "norm_i"]].set_axis(["t", "n"], axis=1),
-                           group[["trial_j", "norm_j"]].set_axis(["t", "n"], axis=1)])
+        norms = dict(zip(group["trial_i"], group["norm_i"])) | dict(
+            zip(group["trial_j"], group["norm_j"]))
         kind = kinds[kinds["cell"] == cell].groupby("kind")["rel_l2"].mean()
-        rows.append({"cell": cell, "n_adapters": len(trials), "n_pairs": len(group),
+        rows.append({"cell": cell, "n_adapters": len(norms), "n_pairs": len(group),
                      "n_identical_pairs": int((group["distance"] == 0).sum()),
-                     "mean_norm": float(norms.drop_duplicates("t")["n"].mean()),
+                     "mean_norm": float(np.mean(list(norms.values()))),
                      **{f"rel_l2_{s}": float(getattr(group["rel_l2"], s)()) for s in
                         ("mean", "min", "max")},
                      **{f"cosine_{s}": float(getattr(group["cosine"], s)()) for s in

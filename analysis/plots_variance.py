@@ -10,8 +10,9 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
-from analysis.plots import new_figure, short_cell
+from analysis.plots import new_figure
 from analysis.variance import BASELINE, WEIGHTS
 from analysis.verdict import SEED_KEYS
 
@@ -101,7 +102,7 @@ def variance_sources(table: pd.DataFrame) -> Figure:
 def anova_shares(results: list[tuple[str, str, pd.DataFrame]]) -> Figure:
     """One horizontal bar per (design, response): each ANOVA term's η² (share of the total
     sum of squares), residual in grey."""
-    fig, axes = new_figure((9.5, 1.0 + 0.55 * max(len(results), 1)))
+    fig, axes = new_figure((10, 1.4 + 0.6 * max(len(results), 1)))
     ax = axes[0, 0]
     terms = [t for _, _, tab in results for t in tab["term"] if t not in ("total", "residual")]
     colors = {t: f"C{i % 10}" for i, t in enumerate(dict.fromkeys(terms))} | {
@@ -111,7 +112,10 @@ def anova_shares(results: list[tuple[str, str, pd.DataFrame]]) -> Figure:
         left = 0.0
         for term, share in zip(tab["term"], tab["eta2"]):
             if term != "total" and np.isfinite(share) and share > 0:
-                ax.barh(i, share, left=left, color=colors[term])
+                ax.barh(i, share, left=left, color=colors[term], height=0.6)
+                if share >= 0.08:
+                    ax.text(left + share / 2, i, f"{share:.0%}", ha="center", va="center",
+                            fontsize=8, color="white")
                 left += share
         labels.append(f"{design}\n{response}")
     ax.set_yticks(range(len(labels)), labels, fontsize=7)
@@ -125,23 +129,38 @@ def anova_shares(results: list[tuple[str, str, pd.DataFrame]]) -> Figure:
     return fig
 
 
+def _legend_names(cells: list[str]) -> dict[str, str]:
+    """Cell names without the model/dataset parts when every cell shares them."""
+    heads = {tuple(c.split("__")[:2]) for c in cells}
+    if len(heads) == 1:
+        return {c: " / ".join(c.split("__")[2:]) for c in cells}
+    return {c: c.replace("__", " / ") for c in cells}
+
+
 def divergence_by_layer(layers: pd.DataFrame) -> Figure:
     """Relative L2 distance of ΔW between trials per transformer layer: one line per cell
     (mean over trial pairs), band = min–max over pairs."""
-    fig, axes = new_figure((8.5, 3.8))
+    fig, axes = new_figure((9.5, 3.8))
     ax = axes[0, 0]
-    for i, (cell, rows) in enumerate(layers[layers["layer"] >= 0].groupby("cell", sort=True)):
+    rows_by_cell = layers[layers["layer"] >= 0].groupby("cell", sort=True)
+    names = _legend_names([str(c) for c, _ in rows_by_cell])
+    for i, (cell, rows) in enumerate(rows_by_cell):
         rows = rows.sort_values("layer")
         ax.fill_between(rows["layer"], rows["rel_l2_min"], rows["rel_l2_max"], alpha=0.15,
                         color=f"C{i % 10}", lw=0)
         ax.plot(rows["layer"], rows["rel_l2_mean"], marker="o", ms=3, lw=1.2,
-                color=f"C{i % 10}", label=short_cell(cell).replace("\n", " / "))
+                color=f"C{i % 10}", label=names[str(cell)])
+    top = float(layers["rel_l2_max"].max()) if len(layers) else 0.0
+    if top > 0.5:  # the scale of unrelated updates, for reading the lines
+        ax.axhline(np.sqrt(2), color="0.4", ls=":", lw=1, label="√2: orthogonal, equal norms")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("transformer layer")
     ax.set_ylabel("relative L2 distance of ΔW = s·B·A\nbetween trials (mean over pairs)")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, max(top, np.sqrt(2) if top > 0.5 else 0.0, 1e-12) * 1.12)
     ax.set_title("How far apart the trials' adapter updates are, by layer (band: min–max "
                  "over pairs)", fontsize=9)
     ax.grid(alpha=0.3)
     if ax.get_lines():
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="cell",
+                  title_fontsize=7)
     return fig

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis import ablations as abl
-from analysis import anova, divergence, plots_variance, power, variance
+from analysis import anova, divergence, plots_variance, power, stats, variance
 from analysis.document import Doc
 from analysis.load import FINISHED, Study
 from analysis.sections import Tables, _values
@@ -96,6 +96,23 @@ def variance_sources(doc: Doc, study: Study) -> Tables:
     return out
 
 
+def _arm_divergence(doc: Doc, study: Study) -> Tables:
+    """Seed-matched arms (cells differing only in the optimizer): X's adapter vs Y's, per trial."""
+    frames = [divergence.arm_pairs(study.runs, study.path, x, y, trials)
+              for x, y in stats.comparison_pairs(study.runs)
+              if (trials := stats.paired_trials(study.runs, x, y))]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return {}
+    arms = pd.concat(frames, ignore_index=True)
+    doc.para("Between seed-matched arms (same trial, same seeds, another optimizer), the "
+             "difference is the arm's own effect on the weights:")
+    doc.bullets([f"`{pair}`: relative L2 {g['rel_l2'].mean():.3g} (min {g['rel_l2'].min():.3g}, "
+                 f"max {g['rel_l2'].max():.3g}), cosine {g['cosine'].mean():.4g} over "
+                 f"{len(g)} trial(s)" for pair, g in arms.groupby("cell", sort=True)])
+    return {"divergence_arms": (arms, "Adapter divergence between seed-matched arms, per trial")}
+
+
 def adapter_divergence(doc: Doc, study: Study) -> Tables:
     """Pairwise relative L2 distance and cosine similarity of ΔW between a cell's trials."""
     doc.heading("Adapter divergence")
@@ -116,13 +133,14 @@ def adapter_divergence(doc: Doc, study: Study) -> Tables:
                  f"{r['mean_norm']:.4g}; most divergent module kind: {r['most_divergent_kind']}"
                  for _, r in summary.iterrows()])
     doc.table(summary.set_index("cell"), "Adapter divergence per cell (whole adapter)")
+    out = _arm_divergence(doc, study)
     layers = divergence.by_layer(pairs)
     if (layers["layer"] >= 0).any():
         doc.figure("divergence_by_layer", plots_variance.divergence_by_layer(layers),
                    "Relative L2 distance of ΔW between trials, per transformer layer")
     whole = divergence.whole_adapter(pairs)
     kinds = divergence.aggregate(pairs, ["cell", "kind", "trial_i", "trial_j"])
-    return {"divergence_cells": (summary, "Adapter divergence per cell"),
+    return out | {"divergence_cells": (summary, "Adapter divergence per cell"),
             "divergence_pairs": (whole, "Adapter divergence per trial pair (whole adapter)"),
             "divergence_layers": (layers, "Adapter divergence per layer"),
             "divergence_kinds": (kinds, "Adapter divergence per module kind and trial pair")}

@@ -160,7 +160,7 @@ def compare_values(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
     ``p_x_gt_y`` is the common-language effect size P(X > Y) + ½·P(X = Y) = U_X / (n_x·n_y);
     ``rank_biserial`` = 2·P − 1 (+1: every X above every Y). ``bf_*`` is Brown-Forsythe
     (Levene, median-centred) on the raw values and, ``bf_log_*``, on log values (spread as a
-    ratio, the natural scale of perplexity).
+    ratio, the natural scale of perplexity), computed with 3+ values per arm only.
     """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     out: dict[str, Any] = {"n_x": int(x.size), "n_y": int(y.size)}
@@ -173,7 +173,9 @@ def compare_values(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
     p = float(mwu.statistic) / (x.size * y.size)
     out |= {"mwu_u": float(mwu.statistic), "mwu_p": float(mwu.pvalue), "p_x_gt_y": p,
             "rank_biserial": 2 * p - 1}
-    if x.size >= 2 and y.size >= 2 and np.ptp(np.concatenate([x, y])) > 0:
+    # 3+ per arm: with 2 values both lie at the same distance from their median, the
+    # within-arm spread of deviations is 0 and the statistic is infinite whatever the data
+    if x.size >= 3 and y.size >= 3 and np.ptp(np.concatenate([x, y])) > 0:
         bf = sps.levene(x, y, center="median")
         out |= {"bf_stat": float(bf.statistic), "bf_p": float(bf.pvalue)}
         if (x > 0).all() and (y > 0).all():

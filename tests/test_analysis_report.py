@@ -34,7 +34,8 @@ def test_report_files(mixed_report):
                                                       "tables"]
     assert sorted(p.name for p in (out / "figures").iterdir()) == [
         "loss_spread.png", "loss_train.png", "loss_val.png", "paired_ratio_1.png",
-        "perplexity_mean_per_seq.png", "perplexity_token_weighted.png"]
+        "perplexity_mean_per_seq.png", "perplexity_token_weighted.png",
+        "variance_anova.png"]  # the seed-matched 8/32-bit arms are a crossed design
     assert all(p.read_bytes().startswith(PNG) for p in (out / "figures").iterdir())
     names = {p.name for p in (out / "tables").iterdir()}
     for stem in ("table1_quotes_perplexity_token_weighted", "table3_memory", "table10_quotes_times",
@@ -77,7 +78,7 @@ def test_report_html_is_self_contained(mixed_report):
     _, out, _ = mixed_report
     html = (out / "report.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
-    assert len(images) == 6 and 'src="figures/' not in html
+    assert len(images) == 7 and 'src="figures/' not in html
     assert base64.b64decode(images[0]) == (out / "figures" / "perplexity_token_weighted.png"
                                            ).read_bytes()
     assert "<h2>What could not run as asked</h2>" in html and "<table" in html
