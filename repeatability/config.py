@@ -19,7 +19,8 @@ from repeatability.errors import ConfigError
 MODEL_SOURCES = ("gguf_package", "hub", "local")
 DATASET_SOURCES = ("fortune", "chatterbot", "hub", "local")
 DATASET_KINDS = ("text", "instruction")
-TEMPLATES = ("plain", "llama_inst", "neoxt_human", "chatml")
+# alpaca = the Stanford Alpaca prompt; llama_inst_alpaca = its preamble in [INST] tags (reference 000)
+TEMPLATES = ("plain", "llama_inst", "neoxt_human", "chatml", "alpaca", "llama_inst_alpaca")
 OPTIM_CLASSES = ("bnb_adamw", "torch_adamw")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 SEED_POLICIES = ("per_trial", "fixed", "paper")
@@ -76,6 +77,7 @@ class DatasetConfig:
     text_field: str = "quote"  # column holding the text (kind=text)
     instruction_field: str = "instruction"
     response_field: str = "output"
+    input_field: Optional[str] = None  # instruction context (Alpaca's `input`); see data.apply_template
     max_examples: Optional[int] = None  # deterministic selection of this many examples
     max_chars: Optional[int] = None  # drop examples longer than this (before selection)
     selection_seed: int = 0  # seed of that selection (never the trial seed)
@@ -95,6 +97,8 @@ class DatasetConfig:
             )
         if self.max_examples is not None and self.max_examples < 2:
             raise ConfigError(f"dataset.max_examples={self.max_examples}: needs at least 2")
+        if self.input_field and self.kind != "instruction":
+            raise ConfigError(f"dataset {self.name}: input_field is read for kind=instruction only")
 
 
 @dataclass
@@ -165,6 +169,7 @@ class TrainConfig:
     lr: float = 2e-4
     lr_scheduler: str = "constant"
     warmup_steps: int = 0
+    warmup_ratio: float = 0.0  # warm-up as a fraction of all steps (as studies state it)
     max_grad_norm: float = 1.0
     max_length: int = 64  # tokens per example (truncation); batches are padded dynamically
     eval_every: int = 10  # validation-slice loss every k optimizer steps (0 = never)
@@ -180,6 +185,16 @@ class TrainConfig:
             raise ConfigError(f"train.lr={self.lr}: must be > 0")
         if self.max_length < 8:
             raise ConfigError(f"train.max_length={self.max_length}: must be >= 8")
+        self._check_warmup()
+
+    def _check_warmup(self) -> None:
+        if not 0.0 <= self.warmup_ratio < 1.0 or self.warmup_steps < 0:
+            raise ConfigError("train.warmup_ratio must be in [0, 1) and train.warmup_steps >= 0")
+        if self.warmup_ratio and self.warmup_steps:
+            raise ConfigError("train: set train.warmup_steps or train.warmup_ratio, not both")
+        if (self.warmup_ratio or self.warmup_steps) and self.lr_scheduler == "constant":
+            # the Trainer's "constant" schedule ignores warm-up silently
+            raise ConfigError("train.lr_scheduler=constant ignores warm-up; use constant_with_warmup (or linear)")
 
 
 @dataclass

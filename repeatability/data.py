@@ -36,6 +36,7 @@ class Example:
     text: str = ""
     instruction: str = ""
     response: str = ""
+    input: str = ""  # context for the instruction (Alpaca's `input`); "" when the dataset has none
 
 
 @dataclass
@@ -125,6 +126,7 @@ def _load_with_datasets(cfg: DatasetConfig) -> list[dict[str, Any]]:
             ds = datasets.load_dataset(builder, data_files=str(path), split="train")
         else:
             ds = datasets.load_dataset(target, split=cfg.hub_split)
+        names = _class_label_names(ds)
     except ConfigError:
         raise
     except Exception as exc:  # hub unreachable, not cached, malformed file
@@ -133,22 +135,39 @@ def _load_with_datasets(cfg: DatasetConfig) -> list[dict[str, Any]]:
             f"dataset {cfg.name}: cannot load {target!r} ({reason}); run where the hub is reachable "
             f"or point dataset.hub_id (or dataset.path with dataset=local) at a local copy"
         ) from None
-    return list(ds)
+    rows = list(ds)
+    if names:
+        rows = [{**r, **{c: _label_name(n, r[c]) for c, n in names.items()}} for r in rows]
+    return rows
+
+
+def _class_label_names(ds: Any) -> dict[str, list[str]]:
+    """Class-label columns (SST-2's label): a model is trained on the class name, not its index."""
+    import datasets
+
+    return {c: f.names for c, f in ds.features.items() if isinstance(f, datasets.ClassLabel)}
+
+
+def _label_name(names: list[str], index: Any) -> str:
+    """"" for a missing label (GLUE test splits hold -1), so the row is dropped as empty."""
+    return names[index] if isinstance(index, int) and 0 <= index < len(names) else ""
 
 
 def _rows_to_examples(cfg: DatasetConfig, rows: list[dict[str, Any]]) -> list[Example]:
     needed = [cfg.text_field] if cfg.kind == "text" else [cfg.instruction_field, cfg.response_field]
+    needed += [cfg.input_field] if cfg.input_field else []
     if rows:
         missing = [f for f in needed if f not in rows[0]]
         if missing:
             raise ConfigError(
                 f"dataset {cfg.name}: column(s) {', '.join(missing)} not found (has {', '.join(rows[0])}); "
-                f"set dataset.text_field / instruction_field / response_field"
+                f"set dataset.text_field / instruction_field / response_field / input_field"
             )
     if cfg.kind == "text":
         return [Example(text=str(r[cfg.text_field]).strip()) for r in rows if r[cfg.text_field]]
     return [
-        Example(instruction=str(r[cfg.instruction_field]).strip(), response=str(r[cfg.response_field]).strip())
+        Example(instruction=str(r[cfg.instruction_field]).strip(), response=str(r[cfg.response_field]).strip(),
+                input=str(r[cfg.input_field] or "").strip() if cfg.input_field else "")
         for r in rows
         if r[cfg.instruction_field] and r[cfg.response_field]
     ]
@@ -163,7 +182,7 @@ def load_examples(cfg: DatasetConfig) -> list[Example]:
     else:
         examples = _rows_to_examples(cfg, _load_with_datasets(cfg))
     if cfg.max_chars:
-        examples = [e for e in examples if len(e.text or e.instruction + e.response) <= cfg.max_chars]
+        examples = [e for e in examples if len(e.text or e.instruction + e.input + e.response) <= cfg.max_chars]
     if cfg.max_examples and len(examples) > cfg.max_examples:
         keep = sorted(random.Random(cfg.selection_seed).sample(range(len(examples)), cfg.max_examples))
         examples = [examples[i] for i in keep]
@@ -184,11 +203,26 @@ def split_examples(examples: list[Example], split_seed: int, val_examples: int, 
             f"dataset {name}: {n} examples give an empty {'held-out' if not heldout else 'training'} "
             f"split; it needs at least 5 examples (check the file or dataset.max_chars filter)"
         )
-    digest = hashlib.sha256("\x1e".join(f"{e.text}\x1f{e.instruction}\x1f{e.response}" for e in heldout).encode())
+    # the input joins the hash only when present, so hashes of input-less datasets are unchanged
+    digest = hashlib.sha256("\x1e".join(f"{e.text}\x1f{e.instruction}\x1f{e.response}"
+                                         + (f"\x1f{e.input}" if e.input else "") for e in heldout).encode())
     return Split(train=train, val=val, heldout=heldout, n_total=n, raw_sha256=digest.hexdigest())
 
 
 # --------------------------------------------------------------------------- templates
+
+
+ALPACA_PREAMBLE = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+ALPACA_INPUT_PREAMBLE = ("Below is an instruction that describes a task, paired with an input that provides further "
+                         "context. Write a response that appropriately completes the request.")
+
+
+def _alpaca_prompt(ex: Example) -> str:
+    """Up to and including "### Response:\n", exactly as in tatsu-lab/alpaca's ``text`` column."""
+    if not ex.input:
+        return f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{ex.instruction}\n\n### Response:\n"
+    return (f"{ALPACA_INPUT_PREAMBLE}\n\n### Instruction:\n{ex.instruction}\n\n"
+            f"### Input:\n{ex.input}\n\n### Response:\n")
 
 
 def apply_template(template: str, kind: str, ex: Example, bos: str, eos: str, prompt_only: bool = False) -> str:
@@ -196,11 +230,21 @@ def apply_template(template: str, kind: str, ex: Example, bos: str, eos: str, pr
 
     Text datasets are ``bos + text + eos`` whatever the model. Instruction datasets use the
     model's template: the paper's ``<s>[INST] … [/INST] … </s>`` for Llama chat and
-    ``<human>: … <bot>:`` for NeoXT chat; ``chatml`` for SmolLM2-Instruct.
+    ``<human>: … <bot>:`` for NeoXT chat; ``chatml`` for SmolLM2-Instruct; the Stanford Alpaca
+    prompt (``alpaca``) and its preamble inside ``[INST]`` tags (``llama_inst_alpaca``). Templates
+    without an input section get the example's input appended to the instruction.
     """
     if kind == "text":
         return bos + ex.text + ("" if prompt_only else eos)
-    q, a = ex.instruction, ("" if prompt_only else ex.response)
+    a = "" if prompt_only else ex.response
+    if template == "alpaca":
+        return bos + _alpaca_prompt(ex) + ("" if prompt_only else f"{a}{eos}")
+    if template == "llama_inst_alpaca":
+        # reference 000: "<s>[INST] <preamble>\n{input} [/INST]\n{response}</s>"; its worked example
+        # joins instruction and input with a space ("Identify the odd one out. Twitter, ...")
+        q = f"{ex.instruction} {ex.input}" if ex.input else ex.instruction
+        return f"<s>[INST] {ALPACA_PREAMBLE}\n{q} [/INST]\n" + ("" if prompt_only else f"{a}</s>")
+    q = f"{ex.instruction}\n{ex.input}" if ex.input else ex.instruction
     if template == "llama_inst":
         return f"<s>[INST] {q} [/INST]" + ("" if prompt_only else f" {a} </s>")
     if template == "neoxt_human":

@@ -131,7 +131,8 @@ def train(model: Any, train_ds: Any, val_ds: Any, collator: Any, cfg: TrainConfi
             output_dir=out, save_strategy="no", report_to=[], disable_tqdm=True,
             per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=eval_batch_size,
             gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr,
-            lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_steps,
+            # a float below 1 is a ratio of all steps in transformers 5 (it has no warmup_ratio)
+            lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio or cfg.warmup_steps,
             max_grad_norm=cfg.max_grad_norm, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
             logging_strategy="steps", logging_steps=1, logging_nan_inf_filter=False,  # keep NaN visible
             eval_strategy="steps" if cfg.eval_every and len(val_ds) else "no",
