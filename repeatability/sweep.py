@@ -119,7 +119,10 @@ def run_one(cfg: DictConfig) -> str:
         _append_ledger({"run_dir": None, "status": "invalid", "error": str(exc)})
         return "invalid"
     log.info("%s: %s", _job_progress(), path)
-    status = _execute_isolated(rc, cfg, path)
+    try:
+        status = _execute_isolated(rc, cfg, path)
+    finally:
+        release_memory()
     _append_ledger({"run_dir": str(path), "status": status, "seconds": round(time.perf_counter() - started, 1)})
     return status
 
@@ -150,6 +153,33 @@ def _execute_isolated(rc: RunConfig, cfg: DictConfig, path: Path) -> str:
              100 * summary["optimizer"]["effective"]["state_8bit_param_fraction"],
              summary["optimizer"]["effective"]["paging_effective"], summary["timings"]["total_s"])
     return summary["status"]
+
+
+def release_memory() -> None:
+    """Give the last job's memory back before the next job of the same process starts.
+
+    Hydra's basic launcher runs every job in one process; without this, freed model buffers
+    stayed in glibc's arenas and resident memory grew by ~280 MB per SmolLM2 run (2.5 GB for
+    the first of 14 runs, 6.1 GB for the last).
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+    libc = ctypes.util.find_library("c")
+    if libc:
+        try:
+            ctypes.CDLL(libc).malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc
+            pass
 
 
 def _job_overrides() -> list[str]:
