@@ -237,3 +237,16 @@ def add_lora(model: Any, model_cfg: ModelConfig, lora: LoraConfig, quantized: bo
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, peft_cfg)
+
+
+def release_weights(model: Any) -> None:
+    """Free a finished run's weights even if something still references its modules.
+
+    After a run, an ``Embedding`` of the base model stayed reachable from outside Python's
+    object graph (a tuple held by a C extension), keeping its weight and what hangs off it
+    alive: resident memory grew ~520 MB per run in one process. Emptying every parameter and
+    buffer in place frees the storage whatever holds the module.
+    """
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)

@@ -138,31 +138,24 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path) 
     device = modelling.resolve_device(cfg.device)
     dtype = modelling.resolve_compute_dtype(cfg.quant, device)
     label = f"[{cell_of(cfg).dirname} trial {cfg.trial}]"
-    with PeakMemory(device) as memory:
-        built, prep = build_model(cfg, seeds, lambda tok: prepare_data(cfg, tok, study), study, device, dtype)
-        t_train = time.perf_counter()
-        record, effective = train.train(built.model, prep.train_ds, prep.val_ds, data.PadCollator(built.tokenizer.pad_token_id),
-                                        cfg.train, cfg.optim, seeds, device, dtype, label, cfg.eval.batch_size)
-        train_s = time.perf_counter() - t_train
-        metrics, eval_s, gen_s, generations = _score_and_generate(cfg, built, prep, record, seeds, device)
-    adapter_sha = artifacts.save_adapter(path, built.model)
+    built: Built | None = None
+    try:
+        with PeakMemory(device) as memory:
+            built, prep = build_model(cfg, seeds, lambda tok: prepare_data(cfg, tok, study), study, device, dtype)
+            t_train = time.perf_counter()
+            record, effective = train.train(built.model, prep.train_ds, prep.val_ds,
+                                            data.PadCollator(built.tokenizer.pad_token_id), cfg.train, cfg.optim,
+                                            seeds, device, dtype, label, cfg.eval.batch_size)
+            train_s = time.perf_counter() - t_train
+            metrics, eval_s, gen_s, generations = _score_and_generate(cfg, built, prep, record, seeds, device)
+        adapter_sha = artifacts.save_adapter(path, built.model)
+        summary.update(_results(cfg, built, prep, record, effective, metrics, device, dtype))
+    finally:  # the next job of this process starts from a clean slate, whatever happened
+        if built is not None:
+            modelling.release_weights(built.model)
     artifacts.write_loss_curve(path, record.rows)
     artifacts.write_generations(path, generations)
-    divergence = record.divergence or _ppl_divergence(metrics, cfg.eval.ppl_overflow, record)
     summary.update(
-        status="diverged" if divergence else "complete", divergence=divergence, error=None,
-        optimizer={"requested": {**asdict(cfg.optim), "lr": cfg.train.lr}, "effective": effective},
-        device={"type": device, "name": _device_name(device), "compute_dtype": str(dtype).replace("torch.", ""),
-                "quantization": {k: v for k, v in asdict(cfg.quant).items() if k != "compute_dtype"},
-                "n_4bit_layers": built.n_4bit_layers,
-                "bnb_cpu_inference_repack": ("disabled: bitsandbytes' AVX512-BF16 repack breaks LoRA gradients after "
-                                             "an eval pass; one fp32 dequantize path for training and scoring")
-                if device == "cpu" and cfg.quant.load_in_4bit else "not applicable"},
-        model=_model_info(cfg, built), data=prep.info,
-        metrics={**metrics, **{k: v for k, v in built.base.items() if k.startswith("base_perplexity")},
-                 "final_train_loss": _last(record.rows, "train"), "final_val_loss": _last(record.rows, "val"),
-                 "steps": record.steps},
-        perplexity_definition=evaluate.PERPLEXITY_DEFINITION,
         timings={"model_load_s": built.load_s, "train_s": train_s, "eval_s": eval_s, "generation_s": gen_s,
                  "total_s": time.perf_counter() - t_start, **train.step_time_stats(record)},
         memory=memory.result(), adapter={"path": artifacts.ADAPTER, "sha256": adapter_sha}, finished_at=utc_now(),
@@ -191,6 +184,27 @@ def headline(s: dict[str, Any]) -> str:
             f"({eff['class'].split('.')[0]}) with {state}, {paging}. {dev['type'].upper()} ({dev['name']}), "
             f"{dev['compute_dtype']} compute, {quant}. Seeds: LoRA init {s['seeds']['lora_init']}, data order "
             f"{s['seeds']['data_order']}, dropout {s['seeds']['dropout']} (policy {s['seeds']['policy']}).")
+
+
+def _results(cfg: RunConfig, built: Built, prep: Prepared, record: train.TrainLog, effective: dict[str, Any],
+             metrics: dict[str, Any], device: str, dtype: torch.dtype) -> dict[str, Any]:
+    """Summary fields read from the run while its model is still alive."""
+    divergence = record.divergence or _ppl_divergence(metrics, cfg.eval.ppl_overflow, record)
+    return dict(
+        status="diverged" if divergence else "complete", divergence=divergence, error=None,
+        optimizer={"requested": {**asdict(cfg.optim), "lr": cfg.train.lr}, "effective": effective},
+        device={"type": device, "name": _device_name(device), "compute_dtype": str(dtype).replace("torch.", ""),
+                "quantization": {k: v for k, v in asdict(cfg.quant).items() if k != "compute_dtype"},
+                "n_4bit_layers": built.n_4bit_layers,
+                "bnb_cpu_inference_repack": ("disabled: bitsandbytes' AVX512-BF16 repack breaks LoRA gradients after "
+                                             "an eval pass; one fp32 dequantize path for training and scoring")
+                if device == "cpu" and cfg.quant.load_in_4bit else "not applicable"},
+        model=_model_info(cfg, built), data=prep.info,
+        metrics={**metrics, **{k: v for k, v in built.base.items() if k.startswith("base_perplexity")},
+                 "final_train_loss": _last(record.rows, "train"), "final_val_loss": _last(record.rows, "val"),
+                 "steps": record.steps},
+        perplexity_definition=evaluate.PERPLEXITY_DEFINITION,
+    )
 
 
 def _score_and_generate(cfg: RunConfig, built: Built, prep: Prepared, record: train.TrainLog, seeds: Seeds,

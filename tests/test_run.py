@@ -158,3 +158,16 @@ def test_absurd_learning_rate_is_recorded_as_diverged(tiny_model_dir: Path, quot
     for trial in collapsed:
         ppl = artifacts.read_summary(tmp_path / "div" / CELL / f"trial-{trial:02d}")["metrics"]["perplexity_token_weighted"]
         assert abs(ppl - 600) < 1  # uniform over the 600-token vocabulary
+
+
+def test_a_finished_job_leaves_no_weights_alive(tiny_model_dir: Path, quotes_jsonl: Path, tmp_path: Path) -> None:
+    """Hydra's basic launcher runs every job in one process: a job's weights must not outlive it
+    (a leaked base-model Embedding used to keep ~520 MB per SmolLM2 run resident)."""
+    import gc
+
+    import torch
+
+    assert run_cli(["study=mem", "trial=1", *tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path)]) == 0
+    gc.collect()
+    embedding_sized = [o for o in gc.get_objects() if isinstance(o, torch.nn.Parameter) and o.numel() == 600 * 512]
+    assert embedding_sized == []
