@@ -94,7 +94,7 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
 def _check_resources(configs: list[RunConfig]) -> None:
     from repeatability import data, modelling
 
-    for name, cfg in {c.model.name + str(c.model.path): c for c in configs}.items():
+    for cfg in {c.model.name + str(c.model.path): c for c in configs}.values():
         modelling.check_model_available(cfg.model)
         modelling.resolve_compute_dtype(cfg.quant, modelling.resolve_device(cfg.device))
     seen: set[str] = set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import asdict
 import os
 import time
 import traceback
@@ -141,8 +142,7 @@ def _execute_isolated(rc: RunConfig, cfg: DictConfig, path: Path) -> str:
             log.exception("%s failed", path)
         artifacts.write_error(path, traceback.format_exc())
         artifacts.write_summary(path, {
-            "study": rc.study, "trial": rc.trial, "cell": {"model": rc.model.name, "dataset": rc.dataset.name,
-                                                          "optim": rc.optim.name, "variant": rc.variant},
+            "study": rc.study, "trial": rc.trial, "cell": asdict(pipeline.cell_of(rc)),
             "status": "failed", "error": {"type": type(exc).__name__, "message": one_line},
         })
         return "failed"
