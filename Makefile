@@ -12,7 +12,7 @@ STUDY ?= default
 # The card's command: 7 trials x 2 optimizer precisions on the bundled defaults
 STUDY_ARGS ?= -m trial=1,2,3,4,5,6,7 optim=paged_adamw_8bit,paged_adamw_32bit
 
-.PHONY: setup study variance-study report test test-fast test-gpu bench clean
+.PHONY: setup study variance-study explain-study report test test-fast test-gpu bench clean
 
 setup: $(STAMP)
 
@@ -34,6 +34,13 @@ variance-study: setup
 	$(PY) -m repeatability.run -m experiments=variance_sources
 	$(PY) -m repeatability.run -m experiments=variance_sources_crossed
 	$(PY) -m analysis.report results/variance-sources
+
+# Why did the paper's 8-bit arm blow up? Today's vs bitsandbytes 0.41.0's 8-bit state maps vs
+# 32-bit, in fp32 and in the paper's fp16 (7 paired trials per arm)
+explain-study: setup
+	$(PY) -m repeatability.run -m experiments=explain_8bit
+	$(PY) -m repeatability.run -m experiments=explain_8bit_fp16
+	$(PY) -m analysis.report results/explain-8bit
 
 report: setup
 	$(PY) -m analysis.report results/$(STUDY)

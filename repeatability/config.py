@@ -23,6 +23,8 @@ DATASET_KINDS = ("text", "instruction")
 TEMPLATES = ("plain", "llama_inst", "neoxt_human", "chatml", "alpaca", "llama_inst_alpaca")
 OPTIM_CLASSES = ("bnb_adamw", "torch_adamw")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+STATE_MAPS = ("current", "bnb_0.41.0")  # repeatability.qmaps: today's 8-bit maps, or 0.36-0.41.0's
 SEED_POLICIES = ("per_trial", "fixed", "paper")
 DETERMINISM_MODES = ("strict", "default", "off")
 
@@ -113,9 +115,16 @@ class OptimConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 0.0
+    # 8-bit state quantization maps: current (this bitsandbytes) or bnb_0.41.0 (what releases
+    # 0.36-0.41.0 used, as their kernels read them; see docs/historical-optimizer-maps.md)
+    state_maps: str = "current"
 
     def __post_init__(self) -> None:
         _check_choice(self.impl, OPTIM_CLASSES, "optim.impl")
+        _check_choice(self.state_maps, STATE_MAPS, "optim.state_maps")
+        if self.state_maps != "current" and (self.impl != "bnb_adamw" or self.optim_bits != 8):
+            raise ConfigError(f"optim.state_maps={self.state_maps} replays 8-bit state maps; it needs "
+                              f"an 8-bit bitsandbytes optimizer (e.g. optim=paged_adamw_8bit), not {self.name}")
         if self.optim_bits not in (8, 32):
             raise ConfigError(f"optim.optim_bits={self.optim_bits}: use 8 or 32")
         if self.impl == "torch_adamw" and (self.optim_bits != 32 or self.is_paged):
@@ -151,9 +160,16 @@ class QuantConfig:
     quant_type: str = "nf4"  # nf4 | fp4
     double_quant: bool = True
     compute_dtype: str = "auto"  # auto = float32 on CPU, bfloat16 on CUDA
+    # Trainer mixed precision: auto = follow compute_dtype (fp16 -> fp16 autocast + grad scaler,
+    # bfloat16 on CUDA -> bf16 autocast, float32 -> none); no = never autocast
+    mixed_precision: str = "auto"
 
     def __post_init__(self) -> None:
         _check_choice(self.compute_dtype, COMPUTE_DTYPES, "quant.compute_dtype")
+        _check_choice(self.mixed_precision, MIXED_PRECISION, "quant.mixed_precision")
+        if self.mixed_precision == "fp16" and self.compute_dtype not in ("float16", "auto"):
+            raise ConfigError(f"quant.mixed_precision=fp16 with quant.compute_dtype={self.compute_dtype}: "
+                              "set quant.compute_dtype=float16 (the 2023 QLoRA recipe) or drop mixed_precision")
         _check_choice(self.quant_type, ("nf4", "fp4"), "quant.quant_type")
 
 

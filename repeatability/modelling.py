@@ -48,9 +48,25 @@ def resolve_compute_dtype(quant: QuantConfig, device: str) -> torch.dtype:
             "quant.compute_dtype=bfloat16 on a CPU without bf16 units (avx512_bf16/amx_bf16); "
             "use quant.compute_dtype=auto (float32 on CPU) or run on CUDA"
         )
-    if device == "cpu" and dtype == torch.float16:
-        raise ConfigError("quant.compute_dtype=float16 is not supported on CPU; use quant.compute_dtype=auto")
     return dtype
+
+
+def resolve_mixed_precision(quant: QuantConfig, device: str, dtype: torch.dtype) -> str:
+    """The Trainer's mixed precision: ``no``, ``fp16`` (autocast + grad scaler) or ``bf16``.
+
+    ``auto`` follows the compute dtype: float16 -> fp16 (as the 2023 QLoRA notebooks ran,
+    ``fp16=True``), bfloat16 on CUDA -> bf16, otherwise none. fp16 on CPU runs through torch's
+    CPU autocast and ``torch.amp.GradScaler("cpu")`` (see ``train.enable_cpu_fp16``).
+    """
+    mode = quant.mixed_precision
+    if mode == "auto":
+        mode = {torch.float16: "fp16", torch.bfloat16: "bf16" if device == "cuda" else "no"}.get(dtype, "no")
+    if mode == "fp16" and device == "cpu" and not hasattr(torch.amp, "GradScaler"):
+        raise ConfigError(f"fp16 mixed precision on CPU needs torch >= 2.3 (this is {torch.__version__}); "
+                          "use quant.compute_dtype=auto on CPU or run on CUDA")
+    if mode == "bf16" and device == "cpu" and not cpu_has_bf16():
+        raise ConfigError("quant.mixed_precision=bf16 on a CPU without bf16 units; use quant.mixed_precision=no")
+    return mode
 
 
 # --------------------------------------------------------------------------- where is the model

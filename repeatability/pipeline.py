@@ -27,7 +27,11 @@ def utc_now() -> str:
 
 
 def cell_of(cfg: RunConfig) -> artifacts.CellKey:
-    return artifacts.CellKey(cfg.model.name, cfg.dataset.name, cfg.optim.name, cfg.variant)
+    """The run's cell; historical state maps always make their own cell (never mixed with today's)."""
+    optim, maps = cfg.optim.name, cfg.optim.state_maps
+    if maps != "current" and maps not in optim:
+        optim = f"{optim}-maps_{maps}"
+    return artifacts.CellKey(cfg.model.name, cfg.dataset.name, optim, cfg.variant)
 
 
 @dataclass
@@ -137,19 +141,21 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path) 
     summary["seeds"] = seeds.to_dict()
     device = modelling.resolve_device(cfg.device)
     dtype = modelling.resolve_compute_dtype(cfg.quant, device)
+    mixed = modelling.resolve_mixed_precision(cfg.quant, device, dtype)
     label = f"[{cell_of(cfg).dirname} trial {cfg.trial}]"
     built: Built | None = None
     try:
         with PeakMemory(device) as memory:
             built, prep = build_model(cfg, seeds, lambda tok: prepare_data(cfg, tok, study), study, device, dtype)
             t_train = time.perf_counter()
-            record, effective = train.train(built.model, prep.train_ds, prep.val_ds,
-                                            data.PadCollator(built.tokenizer.pad_token_id), cfg.train, cfg.optim,
-                                            seeds, device, dtype, label, cfg.eval.batch_size)
+            record, effective, precision = train.train(
+                built.model, prep.train_ds, prep.val_ds, data.PadCollator(built.tokenizer.pad_token_id),
+                cfg.train, cfg.optim, seeds, device, mixed, label, cfg.eval.batch_size)
             train_s = time.perf_counter() - t_train
             metrics, eval_s, gen_s, generations = _score_and_generate(cfg, built, prep, record, seeds, device)
         adapter_sha = artifacts.save_adapter(path, built.model)
         summary.update(_results(cfg, built, prep, record, effective, metrics, device, dtype))
+        summary["precision"] = {"compute_dtype": str(dtype).replace("torch.", ""), **precision}
     finally:  # the next job of this process starts from a clean slate, whatever happened
         if built is not None:
             modelling.release_weights(built.model)
@@ -172,6 +178,14 @@ def headline(s: dict[str, Any]) -> str:
     state = (f"8-bit Adam state on {100 * eff['state_8bit_param_fraction']:.1f}% of the trainable parameters "
              f"(tensors under min_8bit_size={s['optimizer']['requested']['min_8bit_size']} elements keep 32-bit)"
              if eff["bits"] == 8 else "32-bit Adam state")
+    maps = (s["optimizer"].get("state_maps") or {}).get("name")
+    if eff["bits"] == 8 and maps:
+        state += f", state maps {maps}"
+    prec = s.get("precision") or {}
+    if prec.get("grad_scaler"):
+        quant_mp = f"fp16 autocast with a grad scaler ({prec['scaler_skipped_steps']} steps skipped)"
+    else:
+        quant_mp = f"mixed precision {prec.get('mixed_precision', 'no')}"
     paging = ("paging in effect" if eff["paging_effective"] else
               f"paging {'requested but not in effect' if eff['paging_requested'] else 'off'}")
     quant = "NF4 4-bit base" if dev["quantization"]["load_in_4bit"] else "unquantized base"
@@ -182,7 +196,7 @@ def headline(s: dict[str, Any]) -> str:
             f"vs {m.get('base_perplexity_token_weighted', math.nan):.4g} for the base model, on "
             f"{m.get('heldout_sequences', 0)} held-out examples. Optimizer {eff['class'].rsplit('.', 1)[-1]} "
             f"({eff['class'].split('.')[0]}) with {state}, {paging}. {dev['type'].upper()} ({dev['name']}), "
-            f"{dev['compute_dtype']} compute, {quant}. Seeds: LoRA init {s['seeds']['lora_init']}, data order "
+            f"{dev['compute_dtype']} compute, {quant_mp}, {quant}. Seeds: LoRA init {s['seeds']['lora_init']}, data order "
             f"{s['seeds']['data_order']}, dropout {s['seeds']['dropout']} (policy {s['seeds']['policy']}).")
 
 
@@ -192,7 +206,9 @@ def _results(cfg: RunConfig, built: Built, prep: Prepared, record: train.TrainLo
     divergence = record.divergence or _ppl_divergence(metrics, cfg.eval.ppl_overflow, record)
     return dict(
         status="diverged" if divergence else "complete", divergence=divergence, error=None,
-        optimizer={"requested": {**asdict(cfg.optim), "lr": cfg.train.lr}, "effective": effective},
+        optimizer={"requested": {**asdict(cfg.optim), "lr": cfg.train.lr},
+                   "effective": {k: v for k, v in effective.items() if k != "state_maps"},
+                   "state_maps": effective.get("state_maps")},
         device={"type": device, "name": _device_name(device), "compute_dtype": str(dtype).replace("torch.", ""),
                 "quantization": {k: v for k, v in asdict(cfg.quant).items() if k != "compute_dtype"},
                 "n_4bit_layers": built.n_4bit_layers,

@@ -96,7 +96,8 @@ def _check_resources(configs: list[RunConfig]) -> None:
 
     for cfg in {c.model.name + str(c.model.path): c for c in configs}.values():
         modelling.check_model_available(cfg.model)
-        modelling.resolve_compute_dtype(cfg.quant, modelling.resolve_device(cfg.device))
+        device = modelling.resolve_device(cfg.device)
+        modelling.resolve_mixed_precision(cfg.quant, device, modelling.resolve_compute_dtype(cfg.quant, device))
     seen: set[str] = set()
     for cfg in configs:
         key = repr((cfg.dataset, cfg.determinism.split_seed, cfg.train.val_examples))

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
+from repeatability import qmaps
 from repeatability.config import OptimConfig, TrainConfig
 from repeatability.seeding import Seeds
 
@@ -84,14 +85,33 @@ class TrainLog:
     step_seconds: list[float] = field(default_factory=list)
     divergence: dict[str, Any] | None = None
     steps: int = 0
+    skipped_steps: list[int] = field(default_factory=list)  # optimizer steps the grad scaler skipped
+    nonfinite_streak: int = 0  # consecutive logged steps with a non-finite loss (grad scaler runs)
+
+
+# With a grad scaler (fp16), a non-finite loss or gradient is what the scaler handles: it skips
+# the step and lowers the scale. A run is called diverged only when the loss stays non-finite
+# for this many consecutive steps (the scaler is then no longer recovering).
+SCALER_NONFINITE_LIMIT = 10
 
 
 class LoggingCallback(TrainerCallback):
     """Records every log line, stops on a non-finite loss, and reports progress with an ETA."""
 
-    def __init__(self, record: TrainLog, label: str):
-        self.record, self.label = record, label
+    def __init__(self, record: TrainLog, label: str, state_maps: str = "current", scaler: bool = False):
+        self.record, self.label, self.state_maps, self.scaler = record, label, state_maps, scaler
         self.start = self.last = time.perf_counter()
+        self.skipped_now = False
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+        if self.state_maps != "current":  # before the first step creates the 8-bit states
+            qmaps.install_maps(optimizer, self.state_maps)
+            log.info("%s 8-bit state maps: %s", self.label, self.state_maps)
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
+        self.skipped_now = bool(getattr(optimizer, "step_was_skipped", False))
+        if self.skipped_now:
+            self.record.skipped_steps.append(state.global_step + 1)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         now = time.perf_counter()
@@ -107,12 +127,7 @@ class LoggingCallback(TrainerCallback):
             loss = float(logs["loss"])
             self.record.rows.append({**base, "split": "train", "loss": loss,
                                      "learning_rate": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm")})
-            grad_norm = logs.get("grad_norm")
-            bad = "training loss" if not math.isfinite(loss) else (
-                "gradient norm" if grad_norm is not None and not math.isfinite(grad_norm) else None)
-            if bad and self.record.divergence is None:
-                self.record.divergence = {"reason": f"non-finite {bad}", "step": state.global_step, "last_loss": loss}
-                control.should_training_stop = True
+            self._check_divergence(loss, logs.get("grad_norm"), state.global_step, control)
             done, total = state.global_step, max(state.max_steps, 1)
             eta = elapsed / max(done, 1) * (total - done)
             log.info("%s step %d/%d loss %.4f grad_norm %s eta %.0fs", self.label, done, total, loss,
@@ -120,11 +135,50 @@ class LoggingCallback(TrainerCallback):
         if "eval_loss" in logs:
             self.record.rows.append({**base, "split": "val", "loss": float(logs["eval_loss"])})
 
+    def _check_divergence(self, loss: float, grad_norm: float | None, step: int, control: Any) -> None:
+        """Non-finite loss or gradient: diverged at once, or, under a grad scaler, after
+        ``SCALER_NONFINITE_LIMIT`` consecutive non-finite losses (a skipped step is not a blow-up)."""
+        bad = "training loss" if not math.isfinite(loss) else (
+            "gradient norm" if grad_norm is not None and not math.isfinite(grad_norm) else None)
+        if self.scaler:
+            self.record.nonfinite_streak = self.record.nonfinite_streak + 1 if not math.isfinite(loss) else 0
+            if self.record.nonfinite_streak < SCALER_NONFINITE_LIMIT:
+                return
+            bad = f"training loss ({SCALER_NONFINITE_LIMIT} consecutive steps under the grad scaler)"
+        if bad and self.record.divergence is None:
+            self.record.divergence = {"reason": f"non-finite {bad}", "step": step, "last_loss": loss}
+            control.should_training_stop = True
+
+
+def enable_cpu_fp16(trainer: Trainer) -> None:
+    """fp16 autocast and a grad scaler on CPU, which torch supports and accelerate skips.
+
+    accelerate 1.x turns ``mixed_precision="fp16"`` into nothing on CPU (``native_amp`` stays
+    False and no scaler is made: the Trainer would silently train in the compute dtype). torch
+    >= 2.3 has CPU fp16 autocast and ``torch.amp.GradScaler("cpu")``; setting both on the
+    accelerator before ``train()`` prepares the optimizer makes the Trainer's own code paths
+    (``accelerator.autocast``, ``backward`` with scaling, unscale before clipping, skipped
+    steps) run as they do on CUDA.
+    """
+    acc = trainer.accelerator
+    acc.native_amp = True
+    acc.scaler = torch.amp.GradScaler("cpu")
+
+
+def precision_record(trainer: Trainer, mixed: str, record: TrainLog) -> dict[str, Any]:
+    """What ran: autocast mode, whether a grad scaler ran, skipped steps and the final scale."""
+    acc = trainer.accelerator
+    scaler = acc.scaler if acc.scaler is not None and acc.scaler.is_enabled() else None
+    return {"mixed_precision": mixed, "autocast": bool(acc.native_amp), "grad_scaler": scaler is not None,
+            "scaler_skipped_steps": len(record.skipped_steps), "scaler_skipped_at": record.skipped_steps[:100],
+            "final_loss_scale": float(scaler.get_scale()) if scaler is not None else None}
+
 
 def train(model: Any, train_ds: Any, val_ds: Any, collator: Any, cfg: TrainConfig, optim: OptimConfig,
-          seeds: Seeds, device: str, dtype: torch.dtype, label: str,
-          eval_batch_size: int = 8) -> tuple[TrainLog, dict[str, Any]]:
-    """Fine-tune ``model`` in place; return the training record and the effective optimizer."""
+          seeds: Seeds, device: str, mixed: str, label: str,
+          eval_batch_size: int = 8) -> tuple[TrainLog, dict[str, Any], dict[str, Any]]:
+    """Fine-tune ``model`` in place; return the training record, the effective optimizer (with
+    the 8-bit maps read back from its state) and the precision that ran."""
     record = TrainLog()
     with tempfile.TemporaryDirectory(prefix="repeatability-trainer-") as out:
         args = TrainingArguments(
@@ -138,19 +192,24 @@ def train(model: Any, train_ds: Any, val_ds: Any, collator: Any, cfg: TrainConfi
             eval_strategy="steps" if cfg.eval_every and len(val_ds) else "no",
             eval_steps=cfg.eval_every or None,
             seed=seeds.dropout, data_seed=seeds.data_order,  # dropout RNG / sampler order
-            use_cpu=device == "cpu", bf16=dtype == torch.bfloat16 and device == "cuda",
+            use_cpu=device == "cpu", fp16=mixed == "fp16", bf16=mixed == "bf16",
             dataloader_num_workers=0, remove_unused_columns=False,
             **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}),
         )
         trainer = Trainer(
             model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds if len(val_ds) else None,
-            data_collator=collator, callbacks=[LoggingCallback(record, label)],
+            data_collator=collator,
+            callbacks=[LoggingCallback(record, label, optim.state_maps, scaler=mixed == "fp16")],
             optimizer_cls_and_kwargs=optimizer_class_and_kwargs(optim, cfg.lr),
         )
         trainer.remove_callback(PrinterCallback)  # our callback logs each step (and an ETA) instead
+        if mixed == "fp16" and device == "cpu":
+            enable_cpu_fp16(trainer)
         trainer.train()
         effective = effective_optimizer(trainer.optimizer, optim, device)
-    return record, effective
+        effective["state_maps"] = qmaps.maps_in_force(trainer.optimizer, optim.state_maps)
+        precision = precision_record(trainer, mixed, record)
+    return record, effective, precision
 
 
 def step_time_stats(record: TrainLog) -> dict[str, float]:

@@ -1,0 +1,119 @@
+"""Historical bitsandbytes 8-bit state maps (replica and read-back) and fp16 mixed precision
+on CPU (fast tier)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from repeatability import artifacts, qmaps
+from tests.conftest import run_cli, tiny_overrides
+
+
+def test_signed_map_is_unchanged_since_0_41_0() -> None:
+    import bitsandbytes.functional as F
+
+    old = qmaps.dynamic_map_bnb_0_41_0(signed=True)
+    assert old.numel() == 256 and torch.equal(old, F.create_dynamic_map(signed=True).float())
+
+
+def test_unsigned_map_of_0_41_0_has_524_values_and_the_kernel_reads_the_lowest_256() -> None:
+    full = qmaps.dynamic_map_bnb_0_41_0(signed=False)
+    assert full.numel() == 508 + 14 + 2  # 4 * (2**7 - 1) fraction values, 2 per exponent extra, 0 and 1
+    assert torch.all(full[1:] >= full[:-1]) and float(full[-1]) == 1.0
+    kernel = qmaps.historical_maps("bnb_0.41.0")["udynamic"]
+    assert kernel.numel() == 256 and torch.equal(kernel, full[:256])
+    assert float(kernel[0]) == 0.0 and kernel.unique().numel() == 256
+    # the top code the kernel can store: 9.3% of the block's absmax (today's map reaches 1.0)
+    assert float(kernel.max()) == pytest.approx(0.09332031, abs=1e-7)
+    assert float(qmaps.historical_maps("current")["udynamic"].max()) == 1.0
+    # below that ceiling the old map is finer: ~4x as many codes per decade
+    assert int((kernel > 0.01).sum()) == 235 - 0 or int((kernel > 0.01).sum()) > 100
+
+
+def _bnb_adamw8(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    import bitsandbytes as bnb
+
+    return bnb.optim.AdamW(params, lr=1e-3, optim_bits=8, min_8bit_size=4096)
+
+
+@pytest.mark.parametrize("name", ["current", "bnb_0.41.0"])
+def test_optimizer_state_holds_the_installed_maps(name: str) -> None:
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(64, 128))
+    opt = _bnb_adamw8([w])
+    qmaps.install_maps(opt, name)
+    w.grad = torch.randn_like(w)
+    opt.step()
+    state = opt.state[w]
+    expected = qmaps.historical_maps(name)
+    assert torch.equal(state["qmap1"], expected["dynamic"]) and torch.equal(state["qmap2"], expected["udynamic"])
+    read = qmaps.maps_in_force(opt, name)
+    assert read["name"] == name and read["maps"]["qmap2"]["sha256"] == qmaps.describe_map(expected["udynamic"])["sha256"]
+    assert read["maps"]["qmap2"]["max"] == pytest.approx(float(expected["udynamic"].max()))
+
+
+def test_old_maps_change_the_update_and_cap_the_second_moment() -> None:
+    """Same gradients, two maps: after a few steps the dequantized second moment of the old map
+    never exceeds 9.33% of a block's absmax plus the fresh (1-beta2) g^2 term."""
+    results = {}
+    for name in ("current", "bnb_0.41.0"):
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.randn(256 * 16))
+        opt = _bnb_adamw8([w])
+        qmaps.install_maps(opt, name)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(5):
+            w.grad = torch.randn(w.shape, generator=gen)
+            opt.step()
+        st = opt.state[w]
+        codes = st["state2"].long()
+        results[name] = (w.detach().clone(), int(codes.max()), st)
+    assert not torch.equal(results["current"][0], results["bnb_0.41.0"][0])
+    assert results["bnb_0.41.0"][1] == 255  # the largest values saturate at the top code (0.0933)
+    with pytest.raises(RuntimeError, match="before the optimizer's first step"):
+        qmaps.install_maps(opt, "bnb_0.41.0")
+
+
+def test_a_32bit_optimizer_reports_no_maps() -> None:
+    import bitsandbytes as bnb
+
+    w = torch.nn.Parameter(torch.randn(64, 128))
+    opt = bnb.optim.AdamW([w], lr=1e-3, optim_bits=32)
+    w.grad = torch.randn_like(w)
+    opt.step()
+    assert qmaps.maps_in_force(opt, "current")["name"] == "none (no 8-bit state)"
+
+
+CELL = "tiny__tq__paged_adamw_8bit"
+
+
+def test_run_records_old_maps_read_back_from_the_optimizer(tiny_model_dir: Path, quotes_jsonl: Path,
+                                                           tmp_path: Path) -> None:
+    args = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path)
+    assert run_cli(["trial=1", "optim=paged_adamw_8bit", "optim.state_maps=bnb_0.41.0", "study=m", *args]) == 0
+    s = artifacts.read_summary(tmp_path / "m" / CELL / "trial-01")
+    maps = s["optimizer"]["state_maps"]
+    assert maps["requested"] == "bnb_0.41.0" and maps["name"] == "bnb_0.41.0"
+    assert maps["maps"]["qmap2"]["n"] == 256 and maps["maps"]["qmap2"]["max"] == pytest.approx(0.0933203, abs=1e-6)
+    assert maps["maps"]["qmap1"]["min"] == pytest.approx(-0.99296874) and maps["maps"]["qmap1"]["max"] == 1.0
+    assert "state maps bnb_0.41.0" in s["headline"]
+    assert s["precision"] == {"compute_dtype": "float32", "mixed_precision": "no", "autocast": False,
+                              "grad_scaler": False, "scaler_skipped_steps": 0, "scaler_skipped_at": [],
+                              "final_loss_scale": None}
+
+
+def test_fp16_runs_on_cpu_with_a_grad_scaler(tiny_model_dir: Path, quotes_jsonl: Path, tmp_path: Path) -> None:
+    args = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path, **{"train.max_steps": 6})
+    assert run_cli(["trial=1", "optim=paged_adamw_8bit", "quant.compute_dtype=float16", "study=h", *args]) == 0
+    s = artifacts.read_summary(tmp_path / "h" / CELL / "trial-01")
+    p = s["precision"]
+    assert p["compute_dtype"] == "float16" and p["mixed_precision"] == "fp16"
+    assert p["autocast"] is True and p["grad_scaler"] is True
+    # the scaler starts at 2**16 and halves on every skipped (overflowing) step
+    assert p["final_loss_scale"] == 2.0 ** 16 / 2 ** p["scaler_skipped_steps"]
+    assert p["scaler_skipped_steps"] == len(p["scaler_skipped_at"])
+    assert s["status"] == "complete" and s["device"]["compute_dtype"] == "float16"
+    assert "fp16 autocast with a grad scaler" in s["headline"]
