@@ -85,6 +85,18 @@ def test_bf16_on_cpu_without_bf16(capsys: pytest.CaptureFixture, tmp_path: Path,
     assert "bf16" in line and "quant.compute_dtype=auto" in line
 
 
+@pytest.mark.parametrize("args,expected", [
+    (["optim.state_maps=bnb_0.40"], ["optim.state_maps='bnb_0.40'", "current, bnb_0.41.0"]),
+    (["optim=paged_adamw_32bit", "optim.state_maps=bnb_0.41.0"], ["8-bit bitsandbytes optimizer", "paged_adamw_32bit"]),
+    (["optim=adamw_torch", "optim.state_maps=bnb_0.41.0"], ["8-bit bitsandbytes optimizer", "adamw_torch"]),
+    (["quant.mixed_precision=fp16", "quant.compute_dtype=float32"], ["quant.compute_dtype=float16"]),
+])
+def test_state_maps_and_precision_mistakes(args: list[str], expected: list[str], capsys: pytest.CaptureFixture,
+                                           tmp_path: Path) -> None:
+    line = _error_line(capsys, ["-m", "trial=1,2", *args, f"results_dir={tmp_path}"], tmp_path)
+    assert all(e in line for e in expected), line
+
+
 def test_corrupted_run_directory_is_reported_and_kept(tiny_model_dir: Path, quotes_jsonl: Path, tmp_path: Path,
                                                       capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "c" / "tiny__tq__paged_adamw_8bit" / "trial-01"

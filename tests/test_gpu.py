@@ -55,3 +55,22 @@ def test_gpu_fixed_seeds_with_and_without_strict_reports_bitwise_verdict(
                          "perplexities": ppls, "device": runs[0]["device"]["name"]}
     print("GPU bitwise verdict:", json.dumps(verdict))
     (tmp_path / "gpu_bitwise_verdict.json").write_text(json.dumps(verdict, indent=2))
+
+
+def test_gpu_fp16_with_grad_scaler_records_skipped_steps(tiny_model_dir: Path, quotes_jsonl: Path,
+                                                         tmp_path: Path) -> None:
+    """The paper's precision on CUDA: fp16 compute, autocast + grad scaler; the steps the
+    scaler skipped are counted in the summary (the scaler halves its scale on each)."""
+    args = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path, device="cuda", **{"train.max_steps": 8})
+    assert run_cli(["-m", "study=fp16", "trial=1", "optim=paged_adamw_8bit,paged_adamw_8bit_bnb041",
+                    "quant.compute_dtype=float16", *args]) == 0
+    runs = [artifacts.read_summary(p) for p in artifacts.iter_run_dirs(tmp_path / "fp16")]
+    assert len(runs) == 2
+    for s in runs:
+        p = s["precision"]
+        assert s["device"]["compute_dtype"] == "float16" and p["mixed_precision"] == "fp16"
+        assert p["grad_scaler"] is True and p["autocast"] is True
+        assert p["scaler_skipped_steps"] == len(p["scaler_skipped_at"])
+        assert p["final_loss_scale"] == 2.0 ** 16 / 2 ** p["scaler_skipped_steps"]
+        print(s["cell"]["optim"], "skipped:", p["scaler_skipped_at"], "maps:", s["optimizer"]["state_maps"]["name"])
+    assert {s["optimizer"]["state_maps"]["name"] for s in runs} == {"current", "bnb_0.41.0"}
