@@ -11,6 +11,9 @@ STAMP := $(VENV)/.installed
 STUDY ?= default
 # The card's command: 7 trials x 2 optimizer precisions on the bundled defaults
 STUDY_ARGS ?= -m trial=1,2,3,4,5,6,7 optim=paged_adamw_8bit,paged_adamw_32bit
+# the reference paper's Tables 1-2, imported as a study to compare with (analysis.import_table)
+PAPER_TABLES := paper-tables-1-2
+PAPER_CITATION := S. S. Alahmari, L. O. Hall, P. R. Mouton, D. B. Goldgof, Repeatability of Fine-Tuning Large Language Models Illustrated Using QLoRA, IEEE Access 12 (2024) 153221-153231, doi:10.1109/ACCESS.2024.3470850
 
 .PHONY: setup study variance-study explain-study report test test-fast test-gpu bench clean
 
@@ -40,7 +43,10 @@ variance-study: setup
 explain-study: setup
 	$(PY) -m repeatability.run -m experiments=explain_8bit
 	$(PY) -m repeatability.run -m experiments=explain_8bit_fp16
-	$(PY) -m analysis.report results/explain-8bit
+	test -d results/$(PAPER_TABLES) || $(PY) -m analysis.import_table experiments/paper_tables_1_2.csv \
+	  --study $(PAPER_TABLES) --source "Alahmari et al. 2024, Tables 1-2 (experiments/paper_tables_1_2.csv)" \
+	  --citation "$(PAPER_CITATION)"
+	$(PY) -m analysis.report results/explain-8bit --compare results/$(PAPER_TABLES)
 
 report: setup
 	$(PY) -m analysis.report results/$(STUDY)

@@ -219,3 +219,21 @@ def column(frame: pd.DataFrame, name: str, default: Any = None) -> pd.Series:
     if name in frame.columns:
         return frame[name]
     return pd.Series([default] * len(frame), index=frame.index, dtype="object")
+
+
+def is_imported(runs: pd.DataFrame) -> pd.Series:
+    """True for runs imported from a published table (``imported`` in their summary): they
+    record only what the source reports, never seeds, adapters, curves or an environment."""
+    return column(runs, "imported.source").notna()
+
+
+def optim_bits(runs: pd.DataFrame) -> pd.Series:
+    """Requested optimizer bits per run, for ordering arms (8-bit before 32-bit).
+
+    ``optimizer.requested.optim_bits`` when the run recorded it; otherwise (imported runs) the
+    number before ``bit`` in the optimizer's name (``paged_adamw_8bit`` → 8); else NaN.
+    """
+    recorded = pd.to_numeric(column(runs, "optimizer.requested.optim_bits"), errors="coerce")
+    named = pd.to_numeric(runs["optim"].astype(str).str.extract(r"(\d+)bit", expand=False),
+                          errors="coerce")
+    return recorded.fillna(named).astype(float)

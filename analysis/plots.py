@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from analysis.curves import dispersion
-from analysis.load import FINISHED, column
+from analysis.load import FINISHED, column, optim_bits
 from analysis.stats import PRIMARY_METRIC, paired_trials
 
 METRIC_LABELS = {
@@ -83,8 +83,7 @@ def _same_comparison(runs: pd.DataFrame, left: str, right: str) -> bool:
 
 def cell_order(runs: pd.DataFrame) -> list[str]:
     """Cells grouped by model, dataset and variant; within a group, fewer optimizer bits first."""
-    bits = pd.to_numeric(column(runs, "optimizer.requested.optim_bits"), errors="coerce")
-    frame = runs.assign(bits=bits.fillna(np.inf)).groupby("cell").agg(
+    frame = runs.assign(bits=optim_bits(runs).fillna(np.inf)).groupby("cell").agg(
         model=("model", "first"), dataset=("dataset", "first"), variant=("variant", "first"),
         bits=("bits", "min"))
     return list(frame.sort_values(["model", "dataset", "variant", "bits"]).index)

@@ -1,4 +1,10 @@
-"""``python -m analysis.report results/<study>``: the study's report.
+"""``python -m analysis.report results/<study> [--compare results/<other>] [--margin 0.01]
+[--blowup-k 10]``: the study's report.
+
+``--compare`` (repeatable) adds a section with the other studies' cells next to this one's
+(e.g. the paper's Tables 1–2, imported with ``python -m analysis.import_table``); ``--margin``
+and ``--blowup-k`` set the equivalence margin and the blow-up factor
+(:class:`analysis.config.AnalysisConfig`).
 
 Writes, under ``artifacts.report_dir(study)`` = ``<study>/_report/`` (or ``--out``):
 ``report.md``, a self-contained ``report.html`` (figures embedded as base64 PNG),
@@ -16,12 +22,15 @@ import argparse
 import logging
 import shutil
 import sys
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 
-from analysis import sections, sections_runs, sections_variance
+from analysis import sections, sections_blowups, sections_runs, sections_variance
+from analysis.config import AnalysisConfig
 from analysis.document import Doc, render_html, render_markdown, write_figures
 from analysis.load import Study, StudyError, load_study
 from analysis.tables import write_table
@@ -29,36 +38,55 @@ from repeatability import artifacts
 
 log = logging.getLogger(__name__)
 
-SECTIONS = (sections.overview, sections.verdicts, sections.perplexity,
+Section = Callable[[Doc, Study], sections.Tables]
+
+
+def sections_for(config: AnalysisConfig, others: Sequence[Study] = ()) -> tuple[Section, ...]:
+    """The report's sections in order; those that need the analysis settings (or the studies
+    given with ``--compare``) get them bound."""
+    return (sections.overview, sections.verdicts, sections.perplexity,
             sections_variance.variance_sources, sections_variance.adapter_divergence,
-            sections.comparisons, sections_variance.trials_needed, sections_runs.loss,
-            sections_runs.generation, sections_variance.ablations, sections_runs.resources,
-            sections_runs.not_as_asked, sections_runs.problems)
+            sections.comparisons, partial(sections_blowups.blowups_equivalence, config=config),
+            partial(sections_blowups.side_by_side, others=list(others), config=config),
+            sections_variance.trials_needed, sections_runs.loss, sections_runs.generation,
+            sections_variance.ablations, sections_runs.resources, sections_runs.not_as_asked,
+            sections_runs.problems)
 
 
-def build(study: Study) -> tuple[Doc, sections.Tables]:
-    """Every section of :data:`SECTIONS`, in order, into one document."""
+SECTIONS = sections_for(AnalysisConfig())  # the default report
+
+
+def build(study: Study, config: AnalysisConfig | None = None,
+          others: Sequence[Study] = ()) -> tuple[Doc, sections.Tables]:
+    """Every section of :func:`sections_for`, in order, into one document."""
+    config = config or AnalysisConfig()
     doc = Doc(f"Repeatability report: {study.name}")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    doc.para(f"Generated {stamp} by `python -m analysis.report`.")
+    doc.para(f"Generated {stamp} by `python -m analysis.report`. Declared before the analysis: "
+             f"equivalence margin ±{config.margin * 100:g}%, blow-up factor k = "
+             f"{config.blowup_k:g}, α = {config.alpha:g}.")
     out: sections.Tables = {}
-    for section in SECTIONS:
+    for section in sections_for(config, others):
         out |= section(doc, study)
     return doc, out
 
 
-def write_report(study_path: str | Path, out_dir: str | Path | None = None) -> Path:
-    """Load the study, build the report and write every file; return ``report.md``'s path.
+def write_report(study_path: str | Path, out_dir: str | Path | None = None,
+                 config: AnalysisConfig | None = None,
+                 compare: Sequence[str | Path] = ()) -> Path:
+    """Load the study (and each of ``compare``), build the report and write every file;
+    return ``report.md``'s path.
 
     ``figures/`` and ``tables/`` under the output folder are replaced, so no file of an
     earlier report survives next to the new one.
 
     Raises:
-        StudyError: no such study directory, or no run directory in it.
+        StudyError: no such study directory, or no run directory in it (either one).
     """
     study = load_study(study_path)
+    others = [load_study(path) for path in compare]
     out = Path(out_dir) if out_dir else artifacts.report_dir(study.path)
-    doc, tabs = build(study)
+    doc, tabs = build(study, config, others)
     for old in (out / "figures", out / "tables"):  # a previous report's files must not linger
         if old.is_dir():
             shutil.rmtree(old)
@@ -86,12 +114,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("study", help="a study directory, e.g. results/default")
     parser.add_argument("--out", help="output folder (default: the contract's report_dir, "
                         "<study>/_report); its figures/ and tables/ are replaced")
+    parser.add_argument("--compare", action="append", default=[], metavar="STUDY",
+                        help="another study directory whose cells are shown next to this "
+                        "study's (e.g. the paper's imported tables); repeatable")
+    parser.add_argument("--margin", type=float, default=AnalysisConfig.margin,
+                        help="equivalence margin, relative (default 0.01 = ±1%%)")
+    parser.add_argument("--blowup-k", type=float, default=AnalysisConfig.blowup_k,
+                        help="a run blew up above k × the reference perplexity (default 10)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        path = write_report(args.study, args.out)
+        config = AnalysisConfig(margin=args.margin, blowup_k=args.blowup_k)
+    except ValueError as exc:  # a setting out of range, e.g. --margin 0
+        parser.exit(2, f"error: {exc}\n")
+    try:
+        path = write_report(args.study, args.out, config, args.compare)
     except StudyError as exc:
         parser.exit(2, f"error: {exc}\n")
     print(path)  # the one line of stdout: where the report is

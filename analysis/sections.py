@@ -11,7 +11,7 @@ import pandas as pd
 
 from analysis import plots, stats, tables, verdict
 from analysis.document import Doc
-from analysis.load import FINISHED, Study, column
+from analysis.load import FINISHED, Study, column, is_imported
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,18 @@ SETUP_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
       "environment.packages.peft", "environment.packages.bitsandbytes")),
     ("git commit / dirty", ("environment.git.commit", "environment.git.dirty")),
 )
+# Shown only when some run recorded them (newer runs, imported runs).
+OPTIONAL_SETUP_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("8-bit state maps requested / in force", ("optimizer.state_maps.requested",
+                                               "optimizer.state_maps.name")),
+    ("precision: compute / mixed / grad scaler", ("precision.compute_dtype",
+                                                  "precision.mixed_precision",
+                                                  "precision.grad_scaler")),
+    ("grad scaler: skipped steps / final loss scale", ("precision.scaler_skipped_steps",
+                                                       "precision.final_loss_scale")),
+    ("imported from", ("imported.source",)),
+    ("citation", ("imported.citation",)),
+)
 
 
 def _values(rows: pd.DataFrame, keys: Sequence[str]) -> str:
@@ -72,7 +84,11 @@ def setup_table(runs: pd.DataFrame) -> pd.DataFrame:
         done = group[group["status"].isin(FINISHED)]
         rows = done if len(done) else group
         col = {label: _values(rows, keys) for label, keys in SETUP_ROWS}
-        col["seed sources varied across trials"] = ", ".join(verdict.varying_seeds(rows)) or "none"
+        col["seed sources varied across trials"] = (
+            ", ".join(verdict.varying_seeds(rows)) or "none") if verdict.recorded_seeds(rows) \
+            else "not recorded"
+        col |= {label: _values(rows, keys) for label, keys in OPTIONAL_SETUP_ROWS
+                if any(k in runs.columns for k in keys)}
         data[cell] = col
     return pd.DataFrame(data)
 
@@ -92,21 +108,43 @@ def overview(doc: Doc, study: Study) -> Tables:
     doc.para(f"Study directory: `{study.path}`. {len(runs)} run directories in "
              f"{runs['cell'].nunique()} cells; status counts: "
              + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".")
+    imported = runs[is_imported(runs)]
+    if len(imported):
+        doc.para(f"{len(imported)} of {len(runs)} runs were imported from published tables "
+                 f"({_values(imported, ('imported.source',))}), not run here: they record only "
+                 "what the source reports (perplexities, and whatever else its table gives); "
+                 "their seeds, adapters, loss curves, generations and environment were not "
+                 "recorded.")
     doc.heading("Setup: what actually ran")
     doc.para("Read from each run's summary (the optimizer's state as inspected after training, "
-             "not the config); several values in one cell are separated by `;`.")
+             "not the config); several values in one cell are separated by `;`, `–` = not "
+             "recorded.")
     setup = setup_table(runs)
     doc.table(setup, "Setup per cell")
-    out = {"setup": (setup, "Setup per cell")}
+    return {"setup": (setup, "Setup per cell")} | _environment(doc, runs)
+
+
+def _environment(doc: Doc, runs: pd.DataFrame) -> Tables:
+    """Whether each cell's runs recorded the same environment, and the environment per cell."""
+    out: Tables = {}
+    done = runs[runs["status"].isin(FINISHED)]
+    keys = [c for c in runs.columns if c.startswith("environment.")]
+    missing = int((~done[keys].notna().any(axis=1)).sum()) if keys else len(done)
+    if missing == len(done):
+        doc.para("Environment: not recorded by any finished run.")
+        return out
     diffs = verdict.environment_differences(runs)
+    gap = f" ({missing} finished run(s) recorded none: not compared)" if missing else ""
     if diffs.empty:
-        doc.para("Environment: every run of a cell recorded the same environment "
-                 "(python, platform, packages, CUDA, CPU, git commit, host, threads).")
+        doc.para("Environment: every run of a cell that recorded one recorded the same "
+                 f"environment (python, platform, packages, CUDA, CPU, git commit, host, threads){gap}.")
     else:
         doc.para("WARNING: the environment differs inside a cell; those trials did not run "
                  "under the same software/hardware, which confounds the variance:")
         doc.table(diffs, "Environment differences inside a cell", index=False)
         out["environment_differences"] = (diffs, "Environment differences inside a cell")
+        if gap:
+            doc.para(f"Environment not recorded{gap}.")
     env = environment_table(runs)
     doc.table(env, "Environment per cell (as recorded in environment.json)")
     out["environment"] = (env, "Environment per cell")
@@ -138,6 +176,9 @@ def arm_notes(runs: pd.DataFrame) -> list[str]:
         rows = runs[(runs["cell"] == cell) & runs["status"].isin(FINISHED)]
         if rows.empty:
             notes.append(f"`{cell}`: no finished run")
+            continue
+        if column(rows, "optimizer.effective.bits").isna().all():
+            notes.append(f"`{cell}`: optimizer state, paging and device not recorded")
             continue
         frac = pd.to_numeric(column(rows, "optimizer.effective.state_8bit_param_fraction"),
                              errors="coerce")
@@ -188,6 +229,7 @@ def perplexity(doc: Doc, study: Study) -> Tables:
     runs, out = study.runs, {}
     doc.heading("Held-out perplexity")
     definition = _values(runs[runs["status"].isin(FINISHED)], ("perplexity_definition",))
+    definition = "not recorded" if definition == "–" else definition
     doc.para("Primary number: `perplexity_token_weighted` = exp(total NLL / total target tokens) "
              "over the held-out split. Also shown: `perplexity_mean_per_sequence`, the mean of "
              "per-sequence perplexities (HF evaluate's `mean_perplexity`), dominated by the "
@@ -196,6 +238,9 @@ def perplexity(doc: Doc, study: Study) -> Tables:
     doc.bullets(arm_notes(runs))
     for metric, tag in ((stats.PRIMARY_METRIC, "token_weighted"), (SECOND_METRIC, "mean_per_seq")):
         label = plots.metric_label(metric)
+        if metric != stats.PRIMARY_METRIC and column(runs, metric).isna().all():
+            doc.para(f"The {label}: not recorded by any run.")
+            continue
         for dataset in sorted(runs["dataset"].unique()):
             table = tables.perplexity_table(runs, dataset, metric)
             caption = f"Table 1/2 shape: {label}, dataset `{dataset}`, one row per trial"
@@ -212,7 +257,8 @@ def perplexity(doc: Doc, study: Study) -> Tables:
         doc.figure(f"perplexity_{tag}", plots.metric_by_cell(runs, metric),
                    f"{label}, one point per trial")
     base = _values(runs[runs["status"].isin(FINISHED)], ("metrics.base_perplexity_token_weighted",))
-    doc.para(f"Base model before fine-tuning (token-weighted): {base}.")
+    doc.para(f"Base model before fine-tuning (token-weighted): "
+             f"{'not recorded' if base == '–' else base}.")
     return out
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 
 from analysis import curves, generations, plots, stats, tables, verdict
 from analysis.document import Doc
-from analysis.load import Study
+from analysis.load import FINISHED, Study, column
 from analysis.sections import Tables, compact_stats
 
 LOSS_METRICS = ("metrics.final_train_loss", "metrics.final_val_loss")
@@ -106,13 +106,17 @@ def resources(doc: Doc, study: Study) -> Tables:
     if not memory.empty:
         doc.table(memory, f"Table 3 shape: {label}, mean over finished trials")
         out["table3_memory"] = (memory, label)
+    recorded = [k for k in TIME_METRICS if column(study.runs, k).notna().any()]
+    if not recorded:
+        doc.para("Times: not recorded by any run.")
+        return out
     for dataset in sorted(study.runs["dataset"].unique()):
         times = tables.timing_table(study.runs, dataset)
         caption = (f"Tables 10/11 shape, dataset `{dataset}`: training time and held-out scoring "
                    "time (the paper's test time), seconds")
         doc.table(times, caption)
         out[f"table10_{dataset}_times"] = (times, caption)
-    time_stats = compact_stats(study.runs, TIME_METRICS)
+    time_stats = compact_stats(study.runs, recorded)
     if not time_stats.empty:
         doc.table(time_stats, "Times per cell, seconds (finished trials). Wall-clock on a shared "
                   "machine: differences say as much about the load as about the optimizer")
@@ -124,9 +128,16 @@ def not_as_asked(doc: Doc, study: Study) -> Tables:
     """Failed, diverged, half-finished, unreadable runs and optimizer requests not honoured."""
     doc.heading("What could not run as asked")
     issues = verdict.not_as_asked(study.runs)
+    done = study.runs[study.runs["status"].isin(FINISHED)]
+    unknown = int(column(done, "optimizer.effective.class").isna().sum())
+    note = (f"{unknown} finished run(s) recorded no optimizer state (imported runs): whether "
+            "their optimizer did what was requested is not known.") if unknown else ""
     if issues.empty:
-        doc.para("Every run finished and its optimizer did what was requested.")
+        doc.para(f"Every run finished. {note}" if unknown
+                 else "Every run finished and its optimizer did what was requested.")
         return {}
+    if note:
+        doc.para(note)
     grouped = (issues.groupby(["cell", "issue", "detail"], sort=True)["trial"]
                .apply(lambda t: ", ".join(str(x) for x in sorted(t))).reset_index()
                .rename(columns={"trial": "trials"}))

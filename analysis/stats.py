@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from analysis.load import FINISHED, column, finite
+from analysis.load import FINISHED, column, finite, optim_bits
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,55 @@ def compare_values(x: Sequence[float], y: Sequence[float]) -> dict[str, Any]:
     return out
 
 
+def _prob_greater(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """P(X > Y) + ½·P(X = Y) over every (x, y) combination, along the last axis of each."""
+    return _score(x[..., :, None] - y[..., None, :]).mean(axis=(-2, -1))
+
+
+def _prob_greater_paired(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """P(X > Y) of each row of resampled pair indices ``idx``, weighted as the point estimate
+    is: 1/n for comparisons within a pair, the rest for comparisons between *different* trials.
+
+    Without the split, a resample's duplicated trials would pass for different ones and
+    inflate the within-pair share (a seed-matched pair is correlated), biasing the CI.
+    """
+    n = idx.shape[1]
+    score = _score(x[idx][:, :, None] - y[idx][:, None, :])
+    within = score[:, np.arange(n), np.arange(n)].mean(axis=1)
+    other = idx[:, :, None] != idx[:, None, :]
+    count = other.sum(axis=(1, 2))
+    between = np.where(count > 0, (score * other).sum(axis=(1, 2)) / np.maximum(count, 1), within)
+    return within / n + (1 - 1 / n) * between
+
+
+def _score(diff: np.ndarray) -> np.ndarray:
+    """1 where X > Y, ½ where X = Y, 0 otherwise."""
+    return (diff > 0) + 0.5 * (diff == 0)
+
+
+def p_x_gt_y_ci(x: Sequence[float], y: Sequence[float], paired: bool = False,
+                confidence: float = 0.95, n_resamples: int = 9999,
+                seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of P(X > Y) (the ``p_x_gt_y`` of :func:`compare_values`).
+
+    ``paired``: ``x[i]`` and ``y[i]`` are one trial's two arms and whole pairs are resampled
+    (the design of seed-matched arms; see :func:`_prob_greater_paired`); otherwise each arm is
+    resampled on its own. Fewer than 3 values in an arm → (NaN, NaN). Same seed, same CI.
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if min(x.size, y.size) < 3 or (paired and x.size != y.size):
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    ix = rng.integers(0, x.size, size=(n_resamples, x.size))
+    if paired:
+        values = _prob_greater_paired(x, y, ix)
+    else:
+        values = _prob_greater(x[ix], y[rng.integers(0, y.size, size=(n_resamples, y.size))])
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def compare_cells(runs: pd.DataFrame, cell_x: str, cell_y: str,
                   metric: str = PRIMARY_METRIC) -> dict[str, Any]:
     """Compare ``metric`` between two cells: unpaired tests, plus Wilcoxon when seed-matched.
@@ -203,12 +252,14 @@ def compare_cells(runs: pd.DataFrame, cell_x: str, cell_y: str,
     out["paired"] = bool(trials)
     out["paired_trials"] = trials
     out |= _wilcoxon(x.loc[trials].to_numpy(), y.loc[trials].to_numpy()) if trials else {}
+    xs, ys = (x.loc[trials], y.loc[trials]) if trials else (x, y)
+    out["p_x_gt_y_ci_low"], out["p_x_gt_y_ci_high"] = p_x_gt_y_ci(
+        xs.to_numpy(), ys.to_numpy(), paired=bool(trials))
     return out
 
 
 def _bits(runs: pd.DataFrame, cell: str) -> float:
-    bits = pd.to_numeric(column(runs[runs["cell"] == cell], "optimizer.requested.optim_bits"),
-                         errors="coerce")
+    bits = optim_bits(runs[runs["cell"] == cell])
     return float(bits.min()) if bits.notna().any() else math.inf
 
 

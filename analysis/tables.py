@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.load import FINISHED, column
+from analysis.load import FINISHED, column, optim_bits
 from analysis.stats import PRIMARY_METRIC
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,7 @@ def _with_arm(runs: pd.DataFrame) -> pd.DataFrame:
 
 def arm_order(runs: pd.DataFrame) -> list[str]:
     """Arm labels, lower requested ``optim_bits`` first (8-bit before 32-bit, as the paper)."""
-    frame = _with_arm(runs).assign(bits=pd.to_numeric(
-        column(runs, "optimizer.requested.optim_bits"), errors="coerce").fillna(math.inf))
+    frame = _with_arm(runs).assign(bits=optim_bits(runs).fillna(math.inf))
     bits = frame.groupby("arm")["bits"].min()
     return sorted(bits.index, key=lambda arm: (bits[arm], arm))
 

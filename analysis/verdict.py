@@ -41,18 +41,34 @@ def _greedy_identity(gens: pd.DataFrame, cell: str) -> tuple[int, int]:
     return int((distinct == 1).sum()), int(distinct.size)
 
 
+UNKNOWN = "unknown (no adapters or seeds recorded)"
+
+
+def recorded_seeds(rows: pd.DataFrame) -> bool:
+    """Whether any of the runs recorded a seed of a training source (imported runs: never)."""
+    return any(column(rows, f"seeds.{s}").notna().any() for s in SEED_KEYS)
+
+
 def _verdict_text(n: int, adapters: int, same_greedy: int, n_prompts: int, spread: float,
-                  seeds_varied: bool) -> str:
-    """One sentence; trials meant to differ (seeds vary) are not called "not repeatable"."""
+                  seeds_varied: bool, seeds_recorded: bool = True) -> str:
+    """One sentence; trials meant to differ (seeds vary) are not called "not repeatable", and
+    trials with no evidence either way (no adapter hash, no seed) are called unknown."""
     if n < 2:
         return "fewer than 2 finished runs: nothing to compare"
+    if adapters == 0 and not seeds_recorded:
+        return UNKNOWN
     if adapters == 1:
         return "bitwise repeatable: every adapter is identical"
     if n_prompts and same_greedy == n_prompts:
+        if not adapters:
+            return "adapters not recorded; greedy outputs are identical"
         return f"weights differ ({adapters} distinct adapters) but greedy outputs are identical"
+    found = f"{adapters} distinct adapters" if adapters else "adapters not recorded"
     spread_txt = f"perplexity max/min = {format_number(spread)}"
     if seeds_varied:
-        return f"trials differ, as their seeds do: {adapters} distinct adapters, {spread_txt}"
+        return f"trials differ, as their seeds do: {found}, {spread_txt}"
+    if adapters == 0:
+        return f"unknown (no adapters recorded; identical seeds), {spread_txt}"
     return f"NOT repeatable under identical seeds: {adapters} distinct adapters, {spread_txt}"
 
 
@@ -77,9 +93,11 @@ def cell_verdicts(runs: pd.DataFrame, gens: pd.DataFrame,
                     "greedy_prompts_identical": f"{same}/{n_prompts}",
                     "greedy_identical": n_prompts > 0 and same == n_prompts,
                     "ppl_spread": spread,
-                    "seeds_varied": ", ".join(varied) or "none",
+                    "seeds_varied": (", ".join(varied) or "none") if recorded_seeds(done)
+                    else "not recorded",
                     "verdict": _verdict_text(len(done), int(hashes.nunique()), same, n_prompts,
-                                             spread, bool(set(varied) - {"generation"}))})
+                                             spread, bool(set(varied) - {"generation"}),
+                                             recorded_seeds(done))})
     return pd.DataFrame(out)
 
 
@@ -126,6 +144,9 @@ def bitwise_verdicts(runs: pd.DataFrame, curves: pd.DataFrame,
             rows.append({"cell": cell, "bitwise": False,
                          "line": f"`{cell}`: {len(done)} finished run(s): nothing to compare"})
             continue
+        if column(done, "adapter.sha256").dropna().empty and not recorded_seeds(done):
+            rows.append({"cell": cell, "bitwise": None, "line": f"`{cell}`: {UNKNOWN}"})
+            continue
         curve = within.loc[cell] if cell in within.index else None
         parts, ok = _bitwise_parts(done, curve, _greedy_identity(gens, str(cell)))
         varied = varied_sources(done)
@@ -156,7 +177,8 @@ def _issues(row: pd.Series) -> list[tuple[str, str]]:
         issues.append(("failed", f"{get('error.type') or 'error'}: {get('error.message') or ''}"))
     elif status == "diverged":
         step, last = format_number(get("divergence.step")), format_number(get("divergence.last_loss"))
-        issues.append(("diverged", f"{get('divergence.reason')} at step {step} (last loss {last})"))
+        where = f" at step {step} (last loss {last})" if get("divergence.step") is not None else ""
+        issues.append(("diverged", f"{get('divergence.reason')}{where}"))
     elif status == "incomplete":
         issues.append(("incomplete", "no DONE marker: half-finished; re-run the study to redo it"))
     elif status == "unreadable":
@@ -233,10 +255,13 @@ def comparison_reading(row: dict[str, Any] | pd.Series, alpha: float = 0.05) -> 
                      + (f"; with {n} pairs no p-value can be below {floor:.2g}" if floor >= alpha
                         else "") + ").")
     else:
-        parts.append("The arms do not share seeds trial by trial, so trials are not paired.")
+        parts.append("The arms are not seed-matched trial by trial (different or unrecorded "
+                     "seeds), so trials are not paired.")
     nx, ny = int(row["n_x"]), int(row["n_y"])
     floor = 2 / math.comb(nx + ny, nx) if nx and ny else 1.0
-    parts.append(f"P(X > Y) = {row['p_x_gt_y']:.2f} (0.5 = no shift; rank-biserial "
+    low, high = row.get("p_x_gt_y_ci_low", math.nan), row.get("p_x_gt_y_ci_high", math.nan)
+    ci = "" if pd.isna(low) else f"bootstrap 95% CI {low:.2f}–{high:.2f}; "
+    parts.append(f"P(X > Y) = {row['p_x_gt_y']:.2f} ({ci}0.5 = no shift; rank-biserial "
                  f"{row['rank_biserial']:.2f}; Mann-Whitney p = {_p(row['mwu_p'])}"
                  + (f"; with {nx}+{ny} trials no p-value can be below {floor:.2g}"
                     if floor >= alpha else "") + ").")

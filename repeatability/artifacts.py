@@ -18,6 +18,9 @@ Layout (``docs/run-directory.md`` documents every file and key)::
       _sweeps/<time>/       Hydra's own logs and the sweep ledger (never a run directory)
       _report/              the generated variance report (analysis.report)
 
+A run imported from a published table (``python -m analysis.import_table``) holds
+``summary.json`` (with an ``imported`` key: source, citation, the table row) and ``DONE`` only.
+
 Everything else (analysis included) reads and writes runs only through this module.
 """
 
@@ -57,6 +60,10 @@ STATUSES = ("complete", "diverged", "failed")
 
 # The files of a finished run (a failed run has error.txt instead of DONE, and may lack adapter).
 RUN_FILES = (SUMMARY, LOSS_CURVE, GENERATIONS, ENVIRONMENT, CONFIG, OVERRIDES, ADAPTER, DONE)
+# Summary key of a run imported from a published table ({source, citation, row}): such a run
+# holds summary.json and DONE only, because nothing else was reported.
+IMPORTED = "imported"
+IMPORTED_FILES = (SUMMARY, DONE)
 
 
 @dataclass(frozen=True)
@@ -216,7 +223,8 @@ def start_fresh(path: Path) -> None:
 def mark_done(path: Path) -> None:
     """Write the completion marker; call last, after every other file is in place."""
     summary = read_json(path / SUMMARY)
-    missing = [f for f in RUN_FILES if f != DONE and not (path / f).exists()]
+    needed = IMPORTED_FILES if summary.get(IMPORTED) else RUN_FILES
+    missing = [f for f in needed if f != DONE and not (path / f).exists()]
     if missing:
         raise RunDirError(f"{path}: cannot mark done, missing {', '.join(missing)}")
     write_text(path / DONE, f"{summary['status']}\n")
@@ -229,6 +237,24 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
     if summary.get("status") not in STATUSES:
         raise ValueError(f"summary status must be one of {STATUSES}")
     write_json(path / SUMMARY, {"schema_version": SCHEMA_VERSION, **summary})
+
+
+def write_imported_run(path: Path, summary: dict[str, Any]) -> None:
+    """Write a run imported from a published table: ``summary.json``, then ``DONE``.
+
+    ``summary`` carries :data:`IMPORTED` (``{source, citation, row}``) and a finished status;
+    keys the source did not report are absent (no seeds, adapter, loss curve, generations or
+    environment). The directory must not exist yet: an import never replaces a run.
+    """
+    if not summary.get(IMPORTED, {}).get("source"):
+        raise ValueError(f"an imported run's summary needs {IMPORTED}.source")
+    if summary.get("status") not in FINISHED_STATUSES:
+        raise ValueError(f"an imported run's status must be one of {FINISHED_STATUSES}")
+    if path.exists():
+        raise RunDirError(f"{path}: already exists; an imported run never replaces a run directory")
+    path.mkdir(parents=True)
+    write_summary(path, summary)
+    mark_done(path)
 
 
 def write_loss_curve(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -1,0 +1,158 @@
+"""Blow-ups as an outcome of their own: how often an arm's runs blow up, with an exact CI,
+Fisher's exact test between arms, and a plain note when an arm's perplexities split apart.
+
+A finished run (complete or diverged) *blew up* when it diverged (loss NaN/inf, or its
+perplexity overflowed) or its primary perplexity exceeds k × the reference of its
+(model, dataset). The reference is
+
+- the base model's perplexity recorded by the runs (``metrics.base_perplexity_token_weighted``,
+  the median over the group's finished runs that recorded it), or, when no run recorded one
+  (studies imported from published tables),
+- the pooled median perplexity of every finished run of that (model, dataset) across arms.
+
+The paper's 8-bit perplexities (12 to 233,812 in one arm) are a mixture of ordinary runs and
+blow-ups: a mean or t-test of such an arm says little, a blow-up rate says what happened.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from analysis.config import DEFAULT, AnalysisConfig
+from analysis.load import FINISHED, column
+from analysis.stats import PRIMARY_METRIC
+from analysis.tables import format_number
+
+BASE_METRIC = "metrics.base_perplexity_token_weighted"
+REFERENCE_BASE = "base-model perplexity recorded by the runs"
+REFERENCE_POOLED = "pooled median perplexity of the finished runs across arms (no base recorded)"
+REFERENCE_COLUMNS = ("model", "dataset", "reference", "value", "n_values", "min", "max",
+                     "threshold")
+RATE_COLUMNS = ("cell", "model", "dataset", "optim", "variant", "n", "blowups", "rate", "ci_low",
+                "ci_high", "n_clusters", "bimodality")
+
+
+def _numbers(rows: pd.DataFrame, key: str) -> pd.Series:
+    return pd.to_numeric(column(rows, key), errors="coerce").astype(float)
+
+
+def references(runs: pd.DataFrame, config: AnalysisConfig = DEFAULT,
+               metric: str = PRIMARY_METRIC) -> pd.DataFrame:
+    """One row per (model, dataset): which reference (:data:`REFERENCE_BASE` or
+    :data:`REFERENCE_POOLED`), its value, how many runs it comes from, the range of those
+    values (base perplexities should all be equal), and ``threshold`` = k × value."""
+    rows = []
+    done = runs[runs["status"].isin(FINISHED)]
+    for (model, dataset), group in done.groupby(["model", "dataset"], sort=True):
+        base = _numbers(group, BASE_METRIC)
+        base = base[np.isfinite(base) & (base > 0)]
+        kind, values = REFERENCE_BASE, base
+        if base.empty:
+            ppl = _numbers(group, metric)
+            kind, values = REFERENCE_POOLED, ppl[np.isfinite(ppl)]
+        value = float(values.median()) if len(values) else math.nan
+        rows.append({"model": model, "dataset": dataset, "reference": kind, "value": value,
+                     "n_values": len(values), "min": float(values.min()) if len(values) else math.nan,
+                     "max": float(values.max()) if len(values) else math.nan,
+                     "threshold": config.blowup_k * value})
+    return pd.DataFrame(rows, columns=list(REFERENCE_COLUMNS))
+
+
+def run_outcomes(runs: pd.DataFrame, config: AnalysisConfig = DEFAULT,
+                 metric: str = PRIMARY_METRIC) -> pd.DataFrame:
+    """One row per finished run: its perplexity, the threshold of its (model, dataset),
+    ``blowup`` and ``known`` (False only for a complete run without a usable perplexity,
+    which is neither counted as a blow-up nor as a normal run)."""
+    done = runs[runs["status"].isin(FINISHED)]
+    refs = references(runs, config, metric).set_index(["model", "dataset"])["threshold"]
+    out = done[["cell", "model", "dataset", "optim", "variant", "trial", "status"]].copy()
+    out["perplexity"] = _numbers(done, metric).to_numpy()
+    out["threshold"] = [refs.get((m, d), math.nan) for m, d in zip(done["model"], done["dataset"])]
+    ppl, limit = out["perplexity"], out["threshold"]
+    above = (ppl == math.inf) | (np.isfinite(ppl) & (ppl > limit))
+    out["blowup"] = (out["status"] == "diverged") | above
+    out["known"] = out["blowup"] | (np.isfinite(ppl) & np.isfinite(limit))
+    return out.reset_index(drop=True)
+
+
+def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper–Pearson) CI of a binomial proportion k/n; (NaN, NaN) when n = 0."""
+    if n == 0:
+        return math.nan, math.nan
+    ci = sps.binomtest(k, n).proportion_ci(confidence_level=confidence, method="exact")
+    return float(ci.low), float(ci.high)
+
+
+def fisher_p(blowups_x: int, n_x: int, blowups_y: int, n_y: int) -> float:
+    """Two-sided Fisher's exact test of equal blow-up rates; NaN when an arm has no run."""
+    if n_x == 0 or n_y == 0:
+        return math.nan
+    table = [[blowups_x, n_x - blowups_x], [blowups_y, n_y - blowups_y]]
+    return float(sps.fisher_exact(table, alternative="two-sided").pvalue)
+
+
+def clusters(values: Sequence[float], gap_decades: float = 1.0) -> list[list[float]]:
+    """Finite positive values, sorted, cut wherever two neighbours are more than
+    ``gap_decades`` apart on the log10 scale (1.0: a factor of more than 10)."""
+    x = np.sort(np.asarray([v for v in values if np.isfinite(v) and v > 0], dtype=float))
+    if x.size == 0:
+        return []
+    cuts = np.flatnonzero(np.diff(np.log10(x)) > gap_decades) + 1
+    return [list(map(float, part)) for part in np.split(x, cuts)]
+
+
+def bimodality_note(values: Sequence[float], blowups: int, n: int,
+                    gap_decades: float = 1.0) -> tuple[int, str]:
+    """(number of clusters, a note in words) for one arm (see :func:`clusters`)."""
+    parts = clusters(values, gap_decades)
+    if len(parts) > 1:
+        sizes = ", ".join(f"{len(p)} at {format_number(p[0])}–{format_number(p[-1])}"
+                          for p in parts)
+        return len(parts), f"split: {len(parts)} clusters ({sizes})"
+    if 0 < blowups < n:
+        return len(parts), "blow-ups and ordinary runs both present, no gap wider than the threshold"
+    return len(parts), "one cluster" if parts else "no finite perplexity"
+
+
+def arm_rates(runs: pd.DataFrame, config: AnalysisConfig = DEFAULT,
+              metric: str = PRIMARY_METRIC) -> pd.DataFrame:
+    """One row per cell: runs judged (``n``), blow-ups, rate, Clopper–Pearson 95% CI, and the
+    bimodality of its perplexities (:func:`bimodality_note`)."""
+    outcomes = run_outcomes(runs, config, metric)
+    rows = []
+    for cell, group in runs.groupby("cell", sort=True):
+        mine = outcomes[(outcomes["cell"] == cell) & outcomes["known"]]
+        n, k = len(mine), int(mine["blowup"].sum())
+        low, high = clopper_pearson(k, n)
+        n_clusters, note = bimodality_note(mine["perplexity"], k, n, config.gap_decades)
+        first = group.iloc[0]
+        rows.append({"cell": cell, "model": first["model"], "dataset": first["dataset"],
+                     "optim": first["optim"], "variant": first["variant"], "n": n, "blowups": k,
+                     "rate": k / n if n else math.nan, "ci_low": low, "ci_high": high,
+                     "n_clusters": n_clusters, "bimodality": note})
+    return pd.DataFrame(rows, columns=list(RATE_COLUMNS))
+
+
+def rate_text(blowups: int, n: int, low: float, high: float) -> str:
+    """``4/7 = 57% [18%, 90%]``; ``0/0`` when no run could be judged."""
+    if not n:
+        return "0/0"
+    return f"{blowups}/{n} = {blowups / n:.0%} [{low:.0%}, {high:.0%}]"
+
+
+def reference_lines(refs: pd.DataFrame, config: AnalysisConfig) -> list[str]:
+    """One line per (model, dataset): which reference was used, its value and the threshold."""
+    lines = []
+    for _, r in refs.iterrows():
+        spread = "" if r["min"] == r["max"] or r["reference"] != REFERENCE_BASE else \
+            f" (recorded values {format_number(r['min'])}–{format_number(r['max'])})"
+        lines.append(f"`{r['model']}` × `{r['dataset']}`: {r['reference']} = "
+                     f"{format_number(r['value'])}{spread} from {r['n_values']} run(s); "
+                     f"blow-up above {format_number(config.blowup_k)} × that = "
+                     f"{format_number(r['threshold'])}")
+    return lines

@@ -1,0 +1,157 @@
+"""The report's sections on blow-ups, equivalence between arms, and this study next to others
+(e.g. the paper's imported Tables 1–2 next to the harness's own runs). Same conventions as
+:mod:`analysis.sections`.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from analysis import blowups, equivalence, stats
+from analysis.config import DEFAULT, AnalysisConfig
+from analysis.document import Doc
+from analysis.load import Study, column, is_imported, optim_bits
+from analysis.sections import Tables
+from analysis.tables import arm_label, format_number
+
+
+def _p(value: float) -> str:
+    return "–" if pd.isna(value) else f"{value:.2g}"
+
+
+def _rates_view(rates: pd.DataFrame) -> pd.DataFrame:
+    """The per-arm table as shown: n, blow-ups, rate, exact CI, bimodality."""
+    view = rates.set_index("cell")[["n", "blowups", "rate"]].copy()
+    view["95% CI (Clopper–Pearson)"] = [
+        "–" if pd.isna(lo) else f"[{lo:.3f}, {hi:.3f}]"
+        for lo, hi in zip(rates["ci_low"], rates["ci_high"])]
+    view["clusters"] = rates["bimodality"].to_numpy()
+    return view
+
+
+def _pairs_view(pairs: pd.DataFrame, config: AnalysisConfig) -> pd.DataFrame:
+    """The per-comparison table as shown, one row per pair (X vs Y)."""
+    rows = []
+    for _, r in pairs.iterrows():
+        ci = "" if pd.isna(r["p_x_gt_y_ci_low"]) else \
+            f" [{r['p_x_gt_y_ci_low']:.2f}, {r['p_x_gt_y_ci_high']:.2f}]"
+        rows.append({"X vs Y": f"{r['x']} vs {r['y']}", "design": r["design"],
+                     "blow-ups X / Y": f"{r['blowups_x']}/{r['judged_x']} vs "
+                                       f"{r['blowups_y']}/{r['judged_y']}",
+                     "t-test n X / Y": f"{r['n_x']} / {r['n_y']}",
+                     "Fisher p": _p(r["fisher_p"]),
+                     f"TOST p (±{config.margin * 100:g}%)": _p(r["tost_p"]),
+                     "difference p": f"{_p(r['diff_p'])} ({r['diff_test']})",
+                     "P(X > Y) [95% CI]": f"{r['p_x_gt_y']:.2f}{ci}" if pd.notna(r["p_x_gt_y"])
+                     else "–", "verdict": r["verdict"]})
+    return pd.DataFrame(rows)
+
+
+def _explain(doc: Doc, config: AnalysisConfig) -> None:
+    margin = equivalence.margin_text(config)
+    doc.para(f"A finished run blew up when it diverged or its token-weighted perplexity exceeds "
+             f"k = {format_number(config.blowup_k)} × the reference of its (model, dataset): the "
+             "base model's perplexity recorded by the runs, or, when no run recorded one "
+             "(imported tables), the pooled median perplexity of all finished runs of that "
+             "(model, dataset) across arms. Rate CIs are exact (Clopper–Pearson) 95% intervals; "
+             "arms are compared with Fisher's exact test (two-sided). Clusters: an arm's sorted "
+             f"log10 perplexities are cut wherever two neighbours are more than "
+             f"{format_number(config.gap_decades)} decade(s) apart (a factor of "
+             f"{format_number(10 ** config.gap_decades)}).")
+    doc.para(f"Equivalence: two one-sided t-tests (TOST) on mean log perplexity with margin "
+             f"{margin} (log(1 + {config.margin:g}) = {config.log_margin:.4g} on each side), paired "
+             "by trial when the arms are seed-matched, else Welch; the difference test is the "
+             "t-test of the same design. Verdict: \"equivalent\" only when TOST p < "
+             f"{config.alpha:g}, \"different\" only when the difference p < {config.alpha:g}, "
+             "otherwise \"inconclusive\". Runs with a non-finite perplexity are left out of "
+             "these t-tests (they count as blow-ups above). P(X > Y): common-language effect "
+             f"size, 95% CI by percentile bootstrap ({config.n_resamples} resamples, seed "
+             f"{config.seed}; whole pairs resampled when paired).")
+
+
+def blowups_equivalence(doc: Doc, study: Study, config: AnalysisConfig = DEFAULT) -> Tables:
+    """Per arm: blow-up rate with exact CI and clusters; per comparison: Fisher, TOST,
+    difference test, P(X > Y) with CI and the verdict in words."""
+    doc.heading("Blow-ups and equivalence")
+    _explain(doc, config)
+    refs = blowups.references(study.runs, config)
+    if refs.empty:
+        doc.para("No finished run: nothing to judge.")
+        return {}
+    doc.para("Reference per (model, dataset):")
+    doc.bullets(blowups.reference_lines(refs, config))
+    rates = blowups.arm_rates(study.runs, config)
+    doc.table(_rates_view(rates), "Blow-ups per arm")
+    split = [f"`{r['cell']}`: {r['bimodality']}" for _, r in rates.iterrows() if r["n_clusters"] > 1]
+    doc.bullets(split)
+    out = {"blowup_references": (refs, "Blow-up reference per (model, dataset)"),
+           "blowup_rates": (rates, "Blow-ups per arm")}
+    pairs = equivalence.comparisons(study.runs, config)
+    if pairs.empty:
+        doc.para("No two cells differ only in the optimizer: no comparison.")
+        return out
+    doc.bullets([f"`{r['x']}` vs `{r['y']}`: {r['verdict']}" for _, r in pairs.iterrows()])
+    doc.table(_pairs_view(pairs, config), "Blow-ups and equivalence per comparison", index=False)
+    return out | {"blowup_equivalence": (pairs, "Blow-ups and equivalence per comparison")}
+
+
+def _source(rows: pd.DataFrame) -> str:
+    imported = rows[is_imported(rows)]
+    if imported.empty:
+        return "run by this harness"
+    return "imported: " + "; ".join(sorted(column(imported, "imported.source").astype(str).unique()))
+
+
+def study_cells(study: Study, config: AnalysisConfig) -> pd.DataFrame:
+    """One row per cell of ``study``: where its numbers come from, perplexity summary and
+    blow-up rate with CI (each study judged against its own references)."""
+    rates = blowups.arm_rates(study.runs, config).set_index("cell")
+    refs = blowups.references(study.runs, config).set_index(["model", "dataset"])
+    rows = []
+    for cell, group in study.runs.groupby("cell", sort=True):
+        d = stats.describe(stats.metric_values(study.runs, str(cell)).to_numpy())
+        r, first = rates.loc[cell], group.iloc[0]
+        ref = refs["value"].get((first["model"], first["dataset"]))
+        rows.append({"study": study.name, "source": _source(group), "cell": cell,
+                     "arm": arm_label(first), "n": int(r["n"]), "median": d["median"],
+                     "min": d["min"], "max": d["max"], "blowups": int(r["blowups"]),
+                     "blowup_rate": r["rate"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                     "reference": ref})
+    return pd.DataFrame(rows)
+
+
+def pooled_rates(cells: pd.DataFrame) -> pd.DataFrame:
+    """Rows = arm (optimizer[/variant]), columns = study: blow-ups / runs with exact CI,
+    pooled over each study's models and datasets."""
+    pooled = cells.groupby(["arm", "study"], sort=True)[["blowups", "n"]].sum()
+    text = {key: blowups.rate_text(int(r["blowups"]), int(r["n"]),
+                                   *blowups.clopper_pearson(int(r["blowups"]), int(r["n"])))
+            for key, r in pooled.iterrows()}
+    table = pd.Series(text).unstack(level=1)[list(dict.fromkeys(cells["study"]))]
+    bits = optim_bits(pd.DataFrame({"optim": table.index})).fillna(float("inf")).to_numpy()
+    table = table.iloc[sorted(range(len(table)), key=lambda i: (bits[i], table.index[i]))]
+    table.index.name, table.columns.name = "arm", None
+    return table.fillna("no such arm")
+
+
+def side_by_side(doc: Doc, study: Study, others: list[Study],
+                 config: AnalysisConfig = DEFAULT) -> Tables:
+    """This study's cells and those of ``others`` in one table, and blow-up rates per arm."""
+    if not others:
+        return {}
+    doc.heading("Side by side with other studies")
+    names = ", ".join(f"`{s.name}` ({s.path})" for s in others)
+    doc.para(f"This study (`{study.name}`) next to {names}. Each study's blow-ups are judged "
+             "against its own references (see *Blow-ups and equivalence*; k = "
+             f"{format_number(config.blowup_k)}); n = finished runs judged; median/min/max of "
+             "the token-weighted perplexity over finished runs with a finite value.")
+    cells = pd.concat([study_cells(s, config) for s in [study, *others]], ignore_index=True)
+    view = cells[["cell", "study", "source", "n", "median", "min", "max"]].copy()
+    view["blow-up rate [95% CI]"] = [blowups.rate_text(b, n, lo, hi) for b, n, lo, hi in zip(
+        cells["blowups"], cells["n"], cells["ci_low"], cells["ci_high"])]
+    doc.table(view, "Cells of every study, with their blow-up rates", index=False)
+    pooled = pooled_rates(cells)
+    doc.table(pooled, "Blow-up rate per optimizer arm, pooled over each study's cells "
+              "(blow-ups/runs = rate [exact 95% CI])")
+    return {"compare_cells": (cells, "Cells of every study, with their blow-up rates"),
+            "compare_pooled_rates": (pooled, "Blow-up rate per arm, pooled per study")}
