@@ -17,7 +17,7 @@ import torch
 from repeatability import artifacts, data, evaluate, modelling, train
 from repeatability.config import RunConfig
 from repeatability.environment import PeakMemory, capture_environment, cpu_model
-from repeatability.seeding import Seeds, apply_determinism, resolve_seeds, seed_everything
+from repeatability.seeding import Seeds, apply_determinism, resolve_seeds, seed_everything, thread_budget
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,8 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
     study = artifacts.study_dir(cfg.results_dir, cfg.study)
     artifacts.write_config(path, config_yaml, overrides)
     artifacts.write_environment(path, capture_environment())
-    summary["determinism"] = apply_determinism(cfg.determinism.mode, cfg.determinism.threads)
+    budget = thread_budget(cfg.determinism.threads)
+    summary["determinism"] = {**apply_determinism(cfg.determinism.mode, budget["threads"]), "thread_budget": budget}
     seeds = resolve_seeds(cfg.determinism, cfg.trial)
     summary["seeds"] = seeds.to_dict()
     device = modelling.resolve_device(cfg.device)

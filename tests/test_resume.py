@@ -75,7 +75,10 @@ def test_checkpoints_can_be_kept_and_turned_off(tiny_model_dir: Path, quotes_jso
     assert (root / "checkpoint-4" / artifacts.RESUME_STATE).exists()
     off = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path, **{"train.checkpoint_every": 0})
     assert run_cli(["trial=1", "study=off", *off]) == 0
-    assert artifacts.read_summary(tmp_path / "off" / CELL / "trial-01")["checkpointing"]["saved"] == []
+    off_summary = artifacts.read_summary(tmp_path / "off" / CELL / "trial-01")
+    assert off_summary["checkpointing"]["saved"] == []
+    # saving checkpoints changes nothing in the run: same seeds, same bits
+    assert off_summary["adapter"]["sha256"] == artifacts.read_summary(root.parent)["adapter"]["sha256"]
 
 
 def test_a_checkpoint_of_another_config_is_not_resumed(tiny_model_dir: Path, quotes_jsonl: Path,
