@@ -63,6 +63,7 @@ test-gpu: setup
 
 bench: setup
 	$(PY) bench/bench_eval.py
+	$(PY) bench/bench_parallel.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

@@ -11,6 +11,7 @@ Layout (``docs/run-directory.md`` documents every file and key)::
         config.yaml         the resolved Hydra config this run used
         overrides.yaml      the command-line overrides of the job
         adapter/            standard PEFT adapter (adapter_config.json, adapter_model.safetensors)
+        checkpoints/        mid-run checkpoints (while running; removed when the run finishes)
         error.txt           traceback (failed runs only)
         DONE                completion marker, written last (complete and diverged runs)
       _splits/<sha>.jsonl   the held-out examples as scored (template applied), by split hash
@@ -53,6 +54,8 @@ ADAPTER = "adapter"
 ERROR = "error.txt"
 DONE = "DONE"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+CHECKPOINTS = "checkpoints"  # the Trainer's checkpoint-<step>/ folders, while the run is unfinished
+RESUME_STATE = "repeatability_state.json"  # written into a checkpoint after the Trainer's files: it is complete
 
 LOSS_COLUMNS = ("step", "epoch", "split", "loss", "learning_rate", "grad_norm", "elapsed_s")
 FINISHED_STATUSES = ("complete", "diverged")  # runs that are kept and skipped on re-run
@@ -207,17 +210,53 @@ def run_state(path: Path) -> str:
     return "incomplete"
 
 
-def start_fresh(path: Path) -> None:
+def start_fresh(path: Path, keep_checkpoints: bool = False) -> None:
     """Remove what a half-finished or failed attempt left, then create the directory.
 
-    Refuses to touch a finished run: those are never overwritten.
+    With ``keep_checkpoints`` the attempt's ``checkpoints/`` stay (the run resumes from them)
+    and everything else goes. Refuses to touch a finished run: those are never overwritten.
     """
     state = run_state(path)
     if state in FINISHED_STATUSES:
         raise RunDirError(f"{path}: holds a {state} run; it is never overwritten")
+    if path.exists() and keep_checkpoints:
+        for child in path.iterdir():
+            if child.name != CHECKPOINTS:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        return
     if path.exists():
         shutil.rmtree(path)
     path.mkdir(parents=True)
+
+
+def checkpoint_root(path: Path) -> Path:
+    return path / CHECKPOINTS
+
+
+def latest_checkpoint(path: Path) -> Path | None:
+    """The newest complete checkpoint of an unfinished run (one holding ``RESUME_STATE``)."""
+    root = checkpoint_root(path)
+    if not root.is_dir():
+        return None
+    done = [c for c in root.glob("checkpoint-*") if (c / RESUME_STATE).exists() and c.name[11:].isdigit()]
+    return max(done, key=lambda c: int(c.name[11:]), default=None)
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[1])
+
+
+def write_resume_state(checkpoint: Path, state: dict[str, Any]) -> None:
+    """Mark a checkpoint complete, with what the harness needs besides the Trainer's files."""
+    write_json(checkpoint / RESUME_STATE, state)
+
+
+def read_resume_state(checkpoint: Path) -> dict[str, Any]:
+    return read_json(checkpoint / RESUME_STATE)
+
+
+def remove_checkpoints(path: Path) -> None:
+    shutil.rmtree(checkpoint_root(path), ignore_errors=True)
 
 
 def mark_done(path: Path) -> None:

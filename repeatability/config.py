@@ -191,8 +191,16 @@ class TrainConfig:
     eval_every: int = 10  # validation-slice loss every k optimizer steps (0 = never)
     val_examples: int = 32  # validation slice carved from the training split
     gradient_checkpointing: bool = False
+    # mid-run checkpoints (adapter, optimizer state incl. 8-bit state and absmax, scheduler, every
+    # RNG, grad scaler, loss rows) every k optimizer steps; a value in (0, 1) is a share of the
+    # run's steps (the Trainer's save_steps convention); 0 = never. A re-run resumes from the last.
+    checkpoint_every: float = 0.25
+    keep_checkpoints: bool = False  # keep checkpoints/ after the run finished (default: removed)
 
     def __post_init__(self) -> None:
+        if self.checkpoint_every < 0 or (self.checkpoint_every > 1 and self.checkpoint_every != int(self.checkpoint_every)):
+            raise ConfigError(f"train.checkpoint_every={self.checkpoint_every}: use a step count >= 1, "
+                              "a share of the run in (0, 1), or 0 for no checkpoints")
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("train.batch_size and train.grad_accum must be >= 1")
         if self.max_steps == 0 or (self.max_steps < 0 and self.epochs <= 0):

@@ -17,7 +17,7 @@ import torch
 from repeatability import artifacts, data, evaluate, modelling, train
 from repeatability.config import RunConfig
 from repeatability.environment import PeakMemory, capture_environment, cpu_model
-from repeatability.seeding import Seeds, apply_determinism, resolve_seeds, seed_everything
+from repeatability.seeding import Seeds, apply_determinism, resolve_seeds, seed_everything, thread_budget
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +129,19 @@ def build_model(cfg: RunConfig, seeds: Seeds, prep_fn: Any, study: Path, device:
     return Built(model, tokenizer, model_id, modelling.count_4bit_layers(model), base_ppl, load_s), prep
 
 
-def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path) -> dict[str, Any]:
-    """Run one trial into ``path`` (already fresh); return the summary written."""
+def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
+            resume_from: Path | None = None) -> dict[str, Any]:
+    """Run one trial into ``path`` (already fresh, but for the checkpoint ``resume_from``, if
+    given, to continue from); return the summary written."""
     t_start = time.perf_counter()
     summary: dict[str, Any] = {"study": cfg.study, "trial": cfg.trial, "cell": asdict(cell_of(cfg)), "started_at": utc_now()}
+    summary["resumed"] = ({"from_step": artifacts.checkpoint_step(resume_from), "checkpoint": resume_from.name}
+                          if resume_from else None)
     study = artifacts.study_dir(cfg.results_dir, cfg.study)
     artifacts.write_config(path, config_yaml, overrides)
     artifacts.write_environment(path, capture_environment())
-    summary["determinism"] = apply_determinism(cfg.determinism.mode, cfg.determinism.threads)
+    budget = thread_budget(cfg.determinism.threads)
+    summary["determinism"] = {**apply_determinism(cfg.determinism.mode, budget["threads"]), "thread_budget": budget}
     seeds = resolve_seeds(cfg.determinism, cfg.trial)
     summary["seeds"] = seeds.to_dict()
     device = modelling.resolve_device(cfg.device)
@@ -150,7 +155,8 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path) 
             t_train = time.perf_counter()
             record, effective, precision = train.train(
                 built.model, prep.train_ds, prep.val_ds, data.PadCollator(built.tokenizer.pad_token_id),
-                cfg.train, cfg.optim, seeds, device, mixed, label, cfg.eval.batch_size)
+                cfg.train, cfg.optim, seeds, device, mixed, label, artifacts.checkpoint_root(path), resume_from,
+                cfg.eval.batch_size)
             train_s = time.perf_counter() - t_train
             metrics, eval_s, gen_s, generations = _score_and_generate(cfg, built, prep, record, seeds, device)
         adapter_sha = artifacts.save_adapter(path, built.model)
@@ -165,9 +171,13 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path) 
         timings={"model_load_s": built.load_s, "train_s": train_s, "eval_s": eval_s, "generation_s": gen_s,
                  "total_s": time.perf_counter() - t_start, **train.step_time_stats(record)},
         memory=memory.result(), adapter={"path": artifacts.ADAPTER, "sha256": adapter_sha}, finished_at=utc_now(),
+        checkpointing={"every": cfg.train.checkpoint_every, "saved": record.checkpoints,
+                       "kept": cfg.train.keep_checkpoints},
     )
     summary["headline"] = headline(summary)
     artifacts.write_summary(path, summary)
+    if not cfg.train.keep_checkpoints:
+        artifacts.remove_checkpoints(path)
     artifacts.mark_done(path)
     return summary
 

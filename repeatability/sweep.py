@@ -112,28 +112,44 @@ def run_one(cfg: DictConfig) -> str:
             log.info("%s skipped: %s already %s", _job_progress(), path, state)
             _append_ledger({"run_dir": str(path), "status": "skipped", "was": state})
             return "skipped"
-        if state in ("incomplete", "failed"):
+        resume_from = _resumable(path, cfg) if state in ("incomplete", "failed") else None
+        if resume_from is not None:
+            log.info("%s: %s was %s; resuming from its checkpoint at step %d", _job_progress(), path, state,
+                     artifacts.checkpoint_step(resume_from))
+        elif state in ("incomplete", "failed"):
             log.info("%s: %s was %s; redoing it from scratch", _job_progress(), path, state)
-        artifacts.start_fresh(path)
+        artifacts.start_fresh(path, keep_checkpoints=resume_from is not None)
     except (ConfigError, RunDirError) as exc:
         log.error("error: %s", exc)
         _append_ledger({"run_dir": None, "status": "invalid", "error": str(exc)})
         return "invalid"
     log.info("%s: %s", _job_progress(), path)
     try:
-        status = _execute_isolated(rc, cfg, path)
+        status = _execute_isolated(rc, cfg, path, resume_from)
     finally:
         release_memory()
     _append_ledger({"run_dir": str(path), "status": status, "seconds": round(time.perf_counter() - started, 1)})
     return status
 
 
-def _execute_isolated(rc: RunConfig, cfg: DictConfig, path: Path) -> str:
+def _resumable(path: Path, cfg: DictConfig) -> Path | None:
+    """The last complete checkpoint of an unfinished run, if it ran this very config."""
+    checkpoint = artifacts.latest_checkpoint(path)
+    if checkpoint is None or not (path / artifacts.CONFIG).exists():
+        return None
+    stored = OmegaConf.load(path / artifacts.CONFIG)
+    if _config_fingerprint(stored) != _config_fingerprint(cfg):  # type: ignore[arg-type]
+        log.info("%s: its checkpoint is from another config; not resuming", path)
+        return None
+    return checkpoint
+
+
+def _execute_isolated(rc: RunConfig, cfg: DictConfig, path: Path, resume_from: Path | None = None) -> str:
     from repeatability import pipeline
 
     overrides = _job_overrides()
     try:
-        summary = pipeline.execute(rc, OmegaConf.to_yaml(cfg, resolve=True), overrides, path)
+        summary = pipeline.execute(rc, OmegaConf.to_yaml(cfg, resolve=True), overrides, path, resume_from)
     except Exception as exc:  # isolate: record and let the sweep go on
         one_line = str(exc).splitlines()[0] if str(exc) else ""
         if isinstance(exc, ConfigError):

@@ -6,15 +6,15 @@ from __future__ import annotations
 import logging
 import math
 import statistics
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from repeatability import qmaps
+from repeatability import artifacts, qmaps
 from repeatability.config import OptimConfig, TrainConfig
 from repeatability.seeding import Seeds
 
@@ -87,6 +87,17 @@ class TrainLog:
     steps: int = 0
     skipped_steps: list[int] = field(default_factory=list)  # optimizer steps the grad scaler skipped
     nonfinite_streak: int = 0  # consecutive logged steps with a non-finite loss (grad scaler runs)
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)  # {step, seconds, bytes} per save
+
+    def resume_state(self) -> dict[str, Any]:
+        """What a checkpoint must carry besides the Trainer's own files to continue exactly."""
+        return asdict(self)
+
+    @classmethod
+    def from_resume_state(cls, state: dict[str, Any]) -> "TrainLog":
+        rows = [{k: artifacts.as_float(v) if k in ("loss", "learning_rate", "grad_norm") and isinstance(v, str) else v
+                 for k, v in r.items()} for r in state["rows"]]
+        return cls(**{**state, "rows": rows})
 
 
 # With a grad scaler (fp16), a non-finite loss or gradient is what the scaler handles: it skips
@@ -100,13 +111,36 @@ class LoggingCallback(TrainerCallback):
 
     def __init__(self, record: TrainLog, label: str, state_maps: str = "current", scaler: bool = False):
         self.record, self.label, self.state_maps, self.scaler = record, label, state_maps, scaler
-        self.start = self.last = time.perf_counter()
+        # a resumed run continues the elapsed clock of its loss rows
+        offset = record.rows[-1]["elapsed_s"] if record.rows else 0.0
+        self.start = time.perf_counter() - offset
+        self.last = self.last_event = time.perf_counter()
         self.skipped_now = False
 
     def on_train_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
-        if self.state_maps != "current":  # before the first step creates the 8-bit states
-            qmaps.install_maps(optimizer, self.state_maps)
-            log.info("%s 8-bit state maps: %s", self.label, self.state_maps)
+        if self.state_maps == "current":
+            return
+        inner = getattr(optimizer, "optimizer", optimizer)
+        if any(inner.state.get(p) for g in inner.param_groups for p in g["params"]):
+            # resumed: the checkpoint's 8-bit states carry their maps (qmap1/qmap2); check them
+            found = qmaps.maps_in_force(optimizer, self.state_maps)["name"]
+            if found != self.state_maps:
+                raise RuntimeError(f"checkpoint holds 8-bit state maps {found!r}, the run asks for {self.state_maps!r}")
+            return
+        qmaps.install_maps(optimizer, self.state_maps)  # before the first step creates the 8-bit states
+        log.info("%s 8-bit state maps: %s", self.label, self.state_maps)
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.last_event = time.perf_counter()
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """The Trainer wrote checkpoint-<step>/: add the harness's state, which marks it complete."""
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        self.record.checkpoints.append({"step": state.global_step, "bytes": size,
+                                        "seconds": round(time.perf_counter() - self.last_event, 3)})
+        artifacts.write_resume_state(folder, self.record.resume_state())
+        log.info("%s checkpoint at step %d (%.1f MB)", self.label, state.global_step, size / 2**20)
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
         self.skipped_now = bool(getattr(optimizer, "step_was_skipped", False))
@@ -121,6 +155,7 @@ class LoggingCallback(TrainerCallback):
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         logs = logs or {}
+        self.last_event = time.perf_counter()
         elapsed = time.perf_counter() - self.start
         base = {"step": state.global_step, "epoch": state.epoch, "elapsed_s": round(elapsed, 3)}
         if "loss" in logs:
@@ -174,41 +209,53 @@ def precision_record(trainer: Trainer, mixed: str, record: TrainLog) -> dict[str
             "final_loss_scale": float(scaler.get_scale()) if scaler is not None else None}
 
 
+def _training_args(cfg: TrainConfig, seeds: Seeds, device: str, mixed: str, checkpoints: Path,
+                   eval_batch_size: int, has_val: bool) -> TrainingArguments:
+    """The Trainer's arguments; its ``output_dir`` holds nothing but checkpoints (no tracker,
+    no final save)."""
+    return TrainingArguments(
+        output_dir=str(checkpoints), report_to=[], disable_tqdm=True,
+        # checkpoint-<step>/ every k steps; the last two are kept, so a kill during a save
+        # still leaves a complete one (RESUME_STATE is written after the Trainer's files)
+        save_strategy="steps" if cfg.checkpoint_every else "no", save_steps=cfg.checkpoint_every or None,
+        save_total_limit=2,
+        per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=eval_batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr,
+        # a float below 1 is a ratio of all steps in transformers 5 (it has no warmup_ratio)
+        lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio or cfg.warmup_steps,
+        max_grad_norm=cfg.max_grad_norm, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        logging_strategy="steps", logging_steps=1, logging_nan_inf_filter=False,  # keep NaN visible
+        eval_strategy="steps" if cfg.eval_every and has_val else "no",
+        eval_steps=cfg.eval_every or None,
+        seed=seeds.dropout, data_seed=seeds.data_order,  # dropout RNG / sampler order
+        use_cpu=device == "cpu", fp16=mixed == "fp16", bf16=mixed == "bf16",
+        dataloader_num_workers=0, remove_unused_columns=False,
+        **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}),
+    )
+
+
 def train(model: Any, train_ds: Any, val_ds: Any, collator: Any, cfg: TrainConfig, optim: OptimConfig,
-          seeds: Seeds, device: str, mixed: str, label: str,
+          seeds: Seeds, device: str, mixed: str, label: str, checkpoints: Path,
+          resume_from: Path | None = None,
           eval_batch_size: int = 8) -> tuple[TrainLog, dict[str, Any], dict[str, Any]]:
-    """Fine-tune ``model`` in place; return the training record, the effective optimizer (with
-    the 8-bit maps read back from its state) and the precision that ran."""
-    record = TrainLog()
-    with tempfile.TemporaryDirectory(prefix="repeatability-trainer-") as out:
-        args = TrainingArguments(
-            output_dir=out, save_strategy="no", report_to=[], disable_tqdm=True,
-            per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=eval_batch_size,
-            gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr,
-            # a float below 1 is a ratio of all steps in transformers 5 (it has no warmup_ratio)
-            lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio or cfg.warmup_steps,
-            max_grad_norm=cfg.max_grad_norm, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
-            logging_strategy="steps", logging_steps=1, logging_nan_inf_filter=False,  # keep NaN visible
-            eval_strategy="steps" if cfg.eval_every and len(val_ds) else "no",
-            eval_steps=cfg.eval_every or None,
-            seed=seeds.dropout, data_seed=seeds.data_order,  # dropout RNG / sampler order
-            use_cpu=device == "cpu", fp16=mixed == "fp16", bf16=mixed == "bf16",
-            dataloader_num_workers=0, remove_unused_columns=False,
-            **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}),
-        )
-        trainer = Trainer(
-            model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds if len(val_ds) else None,
-            data_collator=collator,
-            callbacks=[LoggingCallback(record, label, optim.state_maps, scaler=mixed == "fp16")],
-            optimizer_cls_and_kwargs=optimizer_class_and_kwargs(optim, cfg.lr),
-        )
-        trainer.remove_callback(PrinterCallback)  # our callback logs each step (and an ETA) instead
-        if mixed == "fp16" and device == "cpu":
-            enable_cpu_fp16(trainer)
-        trainer.train()
-        effective = effective_optimizer(trainer.optimizer, optim, device)
-        effective["state_maps"] = qmaps.maps_in_force(trainer.optimizer, optim.state_maps)
-        precision = precision_record(trainer, mixed, record)
+    """Fine-tune ``model`` in place, checkpointing into ``checkpoints`` and continuing from
+    ``resume_from`` if given; return the training record, the effective optimizer (with the
+    8-bit maps read back from its state) and the precision that ran."""
+    record = TrainLog.from_resume_state(artifacts.read_resume_state(resume_from)) if resume_from else TrainLog()
+    args = _training_args(cfg, seeds, device, mixed, checkpoints, eval_batch_size, has_val=len(val_ds) > 0)
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds if len(val_ds) else None,
+        data_collator=collator,
+        callbacks=[LoggingCallback(record, label, optim.state_maps, scaler=mixed == "fp16")],
+        optimizer_cls_and_kwargs=optimizer_class_and_kwargs(optim, cfg.lr),
+    )
+    trainer.remove_callback(PrinterCallback)  # our callback logs each step (and an ETA) instead
+    if mixed == "fp16" and device == "cpu":
+        enable_cpu_fp16(trainer)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    effective = effective_optimizer(trainer.optimizer, optim, device)
+    effective["state_maps"] = qmaps.maps_in_force(trainer.optimizer, optim.state_maps)
+    precision = precision_record(trainer, mixed, record)
     return record, effective, precision
 
 

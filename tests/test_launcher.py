@@ -28,3 +28,27 @@ def test_joblib_launcher_runs_trials_in_parallel(tiny_model_dir: Path, quotes_js
     assert artifacts.read_summary(par[1])["adapter"]["sha256"] != seq["adapter"]["sha256"]
     ledgers = list((tmp_path / "par" / "_sweeps").glob("*/ledger.jsonl"))
     assert len(ledgers) == 1 and len(ledgers[0].read_text().splitlines()) == 2
+
+
+def test_parallel_jobs_split_the_cores(tiny_model_dir: Path, quotes_jsonl: Path, tmp_path: Path) -> None:
+    """Without determinism.threads, each of n_jobs workers gets cores // n_jobs torch threads."""
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    args = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path, optim="paged_adamw_32bit",
+                          **{"determinism.threads": "null"})
+    assert run_cli(["-m", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", "study=budget",
+                    "trial=1,2", *args]) == 0
+    for t in (1, 2):
+        det = artifacts.read_summary(tmp_path / "budget" / CELL / f"trial-0{t}")["determinism"]
+        budget = det["thread_budget"]
+        assert budget["parallel_jobs"] == 2 and budget["source"] == "joblib n_jobs=2"
+        assert budget["threads"] == max(1, budget["cores"] // 2) == det["torch_num_threads"]
+
+
+def test_thread_budget_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    from repeatability.seeding import thread_budget
+
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")
+    assert thread_budget(None) == {"threads": 6, "cores": 6, "parallel_jobs": 1, "source": "SLURM_CPUS_PER_TASK=6"}
+    assert thread_budget(2)["threads"] == 2 and thread_budget(2)["source"] == "determinism.threads"
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    assert thread_budget(None)["source"] == "one process"

@@ -1,0 +1,61 @@
+"""Parallel trials vs sequential on the same machine (a benchmark, never a timed test).
+
+    .venv/bin/python bench/bench_parallel.py [--trials 4] [--steps 10] [--out DIR]
+
+Runs the same short SmolLM2 trials twice through the real command line: once with Hydra's
+basic launcher (one after another, one process, every core's threads) and once with
+``hydra/launcher=local_parallel hydra.launcher.n_jobs=2`` (two worker processes, each given
+cores // 2 torch threads by the thread budget). Prints both wall times and their ratio as one
+JSON line, and checks that both sweeps produced the same adapters (same seeds, same bits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _sweep(results: Path, study: str, trials: int, steps: int, extra: list[str]) -> float:
+    args = [sys.executable, "-m", "repeatability.run", "-m", f"trial={','.join(map(str, range(1, trials + 1)))}",
+            f"study={study}", f"results_dir={results}", f"train.max_steps={steps}", "train.eval_every=0",
+            "train.checkpoint_every=0", "eval.max_examples=20", "eval.max_new_tokens=8", "eval.base_perplexity=false",
+            *extra]
+    start = time.perf_counter()
+    subprocess.run(args, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def _adapters(results: Path, study: str) -> list[str]:
+    sys.path.insert(0, str(ROOT))
+    from repeatability import artifacts
+
+    return [artifacts.read_summary(p)["adapter"]["sha256"] for p in artifacts.iter_run_dirs(results / study)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=None)
+    a = parser.parse_args()
+    results = a.out or Path(tempfile.mkdtemp(prefix="bench-parallel-"))
+    # warm the model conversion and the page cache so neither sweep pays for them
+    _sweep(results, "warm", 1, 1, [])
+    sequential = _sweep(results, "sequential", a.trials, a.steps, [])
+    parallel = _sweep(results, "parallel", a.trials, a.steps, ["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2"])
+    same = _adapters(results, "sequential") == _adapters(results, "parallel")
+    print(json.dumps({"parallel_over_sequential": round(parallel / sequential, 3), "sequential_s": round(sequential, 1),
+                      "parallel_s": round(parallel, 1), "trials": a.trials, "steps": a.steps, "n_jobs": 2,
+                      "cores": len(os.sched_getaffinity(0)), "same_adapters": same, "results": str(results)}))
+
+
+if __name__ == "__main__":
+    main()
