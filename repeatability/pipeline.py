@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -129,8 +130,13 @@ def build_model(cfg: RunConfig, seeds: Seeds, prep_fn: Any, study: Path, device:
     return Built(model, tokenizer, model_id, modelling.count_4bit_layers(model), base_ppl, load_s), prep
 
 
-def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path) -> dict[str, Any]:
-    """Run one trial into ``path`` (already fresh); return the summary written."""
+def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
+            guard: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Run one trial into ``path`` (already fresh); return the summary written.
+
+    ``guard`` is called before the results are written (after training) and before the run is
+    marked done; it raises when this process no longer holds ``path`` (a lost run claim).
+    """
     t_start = time.perf_counter()
     summary: dict[str, Any] = {"study": cfg.study, "trial": cfg.trial, "cell": asdict(cell_of(cfg)), "started_at": utc_now()}
     study = artifacts.study_dir(cfg.results_dir, cfg.study)
@@ -153,6 +159,7 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path) 
                 cfg.train, cfg.optim, seeds, device, mixed, label, cfg.eval.batch_size)
             train_s = time.perf_counter() - t_train
             metrics, eval_s, gen_s, generations = _score_and_generate(cfg, built, prep, record, seeds, device)
+        guard()
         adapter_sha = artifacts.save_adapter(path, built.model)
         summary.update(_results(cfg, built, prep, record, effective, metrics, device, dtype))
         summary["precision"] = {"compute_dtype": str(dtype).replace("torch.", ""), **precision}
@@ -167,6 +174,7 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path) 
         memory=memory.result(), adapter={"path": artifacts.ADAPTER, "sha256": adapter_sha}, finished_at=utc_now(),
     )
     summary["headline"] = headline(summary)
+    guard()
     artifacts.write_summary(path, summary)
     artifacts.mark_done(path)
     return summary
