@@ -109,6 +109,7 @@ def run_one(cfg: DictConfig) -> str:
     from repeatability import pipeline  # heavy imports (torch, transformers) only once a job runs
 
     started = time.perf_counter()
+    path: Path | None = None
     try:
         rc: RunConfig = to_run_config(cfg)
         path = artifacts.run_dir(rc.results_dir, rc.study, pipeline.cell_of(rc), rc.trial)
@@ -120,7 +121,7 @@ def run_one(cfg: DictConfig) -> str:
         _append_ledger({"run_dir": str(path), "status": "running_elsewhere", "holder": held.holder.where})
         return "running_elsewhere"
     except (ConfigError, RunDirError) as exc:
-        return _invalid(exc)
+        return _invalid(exc, path)
     with claim:  # heartbeat while the run executes; released (if still ours) whatever happens
         if claim.took_over:
             stale, reason = claim.took_over
@@ -133,7 +134,7 @@ def run_one(cfg: DictConfig) -> str:
                 log.info("%s: %s was %s; redoing it from scratch", _job_progress(), path, state)
             artifacts.start_fresh(path)
         except RunDirError as exc:
-            return _invalid(exc)
+            return _invalid(exc, path)
         log.info("%s: %s", _job_progress(), path)
         try:
             status = _execute_isolated(rc, cfg, path, claim)
@@ -160,9 +161,9 @@ def _skip_finished(path: Path, cfg: DictConfig) -> bool:
     return True
 
 
-def _invalid(exc: Exception) -> str:
+def _invalid(exc: Exception, path: Path | None) -> str:
     log.error("error: %s", exc)
-    _append_ledger({"run_dir": None, "status": "invalid", "error": str(exc)})
+    _append_ledger({"run_dir": str(path) if path else None, "status": "invalid", "error": str(exc)})
     return "invalid"
 
 
@@ -242,7 +243,7 @@ def summarize(entries: list[dict[str, Any]], elapsed_s: float) -> tuple[str, lis
     counts: dict[str, int] = {}
     for e in entries:
         counts[e["status"]] = counts.get(e["status"], 0) + 1
-    bad = [f"{e['status']}: {e.get('run_dir') or e.get('error')}" for e in entries if e["status"] in BAD_STATUSES]
+    bad = [f"{e['status']}: {e.get('error') or e.get('run_dir')}" for e in entries if e["status"] in BAD_STATUSES]
     parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     return f"sweep finished: {len(entries)} runs ({parts}) in {elapsed_s / 60:.1f} min", bad
 

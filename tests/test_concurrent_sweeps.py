@@ -17,15 +17,19 @@ from repeatability import artifacts
 from tests.conftest import ROOT, run_cli, tiny_overrides
 
 CELL = "tiny__tq__paged_adamw_8bit"
+TRIALS = (1, 2, 3, 4)
 FINISHED_FILES = {"summary.json", "loss_curve.csv", "generations.jsonl", "environment.json", "config.yaml",
                   "overrides.yaml", "adapter", "MANIFEST.json", "DONE"}
 
 
 @pytest.fixture(scope="module")
 def two_sweeps(tiny_model_dir: Path, quotes_jsonl: Path, tmp_path_factory: pytest.TempPathFactory):
-    """``python -m repeatability.run -m trial=1,2 ... study=x`` started twice, 1 s apart."""
+    """``python -m repeatability.run -m trial=1,2,3,4 ... study=x`` started twice, 1 s apart.
+
+    A tiny run takes ~1.5 s here and a launcher ~10 s to start: four trials keep the two
+    launchers' job phases overlapping even when the second one starts a few seconds late."""
     results = tmp_path_factory.mktemp("results")
-    args = ["-m", "trial=1,2", "optim=paged_adamw_8bit", "study=x", *tiny_overrides(tiny_model_dir, quotes_jsonl, results)]
+    args = ["-m", "trial=1,2,3,4", "optim=paged_adamw_8bit", "study=x", *tiny_overrides(tiny_model_dir, quotes_jsonl, results)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     launchers = []
     for _ in range(2):
@@ -48,12 +52,12 @@ def test_every_run_executes_exactly_once(two_sweeps) -> None:
     # one sweep folder each (<time>_<pid>), even when both start in the same second
     assert sorted(int(name.rsplit("_", 1)[1]) for name in ledgers) == sorted(p.pid for p in launchers)
     entries = [e for es in ledgers.values() for e in es]
-    assert all(len(es) == 2 for es in ledgers.values())  # each launcher accounted for both of its jobs
-    runs = [str(results / "x" / CELL / f"trial-0{t}") for t in (1, 2)]
+    assert all(len(es) == 4 for es in ledgers.values())  # each launcher accounted for all of its jobs
+    runs = [str(results / "x" / CELL / f"trial-0{t}") for t in TRIALS]
     executed = sorted(e["run_dir"] for e in entries if e["status"] == "complete")
-    assert executed == runs  # trial-01 once, trial-02 once, across both launchers
+    assert executed == runs  # every trial exactly once, across both launchers
     others = [e for e in entries if e["status"] != "complete"]
-    assert {e["status"] for e in others} <= {"running_elsewhere", "skipped"} and len(others) == 2
+    assert {e["status"] for e in others} <= {"running_elsewhere", "skipped"} and len(others) == 4
     # at least once a launcher met the other one's live claim, and named it by host and pid
     host = socket.gethostname()
     elsewhere = [(sweep, e) for sweep, es in ledgers.items() for e in es if e["status"] == "running_elsewhere"]
@@ -69,9 +73,9 @@ def test_every_run_executes_exactly_once(two_sweeps) -> None:
 def test_every_run_directory_is_consistent(two_sweeps) -> None:
     results = two_sweeps[0]
     cell = results / "x" / CELL
-    assert {p.name for p in cell.iterdir()} == {"trial-01", "trial-02", ".claims.lock"}  # no claim left behind
+    assert {p.name for p in cell.iterdir()} == {*(f"trial-0{t}" for t in TRIALS), ".claims.lock"}  # no claim left
     shas = []
-    for trial in (1, 2):
+    for trial in TRIALS:
         run = cell / f"trial-0{trial}"
         summary = artifacts.read_summary(run)
         assert {p.name for p in run.iterdir()} == FINISHED_FILES  # no error.txt, no leftovers
@@ -80,7 +84,7 @@ def test_every_run_directory_is_consistent(two_sweeps) -> None:
         assert artifacts.verify_manifest(run) is True
         assert summary["adapter"]["sha256"] == artifacts.adapter_sha256(run)
         shas.append(summary["adapter"]["sha256"])
-    assert shas[0] != shas[1]
+    assert len(set(shas)) == len(TRIALS)
 
 
 def test_a_rerun_over_a_corrupted_adapter_refuses_naming_the_file(
@@ -93,9 +97,9 @@ def test_a_rerun_over_a_corrupted_adapter_refuses_naming_the_file(
     weights.write_bytes(bytes(data))
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     args = tiny_overrides(tiny_model_dir, quotes_jsonl, results)
-    assert run_cli(["-m", "trial=1,2", "optim=paged_adamw_8bit", "study=x", *args]) == 1
+    assert run_cli(["-m", "trial=1,2,3,4", "optim=paged_adamw_8bit", "study=x", *args]) == 1
     out = capsys.readouterr().out
     [line] = [ln for ln in out.splitlines() if "error: " in ln and "corrupted" in ln]
     assert line.split("] ", 1)[1].startswith(f"error: corrupted finished run: {weights} does not match its SHA-256")
-    assert "2 runs (1 invalid, 1 skipped)" in out
+    assert "4 runs (1 invalid, 3 skipped)" in out
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing redone or overwritten
