@@ -1,8 +1,8 @@
 """A study directory → tidy pandas frames, read only through :mod:`repeatability.artifacts`.
 
-Nothing is dropped: failed, diverged, half-finished and unreadable runs are rows of ``runs``
-with their ``status``; whatever could not be read is a :class:`Problem` and the rest of the
-study is still loaded.
+Nothing is dropped: failed, diverged, half-finished, unreadable and corrupted runs are rows of
+``runs`` with their ``status``; whatever could not be read (or no longer matches the SHA-256 its
+run recorded) is a :class:`Problem` and the rest of the study is still loaded.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ class Problem:
     """Something in the study that could not be read as the contract says.
 
     ``run`` is the run's path relative to the study (or ``"."`` for the study itself),
-    ``kind`` a short category (``summary``, ``state``, ``loss_curve``, ``generations``,
-    ``environment``, ``layout``, ``mismatch``), ``message`` the reader's own one-line error.
+    ``kind`` a short category (``summary``, ``state``, ``integrity``, ``loss_curve``,
+    ``generations``, ``environment``, ``layout``, ``mismatch``), ``message`` the reader's own
+    one-line error.
     """
 
     run: str
@@ -52,8 +53,11 @@ class Study:
     ``runs``: one row per run directory (object columns: values as written; use
     ``pd.to_numeric`` for arithmetic), summary keys flattened with ``.`` (``metrics.
     perplexity_token_weighted``, ``optimizer.effective.bits`` ...), plus ``environment.*`` and
-    ``state`` (what :func:`artifacts.run_state` said) and ``load_error``. ``status`` is the
-    run's status, or ``unreadable`` when its summary could not be read.
+    ``state`` (what :func:`artifacts.run_state` said), ``integrity`` (finished runs: ``verified``
+    against their manifest, ``no manifest`` for runs written before manifests, or
+    ``corrupted``) and ``load_error``. ``status`` is the run's status, ``unreadable`` when its
+    summary could not be read, or ``corrupted`` when a finished run's files no longer match its
+    manifest (its numbers are then left out of every statistic, like any unfinished run's).
     ``curves``: one row per loss-curve row; ``generations``: one row per generation.
     """
 
@@ -112,6 +116,15 @@ def _check_identity(row: dict[str, Any], rel: str, problems: list[Problem]) -> N
                                 f"{row['trial']}"))
 
 
+def _check_integrity(path: Path, row: dict[str, Any], problems: list[Problem]) -> None:
+    """A finished run whose files do not match its manifest is ``corrupted`` and a problem."""
+    try:
+        row["integrity"] = "verified" if artifacts.verify_manifest(path) else "no manifest"
+    except RunDirError as exc:
+        problems.append(Problem(row["run"], "integrity", str(exc)))
+        row.update(status="corrupted", integrity="corrupted", load_error=str(exc))
+
+
 def _run_row(path: Path, study: Path, problems: list[Problem]) -> dict[str, Any] | None:
     """One row of the runs frame; ``None`` (and a problem) when the path is not a run dir."""
     rel = str(path.relative_to(study))
@@ -139,6 +152,8 @@ def _run_row(path: Path, study: Path, problems: list[Problem]) -> dict[str, Any]
     row.update(summary)
     if row["load_error"]:
         row["status"] = "unreadable"
+    elif row["status"] in FINISHED:
+        _check_integrity(path, row, problems)
     _check_identity(row, rel, problems)
     try:
         row.update(flatten(artifacts.read_environment(path), "environment"))

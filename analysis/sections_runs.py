@@ -125,7 +125,7 @@ def resources(doc: Doc, study: Study) -> Tables:
 
 
 def not_as_asked(doc: Doc, study: Study) -> Tables:
-    """Failed, diverged, half-finished, unreadable runs and optimizer requests not honoured."""
+    """Failed, diverged, half-finished, unreadable, corrupted runs and optimizer requests not honoured."""
     doc.heading("What could not run as asked")
     issues = verdict.not_as_asked(study.runs)
     done = study.runs[study.runs["status"].isin(FINISHED)]
@@ -147,14 +147,16 @@ def not_as_asked(doc: Doc, study: Study) -> Tables:
 
 
 def problems(doc: Doc, study: Study) -> Tables:
-    """What could not be read (corrupted files, unknown schema versions, stray folders)."""
+    """What could not be read (corrupted files, unknown schema versions, stray folders), and
+    finished runs whose files no longer match their manifest."""
     doc.heading("Problems found while reading the study")
     if not study.problems:
         doc.para("None: every run directory was read as the contract describes.")
         return {}
     table = pd.DataFrame([vars(p) for p in study.problems])
-    doc.para("These runs (or files) could not be read; they are listed in the runs table with "
-             "status `unreadable` (or without the unreadable part) and the rest is reported.")
+    doc.para("These runs (or files) could not be read, or changed after their run finished; they are "
+             "listed in the runs table with status `unreadable` or `corrupted` (their numbers are left "
+             "out of every statistic), or without the unreadable part, and the rest is reported.")
     doc.table(table, "Problems", index=False)
     return {"problems": (table, "Problems")}
 

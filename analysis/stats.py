@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 PRIMARY_METRIC = "metrics.perplexity_token_weighted"
 SEED_SOURCES = ("lora_init", "data_order", "dropout")  # what makes two trials a matched pair
-STATUS_COUNTS = ("complete", "diverged", "failed", "incomplete", "unreadable")
+STATUS_COUNTS = ("complete", "diverged", "failed", "incomplete", "unreadable", "corrupted")
 
 
 DESCRIBE_KEYS = ("n", "mean", "std", "cv", "median", "q1", "q3", "iqr", "min", "max", "spread",

@@ -181,8 +181,8 @@ def _issues(row: pd.Series) -> list[tuple[str, str]]:
         issues.append(("diverged", f"{get('divergence.reason')}{where}"))
     elif status == "incomplete":
         issues.append(("incomplete", "no DONE marker: half-finished; re-run the study to redo it"))
-    elif status == "unreadable":
-        issues.append(("unreadable", str(get("load_error") or "see problems")))
+    elif status in ("unreadable", "corrupted"):
+        issues.append((status, str(get("load_error") or "see problems")))
     if _flag(get("optimizer.requested.is_paged")) is True \
             and _flag(get("optimizer.effective.paging_effective")) is False:
         issues.append(("paging not effective",
@@ -199,7 +199,7 @@ def _issues(row: pd.Series) -> list[tuple[str, str]]:
 
 
 def not_as_asked(runs: pd.DataFrame) -> pd.DataFrame:
-    """Every run that failed, diverged, is half-finished or unreadable, and every run whose
+    """Every run that failed, diverged, is half-finished, unreadable or corrupted, and every run whose
     optimizer did not do what was requested (paging off on CPU, 8-bit state partial or absent).
     """
     out: list[dict[str, Any]] = []

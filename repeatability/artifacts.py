@@ -13,10 +13,13 @@ Layout (``docs/run-directory.md`` documents every file and key)::
         adapter/            standard PEFT adapter (adapter_config.json, adapter_model.safetensors)
         checkpoints/        mid-run checkpoints (while running; removed when the run finishes)
         error.txt           traceback (failed runs only)
+        MANIFEST.json       SHA-256 of every file above but summary.json (finished runs)
         DONE                completion marker, written last (complete and diverged runs)
+      <model>__<dataset>__<optim>[__<variant>]/trial-<NN>.claim   a launcher's claim on that run, while it works
+      <model>__<dataset>__<optim>[__<variant>]/.claims.lock       locked while a claim there changes
       _splits/<sha>.jsonl   the held-out examples as scored (template applied), by split hash
       _base/<key>.json      base-model perplexity, computed once per (model, dataset, split, eval)
-      _sweeps/<time>/       Hydra's own logs and the sweep ledger (never a run directory)
+      _sweeps/<time>_<pid>/ Hydra's own logs and the sweep ledger (never a run directory)
       _report/              the generated variance report (analysis.report)
 
 A run imported from a published table (``python -m analysis.import_table``) holds
@@ -52,7 +55,10 @@ CONFIG = "config.yaml"
 OVERRIDES = "overrides.yaml"
 ADAPTER = "adapter"
 ERROR = "error.txt"
+MANIFEST = "MANIFEST.json"
 DONE = "DONE"
+CLAIM_SUFFIX = ".claim"  # <cell>/trial-NN.claim: beside the run directory, so start_fresh keeps it
+CLAIMS_LOCK = ".claims.lock"  # <cell>/.claims.lock: serialises every change to the cell's claims
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 CHECKPOINTS = "checkpoints"  # the Trainer's checkpoint-<step>/ folders, while the run is unfinished
 RESUME_STATE = "repeatability_state.json"  # written into a checkpoint after the Trainer's files: it is complete
@@ -62,7 +68,10 @@ FINISHED_STATUSES = ("complete", "diverged")  # runs that are kept and skipped o
 STATUSES = ("complete", "diverged", "failed")
 
 # The files of a finished run (a failed run has error.txt instead of DONE, and may lack adapter).
-RUN_FILES = (SUMMARY, LOSS_CURVE, GENERATIONS, ENVIRONMENT, CONFIG, OVERRIDES, ADAPTER, DONE)
+RUN_FILES = (SUMMARY, LOSS_CURVE, GENERATIONS, ENVIRONMENT, CONFIG, OVERRIDES, ADAPTER, MANIFEST, DONE)
+# Not hashed into the manifest: the summary (the issue's contract: its numbers are checked by
+# reading it), the manifest itself, and DONE (written after it; run_state checks it against the summary).
+_UNHASHED = (SUMMARY, MANIFEST, DONE)
 # Summary key of a run imported from a published table ({source, citation, row}): such a run
 # holds summary.json and DONE only, because nothing else was reported.
 IMPORTED = "imported"
@@ -85,6 +94,16 @@ class CellKey:
             if not part or "/" in part or "__" in part:
                 raise RunDirError(f"cell name part {part!r} must be non-empty, without '/' or '__'")
         return "__".join(parts)
+
+
+def claim_file(run: Path) -> Path:
+    """``<cell>/trial-NN.claim``: the claim on a run directory (see :mod:`repeatability.claims`)."""
+    return run.parent / f"{run.name}{CLAIM_SUFFIX}"
+
+
+def claims_lock_file(run: Path) -> Path:
+    """``<cell>/.claims.lock``: the lock held while a claim of the cell is created, changed or removed."""
+    return run.parent / CLAIMS_LOCK
 
 
 def study_dir(results_dir: str | Path, study: str) -> Path:
@@ -260,13 +279,70 @@ def remove_checkpoints(path: Path) -> None:
 
 
 def mark_done(path: Path) -> None:
-    """Write the completion marker; call last, after every other file is in place."""
+    """Write the manifest, then the completion marker; call last, after every other file is in place."""
     summary = read_json(path / SUMMARY)
     needed = IMPORTED_FILES if summary.get(IMPORTED) else RUN_FILES
-    missing = [f for f in needed if f != DONE and not (path / f).exists()]
+    missing = [f for f in needed if f not in (MANIFEST, DONE) and not (path / f).exists()]
     if missing:
         raise RunDirError(f"{path}: cannot mark done, missing {', '.join(missing)}")
+    if summary.get("status") not in FINISHED_STATUSES:
+        raise RunDirError(f"{path}: cannot mark a {summary.get('status')!r} run done")
+    if not summary.get(IMPORTED):  # an imported run holds nothing but its summary: nothing to hash
+        write_json(path / MANIFEST, {"algorithm": "sha256", "files": {rel: file_sha256(path / rel)
+                                                                       for rel in _hashed_files(path)}})
     write_text(path / DONE, f"{summary['status']}\n")
+
+
+def _refuse_if_done(path: Path, what: str) -> None:
+    """A finished run's record is final: nothing may write its summary or an error into it."""
+    if (path / DONE).exists():
+        raise RunDirError(f"{path}: holds a finished run; refusing to write {what} into it")
+
+
+# --------------------------------------------------------------------------- integrity
+
+
+def file_sha256(file: Path) -> str:
+    """SHA-256 of one file (what ``sha256sum`` prints)."""
+    digest = hashlib.sha256()
+    with open(file, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _hashed_files(path: Path) -> list[str]:
+    """Every regular file of the run (relative, ``/``-separated) that the manifest covers."""
+    files = (p for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+    return sorted(rel for rel in (p.relative_to(path).as_posix() for p in files) if rel not in _UNHASHED)
+
+
+def verify_manifest(path: Path) -> bool:
+    """Check a finished run's files against ``MANIFEST.json``.
+
+    Returns True when every listed file is present with its recorded SHA-256, False when the
+    run has no manifest (written before manifests existed: nothing to verify). Files added
+    after the run finished are not checked.
+
+    Raises:
+        RunDirError: one line naming each file that is missing or changed, or an unreadable manifest.
+    """
+    if not (path / MANIFEST).exists():
+        return False
+    manifest = read_json(path / MANIFEST)
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not files:
+        raise RunDirError(f"{path / MANIFEST}: not a manifest (no files listed); delete the run and re-run it")
+    bad = []
+    for rel, sha in sorted(files.items()):
+        if not (path / rel).is_file():
+            bad.append(f"{path / rel} is missing")
+        elif file_sha256(path / rel) != sha:
+            bad.append(f"{path / rel} does not match its SHA-256 in {MANIFEST}")
+    if bad:
+        raise RunDirError(f"corrupted finished run: {'; '.join(bad)}; restore it, or delete {path} and "
+                          "re-run its trial")
+    return True
 
 
 # --------------------------------------------------------------------------- writers
@@ -275,6 +351,7 @@ def mark_done(path: Path) -> None:
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
     if summary.get("status") not in STATUSES:
         raise ValueError(f"summary status must be one of {STATUSES}")
+    _refuse_if_done(path, SUMMARY)
     write_json(path / SUMMARY, {"schema_version": SCHEMA_VERSION, **summary})
 
 
@@ -319,6 +396,7 @@ def write_config(path: Path, config_yaml: str, overrides: list[str]) -> None:
 
 
 def write_error(path: Path, traceback_text: str) -> None:
+    _refuse_if_done(path, ERROR)
     write_text(path / ERROR, traceback_text)
 
 
@@ -334,11 +412,7 @@ def save_adapter(path: Path, model: Any) -> str:
 
 def adapter_sha256(path: Path) -> str:
     """SHA-256 of ``adapter/adapter_model.safetensors`` (what ``sha256sum`` prints)."""
-    digest = hashlib.sha256()
-    with open(path / ADAPTER / ADAPTER_WEIGHTS, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path / ADAPTER / ADAPTER_WEIGHTS)
 
 
 # --------------------------------------------------------------------------- readers

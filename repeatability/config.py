@@ -8,6 +8,7 @@ Every config group in ``conf/`` is backed by one dataclass here, registered in H
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
@@ -286,8 +287,16 @@ class RunConfig:
     results_dir: str = "results"
     cache_dir: str = "${oc.env:REPEATABILITY_CACHE,${oc.env:HOME}/.cache/repeatability}"
     device: str = "auto"  # auto | cpu | cuda
+    # run claims (repeatability.claims): how often a running launcher refreshes its claim's
+    # heartbeat, and after how long without one a claim made on another host is taken over
+    claim_heartbeat_s: float = 30.0
+    claim_stale_after_s: float = 600.0
 
     def __post_init__(self) -> None:
+        if self.claim_heartbeat_s <= 0 or self.claim_stale_after_s < 3 * self.claim_heartbeat_s:
+            raise ConfigError(
+                f"claim_heartbeat_s={self.claim_heartbeat_s:g}, claim_stale_after_s={self.claim_stale_after_s:g}: "
+                "the heartbeat must be positive and the stale timeout at least 3 heartbeats")
         if self.trial < 1:
             raise ConfigError(f"trial={self.trial}: trials are numbered from 1; use trial=1,2,...")
         if not self.study or "/" in self.study:
@@ -308,7 +317,10 @@ GROUPS: dict[str, type] = {
 
 
 def register_configs() -> None:
-    """Register the schema so ``conf/**.yaml`` files can name it in their defaults lists."""
+    """Register the schema so ``conf/**.yaml`` files can name it in their defaults lists, and
+    the ``${pid:}`` resolver that keeps the sweep folders of launchers started in the same
+    second apart (cached like Hydra's ``${now:}``, so parallel workers keep the launcher's)."""
+    OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     for group, schema in GROUPS.items():

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -130,9 +131,13 @@ def build_model(cfg: RunConfig, seeds: Seeds, prep_fn: Any, study: Path, device:
 
 
 def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
-            resume_from: Path | None = None) -> dict[str, Any]:
+            resume_from: Path | None = None, guard: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Run one trial into ``path`` (already fresh, but for the checkpoint ``resume_from``, if
-    given, to continue from); return the summary written."""
+    given, to continue from); return the summary written.
+
+    ``guard`` is called before the results are written (after training) and before the run is
+    marked done; it raises when this process no longer holds ``path`` (a lost run claim).
+    """
     t_start = time.perf_counter()
     summary: dict[str, Any] = {"study": cfg.study, "trial": cfg.trial, "cell": asdict(cell_of(cfg)), "started_at": utc_now()}
     summary["resumed"] = ({"from_step": artifacts.checkpoint_step(resume_from), "checkpoint": resume_from.name}
@@ -159,6 +164,7 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
                 cfg.eval.batch_size)
             train_s = time.perf_counter() - t_train
             metrics, eval_s, gen_s, generations = _score_and_generate(cfg, built, prep, record, seeds, device)
+        guard()
         adapter_sha = artifacts.save_adapter(path, built.model)
         summary.update(_results(cfg, built, prep, record, effective, metrics, device, dtype))
         summary["precision"] = {"compute_dtype": str(dtype).replace("torch.", ""), **precision}
@@ -175,6 +181,7 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
                        "kept": cfg.train.keep_checkpoints},
     )
     summary["headline"] = headline(summary)
+    guard()
     artifacts.write_summary(path, summary)
     if not cfg.train.keep_checkpoints:
         artifacts.remove_checkpoints(path)

@@ -1,8 +1,12 @@
 """One job of a sweep with resume and isolation, the sweep ledger, and the end-of-sweep report.
 
-- a finished run (complete or diverged) is skipped, and said so; its config must match;
+- a finished run (complete or diverged) is skipped, and said so; its config must match and its
+  files must match its manifest (a corrupted run is refused, never redone over);
+- any other run is claimed first (:mod:`repeatability.claims`): one claimed by a live launcher
+  is skipped ("running elsewhere: host/pid"), a stale claim is taken over and said so;
 - a half-finished or failed run is redone from scratch;
-- an exception is recorded in the run directory (status failed, traceback) and the sweep goes on;
+- an exception is recorded in the run directory (status failed, traceback) while this launcher
+  still holds its claim, and the sweep goes on;
 - at the end the sweep lists what happened and exits non-zero if any run failed.
 """
 
@@ -21,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from repeatability import artifacts
+from repeatability import artifacts, claims
 from repeatability.config import RunConfig, to_run_config
 from repeatability.errors import ConfigError, RunDirError
 
@@ -29,7 +33,8 @@ log = logging.getLogger("repeatability")
 
 LEDGER = "ledger.jsonl"
 # keys that may differ between a finished run and a re-run of it without changing the result
-_NEUTRAL_KEYS = ("results_dir", "cache_dir")
+_NEUTRAL_KEYS = ("results_dir", "cache_dir", "claim_heartbeat_s", "claim_stale_after_s")
+BAD_STATUSES = ("failed", "invalid", "claim_lost")  # runs that fail the command
 
 
 def _ledger_path() -> Path | None:
@@ -63,7 +68,7 @@ def _job_progress() -> str:
     ledger = _ledger_path()
     done = read_ledger(ledger) if ledger else []
     skipped = sum(e["status"] == "skipped" for e in done)
-    failed = sum(e["status"] in ("failed", "invalid") for e in done)
+    failed = sum(e["status"] in BAD_STATUSES for e in done)
     start = float(os.environ.get(START_ENV, time.time()))
     return (f"run {hc.job.num + 1}/{total} ({skipped} skipped, {failed} failed so far, "
             f"{(time.time() - start) / 60:.1f} min elapsed)")
@@ -99,37 +104,71 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def run_one(cfg: DictConfig) -> str:
-    """The Hydra task: returns the run's status (complete | diverged | failed | skipped | invalid)."""
+    """The Hydra task: returns the run's status (complete | diverged | failed | skipped |
+    running_elsewhere | claim_lost | invalid)."""
     from repeatability import pipeline  # heavy imports (torch, transformers) only once a job runs
 
     started = time.perf_counter()
+    path: Path | None = None
     try:
         rc: RunConfig = to_run_config(cfg)
         path = artifacts.run_dir(rc.results_dir, rc.study, pipeline.cell_of(rc), rc.trial)
-        state = artifacts.run_state(path)
-        if state in artifacts.FINISHED_STATUSES:
-            _check_same_config(path, cfg)
-            log.info("%s skipped: %s already %s", _job_progress(), path, state)
-            _append_ledger({"run_dir": str(path), "status": "skipped", "was": state})
+        if _skip_finished(path, cfg):
             return "skipped"
-        resume_from = _resumable(path, cfg) if state in ("incomplete", "failed") else None
-        if resume_from is not None:
-            log.info("%s: %s was %s; resuming from its checkpoint at step %d", _job_progress(), path, state,
-                     artifacts.checkpoint_step(resume_from))
-        elif state in ("incomplete", "failed"):
-            log.info("%s: %s was %s; redoing it from scratch", _job_progress(), path, state)
-        artifacts.start_fresh(path, keep_checkpoints=resume_from is not None)
+        claim = claims.acquire(path, rc.claim_stale_after_s, rc.claim_heartbeat_s)
+    except claims.ClaimHeld as held:
+        log.info("%s skipped: %s", _job_progress(), held)
+        _append_ledger({"run_dir": str(path), "status": "running_elsewhere", "holder": held.holder.where})
+        return "running_elsewhere"
     except (ConfigError, RunDirError) as exc:
-        log.error("error: %s", exc)
-        _append_ledger({"run_dir": None, "status": "invalid", "error": str(exc)})
-        return "invalid"
-    log.info("%s: %s", _job_progress(), path)
-    try:
-        status = _execute_isolated(rc, cfg, path, resume_from)
-    finally:
-        release_memory()
-    _append_ledger({"run_dir": str(path), "status": status, "seconds": round(time.perf_counter() - started, 1)})
+        return _invalid(exc, path)
+    with claim:  # heartbeat while the run executes; released (if still ours) whatever happens
+        if claim.took_over:
+            stale, reason = claim.took_over
+            log.warning("%s: took over a stale claim of %s (since %s: %s)", path, stale.where, stale.started_at, reason)
+        try:
+            if _skip_finished(path, cfg):  # another launcher finished it between the check and the claim
+                return "skipped"
+            state = artifacts.run_state(path)
+            resume_from = _resumable(path, cfg) if state in ("incomplete", "failed") else None
+            if resume_from is not None:
+                log.info("%s: %s was %s; resuming from its checkpoint at step %d", _job_progress(), path, state,
+                         artifacts.checkpoint_step(resume_from))
+            elif state in ("incomplete", "failed"):
+                log.info("%s: %s was %s; redoing it from scratch", _job_progress(), path, state)
+            artifacts.start_fresh(path, keep_checkpoints=resume_from is not None)
+        except RunDirError as exc:
+            return _invalid(exc, path)
+        log.info("%s: %s", _job_progress(), path)
+        try:
+            status = _execute_isolated(rc, cfg, path, claim, resume_from)
+        finally:
+            release_memory()
+    _append_ledger({"run_dir": str(path), "status": status, "seconds": round(time.perf_counter() - started, 1),
+                    **({"took_over": claim.took_over[0].where} if claim.took_over else {})})
     return status
+
+
+def _skip_finished(path: Path, cfg: DictConfig) -> bool:
+    """True (logged, in the ledger) for a finished run of the same config whose files verify.
+
+    Raises:
+        RunDirError: a finished run of another config, or one corrupted since it finished.
+    """
+    state = artifacts.run_state(path)
+    if state not in artifacts.FINISHED_STATUSES:
+        return False
+    artifacts.verify_manifest(path)  # first: a corrupted config.yaml is not "another config"
+    _check_same_config(path, cfg)
+    log.info("%s skipped: %s already %s", _job_progress(), path, state)
+    _append_ledger({"run_dir": str(path), "status": "skipped", "was": state})
+    return True
+
+
+def _invalid(exc: Exception, path: Path | None) -> str:
+    log.error("error: %s", exc)
+    _append_ledger({"run_dir": str(path) if path else None, "status": "invalid", "error": str(exc)})
+    return "invalid"
 
 
 def _resumable(path: Path, cfg: DictConfig) -> Path | None:
@@ -144,14 +183,19 @@ def _resumable(path: Path, cfg: DictConfig) -> Path | None:
     return checkpoint
 
 
-def _execute_isolated(rc: RunConfig, cfg: DictConfig, path: Path, resume_from: Path | None = None) -> str:
+def _execute_isolated(rc: RunConfig, cfg: DictConfig, path: Path, claim: claims.Claim,
+                      resume_from: Path | None = None) -> str:
     from repeatability import pipeline
 
     overrides = _job_overrides()
     try:
-        summary = pipeline.execute(rc, OmegaConf.to_yaml(cfg, resolve=True), overrides, path, resume_from)
+        summary = pipeline.execute(rc, OmegaConf.to_yaml(cfg, resolve=True), overrides, path, resume_from,
+                                   guard=claim.check)
     except Exception as exc:  # isolate: record and let the sweep go on
         one_line = str(exc).splitlines()[0] if str(exc) else ""
+        if isinstance(exc, claims.ClaimLost) or not claim.held():  # the directory is someone else's now
+            log.error("%s: this launcher lost its claim (%s); nothing recorded there", path, one_line)
+            return "claim_lost"
         if isinstance(exc, ConfigError):
             log.error("error: %s", one_line)
         else:
@@ -217,7 +261,7 @@ def summarize(entries: list[dict[str, Any]], elapsed_s: float) -> tuple[str, lis
     counts: dict[str, int] = {}
     for e in entries:
         counts[e["status"]] = counts.get(e["status"], 0) + 1
-    bad = [f"{e['status']}: {e.get('run_dir') or e.get('error')}" for e in entries if e["status"] in ("failed", "invalid")]
+    bad = [f"{e['status']}: {e.get('error') or e.get('run_dir')}" for e in entries if e["status"] in BAD_STATUSES]
     parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     return f"sweep finished: {len(entries)} runs ({parts}) in {elapsed_s / 60:.1f} min", bad
 
@@ -241,6 +285,10 @@ class SweepReport(Callback):
         entries = read_ledger(ledger)
         line, bad = summarize(entries, time.perf_counter() - self.start)
         log.info(line)
+        elsewhere = sum(e["status"] == "running_elsewhere" for e in entries)
+        if elsewhere:
+            log.info("%d run(s) were running in another launcher; re-run the same command after it ends to "
+                     "check that they finished", elsewhere)
         if bad:
             for b in bad:
                 log.error("  %s", b)

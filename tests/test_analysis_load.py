@@ -105,7 +105,10 @@ def test_fixture_runs_pass_the_contract_checks(tmp_path):
 
 
 def test_corrupted_curve_and_generations_are_problems_and_the_run_stays(tmp_path):
+    """A run written before manifests existed: unreadable files are problems, its summary counts.
+    (With a manifest the run would be ``corrupted``: see tests/test_integrity.py.)"""
     path = write_run(tmp_path, "s", SMOL_8, 1)
+    (path / artifacts.MANIFEST).unlink()
     artifacts.write_text(path / artifacts.LOSS_CURVE, "step,epoch\nx,1\n")
     artifacts.write_text(path / artifacts.GENERATIONS, '{"prompt_index": 0}\n{broken\n')
     study = load_study(tmp_path / "s")

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
-from repeatability import artifacts
+from repeatability import artifacts, claims
 from tests.conftest import run_cli, tiny_overrides
 
 CELL = "tiny__tq__paged_adamw_8bit"
 EXPECTED_FILES = {
     "summary.json", "loss_curve.csv", "generations.jsonl", "environment.json", "config.yaml",
-    "overrides.yaml", "adapter", "DONE",
+    "overrides.yaml", "adapter", "MANIFEST.json", "DONE",
 }
 
 
@@ -36,6 +37,12 @@ def test_run_directory_has_exactly_the_contract_files(sweep: Path) -> None:
     assert {p.name for p in run.iterdir()} == EXPECTED_FILES
     assert {p.name for p in (run / "adapter").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
     assert (run / "DONE").read_text().strip() == "complete"
+    assert {p.name for p in run.parent.iterdir()} == {"trial-01", "trial-02", ".claims.lock"}  # claims released
+    manifest = artifacts.read_json(run / "MANIFEST.json")["files"]
+    assert set(manifest) == {"loss_curve.csv", "generations.jsonl", "environment.json", "config.yaml",
+                             "overrides.yaml", *(f"adapter/{p.name}" for p in (run / "adapter").iterdir())}
+    assert manifest["adapter/adapter_model.safetensors"] == _summary(sweep, "a", 1)["adapter"]["sha256"]
+    assert artifacts.verify_manifest(run) is True
     split_files = list((sweep / "a" / "_splits").glob("*.jsonl"))
     assert len(split_files) == 1 and len(split_files[0].read_text().splitlines()) == 12
 
@@ -106,13 +113,26 @@ def test_finished_run_with_other_config_is_not_overwritten(sweep: Path, tiny_mod
     assert artifacts.adapter_sha256(run) == sha
 
 
-def test_half_finished_run_is_redone(tiny_model_dir: Path, quotes_jsonl: Path, tmp_path: Path) -> None:
+def test_half_finished_run_is_redone(tiny_model_dir: Path, quotes_jsonl: Path, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture) -> None:
+    """Left by a killed launcher: a half-finished directory and its claim (a pid no longer running)."""
+    import socket
+    import subprocess
+    import sys
+
     run = tmp_path / "s" / CELL / "trial-01"
     run.mkdir(parents=True)
     (run / "stale.txt").write_text("left by a killed run")
+    killed = subprocess.Popen([sys.executable, "-c", "pass"])
+    killed.wait()
+    claims_before = claims._new_holder()
+    artifacts.write_json(artifacts.claim_file(run), {**asdict(claims_before), "pid": killed.pid, "pid_started": None})
     assert artifacts.run_state(run) == "incomplete"
     assert run_cli(["trial=1", "optim=paged_adamw_8bit", "study=s", *tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path)]) == 0
     assert artifacts.run_state(run) == "complete" and not (run / "stale.txt").exists()
+    assert not artifacts.claim_file(run).exists()
+    assert (f"took over a stale claim of {socket.gethostname()}/{killed.pid} (since {claims_before.started_at}: "
+            f"pid {killed.pid} is no longer running on this host)") in capsys.readouterr().out
 
 
 def test_failure_is_recorded_and_the_sweep_goes_on(
