@@ -115,29 +115,14 @@ def test_input_field_needs_an_instruction_dataset() -> None:
         DatasetConfig(name="x", source="hub", hub_id="x", kind="text", input_field="input")
 
 
-def test_warmup_ratio_reaches_the_trainer(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_warmup_ratio_reaches_the_trainer(tmp_path: Path) -> None:
     """train() hands the ratio to TrainingArguments, which turns it into 10% of the steps."""
-    import torch
-
     from repeatability import train as train_mod
     from repeatability.seeding import resolve_seeds
 
-    seen: dict[str, Any] = {}
-
-    class RecordingTrainer:  # stands in for transformers.Trainer: keeps the arguments, trains nothing
-        def __init__(self, args: Any, **_: Any) -> None:
-            seen["args"], self.optimizer = args, None
-
-        def remove_callback(self, _: Any) -> None: ...
-
-        def train(self) -> None: ...
-
-    monkeypatch.setattr(train_mod, "Trainer", RecordingTrainer)
-    monkeypatch.setattr(train_mod, "effective_optimizer", lambda *_: {})
     cfg = TrainConfig(lr_scheduler="linear", warmup_ratio=0.1)
-    train_mod.train(None, [], [], None, cfg, OptimConfig(name="t", impl="torch_adamw"),
-                    resolve_seeds(DeterminismConfig(), 1), "cpu", torch.float32, "t")
-    args = seen["args"]
+    args = train_mod._training_args(cfg, resolve_seeds(DeterminismConfig(), 1), "cpu", "no", tmp_path,
+                                    eval_batch_size=8, has_val=False)
     assert args.lr_scheduler_type == "linear" and args.get_warmup_steps(200) == 20
 
 
