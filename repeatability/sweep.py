@@ -189,8 +189,8 @@ def _execute_isolated(rc: RunConfig, cfg: DictConfig, path: Path, claim: claims.
 
     overrides = _job_overrides()
     try:
-        summary = pipeline.execute(rc, OmegaConf.to_yaml(cfg, resolve=True), overrides, path, resume_from,
-                                   guard=claim.check)
+        summary = pipeline.execute(rc, OmegaConf.to_yaml(cfg, resolve=True), overrides, path,
+                                   resume_from=resume_from, guard=claim.check)
     except Exception as exc:  # isolate: record and let the sweep go on
         one_line = str(exc).splitlines()[0] if str(exc) else ""
         if isinstance(exc, claims.ClaimLost) or not claim.held():  # the directory is someone else's now

@@ -104,7 +104,8 @@ def job(tmp_path: Path) -> DictConfig:
     return cfg
 
 
-def _fake_execute(cfg: Any, config_yaml: str, overrides: list[str], path: Path, guard: Any) -> dict[str, Any]:
+def _fake_execute(cfg: Any, config_yaml: str, overrides: list[str], path: Path, resume_from: Any = None,
+                  guard: Any = None) -> dict[str, Any]:
     """What pipeline.execute leaves behind, minus the training."""
     artifacts.write_config(path, config_yaml, overrides)
     artifacts.write_environment(path, {"python": "3"})
@@ -170,7 +171,8 @@ def test_a_launcher_that_lost_its_claim_records_nothing(job: DictConfig, tmp_pat
     thief = {"host": "node-17", "pid": 7, "pid_started": None, "process_space": "x", "token": "thief",
              "started_at": "2026-01-01T00:00:00+00:00", "heartbeat": "2999-01-01T00:00:00+00:00"}
 
-    def taken_over_then_crash(cfg: Any, config_yaml: str, overrides: list[str], path: Path, guard: Any) -> None:
+    def taken_over_then_crash(cfg: Any, config_yaml: str, overrides: list[str], path: Path, guard: Any,
+                               resume_from: Any = None) -> None:
         artifacts.write_config(path, config_yaml, overrides)
         artifacts.write_json(artifacts.claim_file(path), thief)  # judged stale and taken over meanwhile
         raise RuntimeError("out of memory")
@@ -180,10 +182,11 @@ def test_a_launcher_that_lost_its_claim_records_nothing(job: DictConfig, tmp_pat
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml", "overrides.yaml"]  # no error.txt, no summary
     assert artifacts.read_json(artifacts.claim_file(run)) == thief  # the new holder's claim is left alone
 
-    def taken_over_then_finish(cfg: Any, config_yaml: str, overrides: list[str], path: Path, guard: Any) -> None:
+    def taken_over_then_finish(cfg: Any, config_yaml: str, overrides: list[str], path: Path, guard: Any,
+                               resume_from: Any = None) -> None:
         artifacts.claim_file(path).unlink()
         claims.acquire(path, 600, 30)  # reclaimed by "another launcher" (this process: live)
-        return _fake_execute(cfg, config_yaml, overrides, path, guard)
+        return _fake_execute(cfg, config_yaml, overrides, path, guard=guard)
 
     artifacts.claim_file(run).unlink()
     monkeypatch.setattr(pipeline, "execute", taken_over_then_finish)

@@ -94,7 +94,8 @@ def test_run_records_old_maps_read_back_from_the_optimizer(tiny_model_dir: Path,
                                                            tmp_path: Path) -> None:
     args = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path)
     assert run_cli(["trial=1", "optim=paged_adamw_8bit", "optim.state_maps=bnb_0.41.0", "study=m", *args]) == 0
-    s = artifacts.read_summary(tmp_path / "m" / CELL / "trial-01")
+    # historical maps always make their own cell
+    s = artifacts.read_summary(tmp_path / "m" / "tiny__tq__paged_adamw_8bit-maps_bnb_0.41.0" / "trial-01")
     maps = s["optimizer"]["state_maps"]
     assert maps["requested"] == "bnb_0.41.0" and maps["name"] == "bnb_0.41.0"
     assert maps["maps"]["qmap2"]["n"] == 256 and maps["maps"]["qmap2"]["max"] == pytest.approx(0.0933203, abs=1e-6)
