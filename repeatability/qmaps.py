@@ -72,6 +72,12 @@ def historical_maps(name: str) -> dict[str, torch.Tensor]:
     raise ValueError(f"unknown state maps {name!r}; one of {', '.join(STATE_MAPS)}")
 
 
+def has_state(optimizer: Any) -> bool:
+    """True once any parameter has optimizer state (after a step, or loaded from a checkpoint)."""
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
+    return any(inner.state.get(p) for g in inner.param_groups for p in g["params"])
+
+
 def install_maps(optimizer: Any, name: str) -> None:
     """Put ``name``'s maps into a bitsandbytes 8-bit optimizer before its first step.
 
@@ -81,7 +87,7 @@ def install_maps(optimizer: Any, name: str) -> None:
     inner = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
     if not hasattr(inner, "name2qmap"):
         raise TypeError(f"{type(inner).__name__} has no 8-bit state maps (name2qmap)")
-    if any(inner.state.get(p) for g in inner.param_groups for p in g["params"]):
+    if has_state(optimizer):
         raise RuntimeError("state maps must be installed before the optimizer's first step")
     inner.name2qmap.update(historical_maps(name))
 

@@ -120,8 +120,7 @@ class LoggingCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
         if self.state_maps == "current":
             return
-        inner = getattr(optimizer, "optimizer", optimizer)
-        if any(inner.state.get(p) for g in inner.param_groups for p in g["params"]):
+        if qmaps.has_state(optimizer):
             # resumed: the checkpoint's 8-bit states carry their maps (qmap1/qmap2); check them
             found = qmaps.maps_in_force(optimizer, self.state_maps)["name"]
             if found != self.state_maps:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from repeatability import preflight
-from repeatability.config import DatasetConfig, DeterminismConfig, OptimConfig, RunConfig, TrainConfig, to_run_config
+from repeatability.config import DatasetConfig, DeterminismConfig, RunConfig, TrainConfig, to_run_config
 from repeatability.data import Example, apply_template, load_examples, split_examples
 from repeatability.errors import ConfigError
 
