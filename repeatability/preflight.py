@@ -16,6 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from repeatability import slurm
 from repeatability.config import GROUPS, RunConfig, register_configs, to_run_config
 from repeatability.errors import ConfigError
 
@@ -91,11 +92,27 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
         return configs
 
 
-def _check_resources(configs: list[RunConfig]) -> None:
+def launcher_config(overrides: list[str]) -> DictConfig:
+    """``hydra.launcher`` of the command line, as Hydra will instantiate it."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            launcher_keys = [o for o in overrides if o.lstrip("+~").startswith(("hydra/launcher", "hydra.launcher"))]
+            cfg = compose("config", overrides=[SEARCHPATH_OVERRIDE, *launcher_keys], return_hydra_config=True)
+            return cfg.hydra.launcher
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _check_resources(configs: list[RunConfig], remote: bool = False) -> None:
+    """Models, data and splits; the device only where the jobs run here (not on SLURM nodes)."""
     from repeatability import data, modelling
 
     for cfg in {c.model.name + str(c.model.path): c for c in configs}.values():
         modelling.check_model_available(cfg.model)
+        if remote:
+            continue
         device = modelling.resolve_device(cfg.device)
         modelling.resolve_mixed_precision(cfg.quant, device, modelling.resolve_compute_dtype(cfg.quant, device))
     seen: set[str] = set()
@@ -121,7 +138,11 @@ def check(overrides: list[str], multirun: bool) -> list[RunConfig]:
     finally:
         GlobalHydra.instance().clear()
     configs = [to_run_config(c) for c in composed]
-    _check_resources(configs)
+    launcher = launcher_config(overrides)
+    remote = slurm.is_slurm_launcher(launcher)
+    if remote:
+        slurm.check_resources(launcher, needs_gpu=any(c.device == "cuda" for c in configs))
+    _check_resources(configs, remote)
     return configs
 
 

@@ -25,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from repeatability import artifacts, claims
+from repeatability import artifacts, claims, preemption
 from repeatability.config import RunConfig, to_run_config
 from repeatability.errors import ConfigError, RunDirError
 
@@ -44,8 +44,8 @@ def _ledger_path() -> Path | None:
         return None
 
 
-def _append_ledger(entry: dict[str, Any]) -> None:
-    path = _ledger_path()
+def _append_ledger(entry: dict[str, Any], path: Path | None = None) -> None:
+    path = path or _ledger_path()
     if path is None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,10 +105,23 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def run_one(cfg: DictConfig) -> str:
     """The Hydra task: returns the run's status (complete | diverged | failed | skipped |
-    running_elsewhere | claim_lost | invalid)."""
+    running_elsewhere | claim_lost | invalid). A preempted SLURM job does not return: it leaves
+    a checkpoint, a ``preempted`` ledger line, and is requeued (:mod:`repeatability.preemption`)."""
+    started = time.perf_counter()
+    preemption.install()  # inside a submitit SLURM job: checkpoint before requeueing
+    try:
+        return _run_claimed(cfg, started)
+    except preemption.Preempted as stop:  # the claim is released; the checkpoint is in the run directory
+        log.warning("%s", stop)
+        _append_ledger({"run_dir": stop.run_dir, "status": "preempted", "step": stop.step, "seconds": round(time.perf_counter() - started, 1),
+                        "slurm_job": os.environ.get("SLURM_JOB_ID")})
+        preemption.hand_over()  # requeues and exits
+        raise
+
+
+def _run_claimed(cfg: DictConfig, started: float) -> str:
     from repeatability import pipeline  # heavy imports (torch, transformers) only once a job runs
 
-    started = time.perf_counter()
     path: Path | None = None
     try:
         rc: RunConfig = to_run_config(cfg)
@@ -191,6 +204,9 @@ def _execute_isolated(rc: RunConfig, cfg: DictConfig, path: Path, claim: claims.
     try:
         summary = pipeline.execute(rc, OmegaConf.to_yaml(cfg, resolve=True), overrides, path,
                                    resume_from=resume_from, guard=claim.check)
+    except preemption.Preempted as stop:
+        stop.run_dir = str(path)
+        raise
     except Exception as exc:  # isolate: record and let the sweep go on
         one_line = str(exc).splitlines()[0] if str(exc) else ""
         if isinstance(exc, claims.ClaimLost) or not claim.held():  # the directory is someone else's now

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from repeatability import artifacts, qmaps
+from repeatability import artifacts, preemption, qmaps
 from repeatability.config import OptimConfig, TrainConfig
 from repeatability.seeding import Seeds
 
@@ -151,6 +151,9 @@ class LoggingCallback(TrainerCallback):
         self.record.step_seconds.append(now - self.last)
         self.last = now
         self.record.steps = state.global_step
+        if preemption.requested() is not None:  # SLURM asked the job to end: checkpoint this step, stop
+            control.should_save = True
+            control.should_training_stop = True
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
         logs = logs or {}
@@ -252,6 +255,9 @@ def train(model: Any, train_ds: Any, val_ds: Any, collator: Any, cfg: TrainConfi
     if mixed == "fp16" and device == "cpu":
         enable_cpu_fp16(trainer)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    signum = preemption.requested()
+    if signum is not None and record.checkpoints and record.checkpoints[-1]["step"] == trainer.state.global_step:
+        raise preemption.Preempted(trainer.state.global_step, signum)
     effective = effective_optimizer(trainer.optimizer, optim, device)
     effective["state_maps"] = qmaps.maps_in_force(trainer.optimizer, optim.state_maps)
     precision = precision_record(trainer, mixed, record)
