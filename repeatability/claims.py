@@ -67,6 +67,9 @@ class Holder:
     token: str  # unique per claim: a heartbeat or release touches only its own claim
     started_at: str
     heartbeat: str
+    # ``<SLURM_JOB_ID>.<SLURM_RESTART_COUNT>`` inside a SLURM job: a requeued job (same id, higher
+    # count) knows the claim of its earlier attempt is dead, on whichever node that ran
+    slurm_job: str | None = None
 
     @property
     def where(self) -> str:
@@ -120,8 +123,18 @@ def pid_alive(pid: int, started: str | None) -> bool:
     return state != "Z" and (started is None or start == started)
 
 
+def slurm_attempt() -> str | None:
+    """``<job id>.<restart count>`` of the SLURM job this process runs in, if any."""
+    job = os.environ.get("SLURM_JOB_ID")
+    return f"{job}.{os.environ.get('SLURM_RESTART_COUNT', '0')}" if job else None
+
+
 def stale_reason(holder: Holder, stale_after_s: float, now: dt.datetime | None = None) -> str | None:
     """Why ``holder``'s claim may be taken over, or None while it is live."""
+    ours = slurm_attempt()
+    if holder.slurm_job and ours and holder.slurm_job != ours and \
+            holder.slurm_job.split(".")[0] == ours.split(".")[0]:
+        return f"SLURM job {ours.split('.')[0]} was requeued: its attempt {holder.slurm_job} is over"
     if holder.host == socket.gethostname() and holder.process_space == process_space():
         if pid_alive(holder.pid, holder.pid_started):
             return None
@@ -157,7 +170,8 @@ def read_claim(run: Path) -> Holder | None:
         return None
     try:
         data = artifacts.read_json(file)
-        holder = Holder(**{f.name: data[f.name] for f in fields(Holder)})  # later extra keys are ignored
+        # later extra keys are ignored; claims written before slurm_job existed have none
+        holder = Holder(**{f.name: data[f.name] for f in fields(Holder) if f.name in data or f.name != "slurm_job"})
         if dt.datetime.fromisoformat(holder.heartbeat).tzinfo is None or not isinstance(holder.pid, int):
             raise ValueError("heartbeat without a time zone")
         return holder
@@ -169,7 +183,7 @@ def _new_holder() -> Holder:
     stat = _proc_stat(os.getpid())
     now = utc_now().isoformat(timespec="seconds")
     return Holder(socket.gethostname(), os.getpid(), stat[1] if stat else None, process_space(),
-                  uuid.uuid4().hex, now, now)
+                  uuid.uuid4().hex, now, now, slurm_attempt())
 
 
 @dataclass

@@ -43,7 +43,8 @@ def test_a_claim_is_a_file_beside_the_run_and_is_removed_on_release(tmp_path: Pa
     file = run.parent / "trial-01.claim"
     assert artifacts.claim_file(run) == file and not run.exists()  # the run directory is not touched
     stored = json.loads(file.read_text())
-    assert set(stored) == {"host", "pid", "pid_started", "process_space", "token", "started_at", "heartbeat"}
+    assert set(stored) == {"host", "pid", "pid_started", "process_space", "token", "started_at", "heartbeat",
+                           "slurm_job"}
     assert (stored["host"], stored["pid"], stored["token"]) == (socket.gethostname(), os.getpid(), claim.holder.token)
     assert claims.read_claim(run) == claim.holder and claim.took_over is None and claim.held()
     with claim:
@@ -98,6 +99,31 @@ def test_other_hosts_are_judged_by_heartbeat_age(tmp_path: Path) -> None:
     _forge(run, pid=_dead_pid(), process_space="other-boot:1", heartbeat=_ago(5))
     with pytest.raises(claims.ClaimHeld):
         claims.acquire(run, stale_after_s=600, heartbeat_s=30)
+
+
+def test_a_requeued_slurm_job_takes_its_earlier_attempts_claim_over(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed on node-3 and requeued here: the fresh heartbeat of attempt 0 does not block attempt 1."""
+    run = tmp_path / RUN
+    monkeypatch.setenv("SLURM_JOB_ID", "4711")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    earlier = _forge(run, host="node-3", pid=1, heartbeat=_ago(5), slurm_job="4711.0")
+    claim = claims.acquire(run, stale_after_s=600, heartbeat_s=30)
+    assert claim.took_over == (earlier, "SLURM job 4711 was requeued: its attempt 4711.0 is over")
+    assert claims.read_claim(run).slurm_job == "4711.1"
+    claim.release()
+    # another SLURM job's live claim (or one without a job id) is still judged by its heartbeat
+    for other in ("4712.0", None):
+        _forge(run, host="node-3", pid=1, heartbeat=_ago(5), slurm_job=other)
+        with pytest.raises(claims.ClaimHeld):
+            claims.acquire(run, stale_after_s=600, heartbeat_s=30)
+
+
+def test_a_claim_written_before_slurm_job_existed_still_reads(tmp_path: Path) -> None:
+    run = tmp_path / RUN
+    old = {k: v for k, v in asdict(replace(claims._new_holder(), pid=_dead_pid())).items() if k != "slurm_job"}
+    artifacts.write_json(artifacts.claim_file(run), old)
+    assert claims.read_claim(run) == claims.Holder(**old)
 
 
 def test_an_unreadable_claim_is_taken_over(tmp_path: Path) -> None:
