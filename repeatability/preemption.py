@@ -1,13 +1,14 @@
 """Preemption and time-out of a SLURM job run by submitit: checkpoint first, then requeue.
 
-submitit's own handler (``checkpoint_and_try_requeue`` on SIGUSR1) requeues the job at once,
+submitit's own handler (``checkpoint_and_try_requeue`` on its signal, SIGUSR2 unless
+``SUBMITIT_PREEMPT_SIGNAL`` says otherwise) requeues the job at once,
 wherever training is, so the requeued job would start again from the last periodic checkpoint.
-Inside a submitit SLURM job the harness defers it: SIGUSR1 (SLURM's ``--signal=USR1@N`` before
-the time limit, or submitit's preemption) and SIGTERM (SLURM's preemption with
+Inside a submitit SLURM job the harness defers it: that signal (SLURM's ``--signal=USR2@N``
+before the time limit, or submitit's preemption) and SIGTERM (SLURM's preemption with
 ``PreemptMode=REQUEUE``, ``scontrol requeue``, ``scancel``) only set a flag; at the end of the
 current optimizer step the Trainer saves a checkpoint and stops (:class:`repeatability.train.
 LoggingCallback`), the run raises :class:`Preempted`, the run claim is released, and only then
-submitit's handler runs: it re-pickles the job and requeues it (SIGUSR1). After SIGTERM alone
+submitit's handler runs: it re-pickles the job and requeues it. After SIGTERM alone
 SLURM requeues (preemption) or ends (cancel) the job itself, so the process just exits.
 The requeued job finds the checkpoint and resumes bit for bit (:func:`repeatability.sweep.run_one`).
 """
@@ -37,9 +38,14 @@ class Preempted(Exception):
 
 
 def _usr_signal() -> int:
-    """submitit's preemption signal (SUBMITIT_PREEMPT_SIGNAL, default USR1)."""
-    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR1")
-    return int(getattr(signal, f"SIG{name}", signal.SIGUSR1))
+    """submitit's preemption and time-out signal: ``SUBMITIT_PREEMPT_SIGNAL``, USR2 by default in
+    submitit 1.5 (its sbatch line asks SLURM for ``--signal=USR2@<signal_delay_s>``)."""
+    try:
+        from submitit.core.job_environment import JobEnvironment
+
+        return int(JobEnvironment._usr_sig())
+    except ImportError:
+        return int(getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2))
 
 
 def in_slurm_job() -> bool:

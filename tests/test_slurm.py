@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from submitit.slurm.slurm import SlurmJobEnvironment
+
 from repeatability import artifacts
 from tests.conftest import ROOT, run_cli, tiny_overrides
 from tests.slurm_cluster import LocalSlurm, missing
@@ -136,11 +138,14 @@ def test_cancelled_job_is_a_failed_run_and_the_sweep_fails(cluster: LocalSlurm, 
         assert artifacts.run_state(study / CELL32 / f"trial-0{t}") != "complete"
 
 
+@pytest.mark.parametrize("how", ["submitit", "scontrol_requeue"])
 def test_preempted_job_checkpoints_requeues_and_resumes_bit_for_bit(cluster: LocalSlurm, tiny_model_dir: Path,
-                                                                   quotes_jsonl: Path, tmp_path: Path) -> None:
-    """submitit's preemption (SIGTERM, then USR1 to the job's step) mid-training: the job saves a
-    checkpoint at the end of that step, requeues itself, and the requeued job resumes from it to
-    the same adapter SHA-256, loss curve and perplexity as an uninterrupted run."""
+                                                                   quotes_jsonl: Path, tmp_path: Path, how: str) -> None:
+    """Preempted mid-training, the job saves a checkpoint at the end of that step and is requeued;
+    the requeued job resumes from it to the same adapter SHA-256, loss curve and perplexity as an
+    uninterrupted run. ``submitit``: its preemption signals (SIGTERM, then its USR2 to the job's step;
+    submitit's handler then requeues the job). ``scontrol_requeue``: SLURM requeues the job and
+    sends it SIGTERM, as a preemption with PreemptMode=REQUEUE does."""
     steps = 60
     args = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path, optim="paged_adamw_8bit",
                           **{"train.max_steps": steps, "train.checkpoint_every": 0, "train.eval_every": 10})
@@ -148,11 +153,16 @@ def test_preempted_job_checkpoints_requeues_and_resumes_bit_for_bit(cluster: Loc
     proc = _launch(["-m", *FIT, "study=pre", "trial=1", *args], log)
     study, cell = tmp_path / "pre", CELL8
     array = _wait_for(lambda: _array_job(study), "the array job", 120, proc, log)
-    job = f"{array}_0"
-    job_log = lambda: "\n".join(p.read_text() for p in study.glob(f"_sweeps/*/.submitit/*/{job}_log.out"))  # noqa: E731
+    # submitit submits a sweep of one run as a plain job (id "N", not "N_0"); its log is N_0_log.out
+    [(job, _)] = _wait_for(lambda: _squeue(array), "the job in squeue", 60, proc, log)
+    job_log = lambda: "\n".join(p.read_text() for p in study.glob("_sweeps/*/.submitit/*/*_0_log.out"))  # noqa: E731
     _wait_for(lambda: f"step 5/{steps}" in job_log(), "training to reach step 5", 180, proc, log)
-    for sig in ("SIGTERM", "USR1"):  # as submitit's own preemption test (Job._interrupt) sends them
-        sent = subprocess.run(["scancel", job, "--signal", sig], capture_output=True, text=True)
+    # submitit: as its own preemption test (Job._interrupt) sends them
+    usr = SlurmJobEnvironment.USR_SIG  # USR2 in submitit 1.5
+    commands = ([["scancel", job, "--signal", sig] for sig in ("SIGTERM", usr)] if how == "submitit"
+                else [["scontrol", "requeue", job]])
+    for command in commands:
+        sent = subprocess.run(command, capture_output=True, text=True)
         assert sent.returncode == 0, f"{sent.stderr} {_squeue(array)}\n{job_log()[-2000:]}\n{cluster.log_tail()}"
     preempted = _wait_for(lambda: [e for e in _ledger(study) if e["status"] == "preempted"], "the preemption", 120,
                           proc, log)
