@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from repeatability import artifacts, qmaps
+from repeatability import artifacts, data, qmaps
 from repeatability.config import OptimConfig, TrainConfig
 from repeatability.seeding import Seeds
 
@@ -88,6 +88,12 @@ class TrainLog:
     skipped_steps: list[int] = field(default_factory=list)  # optimizer steps the grad scaler skipped
     nonfinite_streak: int = 0  # consecutive logged steps with a non-finite loss (grad scaler runs)
     checkpoints: list[dict[str, Any]] = field(default_factory=list)  # {step, seconds, bytes} per save
+    real_tokens: int = 0  # tokens of the training batches (padding excluded)
+    token_slots: int = 0  # token positions the training forwards computed (padding included)
+
+    def token_efficiency(self) -> float:
+        """Real tokens over token slots of the training batches (1.0 without padding)."""
+        return self.real_tokens / self.token_slots if self.token_slots else math.nan
 
     def resume_state(self) -> dict[str, Any]:
         """What a checkpoint must carry besides the Trainer's own files to continue exactly."""
@@ -184,6 +190,19 @@ class LoggingCallback(TrainerCallback):
             control.should_training_stop = True
 
 
+class TallyTrainer(Trainer):
+    """The HF Trainer, counting real tokens and token slots of every training batch into ``record``
+    (the collator cannot tell training batches from the validation batches it also builds)."""
+
+    record: TrainLog
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        real, slots = data.token_counts(inputs)
+        self.record.real_tokens += real
+        self.record.token_slots += slots
+        return super().training_step(model, inputs, num_items_in_batch)
+
+
 def enable_cpu_fp16(trainer: Trainer) -> None:
     """fp16 autocast and a grad scaler on CPU, which torch supports and accelerate skips.
 
@@ -242,12 +261,13 @@ def train(model: Any, train_ds: Any, val_ds: Any, collator: Any, cfg: TrainConfi
     8-bit maps read back from its state) and the precision that ran."""
     record = TrainLog.from_resume_state(artifacts.read_resume_state(resume_from)) if resume_from else TrainLog()
     args = _training_args(cfg, seeds, device, mixed, checkpoints, eval_batch_size, has_val=len(val_ds) > 0)
-    trainer = Trainer(
+    trainer = TallyTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds if len(val_ds) else None,
         data_collator=collator,
         callbacks=[LoggingCallback(record, label, optim.state_maps, scaler=mixed == "fp16")],
         optimizer_cls_and_kwargs=optimizer_class_and_kwargs(optim, cfg.lr),
     )
+    trainer.record = record
     trainer.remove_callback(PrinterCallback)  # our callback logs each step (and an ETA) instead
     if mixed == "fp16" and device == "cpu":
         enable_cpu_fp16(trainer)
