@@ -136,7 +136,9 @@ class LoggingCallback(TrainerCallback):
         log.info("%s 8-bit state maps: %s", self.label, self.state_maps)
 
     def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.last_event = time.perf_counter()
+        # validation and checkpoint writes run between two step ends: keep them out of the
+        # step times (their own costs are the loss rows' clock and ``checkpoints``)
+        self.last = self.last_event = time.perf_counter()
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """The Trainer wrote checkpoint-<step>/: add the harness's state, which marks it complete."""
@@ -146,6 +148,7 @@ class LoggingCallback(TrainerCallback):
                                         "seconds": round(time.perf_counter() - self.last_event, 3)})
         artifacts.write_resume_state(folder, self.record.resume_state())
         log.info("%s checkpoint at step %d (%.1f MB)", self.label, state.global_step, size / 2**20)
+        self.last = time.perf_counter()
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
         self.skipped_now = bool(getattr(optimizer, "step_was_skipped", False))
