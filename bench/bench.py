@@ -1,6 +1,6 @@
 """The ratios that decide how many trials a study can afford (a benchmark, never a timed test).
 
-    .venv/bin/python bench/bench.py [--steps 10] [--rounds 2] [--sweep-steps 16] [--out DIR]
+    .venv/bin/python bench/bench.py [--steps 8] [--rounds 2] [--sweep-steps 12] [--out DIR]
 
 On the default study's model and data (SmolLM2-135M, NF4 base, LoRA r=8 on all linear layers,
 the default optimizer, batch 4 of quotes, max length 64), in one process or interleaved:
@@ -184,9 +184,9 @@ def machine() -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=10, help="train steps per arm and round (harness vs bare)")
+    parser.add_argument("--steps", type=int, default=8, help="train steps per arm and round (harness vs bare)")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--sweep-steps", type=int, default=16, help="train steps per run of the small sweeps")
+    parser.add_argument("--sweep-steps", type=int, default=12, help="train steps per run of the small sweeps")
     parser.add_argument("--skip", nargs="*", default=[], choices=("steps", "sweeps", "rescore"))
     parser.add_argument("--out", type=Path, default=None)
     a = parser.parse_args()

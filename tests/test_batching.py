@@ -4,6 +4,7 @@ are refused where the attention would not keep examples apart."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -47,7 +48,7 @@ def _packed_per_example_nll(logits: torch.Tensor, batch: dict[str, torch.Tensor]
     """The same from one packed row: examples are split where position_ids restart at 0."""
     starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist() + [batch["input_ids"].shape[1]]
     out = []
-    for a, b in zip(starts, starts[1:]):
+    for a, b in itertools.pairwise(starts):
         row_logits, row_ids = logits[0, a:b], batch["input_ids"][0, a:b]
         out.append(torch.nn.functional.cross_entropy(row_logits[:-1], row_ids[1:]))
     return torch.stack(out)
@@ -156,3 +157,27 @@ def test_a_padding_free_run_trains_like_the_padded_one(tiny_model_dir: Path, quo
     m_pad, m_free = summaries["padded"]["metrics"], summaries["padding_free"]["metrics"]
     assert m_free["final_train_loss"] == pytest.approx(m_pad["final_train_loss"], rel=1e-4)
     assert m_free["perplexity_token_weighted"] == pytest.approx(m_pad["perplexity_token_weighted"], rel=1e-4)
+
+
+def test_a_run_made_before_the_batching_keys_existed_is_still_recognised(
+        tiny_model_dir: Path, quotes_jsonl: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A finished run whose config.yaml lacks train/eval.batching ran padded batches (the schema
+    default): the same command with padded batches skips it; the padding-free default is
+    another config and is refused rather than mixed into the cell."""
+    from repeatability import artifacts
+
+    args = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path, study="old", **{"train.batching": "padded"})
+    assert run_cli(args) == 0
+    run = next((tmp_path / "old").glob("*/trial-01"))
+    config = (run / "config.yaml").read_text()
+    old = "\n".join(line for line in config.splitlines() if not line.strip().startswith("batching:")) + "\n"
+    assert old != config
+    (run / "config.yaml").write_text(old)
+    manifest = json.loads((run / "MANIFEST.json").read_text())  # as written by the older version
+    manifest["files"]["config.yaml"] = artifacts.file_sha256(run / "config.yaml")
+    (run / "MANIFEST.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert run_cli(args + ["eval.batching=padded"]) == 0
+    assert "1 skipped" in capsys.readouterr().out
+    assert run_cli([a for a in args if not a.startswith("train.batching")]) == 1  # the preset's padding_free
+    assert "different config (train.batching)" in capsys.readouterr().out

@@ -71,6 +71,9 @@ def test_an_override_is_scored_under_its_own_name(copy: Path) -> None:
             summary["metrics"]["perplexity_token_weighted"], rel=1e-5)
     assert rescore.main([str(copy), "eval.max_examples=5", "--name", "five"]) == 0
     assert artifacts.read_eval(_runs(copy)[0], "five")["metrics"]["heldout_sequences"] == 5
+    assert rescore.main([str(copy), "eval=full", "--name", "full"]) == 0  # a config group choice
+    full = artifacts.read_eval(_runs(copy)[0], "full")
+    assert full["metrics"]["heldout_sequences"] == artifacts.read_summary(_runs(copy)[0])["data"]["n_heldout"] == 24
 
 
 def _bad(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
