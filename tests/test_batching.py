@@ -177,7 +177,7 @@ def test_a_run_made_before_the_batching_keys_existed_is_still_recognised(
     manifest["files"]["config.yaml"] = artifacts.file_sha256(run / "config.yaml")
     (run / "MANIFEST.json").write_text(json.dumps(manifest))
     capsys.readouterr()
-    assert run_cli(args + ["eval.batching=padded"]) == 0
-    assert "1 skipped" in capsys.readouterr().out
+    assert run_cli(["-m", *args, "eval.batching=padded"]) == 0
+    assert "1 runs (1 skipped)" in capsys.readouterr().out
     assert run_cli([a for a in args if not a.startswith("train.batching")]) == 1  # the preset's padding_free
     assert "different config (train.batching)" in capsys.readouterr().out
