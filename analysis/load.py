@@ -125,7 +125,27 @@ def _check_integrity(path: Path, row: dict[str, Any], problems: list[Problem]) -
         row.update(status="corrupted", integrity="corrupted", load_error=str(exc))
 
 
-def _run_row(path: Path, study: Path, problems: list[Problem]) -> dict[str, Any] | None:
+# summary metrics that an evaluation record (evals/<name>.json, python -m repeatability.rescore) replaces
+EVAL_METRICS = ("perplexity_token_weighted", "perplexity_mean_per_sequence", "heldout_mean_token_nll",
+                "heldout_tokens", "heldout_sequences", "base_perplexity_token_weighted",
+                "base_perplexity_mean_per_sequence")
+
+
+def _use_eval(path: Path, row: dict[str, Any], name: str, problems: list[Problem]) -> None:
+    """Replace the run's held-out metrics by those of its evaluation ``name``; a finished run
+    without it gets the status ``no evaluation`` (left out of every statistic) and a problem."""
+    try:
+        metrics = artifacts.read_eval(path, name)["metrics"]
+    except RunDirError as exc:
+        problems.append(Problem(row["run"], "evaluation", str(exc)))
+        row.update(status="no evaluation", load_error=str(exc))
+        return
+    for key in EVAL_METRICS:
+        row[f"metrics.{key}"] = flatten(metrics.get(key, math.nan), "x")["x"]
+    row["evaluation"] = name
+
+
+def _run_row(path: Path, study: Path, problems: list[Problem], eval_name: str | None = None) -> dict[str, Any] | None:
     """One row of the runs frame; ``None`` (and a problem) when the path is not a run dir."""
     rel = str(path.relative_to(study))
     try:
@@ -154,6 +174,8 @@ def _run_row(path: Path, study: Path, problems: list[Problem]) -> dict[str, Any]
         row["status"] = "unreadable"
     elif row["status"] in FINISHED:
         _check_integrity(path, row, problems)
+    if eval_name and row["status"] in FINISHED and not row.get("imported.source"):
+        _use_eval(path, row, eval_name, problems)
     _check_identity(row, rel, problems)
     try:
         row.update(flatten(artifacts.read_environment(path), "environment"))
@@ -186,8 +208,11 @@ def _frame(rows: list[dict[str, Any]], columns: tuple[str, ...], dtype: Any = No
     return frame[list(columns) + rest]
 
 
-def load_study(path: str | Path) -> Study:
+def load_study(path: str | Path, eval_name: str | None = None) -> Study:
     """Load every run directory of ``path`` (a ``results/<study>`` folder).
+
+    With ``eval_name``, each finished run's held-out metrics (:data:`EVAL_METRICS`) are those of
+    its evaluation record ``evals/<eval_name>.json`` instead of its training summary's.
 
     Raises:
         StudyError: ``path`` is not a directory, or holds no run directory at all.
@@ -198,7 +223,7 @@ def load_study(path: str | Path) -> Study:
     problems: list[Problem] = []
     runs, curves, gens = [], [], []
     for run_path in artifacts.iter_run_dirs(study):
-        row = _run_row(run_path, study, problems)
+        row = _run_row(run_path, study, problems, eval_name)
         if row is None:
             continue
         runs.append(row)

@@ -1,10 +1,11 @@
 """``python -m analysis.report results/<study> [--compare results/<other>] [--margin 0.01]
-[--blowup-k 10]``: the study's report.
+[--blowup-k 10] [--eval NAME]``: the study's report.
 
 ``--compare`` (repeatable) adds a section with the other studies' cells next to this one's
 (e.g. the paper's Tables 1–2, imported with ``python -m analysis.import_table``); ``--margin``
 and ``--blowup-k`` set the equivalence margin and the blow-up factor
-(:class:`analysis.config.AnalysisConfig`).
+(:class:`analysis.config.AnalysisConfig`); ``--eval NAME`` reports each run's evaluation record
+``evals/NAME.json`` (``python -m repeatability.rescore``) instead of its training perplexities.
 
 Writes, under ``artifacts.report_dir(study)`` = ``<study>/_report/`` (or ``--out``):
 ``report.md``, a self-contained ``report.html`` (figures embedded as base64 PNG),
@@ -57,7 +58,7 @@ SECTIONS = sections_for(AnalysisConfig())  # the default report
 
 
 def build(study: Study, config: AnalysisConfig | None = None,
-          others: Sequence[Study] = ()) -> tuple[Doc, sections.Tables]:
+          others: Sequence[Study] = (), eval_name: str | None = None) -> tuple[Doc, sections.Tables]:
     """Every section of :func:`sections_for`, in order, into one document."""
     config = config or AnalysisConfig()
     doc = Doc(f"Repeatability report: {study.name}")
@@ -65,6 +66,9 @@ def build(study: Study, config: AnalysisConfig | None = None,
     doc.para(f"Generated {stamp} by `python -m analysis.report`. Declared before the analysis: "
              f"equivalence margin ±{config.margin * 100:g}%, blow-up factor k = "
              f"{config.blowup_k:g}, α = {config.alpha:g}.")
+    if eval_name:
+        doc.para(f"Held-out perplexities are those of the evaluation `{eval_name}` (`evals/{eval_name}.json`, "
+                 "written by `python -m repeatability.rescore`), not the training summaries'.")
     out: sections.Tables = {}
     for section in sections_for(config, others):
         out |= section(doc, study)
@@ -73,7 +77,7 @@ def build(study: Study, config: AnalysisConfig | None = None,
 
 def write_report(study_path: str | Path, out_dir: str | Path | None = None,
                  config: AnalysisConfig | None = None,
-                 compare: Sequence[str | Path] = ()) -> Path:
+                 compare: Sequence[str | Path] = (), eval_name: str | None = None) -> Path:
     """Load the study (and each of ``compare``), build the report and write every file;
     return ``report.md``'s path.
 
@@ -83,10 +87,10 @@ def write_report(study_path: str | Path, out_dir: str | Path | None = None,
     Raises:
         StudyError: no such study directory, or no run directory in it (either one).
     """
-    study = load_study(study_path)
+    study = load_study(study_path, eval_name)
     others = [load_study(path) for path in compare]
     out = Path(out_dir) if out_dir else artifacts.report_dir(study.path)
-    doc, tabs = build(study, config, others)
+    doc, tabs = build(study, config, others, eval_name)
     for old in (out / "figures", out / "tables"):  # a previous report's files must not linger
         if old.is_dir():
             shutil.rmtree(old)
@@ -121,6 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="equivalence margin, relative (default 0.01 = ±1%%)")
     parser.add_argument("--blowup-k", type=float, default=AnalysisConfig.blowup_k,
                         help="a run blew up above k × the reference perplexity (default 10)")
+    parser.add_argument("--eval", dest="eval_name", metavar="NAME",
+                        help="report the held-out metrics of each run's evaluation NAME (evals/NAME.json, "
+                        "from python -m repeatability.rescore) instead of its training summary's")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -130,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # a setting out of range, e.g. --margin 0
         parser.exit(2, f"error: {exc}\n")
     try:
-        path = write_report(args.study, args.out, config, args.compare)
+        path = write_report(args.study, args.out, config, args.compare, args.eval_name)
     except StudyError as exc:
         parser.exit(2, f"error: {exc}\n")
     print(path)  # the one line of stdout: where the report is

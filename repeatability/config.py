@@ -28,6 +28,10 @@ MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 STATE_MAPS = ("current", "bnb_0.41.0")  # repeatability.qmaps: today's 8-bit maps, or 0.36-0.41.0's
 SEED_POLICIES = ("per_trial", "fixed", "paper")
 DETERMINISM_MODES = ("strict", "default", "off")
+# padded: each batch padded to its longest example (evaluation: length-sorted batches);
+# padding_free: a batch's examples concatenated into one row with per-example position_ids
+# (transformers' DataCollatorWithFlattening / packed-sequence masking), no padding at all
+BATCHINGS = ("padded", "padding_free")
 
 
 def _check_choice(value: str, allowed: tuple[str, ...], key: str) -> None:
@@ -197,8 +201,12 @@ class TrainConfig:
     # run's steps (the Trainer's save_steps convention); 0 = never. A re-run resumes from the last.
     checkpoint_every: float = 0.25
     keep_checkpoints: bool = False  # keep checkpoints/ after the run finished (default: removed)
+    # padded | padding_free (see BATCHINGS); padding_free is refused at load time when the model's
+    # attention does not keep packed examples apart (modelling.check_packed_attention)
+    batching: str = "padded"
 
     def __post_init__(self) -> None:
+        _check_choice(self.batching, BATCHINGS, "train.batching")
         if self.checkpoint_every < 0 or (self.checkpoint_every > 1 and self.checkpoint_every != int(self.checkpoint_every)):
             raise ConfigError(f"train.checkpoint_every={self.checkpoint_every}: use a step count >= 1, "
                               "a share of the run in (0, 1), or 0 for no checkpoints")
@@ -237,8 +245,10 @@ class EvalConfig:
     base_perplexity: bool = True  # score the base model once per (model, dataset, split)
     base_repeats: int = 1  # score the base K times: the spread must be exactly 0 (paper ablation b)
     ppl_overflow: float = 1e30  # a perplexity above this (or inf/NaN) marks the run diverged
+    batching: str = "padded"  # held-out scoring: padded (length-sorted) | padding_free (packed rows)
 
     def __post_init__(self) -> None:
+        _check_choice(self.batching, BATCHINGS, "eval.batching")
         if self.sample_repeats < 1 or self.base_repeats < 1:
             raise ConfigError("eval.sample_repeats and eval.base_repeats must be >= 1")
         if self.max_examples is not None and self.max_examples < 1:

@@ -301,3 +301,27 @@ class PadCollator:
             mask[row, : len(f["input_ids"])] = 1
         labels = ids.masked_fill(mask == 0, -100)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def make_collator(batching: str, pad_id: int) -> Any:
+    """The training collator for ``train.batching``.
+
+    ``padded``: :class:`PadCollator`. ``padding_free``: transformers'
+    ``DataCollatorWithFlattening``: the batch's examples concatenated into one row, with
+    ``position_ids`` restarting at 0 for each example and the first label of each example set
+    to -100, so the targets are exactly the padded batch's. The attention keeps the examples
+    apart only when it reads packed position_ids (sdpa, eager, flex, flash in transformers 5;
+    checked on the loaded model by ``modelling.check_packed_attention``).
+    """
+    if batching == "padding_free":
+        from transformers import DataCollatorWithFlattening
+
+        return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+    return PadCollator(pad_id)
+
+
+def token_counts(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(real tokens, token slots computed) of one collated batch: padding is a slot, not a token."""
+    slots = int(batch["input_ids"].numel())
+    mask = batch.get("attention_mask")
+    return (int(mask.sum()) if mask is not None else slots), slots

@@ -46,33 +46,55 @@ def _safe_exp(x: float) -> float:
 
 
 @torch.no_grad()
-def sequence_nll(model: Any, ids: list[list[int]], pad_id: int, batch_size: int, device: str) -> list[tuple[float, int]]:
+def sequence_nll(model: Any, ids: list[list[int]], pad_id: int, batch_size: int, device: str,
+                 batching: str = "padded") -> list[tuple[float, int]]:
     """(sum of NLL, number of targets) per sequence, in input order.
 
-    Sequences are batched by length (less padding, same numbers as one by one up to float
-    rounding, and deterministic for a given input).
+    ``padded``: sequences batched by length, each batch padded to its longest (little padding).
+    ``padding_free``: each batch of ``batch_size`` sequences concatenated into one row with
+    position_ids restarting per sequence and no attention mask, which transformers' sdpa/eager
+    masks turn into a block-diagonal causal mask (check it with
+    ``modelling.check_packed_attention`` first). Both give the numbers of scoring one sequence
+    at a time up to float rounding, deterministically for a given input.
     """
     model.eval()
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out: list[tuple[float, int]] = [(0.0, 0)] * len(ids)
+    score = _packed_chunk if batching == "padding_free" else _padded_chunk
     for start in range(0, len(order), batch_size):
-        chunk = [ids[i] for i in order[start : start + batch_size]]
-        width = max(len(x) for x in chunk)
-        inp = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(inp)
-        for row, seq in enumerate(chunk):
-            inp[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = 1
-        logits = model(input_ids=inp.to(device), attention_mask=mask.to(device)).logits.float()
-        targets = inp[:, 1:].to(device)
-        nll = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none"
-        ).view(len(chunk), -1)
-        valid = mask[:, 1:].to(device).bool()
-        sums = (nll * valid).sum(dim=1).tolist()
-        counts = valid.sum(dim=1).tolist()
-        for k, idx in enumerate(order[start : start + batch_size]):
-            out[idx] = (float(sums[k]), int(counts[k]))
+        chunk_idx = order[start : start + batch_size]
+        for idx, result in zip(chunk_idx, score(model, [ids[i] for i in chunk_idx], pad_id, device)):
+            out[idx] = result
+    return out
+
+
+def _padded_chunk(model: Any, chunk: list[list[int]], pad_id: int, device: str) -> list[tuple[float, int]]:
+    width = max(len(x) for x in chunk)
+    inp = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(inp)
+    for row, seq in enumerate(chunk):
+        inp[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    logits = model(input_ids=inp.to(device), attention_mask=mask.to(device)).logits.float()
+    targets = inp[:, 1:].to(device)
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none"
+    ).view(len(chunk), -1)
+    valid = mask[:, 1:].to(device).bool()
+    sums = (nll * valid).sum(dim=1).tolist()
+    counts = valid.sum(dim=1).tolist()
+    return [(float(s), int(n)) for s, n in zip(sums, counts)]
+
+
+def _packed_chunk(model: Any, chunk: list[list[int]], pad_id: int, device: str) -> list[tuple[float, int]]:
+    flat = torch.tensor([t for seq in chunk for t in seq], device=device)
+    pos = torch.tensor([i for seq in chunk for i in range(len(seq))], device=device)
+    logits = model(input_ids=flat[None], position_ids=pos[None]).logits[0].float()
+    nll = torch.nn.functional.cross_entropy(logits[:-1], flat[1:], reduction="none")
+    out, start = [], 0
+    for seq in chunk:  # position p predicts p+1; the prediction across a boundary is dropped
+        out.append((float(nll[start : start + len(seq) - 1].sum()), len(seq) - 1))
+        start += len(seq)
     return out
 
 
@@ -92,10 +114,11 @@ def perplexity(per_sequence: list[tuple[float, int]]) -> Perplexity:
     )
 
 
-def score_texts(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int, device: str) -> Perplexity:
+def score_texts(model: Any, tokenizer: Any, texts: list[str], max_length: int, batch_size: int, device: str,
+                batching: str = "padded") -> Perplexity:
     """Perplexity of ``texts`` (already templated) under ``model``; usable from outside scripts."""
     enc = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
-    return perplexity(sequence_nll(model, enc, tokenizer.pad_token_id, batch_size, device))
+    return perplexity(sequence_nll(model, enc, tokenizer.pad_token_id, batch_size, device, batching))
 
 
 # --------------------------------------------------------------------------- generations

@@ -266,3 +266,47 @@ def release_weights(model: Any) -> None:
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
             tensor.data = torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+
+
+# attention implementations whose transformers 5 masks read packed position_ids: sdpa, eager and
+# flex build a block-diagonal causal mask from them (masking_utils.find_packed_sequence_indices,
+# used only when no 2D attention mask and no KV cache are passed); flash attention turns them
+# into cu_seqlens (varlen kernels)
+PACKING_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
+
+
+@torch.no_grad()
+def check_packed_attention(model: Any, first: list[int], second: list[int], device: str, key: str) -> None:
+    """Refuse padding-free batches unless the loaded model keeps packed examples apart.
+
+    Runs ``first`` and ``second`` packed into one row (position_ids restarting at 0) and
+    ``second`` alone; the logits of ``second`` must agree (float tolerance), which fails when a
+    token attends across the boundary or positions do not restart. ``key`` names the setting
+    in the error (``train.batching`` / ``eval.batching``).
+
+    Raises:
+        ConfigError: the attention implementation is not one that reads packed position_ids,
+            the model keeps a KV cache (which disables packed masking), or the probe disagrees.
+    """
+    impl = getattr(model.config, "_attn_implementation", None)
+    fix = f"use {key}=padded"
+    if impl not in PACKING_ATTENTION:
+        raise ConfigError(f"{key}=padding_free: attention implementation {impl!r} does not separate packed "
+                          f"examples (needs one of {', '.join(PACKING_ATTENTION)}); {fix}")
+    if getattr(model.config, "use_cache", False):
+        raise ConfigError(f"{key}=padding_free: the model keeps a KV cache, which turns packed masking off; {fix}")
+    was_training = model.training
+    model.eval()
+    try:
+        ids = torch.tensor([first + second], device=device)
+        pos = torch.tensor([list(range(len(first))) + list(range(len(second)))], device=device)
+        packed = model(input_ids=ids, position_ids=pos).logits[0, len(first):]
+        alone = model(input_ids=torch.tensor([second], device=device)).logits[0]
+    finally:
+        model.train(was_training)
+    tol = 1e-3 if packed.dtype == torch.float32 else 5e-2  # bf16/fp16 logits round coarser
+    packed, alone = packed.float(), alone.float()
+    if not torch.allclose(packed, alone, rtol=tol, atol=tol):
+        diff = (packed - alone).abs().max().item()
+        raise ConfigError(f"{key}=padding_free: {type(model).__name__} with {impl} attention lets packed examples "
+                          f"see each other (logits differ by {diff:.3g}); {fix}")

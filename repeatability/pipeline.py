@@ -87,8 +87,11 @@ def prepare_data(cfg: RunConfig, tokenizer: Any, study: Path) -> Prepared:
 def base_perplexity(cfg: RunConfig, model: Any, tokenizer: Any, prep: Prepared, study: Path,
                     model_id: str, device: str, dtype: torch.dtype) -> dict[str, Any]:
     """Base-model perplexity, computed once per (model, quant, device, held-out split) and cached."""
-    key_src = json.dumps([cfg.model.name, model_id, asdict(cfg.quant), str(dtype), device,
-                          prep.info["heldout_sha256"], cfg.train.max_length, cfg.eval.base_repeats])
+    parts = [cfg.model.name, model_id, asdict(cfg.quant), str(dtype), device,
+             prep.info["heldout_sha256"], cfg.train.max_length, cfg.eval.base_repeats]
+    if cfg.eval.batching != "padded":  # padded scoring keeps the keys studies already hold
+        parts.append(cfg.eval.batching)
+    key_src = json.dumps(parts)
     key = f"{cfg.model.name}__{cfg.dataset.name}__{hashlib.sha256(key_src.encode()).hexdigest()[:16]}"
     file = artifacts.base_perplexity_file(study, key)
     if file.exists():
@@ -97,13 +100,28 @@ def base_perplexity(cfg: RunConfig, model: Any, tokenizer: Any, prep: Prepared, 
              len(prep.heldout_texts), cfg.eval.base_repeats)
     start = time.perf_counter()
     repeats = [evaluate.score_texts(model, tokenizer, prep.heldout_texts, cfg.train.max_length, cfg.eval.batch_size,
-                                    device) for _ in range(cfg.eval.base_repeats)]
+                                    device, cfg.eval.batching) for _ in range(cfg.eval.base_repeats)]
     ppl = repeats[0]
     record = {**ppl.as_metrics("base_"), "key": json.loads(key_src), "seconds": time.perf_counter() - start,
               "base_perplexity_repeats": [r.token_weighted for r in repeats],
               "base_perplexity_repeat_spread": max(r.token_weighted for r in repeats) - min(r.token_weighted for r in repeats)}
     artifacts.write_json(file, record)
     return record
+
+
+def check_batching(cfg: RunConfig, model: Any, prep: Prepared, device: str) -> None:
+    """Before any compute: padding-free batches only where the model keeps packed examples apart."""
+    for key, batching in (("train.batching", cfg.train.batching), ("eval.batching", cfg.eval.batching)):
+        if batching == "padding_free":
+            probe = prep.train_ds.ids[:2] if len(prep.train_ds) >= 2 else [[1, 2, 3], [4, 5, 6]]
+            modelling.check_packed_attention(model, probe[0], probe[1], device, key)
+            return
+
+
+def batching_record(cfg: RunConfig, record: train.TrainLog) -> dict[str, Any]:
+    """The summary's ``batching`` group: how batches were formed, and how much was padding."""
+    return {"train": cfg.train.batching, "eval": cfg.eval.batching, "train_real_tokens": record.real_tokens,
+            "train_token_slots": record.token_slots, "real_token_efficiency": record.token_efficiency()}
 
 
 @dataclass
@@ -124,6 +142,7 @@ def build_model(cfg: RunConfig, seeds: Seeds, prep_fn: Any, study: Path, device:
     prep = prep_fn(tokenizer)
     base = modelling.load_base(model_id, cfg.quant, device, dtype, cfg.model.revision)
     load_s = time.perf_counter() - start
+    check_batching(cfg, base, prep, device)
     base_ppl = base_perplexity(cfg, base, tokenizer, prep, study, model_id, device, dtype) if cfg.eval.base_perplexity else {}
     seed_everything(seeds.lora_init)  # LoRA A matrices are drawn from the global RNG now
     model = modelling.add_lora(base, cfg.model, cfg.lora, cfg.quant.load_in_4bit, cfg.train.gradient_checkpointing)
@@ -159,7 +178,7 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
             built, prep = build_model(cfg, seeds, lambda tok: prepare_data(cfg, tok, study), study, device, dtype)
             t_train = time.perf_counter()
             record, effective, precision = train.train(
-                built.model, prep.train_ds, prep.val_ds, data.PadCollator(built.tokenizer.pad_token_id),
+                built.model, prep.train_ds, prep.val_ds, data.make_collator(cfg.train.batching, built.tokenizer.pad_token_id),
                 cfg.train, cfg.optim, seeds, device, mixed, label, artifacts.checkpoint_root(path), resume_from,
                 cfg.eval.batch_size)
             train_s = time.perf_counter() - t_train
@@ -168,6 +187,7 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
         adapter_sha = artifacts.save_adapter(path, built.model)
         summary.update(_results(cfg, built, prep, record, effective, metrics, device, dtype))
         summary["precision"] = {"compute_dtype": str(dtype).replace("torch.", ""), **precision}
+        summary["batching"] = batching_record(cfg, record)
     finally:  # the next job of this process starts from a clean slate, whatever happened
         if built is not None:
             modelling.release_weights(built.model)
@@ -248,7 +268,7 @@ def _score_and_generate(cfg: RunConfig, built: Built, prep: Prepared, record: tr
         return {"perplexity_token_weighted": math.nan, "perplexity_mean_per_sequence": math.nan}, 0.0, 0.0, []
     start = time.perf_counter()
     ppl = evaluate.score_texts(built.model, built.tokenizer, prep.heldout_texts, cfg.train.max_length,
-                               cfg.eval.batch_size, device)
+                               cfg.eval.batch_size, device, cfg.eval.batching)
     eval_s = time.perf_counter() - start
     start = time.perf_counter()
     generations = evaluate.run_generations(built.model, built.tokenizer, prep.prompts, cfg.eval, seeds.generation,

@@ -24,6 +24,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from repeatability import artifacts, claims, preemption
 from repeatability.config import RunConfig, to_run_config
@@ -82,9 +83,20 @@ def _config_fingerprint(cfg: DictConfig) -> str:
     return json.dumps(plain, sort_keys=True)
 
 
+def _stored_config(path: Path) -> DictConfig:
+    """The run's ``config.yaml`` with keys added to the schema since it ran at their defaults
+    (a run made before ``train.batching`` existed ran padded batches, the schema's default), so
+    a new key alone does not make an old run "another config"."""
+    stored = OmegaConf.load(path / artifacts.CONFIG)
+    try:
+        return OmegaConf.merge(OmegaConf.structured(RunConfig), stored)  # type: ignore[return-value]
+    except OmegaConfBaseException:  # a key the schema no longer has: compare as stored (it differs)
+        return stored  # type: ignore[return-value]
+
+
 def _check_same_config(path: Path, cfg: DictConfig) -> None:
     """A finished run is only skipped when it ran the same config; otherwise say so."""
-    stored = OmegaConf.load(path / artifacts.CONFIG)
+    stored = _stored_config(path)
     if _config_fingerprint(stored) != _config_fingerprint(cfg):  # type: ignore[arg-type]
         a = OmegaConf.to_container(stored, resolve=True)
         b = OmegaConf.to_container(cfg, resolve=True)
@@ -189,7 +201,7 @@ def _resumable(path: Path, cfg: DictConfig) -> Path | None:
     checkpoint = artifacts.latest_checkpoint(path)
     if checkpoint is None or not (path / artifacts.CONFIG).exists():
         return None
-    stored = OmegaConf.load(path / artifacts.CONFIG)
+    stored = _stored_config(path)
     if _config_fingerprint(stored) != _config_fingerprint(cfg):  # type: ignore[arg-type]
         log.info("%s: its checkpoint is from another config; not resuming", path)
         return None

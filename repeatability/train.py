@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from repeatability import artifacts, preemption, qmaps
+from repeatability import artifacts, data, preemption, qmaps
 from repeatability.config import OptimConfig, TrainConfig
 from repeatability.seeding import Seeds
 
@@ -88,6 +88,12 @@ class TrainLog:
     skipped_steps: list[int] = field(default_factory=list)  # optimizer steps the grad scaler skipped
     nonfinite_streak: int = 0  # consecutive logged steps with a non-finite loss (grad scaler runs)
     checkpoints: list[dict[str, Any]] = field(default_factory=list)  # {step, seconds, bytes} per save
+    real_tokens: int = 0  # tokens of the training batches (padding excluded)
+    token_slots: int = 0  # token positions the training forwards computed (padding included)
+
+    def token_efficiency(self) -> float:
+        """Real tokens over token slots of the training batches (1.0 without padding)."""
+        return self.real_tokens / self.token_slots if self.token_slots else math.nan
 
     def resume_state(self) -> dict[str, Any]:
         """What a checkpoint must carry besides the Trainer's own files to continue exactly."""
@@ -130,7 +136,9 @@ class LoggingCallback(TrainerCallback):
         log.info("%s 8-bit state maps: %s", self.label, self.state_maps)
 
     def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.last_event = time.perf_counter()
+        # validation and checkpoint writes run between two step ends: keep them out of the
+        # step times (their own costs are the loss rows' clock and ``checkpoints``)
+        self.last = self.last_event = time.perf_counter()
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """The Trainer wrote checkpoint-<step>/: add the harness's state, which marks it complete."""
@@ -140,6 +148,7 @@ class LoggingCallback(TrainerCallback):
                                         "seconds": round(time.perf_counter() - self.last_event, 3)})
         artifacts.write_resume_state(folder, self.record.resume_state())
         log.info("%s checkpoint at step %d (%.1f MB)", self.label, state.global_step, size / 2**20)
+        self.last = time.perf_counter()
 
     def on_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
         self.skipped_now = bool(getattr(optimizer, "step_was_skipped", False))
@@ -185,6 +194,19 @@ class LoggingCallback(TrainerCallback):
         if bad and self.record.divergence is None:
             self.record.divergence = {"reason": f"non-finite {bad}", "step": step, "last_loss": loss}
             control.should_training_stop = True
+
+
+class TallyTrainer(Trainer):
+    """The HF Trainer, counting real tokens and token slots of every training batch into ``record``
+    (the collator cannot tell training batches from the validation batches it also builds)."""
+
+    record: TrainLog
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        real, slots = data.token_counts(inputs)
+        self.record.real_tokens += real
+        self.record.token_slots += slots
+        return super().training_step(model, inputs, num_items_in_batch)
 
 
 def enable_cpu_fp16(trainer: Trainer) -> None:
@@ -245,12 +267,13 @@ def train(model: Any, train_ds: Any, val_ds: Any, collator: Any, cfg: TrainConfi
     8-bit maps read back from its state) and the precision that ran."""
     record = TrainLog.from_resume_state(artifacts.read_resume_state(resume_from)) if resume_from else TrainLog()
     args = _training_args(cfg, seeds, device, mixed, checkpoints, eval_batch_size, has_val=len(val_ds) > 0)
-    trainer = Trainer(
+    trainer = TallyTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds if len(val_ds) else None,
         data_collator=collator,
         callbacks=[LoggingCallback(record, label, optim.state_maps, scaler=mixed == "fp16")],
         optimizer_cls_and_kwargs=optimizer_class_and_kwargs(optim, cfg.lr),
     )
+    trainer.record = record
     trainer.remove_callback(PrinterCallback)  # our callback logs each step (and an ETA) instead
     if mixed == "fp16" and device == "cpu":
         enable_cpu_fp16(trainer)
