@@ -12,6 +12,7 @@ Layout (``docs/run-directory.md`` documents every file and key)::
         overrides.yaml      the command-line overrides of the job
         adapter/            standard PEFT adapter (adapter_config.json, adapter_model.safetensors)
         checkpoints/        mid-run checkpoints (while running; removed when the run finishes)
+        tensorboard/        TensorBoard event files (tracking=tensorboard only)
         error.txt           traceback (failed runs only)
         MANIFEST.json       SHA-256 of every file above but summary.json (finished runs)
         DONE                completion marker, written last (complete and diverged runs)
@@ -20,6 +21,7 @@ Layout (``docs/run-directory.md`` documents every file and key)::
       _splits/<sha>.jsonl   the held-out examples as scored (template applied), by split hash
       _base/<key>.json      base-model perplexity, computed once per (model, dataset, split, eval)
       _sweeps/<time>_<pid>/ Hydra's own logs and the sweep ledger (never a run directory)
+      _mlflow/ _wandb/      tracking=mlflow's local file store, tracking=wandb's offline runs
       _report/              the generated variance report (analysis.report)
 
 A run imported from a published table (``python -m analysis.import_table``) holds
@@ -62,6 +64,13 @@ CLAIMS_LOCK = ".claims.lock"  # <cell>/.claims.lock: serialises every change to 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 CHECKPOINTS = "checkpoints"  # the Trainer's checkpoint-<step>/ folders, while the run is unfinished
 RESUME_STATE = "repeatability_state.json"  # written into a checkpoint after the Trainer's files: it is complete
+# experiment trackers (repeatability.tracking): TensorBoard event files inside the run (kept on
+# resume: TensorBoard itself drops the steps a restarted writer logs again); MLflow's local
+# file store and W&B's offline runs under the study
+TENSORBOARD = "tensorboard"
+MLFLOW_STORE = "_mlflow"
+WANDB_DIR = "_wandb"
+_KEPT_ON_RESUME = (CHECKPOINTS, TENSORBOARD)
 
 LOSS_COLUMNS = ("step", "epoch", "split", "loss", "learning_rate", "grad_norm", "elapsed_s")
 FINISHED_STATUSES = ("complete", "diverged")  # runs that are kept and skipped on re-run
@@ -232,15 +241,15 @@ def run_state(path: Path) -> str:
 def start_fresh(path: Path, keep_checkpoints: bool = False) -> None:
     """Remove what a half-finished or failed attempt left, then create the directory.
 
-    With ``keep_checkpoints`` the attempt's ``checkpoints/`` stay (the run resumes from them)
-    and everything else goes. Refuses to touch a finished run: those are never overwritten.
+    With ``keep_checkpoints`` the attempt's ``checkpoints/`` (the run resumes from them) and
+    ``tensorboard/`` stay and everything else goes. Refuses to touch a finished run: those are never overwritten.
     """
     state = run_state(path)
     if state in FINISHED_STATUSES:
         raise RunDirError(f"{path}: holds a {state} run; it is never overwritten")
     if path.exists() and keep_checkpoints:
         for child in path.iterdir():
-            if child.name != CHECKPOINTS:
+            if child.name not in _KEPT_ON_RESUME:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         return
     if path.exists():

@@ -28,6 +28,8 @@ MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 STATE_MAPS = ("current", "bnb_0.41.0")  # repeatability.qmaps: today's 8-bit maps, or 0.36-0.41.0's
 SEED_POLICIES = ("per_trial", "fixed", "paper")
 DETERMINISM_MODES = ("strict", "default", "off")
+TRACKERS = ("none", "tensorboard", "mlflow", "wandb")  # repeatability.tracking: the Trainer's report_to
+WANDB_MODES = ("auto", "offline", "online")
 
 
 def _check_choice(value: str, allowed: tuple[str, ...], key: str) -> None:
@@ -270,6 +272,29 @@ class DeterminismConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Which experiment tracker sees the run (through the Trainer's ``report_to``).
+
+    Tracking never changes a result: it is left out of the config a finished run is compared
+    with on re-run (``sweep._NEUTRAL_KEYS``).
+    """
+
+    name: str = "none"  # none | tensorboard | mlflow | wandb
+    # mlflow: where runs go (default: file:<results>/<study>/_mlflow, a local file store)
+    tracking_uri: Optional[str] = None
+    # mlflow experiment / wandb project name (default: the study's name)
+    project: Optional[str] = None
+    # wandb: auto = online when logged in (WANDB_API_KEY or ~/.netrc), else offline
+    mode: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_choice(self.name, TRACKERS, "tracking")
+        _check_choice(self.mode, WANDB_MODES, "tracking.mode")
+        if self.tracking_uri and self.name != "mlflow":
+            raise ConfigError(f"tracking.tracking_uri is read by tracking=mlflow only, not tracking={self.name}")
+
+
+@dataclass
 class RunConfig:
     """The whole run: one (model, dataset, optim) cell and one trial."""
 
@@ -281,6 +306,7 @@ class RunConfig:
     train: TrainConfig = MISSING
     eval: EvalConfig = MISSING
     determinism: DeterminismConfig = MISSING
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     study: str = "default"
     trial: int = 1
     variant: str = ""  # extra cell label (experiments that vary something besides model/data/optim)
@@ -313,6 +339,7 @@ GROUPS: dict[str, type] = {
     "train": TrainConfig,
     "eval": EvalConfig,
     "determinism": DeterminismConfig,
+    "tracking": TrackingConfig,
 }
 
 

@@ -16,6 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from repeatability import tracking
 from repeatability.config import GROUPS, RunConfig, register_configs, to_run_config
 from repeatability.errors import ConfigError
 
@@ -121,6 +122,8 @@ def check(overrides: list[str], multirun: bool) -> list[RunConfig]:
     finally:
         GlobalHydra.instance().clear()
     configs = [to_run_config(c) for c in composed]
+    for name in sorted({c.tracking.name for c in configs}):  # a missing pip extra, before any model loads
+        tracking.check_available(next(c.tracking for c in configs if c.tracking.name == name))
     _check_resources(configs)
     return configs
 
