@@ -129,3 +129,18 @@ def test_tracking_uri_is_for_mlflow_only(tiny_model_dir: Path, quotes_jsonl: Pat
     args = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path)
     assert run_cli(["study=s", "tracking=tensorboard", "tracking.tracking_uri=http://x", *args]) == 2
     assert "tracking.tracking_uri is read by tracking=mlflow only" in capsys.readouterr().err
+
+
+def test_wandb_offline_run_is_written_under_the_study(tiny_model_dir: Path, quotes_jsonl: Path,
+                                                      tmp_path: Path) -> None:
+    """W&B offline: its own run files under ``_wandb/`` (wandb >= 0.19 has no Python reader of
+    them, so only their presence and the summary's record of them are checked here)."""
+    args = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path)
+    assert run_cli(["trial=1", "optim=paged_adamw_8bit", "study=wb", "tracking=wandb", "tracking.mode=offline",
+                    *args]) == 0
+    record = artifacts.read_summary(tmp_path / "wb" / CELL / "trial-01")["tracking"]
+    assert {k: record[k] for k in ("name", "mode", "project", "run_name")} == {
+        "name": "wandb", "mode": "offline", "project": "wb", "run_name": f"{CELL}/trial-01"}
+    folder = tmp_path / "wb" / record["dir"]
+    assert folder.parent == tmp_path / "wb" / artifacts.WANDB_DIR / "wandb"
+    assert (folder / f"run-{record['run_id']}.wandb").stat().st_size > 0
