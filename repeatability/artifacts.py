@@ -44,10 +44,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from repeatability import summary as schema
 from repeatability.errors import RunDirError
 
-SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = (1,)
+# the summary's schema lives in repeatability/summary.py (typed records, one doc per field)
+SCHEMA_VERSION = schema.SCHEMA_VERSION
+SUPPORTED_SCHEMA_VERSIONS = schema.SUPPORTED_SCHEMA_VERSIONS
 
 SUMMARY = "summary.json"
 LOSS_CURVE = "loss_curve.csv"
@@ -62,6 +64,7 @@ DONE = "DONE"
 CLAIM_SUFFIX = ".claim"  # <cell>/trial-NN.claim: beside the run directory, so start_fresh keeps it
 CLAIMS_LOCK = ".claims.lock"  # <cell>/.claims.lock: serialises every change to the cell's claims
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"  # PEFT's file next to the weights (r, lora_alpha, ...)
 CHECKPOINTS = "checkpoints"  # the Trainer's checkpoint-<step>/ folders, while the run is unfinished
 RESUME_STATE = "repeatability_state.json"  # written into a checkpoint after the Trainer's files: it is complete
 # experiment trackers (repeatability.tracking): TensorBoard event files inside the run (kept on
@@ -74,7 +77,7 @@ _KEPT_ON_RESUME = (CHECKPOINTS, TENSORBOARD)
 
 LOSS_COLUMNS = ("step", "epoch", "split", "loss", "learning_rate", "grad_norm", "elapsed_s")
 FINISHED_STATUSES = ("complete", "diverged")  # runs that are kept and skipped on re-run
-STATUSES = ("complete", "diverged", "failed")
+STATUSES = schema.STATUSES
 
 # The files of a finished run (a failed run has error.txt instead of DONE, and may lack adapter).
 RUN_FILES = (SUMMARY, LOSS_CURVE, GENERATIONS, ENVIRONMENT, CONFIG, OVERRIDES, ADAPTER, MANIFEST, DONE)
@@ -357,11 +360,18 @@ def verify_manifest(path: Path) -> bool:
 # --------------------------------------------------------------------------- writers
 
 
-def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    if summary.get("status") not in STATUSES:
+def write_summary(path: Path, summary: schema.Summary | dict[str, Any]) -> None:
+    """Write ``summary.json`` at the current schema version.
+
+    A dict is checked against :class:`repeatability.summary.Summary` first: a key the schema
+    does not declare, or a value of another type, raises :class:`RunDirError` naming it.
+    """
+    record = summary if isinstance(summary, schema.Summary) else schema.parse({**summary, "schema_version": SCHEMA_VERSION})
+    record.schema_version = SCHEMA_VERSION
+    if record.status not in STATUSES:
         raise ValueError(f"summary status must be one of {STATUSES}")
     _refuse_if_done(path, SUMMARY)
-    write_json(path / SUMMARY, {"schema_version": SCHEMA_VERSION, **summary})
+    write_json(path / SUMMARY, schema.dump(record))
 
 
 def write_imported_run(path: Path, summary: dict[str, Any]) -> None:
@@ -428,7 +438,8 @@ def adapter_sha256(path: Path) -> str:
 
 
 def read_summary(path: Path) -> dict[str, Any]:
-    """The run's summary, checked for a supported schema version."""
+    """The run's summary as JSON, checked for a supported schema version and against the
+    schema (:func:`read_summary_record` gives the typed record)."""
     summary = read_json(path / SUMMARY)
     if not isinstance(summary, dict):
         raise RunDirError(f"{path / SUMMARY}: not a JSON object; delete the run and re-run it")
@@ -438,7 +449,16 @@ def read_summary(path: Path) -> dict[str, Any]:
             f"{path / SUMMARY}: schema version {version!r} is not supported "
             f"(this code reads {SUPPORTED_SCHEMA_VERSIONS}); use the repeatability version that wrote it"
         )
+    try:
+        schema.parse(summary)
+    except RunDirError as exc:
+        raise RunDirError(f"{path / SUMMARY}: {exc}") from None
     return summary
+
+
+def read_summary_record(path: Path) -> schema.Summary:
+    """The run's summary as the typed record (keys it lacks are ``summary.ABSENT``)."""
+    return schema.parse(read_summary(path))
 
 
 def read_loss_curve(path: Path) -> list[dict[str, Any]]:
@@ -478,6 +498,32 @@ def read_environment(path: Path) -> dict[str, Any]:
 
 def adapter_weights_path(path: Path) -> Path:
     return path / ADAPTER / ADAPTER_WEIGHTS
+
+
+def read_adapter_tensors(path: Path) -> dict[str, Any]:
+    """Every tensor of the run's adapter weights as a numpy array (bf16/fp16 through torch).
+
+    Raises:
+        FileNotFoundError: the run has no adapter weights.
+    """
+    from safetensors.numpy import load_file
+
+    weights = adapter_weights_path(path)
+    if not weights.exists():
+        raise FileNotFoundError(weights)
+    try:
+        return load_file(str(weights))
+    except (TypeError, ValueError):  # numpy has no bfloat16
+        import torch
+        from safetensors.torch import load_file as load_torch
+
+        return {k: v.to(torch.float32).numpy() for k, v in load_torch(str(weights)).items()}
+
+
+def read_adapter_config(path: Path) -> dict[str, Any]:
+    """The run's PEFT ``adapter_config.json`` (``{}`` when it has none)."""
+    file = path / ADAPTER / ADAPTER_CONFIG
+    return read_json(file) if file.exists() else {}
 
 
 def iter_run_dirs(study: Path) -> Iterator[Path]:

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from repeatability import artifacts, data, evaluate, modelling, tracking, train
+from repeatability import summary as summary_schema
 from repeatability.config import RunConfig
 from repeatability.environment import PeakMemory, capture_environment, cpu_model
 from repeatability.seeding import Seeds, apply_determinism, resolve_seeds, seed_everything, thread_budget
@@ -156,9 +157,12 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
         summary["timings"]["total_s"] = time.perf_counter() - t_start
         summary.update(tracking=tracker.record, finished_at=utc_now())
         summary["headline"] = headline(summary)
+        record = summary_schema.parse(summary)
+        if summary_schema.required_missing(record):  # the writer and the schema disagree: a bug here
+            raise RuntimeError(f"summary lacks {', '.join(summary_schema.required_missing(record))}")
         guard()
         tracker.log_end(summary)
-    artifacts.write_summary(path, summary)
+    artifacts.write_summary(path, record)
     if not cfg.train.keep_checkpoints:
         artifacts.remove_checkpoints(path)
     artifacts.mark_done(path)
