@@ -103,7 +103,9 @@ class TrackerRun:
 
     def start(self, config: dict[str, Any], seeds: dict[str, Any]) -> None:
         """Open the tracker run (grouped by study/cell/trial) and log the config and seeds."""
-        params = {**flat_params(config), **flat_params(seeds, "seeds")}
+        # prefixed: the Trainer's callback logs TrainingArguments and the model config as
+        # parameters too, and MLflow refuses a parameter logged twice with two values
+        params = {**flat_params(config, "config"), **flat_params(seeds, "seeds")}
         tags = {k: str(v) for k, v in self.ids.items()}
         project = self.cfg.project or self.ids["study"]
         if self.cfg.name == "mlflow":

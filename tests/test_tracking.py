@@ -98,7 +98,8 @@ def test_mlflow_file_store_holds_the_run_grouped_by_study_cell_trial(tracked: Pa
     params = found.data.params
     for source in ("lora_init", "data_order", "dropout", "generation"):
         assert params[f"seeds.{source}"] == str(summary["seeds"][source])
-    assert params["optim.name"] == "paged_adamw_8bit" and params["train.max_steps"] == "4"
+    assert params["config.optim.name"] == "paged_adamw_8bit" and params["config.train.max_steps"] == "4"
+    assert params["config.study"] == "ml" and params["max_steps"] == "4"  # the latter: the Trainer's own
     assert params["optimizer.effective.bits"] == "8"
     assert params["optimizer.effective.class"] == summary["optimizer"]["effective"]["class"]
 
