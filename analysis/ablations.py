@@ -16,6 +16,7 @@ import pandas as pd
 
 from analysis.load import FINISHED, column
 from analysis.tables import format_number
+from repeatability.summary import COLUMNS as S
 
 SAMPLE_COLUMNS = ("cell", "trial", "prompt_index", "k", "n_seeds", "n_distinct",
                   "samples_identical", "equal_greedy", "temperature", "top_p")
@@ -101,11 +102,11 @@ def base_repeats(runs: pd.DataFrame) -> pd.DataFrame:
     done = runs[runs["status"].isin(FINISHED)]
     rows = []
     for _, run in done.iterrows():
-        values = run.get("metrics.base_perplexity_repeats")
+        values = run.get(S.metrics.base_perplexity_repeats)
         if not isinstance(values, (list, tuple)) or not values:
             continue
         numbers = [float(v) for v in values]
-        recorded = pd.to_numeric(pd.Series([run.get("metrics.base_perplexity_repeat_spread")]),
+        recorded = pd.to_numeric(pd.Series([run.get(S.metrics.base_perplexity_repeat_spread)]),
                                  errors="coerce").iloc[0]
         spread = max(numbers) - min(numbers)
         rows.append({"cell": run["cell"], "trial": int(run["trial"]), "k": len(numbers),

@@ -31,14 +31,15 @@ from scipy import stats as sps
 
 from analysis.load import FINISHED
 from analysis.stats import PRIMARY_METRIC, metric_values, paired_trials
+from repeatability.summary import COLUMNS as S
 
 log = logging.getLogger(__name__)
 
 FACTORS = ("optim", "variant")
 RESPONSES: tuple[tuple[str, str, bool], ...] = (
     ("log perplexity", PRIMARY_METRIC, True),
-    ("final train loss", "metrics.final_train_loss", False),
-    ("final val loss", "metrics.final_val_loss", False),
+    ("final train loss", S.metrics.final_train_loss, False),
+    ("final val loss", S.metrics.final_val_loss, False),
 )
 BLOCK_LABEL = "trial (block: all seeds)"
 CONSTANT_RTOL = 1e-12  # a response whose range is below this (relative) does not vary
@@ -97,8 +98,8 @@ def _design(runs: pd.DataFrame, group: str, cells: list[str]) -> Design | None:
     if len(trials) < 2:
         return None
     done = runs[runs["cell"].isin(cells) & runs["status"].isin(FINISHED)]
-    blocked = any(done.groupby("cell")[f"seeds.{s}"].nunique().gt(1).any()
-                  for s in ("lora_init", "data_order", "dropout") if f"seeds.{s}" in done)
+    blocked = any(done.groupby("cell")[getattr(S.seeds, s)].nunique().gt(1).any()
+                  for s in ("lora_init", "data_order", "dropout") if getattr(S.seeds, s) in done)
     return Design(group, tuple(cells), factors, tuple(trials), blocked)
 
 

@@ -27,8 +27,9 @@ from analysis.config import DEFAULT, AnalysisConfig
 from analysis.load import FINISHED, column
 from analysis.stats import PRIMARY_METRIC
 from analysis.tables import format_number
+from repeatability.summary import COLUMNS as S
 
-BASE_METRIC = "metrics.base_perplexity_token_weighted"
+BASE_METRIC = S.metrics.base_perplexity_token_weighted
 REFERENCE_BASE = "base-model perplexity recorded by the runs"
 REFERENCE_POOLED = "pooled median perplexity of the finished runs across arms (no base recorded)"
 REFERENCE_COLUMNS = ("model", "dataset", "reference", "value", "n_values", "min", "max",

@@ -1,8 +1,9 @@
 """Loss curves across trials: dispersion per step, and where runs first part ways.
 
-"Divergence" here is two runs' losses *parting* (the first logged step where they differ by
-more than ``atol``), not a loss blowing up; a blown-up run is ``status == "diverged"`` in the
-runs frame, with the step in ``divergence.step``.
+Three things were once all called "divergence"; each has its own word now: curves *part*
+(here: the first logged step where two runs' losses differ by more than ``atol``); a run
+*blows up* (``status == "diverged"``, step in the summary's ``divergence.step``:
+:mod:`analysis.blowups`); adapters lie a *distance* apart (:mod:`analysis.adapter_distance`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def dispersion(curves: pd.DataFrame, split: str = "train") -> pd.DataFrame:
     return out
 
 
-def first_divergence_step(a: pd.DataFrame, b: pd.DataFrame, atol: float = 0.0) -> float:
+def first_parting_step(a: pd.DataFrame, b: pd.DataFrame, atol: float = 0.0) -> float:
     """First step both curves logged where ``|loss_a - loss_b| > atol`` (NaN ≠ anything).
 
     ``a`` and ``b`` are one run's rows each (``step``, ``loss``). NaN when they never part on
@@ -54,17 +55,17 @@ def _runs_of(rows: pd.DataFrame) -> dict[int, pd.DataFrame]:
     return {int(t): g for t, g in rows.groupby("trial")}
 
 
-def within_cell_divergence(curves: pd.DataFrame, split: str = "train",
+def within_cell_parting(curves: pd.DataFrame, split: str = "train",
                            atol: float = 0.0) -> pd.DataFrame:
     """Per cell: the earliest step at which any two of its trials part, and when all pairs do.
 
-    ``first_step``: min over trial pairs of :func:`first_divergence_step` (NaN: all trials
+    ``first_step``: min over trial pairs of :func:`first_parting_step` (NaN: all trials
     identical); ``n_pairs_identical``: pairs that never part; ``last_common_step``.
     """
     out = []
     for cell, rows in _finished(curves, split).groupby("cell"):
         runs = _runs_of(rows)
-        steps = [first_divergence_step(runs[i], runs[j], atol) for i, j in combinations(runs, 2)]
+        steps = [first_parting_step(runs[i], runs[j], atol) for i, j in combinations(runs, 2)]
         parted = [s for s in steps if not math.isnan(s)]
         out.append({"cell": cell, "n_trials": len(runs), "n_pairs": len(steps),
                     "n_pairs_identical": len(steps) - len(parted),
@@ -74,7 +75,7 @@ def within_cell_divergence(curves: pd.DataFrame, split: str = "train",
                                       "first_step", "last_common_step"])
 
 
-def paired_divergence(curves: pd.DataFrame, cell_x: str, cell_y: str, split: str = "train",
+def paired_parting(curves: pd.DataFrame, cell_x: str, cell_y: str, split: str = "train",
                       atol: float = 0.0) -> pd.DataFrame:
     """Per trial in both cells: first step where arm X's curve parts from arm Y's.
 
@@ -84,7 +85,7 @@ def paired_divergence(curves: pd.DataFrame, cell_x: str, cell_y: str, split: str
     rows = _finished(curves, split)
     x, y = _runs_of(rows[rows["cell"] == cell_x]), _runs_of(rows[rows["cell"] == cell_y])
     out = [{"trial": t, "x": cell_x, "y": cell_y,
-            "first_step": first_divergence_step(x[t], y[t], atol),
+            "first_step": first_parting_step(x[t], y[t], atol),
             "final_loss_x": float(x[t].sort_values("step")["loss"].iloc[-1]),
             "final_loss_y": float(y[t].sort_values("step")["loss"].iloc[-1])}
            for t in sorted(set(x) & set(y))]

@@ -31,17 +31,18 @@ from typing import Any
 
 from repeatability import artifacts
 from repeatability.errors import RunDirError
+from repeatability.summary import COLUMNS as S
 
 log = logging.getLogger(__name__)
 
 REQUIRED = ("model", "dataset", "optim", "trial", "perplexity")
 NUMBERS = {  # optional CSV column → summary key
-    "perplexity_mean_per_sequence": "metrics.perplexity_mean_per_sequence",
-    "base_perplexity": "metrics.base_perplexity_token_weighted",
-    "gpu_memory_pct": "memory.max_allocated_pct",
-    "gpu_memory_mb": "memory.max_allocated_mb",
-    "train_s": "timings.train_s",
-    "eval_s": "timings.eval_s",
+    "perplexity_mean_per_sequence": S.metrics.perplexity_mean_per_sequence,
+    "base_perplexity": S.metrics.base_perplexity_token_weighted,
+    "gpu_memory_pct": S.memory.max_allocated_pct,
+    "gpu_memory_mb": S.memory.max_allocated_mb,
+    "train_s": S.timings.train_s,
+    "eval_s": S.timings.eval_s,
 }
 TEXT = ("variant", "notes")  # optional text columns (notes stay in imported.row only)
 
@@ -159,7 +160,7 @@ def summary_of(row: Row, study: str, source: str, citation: str | None) -> dict[
     cell = row.cell
     label = f"{cell.model} x {cell.dataset} x {cell.optim}" + (f" ({cell.variant})" if cell.variant else "")
     imported = {"source": source, "row": row.raw} | ({"citation": citation} if citation else {})
-    summary = _nest({"metrics.perplexity_token_weighted": row.perplexity, **row.values})
+    summary = _nest({S.metrics.perplexity_token_weighted: row.perplexity, **row.values})
     summary |= {"status": status, "study": study, "trial": row.trial, "imported": imported,
                 "cell": {"model": cell.model, "dataset": cell.dataset, "optim": cell.optim,
                          "variant": cell.variant},

@@ -17,6 +17,7 @@ import pandas as pd
 
 from repeatability import artifacts
 from repeatability.errors import RunDirError
+from repeatability.summary import COLUMNS as S
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def _read_summary(path: Path, rel: str, problems: list[Problem]) -> dict[str, An
 def _check_identity(row: dict[str, Any], rel: str, problems: list[Problem]) -> None:
     """The summary's own cell/trial must agree with the directory it lies in."""
     for key in ("model", "dataset", "optim", "variant"):
-        said = row.pop(f"cell.{key}", None)
+        said = row.pop(getattr(S.cell, key), None)
         if said is not None and said != row[key]:
             problems.append(Problem(rel, "mismatch", f"summary cell.{key}={said!r}, directory "
                                     f"says {row[key]!r}"))
@@ -264,7 +265,7 @@ def column(frame: pd.DataFrame, name: str, default: Any = None) -> pd.Series:
 def is_imported(runs: pd.DataFrame) -> pd.Series:
     """True for runs imported from a published table (``imported`` in their summary): they
     record only what the source reports, never seeds, adapters, curves or an environment."""
-    return column(runs, "imported.source").notna()
+    return column(runs, S.imported.source).notna()
 
 
 def optim_bits(runs: pd.DataFrame) -> pd.Series:
@@ -273,7 +274,7 @@ def optim_bits(runs: pd.DataFrame) -> pd.Series:
     ``optimizer.requested.optim_bits`` when the run recorded it; otherwise (imported runs) the
     number before ``bit`` in the optimizer's name (``paged_adamw_8bit`` → 8); else NaN.
     """
-    recorded = pd.to_numeric(column(runs, "optimizer.requested.optim_bits"), errors="coerce")
+    recorded = pd.to_numeric(column(runs, S.optimizer.requested.optim_bits), errors="coerce")
     named = pd.to_numeric(runs["optim"].astype(str).str.extract(r"(\d+)bit", expand=False),
                           errors="coerce")
     return recorded.fillna(named).astype(float)

@@ -23,14 +23,15 @@ from matplotlib.lines import Line2D
 from analysis.curves import dispersion
 from analysis.load import FINISHED, column, optim_bits
 from analysis.stats import PRIMARY_METRIC, paired_trials
+from repeatability.summary import COLUMNS as S
 
 METRIC_LABELS = {
-    "metrics.perplexity_token_weighted": "held-out perplexity (token-weighted)",
-    "metrics.perplexity_mean_per_sequence": "held-out perplexity (mean of per-sequence)",
-    "metrics.final_train_loss": "final training loss (nats/token)",
-    "metrics.final_val_loss": "final validation loss (nats/token)",
-    "timings.train_s": "training time (s)",
-    "timings.eval_s": "held-out scoring time (s)",
+    S.metrics.perplexity_token_weighted: "held-out perplexity (token-weighted)",
+    S.metrics.perplexity_mean_per_sequence: "held-out perplexity (mean of per-sequence)",
+    S.metrics.final_train_loss: "final training loss (nats/token)",
+    S.metrics.final_val_loss: "final validation loss (nats/token)",
+    S.timings.train_s: "training time (s)",
+    S.timings.eval_s: "held-out scoring time (s)",
 }
 STATUS_MARKERS = {"complete": "o", "diverged": "X"}
 LOG_SPAN = 10.0  # values spanning more than this ratio get a log axis

@@ -12,37 +12,38 @@ import pandas as pd
 from analysis import plots, stats, tables, verdict
 from analysis.document import Doc
 from analysis.load import FINISHED, Study, column, is_imported
+from repeatability.summary import COLUMNS as S
 
 log = logging.getLogger(__name__)
 
 Tables = dict[str, tuple[pd.DataFrame, str]]  # file stem → (table, caption)
-SECOND_METRIC = "metrics.perplexity_mean_per_sequence"
+SECOND_METRIC = S.metrics.perplexity_mean_per_sequence
 
 # Setup rows: label → summary keys (joined with " / " when several).
 SETUP_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("base model (resolved)", ("model.resolved",)),
-    ("LoRA r / alpha / dropout / targets", ("model.lora.r", "model.lora.alpha",
-                                           "model.lora.dropout", "model.lora.targets")),
-    ("dataset / source / template", ("data.dataset", "data.source", "data.template")),
-    ("examples train / val / held-out scored", ("data.n_train", "data.n_val",
-                                                "data.n_heldout_scored")),
-    ("device", ("device.type", "device.name")),
-    ("compute dtype", ("device.compute_dtype",)),
-    ("base 4-bit / quant type / double quant", ("device.quantization.load_in_4bit",
-                                                "device.quantization.quant_type",
-                                                "device.quantization.double_quant")),
-    ("optimizer requested: name / bits / paged", ("optimizer.requested.name",
-                                                  "optimizer.requested.optim_bits",
-                                                  "optimizer.requested.is_paged")),
-    ("optimizer class that ran", ("optimizer.effective.class",)),
-    ("effective state bits", ("optimizer.effective.bits",)),
-    ("fraction of params with 8-bit state", ("optimizer.effective.state_8bit_param_fraction",)),
-    ("paging effective", ("optimizer.effective.paging_effective",)),
-    ("learning rate / steps", ("optimizer.requested.lr", "metrics.steps")),
-    ("seed policy", ("seeds.policy",)),
+    ("base model (resolved)", (S.model.resolved,)),
+    ("LoRA r / alpha / dropout / targets", (S.model.lora.r, S.model.lora.alpha,
+                                           S.model.lora.dropout, S.model.lora.targets)),
+    ("dataset / source / template", (S.data.dataset, S.data.source, S.data.template)),
+    ("examples train / val / held-out scored", (S.data.n_train, S.data.n_val,
+                                                S.data.n_heldout_scored)),
+    ("device", (S.device.type, S.device.name)),
+    ("compute dtype", (S.device.compute_dtype,)),
+    ("base 4-bit / quant type / double quant", (S.device.quantization.load_in_4bit,
+                                                S.device.quantization.quant_type,
+                                                S.device.quantization.double_quant)),
+    ("optimizer requested: name / bits / paged", (S.optimizer.requested.name,
+                                                  S.optimizer.requested.optim_bits,
+                                                  S.optimizer.requested.is_paged)),
+    ("optimizer class that ran", (S.optimizer.effective.class_,)),
+    ("effective state bits", (S.optimizer.effective.bits,)),
+    ("fraction of params with 8-bit state", (S.optimizer.effective.state_8bit_param_fraction,)),
+    ("paging effective", (S.optimizer.effective.paging_effective,)),
+    ("learning rate / steps", (S.optimizer.requested.lr, S.metrics.steps)),
+    ("seed policy", (S.seeds.policy,)),
     ("determinism mode / deterministic algorithms / threads",
-     ("determinism.mode", "determinism.use_deterministic_algorithms",
-      "determinism.torch_num_threads")),
+     (S.determinism.mode, S.determinism.use_deterministic_algorithms,
+      S.determinism.torch_num_threads)),
     ("torch / transformers / peft / bitsandbytes",
      ("environment.packages.torch", "environment.packages.transformers",
       "environment.packages.peft", "environment.packages.bitsandbytes")),
@@ -50,15 +51,15 @@ SETUP_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 # Shown only when some run recorded them (newer runs, imported runs).
 OPTIONAL_SETUP_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("8-bit state maps requested / in force", ("optimizer.state_maps.requested",
-                                               "optimizer.state_maps.name")),
-    ("precision: compute / mixed / grad scaler", ("precision.compute_dtype",
-                                                  "precision.mixed_precision",
-                                                  "precision.grad_scaler")),
-    ("grad scaler: skipped steps / final loss scale", ("precision.scaler_skipped_steps",
-                                                       "precision.final_loss_scale")),
-    ("imported from", ("imported.source",)),
-    ("citation", ("imported.citation",)),
+    ("8-bit state maps requested / in force", (S.optimizer.state_maps.requested,
+                                               S.optimizer.state_maps.name)),
+    ("precision: compute / mixed / grad scaler", (S.precision.compute_dtype,
+                                                  S.precision.mixed_precision,
+                                                  S.precision.grad_scaler)),
+    ("grad scaler: skipped steps / final loss scale", (S.precision.scaler_skipped_steps,
+                                                       S.precision.final_loss_scale)),
+    ("imported from", (S.imported.source,)),
+    ("citation", (S.imported.citation,)),
 )
 
 
@@ -111,7 +112,7 @@ def overview(doc: Doc, study: Study) -> Tables:
     imported = runs[is_imported(runs)]
     if len(imported):
         doc.para(f"{len(imported)} of {len(runs)} runs were imported from published tables "
-                 f"({_values(imported, ('imported.source',))}), not run here: they record only "
+                 f"({_values(imported, (S.imported.source,))}), not run here: they record only "
                  "what the source reports (perplexities, and whatever else its table gives); "
                  "their seeds, adapters, loss curves, generations and environment were not "
                  "recorded.")
@@ -177,17 +178,17 @@ def arm_notes(runs: pd.DataFrame) -> list[str]:
         if rows.empty:
             notes.append(f"`{cell}`: no finished run")
             continue
-        if column(rows, "optimizer.effective.bits").isna().all():
+        if column(rows, S.optimizer.effective.bits).isna().all():
             notes.append(f"`{cell}`: optimizer state, paging and device not recorded")
             continue
-        frac = pd.to_numeric(column(rows, "optimizer.effective.state_8bit_param_fraction"),
+        frac = pd.to_numeric(column(rows, S.optimizer.effective.state_8bit_param_fraction),
                              errors="coerce")
         frac_txt = f"{frac.mean():.1%}" if frac.notna().any() else "–"
         notes.append(
-            f"`{cell}`: Adam state {_values(rows, ('optimizer.effective.bits',))}-bit "
+            f"`{cell}`: Adam state {_values(rows, (S.optimizer.effective.bits,))}-bit "
             f"({frac_txt} of trainable parameters with 8-bit state), paging effective "
-            f"{_values(rows, ('optimizer.effective.paging_effective',))}, device "
-            f"{_values(rows, ('device.type', 'device.compute_dtype'))}")
+            f"{_values(rows, (S.optimizer.effective.paging_effective,))}, device "
+            f"{_values(rows, (S.device.type, S.device.compute_dtype))}")
     return notes
 
 
@@ -256,7 +257,7 @@ def perplexity(doc: Doc, study: Study) -> Tables:
         out[f"cell_stats_{tag}"] = (cell_stats, caption)
         doc.figure(f"perplexity_{tag}", plots.metric_by_cell(runs, metric),
                    f"{label}, one point per trial")
-    base = _values(runs[runs["status"].isin(FINISHED)], ("metrics.base_perplexity_token_weighted",))
+    base = _values(runs[runs["status"].isin(FINISHED)], (S.metrics.base_perplexity_token_weighted,))
     doc.para(f"Base model before fine-tuning (token-weighted): "
              f"{'not recorded' if base == '–' else base}.")
     return out

@@ -13,6 +13,7 @@ from analysis.document import Doc
 from analysis.load import Study, column, is_imported, optim_bits
 from analysis.sections import Tables
 from analysis.tables import arm_label, format_number
+from repeatability.summary import COLUMNS as S
 
 
 def _p(value: float) -> str:
@@ -99,7 +100,7 @@ def _source(rows: pd.DataFrame) -> str:
     imported = rows[is_imported(rows)]
     if imported.empty:
         return "run by this harness"
-    return "imported: " + "; ".join(sorted(column(imported, "imported.source").astype(str).unique()))
+    return "imported: " + "; ".join(sorted(column(imported, S.imported.source).astype(str).unique()))
 
 
 def study_cells(study: Study, config: AnalysisConfig) -> pd.DataFrame:

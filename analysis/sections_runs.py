@@ -11,22 +11,23 @@ from analysis import curves, generations, plots, stats, tables, verdict
 from analysis.document import Doc
 from analysis.load import FINISHED, Study, column
 from analysis.sections import Tables, compact_stats
+from repeatability.summary import COLUMNS as S
 
-LOSS_METRICS = ("metrics.final_train_loss", "metrics.final_val_loss")
-TIME_METRICS = ("timings.train_s", "timings.eval_s", "timings.total_s")
+LOSS_METRICS = (S.metrics.final_train_loss, S.metrics.final_val_loss)
+TIME_METRICS = (S.timings.train_s, S.timings.eval_s, S.timings.total_s)
 LOSS_ATOL = 0.01  # nats/token: a difference in loss curves worth calling material
 
 
 def _parting(study: Study) -> tuple[pd.DataFrame, list[tuple[str, pd.DataFrame]]]:
     """Where trials part within each cell, and where paired arms part, at atol 0 and
     :data:`LOSS_ATOL` (``first_step`` = any difference, ``first_step_tol`` = beyond it)."""
-    within = curves.within_cell_divergence(study.curves)
-    tol = curves.within_cell_divergence(study.curves, atol=LOSS_ATOL)
+    within = curves.within_cell_parting(study.curves)
+    tol = curves.within_cell_parting(study.curves, atol=LOSS_ATOL)
     within.insert(5, "first_step_tol", within["cell"].map(tol.set_index("cell")["first_step"]))
     pairs = []
     for x, y in stats.comparison_pairs(study.runs):
-        paired = curves.paired_divergence(study.curves, x, y)
-        tol = curves.paired_divergence(study.curves, x, y, atol=LOSS_ATOL)
+        paired = curves.paired_parting(study.curves, x, y)
+        tol = curves.paired_parting(study.curves, x, y, atol=LOSS_ATOL)
         paired.insert(4, "first_step_tol", tol["first_step"].to_numpy())
         pairs.append((f"X = {x}, Y = {y}" + ("" if stats.paired_trials(study.runs, x, y)
                                               else " (NOT seed-matched)"), paired))
@@ -129,7 +130,7 @@ def not_as_asked(doc: Doc, study: Study) -> Tables:
     doc.heading("What could not run as asked")
     issues = verdict.not_as_asked(study.runs)
     done = study.runs[study.runs["status"].isin(FINISHED)]
-    unknown = int(column(done, "optimizer.effective.class").isna().sum())
+    unknown = int(column(done, S.optimizer.effective.class_).isna().sum())
     note = (f"{unknown} finished run(s) recorded no optimizer state (imported runs): whether "
             "their optimizer did what was requested is not known.") if unknown else ""
     if issues.empty:

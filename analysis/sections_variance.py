@@ -9,11 +9,12 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis import ablations as abl
-from analysis import anova, divergence, plots_variance, power, stats, variance
+from analysis import adapter_distance, anova, plots_variance, power, stats, variance
 from analysis.document import Doc
 from analysis.load import FINISHED, Study
 from analysis.sections import Tables, _values
 from analysis.tables import format_number
+from repeatability.summary import COLUMNS as S
 
 
 def _ci_text(low: pd.Series, high: pd.Series) -> list[str]:
@@ -34,7 +35,7 @@ def _ofat_view(table: pd.DataFrame) -> pd.DataFrame:
 
 def _where(study: Study) -> str:
     done = study.runs[study.runs["status"].isin(FINISHED)]
-    return f"on this machine ({_values(done, ('device.type', 'device.name'))})"
+    return f"on this machine ({_values(done, (S.device.type, S.device.name))})"
 
 
 def _ofat(doc: Doc, study: Study, table: pd.DataFrame) -> Tables:
@@ -82,7 +83,7 @@ def _anova(doc: Doc, study: Study, results: list) -> Tables:
 def variance_sources(doc: Doc, study: Study) -> Tables:
     """"Where does the variance come from?": OFAT components (vary-* cells) and the ANOVA of
     crossed designs; nothing when the study has neither."""
-    pairs = divergence.pair_table(study.runs, study.path)
+    pairs = adapter_distance.pair_table(study.runs, study.path)
     table = variance.decompose(study.runs, pairs)
     results = anova.crossed_anova(study.runs)
     if table.empty and not results:
@@ -98,7 +99,7 @@ def variance_sources(doc: Doc, study: Study) -> Tables:
 
 def _arm_divergence(doc: Doc, study: Study) -> Tables:
     """Seed-matched arms (cells differing only in the optimizer): X's adapter vs Y's, per trial."""
-    frames = [divergence.arm_pairs(study.runs, study.path, x, y, trials)
+    frames = [adapter_distance.arm_pairs(study.runs, study.path, x, y, trials)
               for x, y in stats.comparison_pairs(study.runs)
               if (trials := stats.paired_trials(study.runs, x, y))]
     frames = [f for f in frames if len(f)]
@@ -116,7 +117,7 @@ def _arm_divergence(doc: Doc, study: Study) -> Tables:
 def adapter_divergence(doc: Doc, study: Study) -> Tables:
     """Pairwise relative L2 distance and cosine similarity of ΔW between a cell's trials."""
     doc.heading("Adapter divergence")
-    pairs = divergence.pair_table(study.runs, study.path)
+    pairs = adapter_distance.pair_table(study.runs, study.path)
     if pairs.empty:
         doc.para("No cell has two finished runs whose adapters hold lora_A/lora_B weight pairs: "
                  "nothing to compare.")
@@ -125,7 +126,7 @@ def adapter_divergence(doc: Doc, study: Study) -> Tables:
              "Relative L2 distance = ||ΔW_i − ΔW_j||_F / mean(||ΔW_i||_F, ||ΔW_j||_F) (0: same "
              "update; √2: orthogonal updates of equal size); cosine = <ΔW_i, ΔW_j>_F / "
              "(||ΔW_i||_F ||ΔW_j||_F). Whole adapter = every module's ΔW concatenated.")
-    summary = divergence.cell_summary(pairs)
+    summary = adapter_distance.cell_summary(pairs)
     doc.bullets([f"`{r['cell']}`: {r['n_adapters']} adapters, {r['n_pairs']} pair(s) "
                  f"({r['n_identical_pairs']} identical): relative L2 {r['rel_l2_mean']:.3g} "
                  f"(min {r['rel_l2_min']:.3g}, max {r['rel_l2_max']:.3g}), cosine "
@@ -134,12 +135,12 @@ def adapter_divergence(doc: Doc, study: Study) -> Tables:
                  for _, r in summary.iterrows()])
     doc.table(summary.set_index("cell"), "Adapter divergence per cell (whole adapter)")
     out = _arm_divergence(doc, study)
-    layers = divergence.by_layer(pairs)
+    layers = adapter_distance.by_layer(pairs)
     if (layers["layer"] >= 0).any():
         doc.figure("divergence_by_layer", plots_variance.divergence_by_layer(layers),
                    "Relative L2 distance of ΔW between trials, per transformer layer")
-    whole = divergence.whole_adapter(pairs)
-    kinds = divergence.aggregate(pairs, ["cell", "kind", "trial_i", "trial_j"])
+    whole = adapter_distance.whole_adapter(pairs)
+    kinds = adapter_distance.aggregate(pairs, ["cell", "kind", "trial_i", "trial_j"])
     return out | {"divergence_cells": (summary, "Adapter divergence per cell"),
             "divergence_pairs": (whole, "Adapter divergence per trial pair (whole adapter)"),
             "divergence_layers": (layers, "Adapter divergence per layer"),

@@ -15,13 +15,14 @@ import pandas as pd
 
 from analysis.load import FINISHED, column, optim_bits
 from analysis.stats import PRIMARY_METRIC
+from repeatability.summary import COLUMNS as S
 
 log = logging.getLogger(__name__)
 
 # Which memory figure a table can show, best first: the paper's Table 3 is GPU allocation (%).
-MEMORY_KEYS = (("memory.max_allocated_pct", "GPU memory allocated (% of device)"),
-               ("memory.max_allocated_mb", "GPU memory allocated (MB)"),
-               ("memory.peak_rss_mb", "CPU peak RSS during the run (MB)"))
+MEMORY_KEYS = ((S.memory.max_allocated_pct, "GPU memory allocated (% of device)"),
+               (S.memory.max_allocated_mb, "GPU memory allocated (MB)"),
+               (S.memory.peak_rss_mb, "CPU peak RSS during the run (MB)"))
 
 
 def format_number(value: Any) -> str:
@@ -115,9 +116,9 @@ def timing_table(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
     rows = _with_arm(runs[runs["dataset"] == dataset])
     rows = rows.assign(**{k: pd.to_numeric(column(rows, k), errors="coerce").astype(float)
                           .where(rows["status"].isin(FINISHED))
-                          for k in ("timings.train_s", "timings.eval_s")})
-    long = pd.concat([rows.assign(phase="Train (s)", value=column(rows, "timings.train_s")),
-                      rows.assign(phase="Test (s)", value=column(rows, "timings.eval_s"))])
+                          for k in (S.timings.train_s, S.timings.eval_s)})
+    long = pd.concat([rows.assign(phase="Train (s)", value=column(rows, S.timings.train_s)),
+                      rows.assign(phase="Test (s)", value=column(rows, S.timings.eval_s))])
     long["value"] = pd.to_numeric(long["value"], errors="coerce")
     table = long.pivot_table(index="trial", columns=["arm", "model", "phase"], values="value",
                              aggfunc="first", dropna=False)

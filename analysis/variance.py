@@ -32,10 +32,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from analysis import divergence
+from analysis import adapter_distance
 from analysis.load import FINISHED
 from analysis.stats import PRIMARY_METRIC, metric_values
 from analysis.verdict import varied_sources
+from repeatability.summary import COLUMNS as S
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,8 @@ __all__ = ["BASELINE", "OFAT_METRICS", "WEIGHTS", "answer", "components", "decom
 OFAT_METRICS: tuple[tuple[str, str, bool], ...] = (
     ("log perplexity", PRIMARY_METRIC, True),
     ("perplexity", PRIMARY_METRIC, False),
-    ("final train loss", "metrics.final_train_loss", False),
-    ("final val loss", "metrics.final_val_loss", False),
+    ("final train loss", S.metrics.final_train_loss, False),
+    ("final val loss", S.metrics.final_val_loss, False),
 )
 WEIGHTS = "adapter ΔW (relative)"
 _BATCH_ELEMENTS = 4_000_000  # resampled D² elements held at once by the bootstrap
@@ -176,7 +177,7 @@ def _metric_d2s(runs: pd.DataFrame, design: pd.DataFrame, metric: str,
 def _weight_d2s(pairs: pd.DataFrame, design: pd.DataFrame) -> tuple[dict[str, np.ndarray],
                                                                     dict[str, float]]:
     """Per source: D² of whole-adapter ΔW over the group's pooled mean ||ΔW||² (relative)."""
-    mats = {row["source"]: divergence.distance_matrix(pairs, row["cell"])
+    mats = {row["source"]: adapter_distance.distance_matrix(pairs, row["cell"])
             for _, row in design.iterrows()} if len(pairs) else {}
     norms = np.concatenate([n2 for _, _, n2 in mats.values()]) if mats else np.array([])
     scale = float(norms.mean()) if norms.size and norms.mean() > 0 else math.nan
@@ -189,7 +190,7 @@ def decompose(runs: pd.DataFrame, pairs: pd.DataFrame | None = None, seed: int =
               n_resamples: int = 9999) -> pd.DataFrame:
     """The OFAT table for every group of :func:`ofat_design`: one row per (metric, group,
     source) with the columns of :data:`TABLE_COLUMNS` (``mean``: of the metric; for
-    :data:`WEIGHTS`, the mean ||ΔW||_F). ``pairs`` (:func:`divergence.pair_table`) adds the
+    :data:`WEIGHTS`, the mean ||ΔW||_F). ``pairs`` (:func:`adapter_distance.pair_table`) adds the
     adapter rows; without it they are left out."""
     design = ofat_design(runs)
     frames = []

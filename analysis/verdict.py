@@ -9,10 +9,11 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.curves import within_cell_divergence
+from analysis.curves import within_cell_parting
 from analysis.load import FINISHED, column
 from analysis.stats import PRIMARY_METRIC, describe, metric_values
 from analysis.tables import format_number
+from repeatability.summary import COLUMNS as S
 
 SEED_KEYS = ("lora_init", "data_order", "dropout", "generation")
 VARYING_RULES = ("trial", "entropy")  # seed rules that give each trial its own seed
@@ -20,13 +21,13 @@ VARYING_RULES = ("trial", "entropy")  # seed rules that give each trial its own 
 
 def varying_seeds(rows: pd.DataFrame) -> list[str]:
     """Seed sources whose value differs between the given runs (``seeds.<source>``)."""
-    return [s for s in SEED_KEYS if column(rows, f"seeds.{s}").dropna().nunique() > 1]
+    return [s for s in SEED_KEYS if column(rows, getattr(S.seeds, s)).dropna().nunique() > 1]
 
 
 def varied_sources(rows: pd.DataFrame) -> list[str]:
     """Seed sources that vary across the given runs by design (rule ``trial``/``entropy`` in
     ``seeds.rules``); runs recorded without rules: the sources whose seed values differ."""
-    rules = {s: column(rows, f"seeds.rules.{s}") for s in SEED_KEYS}
+    rules = {s: column(rows, getattr(S.seeds.rules, s)) for s in SEED_KEYS}
     if not any(r.notna().any() for r in rules.values()):
         return varying_seeds(rows)
     return [s for s, r in rules.items() if r.isin(VARYING_RULES).any()]
@@ -46,7 +47,7 @@ UNKNOWN = "unknown (no adapters or seeds recorded)"
 
 def recorded_seeds(rows: pd.DataFrame) -> bool:
     """Whether any of the runs recorded a seed of a training source (imported runs: never)."""
-    return any(column(rows, f"seeds.{s}").notna().any() for s in SEED_KEYS)
+    return any(column(rows, getattr(S.seeds, s)).notna().any() for s in SEED_KEYS)
 
 
 def _verdict_text(n: int, adapters: int, same_greedy: int, n_prompts: int, spread: float,
@@ -82,7 +83,7 @@ def cell_verdicts(runs: pd.DataFrame, gens: pd.DataFrame,
     out = []
     for cell, group in runs.groupby("cell", sort=True):
         done = group[group["status"].isin(FINISHED)]
-        hashes = column(done, "adapter.sha256").dropna()
+        hashes = column(done, S.adapter.sha256).dropna()
         same, n_prompts = _greedy_identity(gens, str(cell))
         varied = varying_seeds(done)
         spread = describe(metric_values(runs, str(cell), metric).to_numpy())["spread"]
@@ -104,7 +105,7 @@ def cell_verdicts(runs: pd.DataFrame, gens: pd.DataFrame,
 def _bitwise_parts(done: pd.DataFrame, curve: pd.Series | None,
                    greedy: tuple[int, int]) -> tuple[list[str], bool]:
     """The three checks of one cell in words, and whether all of them passed."""
-    n, hashes = len(done), column(done, "adapter.sha256").dropna()
+    n, hashes = len(done), column(done, S.adapter.sha256).dropna()
     if len(hashes) == n and hashes.nunique() == 1:
         parts, ok = [f"adapters identical ({n}/{n} same SHA-256)"], True
     else:
@@ -136,7 +137,7 @@ def bitwise_verdicts(runs: pd.DataFrame, curves: pd.DataFrame,
     curve identical at every step, every greedy completion identical; curves or generations
     not recorded count as passing) and ``line``, the verdict as one line of text.
     """
-    within = within_cell_divergence(curves).set_index("cell")
+    within = within_cell_parting(curves).set_index("cell")
     rows = []
     for cell, group in runs.groupby("cell", sort=True):
         done = group[group["status"].isin(FINISHED)]
@@ -144,7 +145,7 @@ def bitwise_verdicts(runs: pd.DataFrame, curves: pd.DataFrame,
             rows.append({"cell": cell, "bitwise": False,
                          "line": f"`{cell}`: {len(done)} finished run(s): nothing to compare"})
             continue
-        if column(done, "adapter.sha256").dropna().empty and not recorded_seeds(done):
+        if column(done, S.adapter.sha256).dropna().empty and not recorded_seeds(done):
             rows.append({"cell": cell, "bitwise": None, "line": f"`{cell}`: {UNKNOWN}"})
             continue
         curve = within.loc[cell] if cell in within.index else None
@@ -174,22 +175,22 @@ def _issues(row: pd.Series) -> list[tuple[str, str]]:
     issues: list[tuple[str, str]] = []
     status = get("status")
     if status == "failed":
-        issues.append(("failed", f"{get('error.type') or 'error'}: {get('error.message') or ''}"))
+        issues.append(("failed", f"{get(S.error.type) or 'error'}: {get(S.error.message) or ''}"))
     elif status == "diverged":
-        step, last = format_number(get("divergence.step")), format_number(get("divergence.last_loss"))
-        where = f" at step {step} (last loss {last})" if get("divergence.step") is not None else ""
-        issues.append(("diverged", f"{get('divergence.reason')}{where}"))
+        step, last = format_number(get(S.divergence.step)), format_number(get(S.divergence.last_loss))
+        where = f" at step {step} (last loss {last})" if get(S.divergence.step) is not None else ""
+        issues.append(("diverged", f"{get(S.divergence.reason)}{where}"))
     elif status == "incomplete":
         issues.append(("incomplete", "no DONE marker: half-finished; re-run the study to redo it"))
     elif status in ("unreadable", "corrupted"):
         issues.append((status, str(get("load_error") or "see problems")))
-    if _flag(get("optimizer.requested.is_paged")) is True \
-            and _flag(get("optimizer.effective.paging_effective")) is False:
+    if _flag(get(S.optimizer.requested.is_paged)) is True \
+            and _flag(get(S.optimizer.effective.paging_effective)) is False:
         issues.append(("paging not effective",
-                       str(get("optimizer.effective.paging_note") or "no state tensor was paged")))
-    if get("optimizer.requested.optim_bits") == 8:
-        bits = get("optimizer.effective.bits")
-        frac = get("optimizer.effective.state_8bit_param_fraction")
+                       str(get(S.optimizer.effective.paging_note) or "no state tensor was paged")))
+    if get(S.optimizer.requested.optim_bits) == 8:
+        bits = get(S.optimizer.effective.bits)
+        frac = get(S.optimizer.effective.state_8bit_param_fraction)
         if bits == 32:
             issues.append(("8-bit state not used", "every optimizer state stayed 32-bit"))
         elif isinstance(frac, (int, float)) and not math.isnan(frac) and frac < 1:

@@ -12,6 +12,7 @@ Layout (``docs/run-directory.md`` documents every file and key)::
         overrides.yaml      the command-line overrides of the job
         adapter/            standard PEFT adapter (adapter_config.json, adapter_model.safetensors)
         checkpoints/        mid-run checkpoints (while running; removed when the run finishes)
+        tensorboard/        TensorBoard event files (tracking=tensorboard only)
         error.txt           traceback (failed runs only)
         MANIFEST.json       SHA-256 of every file above but summary.json (finished runs)
         DONE                completion marker, written last (complete and diverged runs)
@@ -20,6 +21,7 @@ Layout (``docs/run-directory.md`` documents every file and key)::
       _splits/<sha>.jsonl   the held-out examples as scored (template applied), by split hash
       _base/<key>.json      base-model perplexity, computed once per (model, dataset, split, eval)
       _sweeps/<time>_<pid>/ Hydra's own logs and the sweep ledger (never a run directory)
+      _mlflow/ _wandb/      tracking=mlflow's local file store, tracking=wandb's offline runs
       _report/              the generated variance report (analysis.report)
 
 A run imported from a published table (``python -m analysis.import_table``) holds
@@ -42,10 +44,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from repeatability import summary as schema
 from repeatability.errors import RunDirError
 
-SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = (1,)
+# the summary's schema lives in repeatability/summary.py (typed records, one doc per field)
+SCHEMA_VERSION = schema.SCHEMA_VERSION
+SUPPORTED_SCHEMA_VERSIONS = schema.SUPPORTED_SCHEMA_VERSIONS
 
 SUMMARY = "summary.json"
 LOSS_CURVE = "loss_curve.csv"
@@ -62,12 +66,20 @@ CLAIMS_LOCK = ".claims.lock"  # <cell>/.claims.lock: serialises every change to 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 EVALS = "evals"  # evals/<name>.json: evaluations of a finished run's adapter (python -m repeatability.rescore)
 EVAL_SCHEMA_VERSION = 1
+ADAPTER_CONFIG = "adapter_config.json"  # PEFT's file next to the weights (r, lora_alpha, ...)
 CHECKPOINTS = "checkpoints"  # the Trainer's checkpoint-<step>/ folders, while the run is unfinished
 RESUME_STATE = "repeatability_state.json"  # written into a checkpoint after the Trainer's files: it is complete
+# experiment trackers (repeatability.tracking): TensorBoard event files inside the run (kept on
+# resume: TensorBoard itself drops the steps a restarted writer logs again); MLflow's local
+# file store and W&B's offline runs under the study
+TENSORBOARD = "tensorboard"
+MLFLOW_STORE = "_mlflow"
+WANDB_DIR = "_wandb"
+_KEPT_ON_RESUME = (CHECKPOINTS, TENSORBOARD)
 
 LOSS_COLUMNS = ("step", "epoch", "split", "loss", "learning_rate", "grad_norm", "elapsed_s")
 FINISHED_STATUSES = ("complete", "diverged")  # runs that are kept and skipped on re-run
-STATUSES = ("complete", "diverged", "failed")
+STATUSES = schema.STATUSES
 
 # The files of a finished run (a failed run has error.txt instead of DONE, and may lack adapter).
 RUN_FILES = (SUMMARY, LOSS_CURVE, GENERATIONS, ENVIRONMENT, CONFIG, OVERRIDES, ADAPTER, MANIFEST, DONE)
@@ -234,15 +246,15 @@ def run_state(path: Path) -> str:
 def start_fresh(path: Path, keep_checkpoints: bool = False) -> None:
     """Remove what a half-finished or failed attempt left, then create the directory.
 
-    With ``keep_checkpoints`` the attempt's ``checkpoints/`` stay (the run resumes from them)
-    and everything else goes. Refuses to touch a finished run: those are never overwritten.
+    With ``keep_checkpoints`` the attempt's ``checkpoints/`` (the run resumes from them) and
+    ``tensorboard/`` stay and everything else goes. Refuses to touch a finished run: those are never overwritten.
     """
     state = run_state(path)
     if state in FINISHED_STATUSES:
         raise RunDirError(f"{path}: holds a {state} run; it is never overwritten")
     if path.exists() and keep_checkpoints:
         for child in path.iterdir():
-            if child.name != CHECKPOINTS:
+            if child.name not in _KEPT_ON_RESUME:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         return
     if path.exists():
@@ -350,11 +362,18 @@ def verify_manifest(path: Path) -> bool:
 # --------------------------------------------------------------------------- writers
 
 
-def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    if summary.get("status") not in STATUSES:
+def write_summary(path: Path, summary: schema.Summary | dict[str, Any]) -> None:
+    """Write ``summary.json`` at the current schema version.
+
+    A dict is checked against :class:`repeatability.summary.Summary` first: a key the schema
+    does not declare, or a value of another type, raises :class:`RunDirError` naming it.
+    """
+    record = summary if isinstance(summary, schema.Summary) else schema.parse({**summary, "schema_version": SCHEMA_VERSION})
+    record.schema_version = SCHEMA_VERSION
+    if record.status not in STATUSES:
         raise ValueError(f"summary status must be one of {STATUSES}")
     _refuse_if_done(path, SUMMARY)
-    write_json(path / SUMMARY, {"schema_version": SCHEMA_VERSION, **summary})
+    write_json(path / SUMMARY, schema.dump(record))
 
 
 def write_imported_run(path: Path, summary: dict[str, Any]) -> None:
@@ -476,7 +495,8 @@ def list_evals(path: Path) -> list[str]:
 
 
 def read_summary(path: Path) -> dict[str, Any]:
-    """The run's summary, checked for a supported schema version."""
+    """The run's summary as JSON, checked for a supported schema version and against the
+    schema (:func:`read_summary_record` gives the typed record)."""
     summary = read_json(path / SUMMARY)
     if not isinstance(summary, dict):
         raise RunDirError(f"{path / SUMMARY}: not a JSON object; delete the run and re-run it")
@@ -486,7 +506,16 @@ def read_summary(path: Path) -> dict[str, Any]:
             f"{path / SUMMARY}: schema version {version!r} is not supported "
             f"(this code reads {SUPPORTED_SCHEMA_VERSIONS}); use the repeatability version that wrote it"
         )
+    try:
+        schema.parse(summary)
+    except RunDirError as exc:
+        raise RunDirError(f"{path / SUMMARY}: {exc}") from None
     return summary
+
+
+def read_summary_record(path: Path) -> schema.Summary:
+    """The run's summary as the typed record (keys it lacks are ``summary.ABSENT``)."""
+    return schema.parse(read_summary(path))
 
 
 def read_loss_curve(path: Path) -> list[dict[str, Any]]:
@@ -526,6 +555,32 @@ def read_environment(path: Path) -> dict[str, Any]:
 
 def adapter_weights_path(path: Path) -> Path:
     return path / ADAPTER / ADAPTER_WEIGHTS
+
+
+def read_adapter_tensors(path: Path) -> dict[str, Any]:
+    """Every tensor of the run's adapter weights as a numpy array (bf16/fp16 through torch).
+
+    Raises:
+        FileNotFoundError: the run has no adapter weights.
+    """
+    from safetensors.numpy import load_file
+
+    weights = adapter_weights_path(path)
+    if not weights.exists():
+        raise FileNotFoundError(weights)
+    try:
+        return load_file(str(weights))
+    except (TypeError, ValueError):  # numpy has no bfloat16
+        import torch
+        from safetensors.torch import load_file as load_torch
+
+        return {k: v.to(torch.float32).numpy() for k, v in load_torch(str(weights)).items()}
+
+
+def read_adapter_config(path: Path) -> dict[str, Any]:
+    """The run's PEFT ``adapter_config.json`` (``{}`` when it has none)."""
+    file = path / ADAPTER / ADAPTER_CONFIG
+    return read_json(file) if file.exists() else {}
 
 
 def iter_run_dirs(study: Path) -> Iterator[Path]:

@@ -32,6 +32,8 @@ DETERMINISM_MODES = ("strict", "default", "off")
 # padding_free: a batch's examples concatenated into one row with per-example position_ids
 # (transformers' DataCollatorWithFlattening / packed-sequence masking), no padding at all
 BATCHINGS = ("padded", "padding_free")
+TRACKERS = ("none", "tensorboard", "mlflow", "wandb")  # repeatability.tracking: the Trainer's report_to
+WANDB_MODES = ("auto", "offline", "online")
 
 
 def _check_choice(value: str, allowed: tuple[str, ...], key: str) -> None:
@@ -280,6 +282,29 @@ class DeterminismConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Which experiment tracker sees the run (through the Trainer's ``report_to``).
+
+    Tracking never changes a result: it is left out of the config a finished run is compared
+    with on re-run (``sweep._NEUTRAL_KEYS``).
+    """
+
+    name: str = "none"  # none | tensorboard | mlflow | wandb
+    # mlflow: where runs go (default: file:<results>/<study>/_mlflow, a local file store)
+    tracking_uri: Optional[str] = None
+    # mlflow experiment / wandb project name (default: the study's name)
+    project: Optional[str] = None
+    # wandb: auto = online when logged in (WANDB_API_KEY or ~/.netrc), else offline
+    mode: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_choice(self.name, TRACKERS, "tracking")
+        _check_choice(self.mode, WANDB_MODES, "tracking.mode")
+        if self.tracking_uri and self.name != "mlflow":
+            raise ConfigError(f"tracking.tracking_uri is read by tracking=mlflow only, not tracking={self.name}")
+
+
+@dataclass
 class RunConfig:
     """The whole run: one (model, dataset, optim) cell and one trial."""
 
@@ -291,6 +316,7 @@ class RunConfig:
     train: TrainConfig = MISSING
     eval: EvalConfig = MISSING
     determinism: DeterminismConfig = MISSING
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     study: str = "default"
     trial: int = 1
     variant: str = ""  # extra cell label (experiments that vary something besides model/data/optim)
@@ -323,6 +349,7 @@ GROUPS: dict[str, type] = {
     "train": TrainConfig,
     "eval": EvalConfig,
     "determinism": DeterminismConfig,
+    "tracking": TrackingConfig,
 }
 
 

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
-from repeatability import artifacts, data, evaluate, modelling, train
+from repeatability import artifacts, data, evaluate, modelling, tracking, train
+from repeatability import summary as summary_schema
 from repeatability.config import RunConfig
 from repeatability.environment import PeakMemory, capture_environment, cpu_model
 from repeatability.seeding import Seeds, apply_determinism, resolve_seeds, seed_everything, thread_budget
@@ -168,6 +170,35 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
     summary["determinism"] = {**apply_determinism(cfg.determinism.mode, budget["threads"]), "thread_budget": budget}
     seeds = resolve_seeds(cfg.determinism, cfg.trial)
     summary["seeds"] = seeds.to_dict()
+    with tracking.tracker_run(cfg.tracking, path, study, tracking_ids(cfg)) as tracker:
+        tracker.start(yaml.safe_load(config_yaml) or {}, summary["seeds"])
+        _train_and_score(cfg, path, study, seeds, resume_from, guard, tracker, summary)
+        summary["timings"]["total_s"] = time.perf_counter() - t_start
+        summary.update(tracking=tracker.record, finished_at=utc_now())
+        summary["headline"] = headline(summary)
+        record = summary_schema.parse(summary)
+        if summary_schema.required_missing(record):  # the writer and the schema disagree: a bug here
+            raise RuntimeError(f"summary lacks {', '.join(summary_schema.required_missing(record))}")
+        guard()
+        tracker.log_end(summary)
+    artifacts.write_summary(path, record)
+    if not cfg.train.keep_checkpoints:
+        artifacts.remove_checkpoints(path)
+    artifacts.mark_done(path)
+    return summary
+
+
+def tracking_ids(cfg: RunConfig) -> dict[str, Any]:
+    """What groups a run in an experiment tracker: study, cell (and its parts), trial."""
+    cell = cell_of(cfg)
+    return {"study": cfg.study, "cell": cell.dirname, "model": cell.model, "dataset": cell.dataset,
+            "optim": cell.optim, "variant": cell.variant, "trial": cfg.trial}
+
+
+def _train_and_score(cfg: RunConfig, path: Path, study: Path, seeds: Seeds, resume_from: Path | None,
+                     guard: Callable[[], None], tracker: tracking.TrackerRun, summary: dict[str, Any]) -> None:
+    """Build, train, score and generate; save the adapter, loss curve and generations; fill
+    ``summary`` with everything but the total time and the headline."""
     device = modelling.resolve_device(cfg.device)
     dtype = modelling.resolve_compute_dtype(cfg.quant, device)
     mixed = modelling.resolve_mixed_precision(cfg.quant, device, dtype)
@@ -180,7 +211,7 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
             record, effective, precision = train.train(
                 built.model, prep.train_ds, prep.val_ds, data.make_collator(cfg.train.batching, built.tokenizer.pad_token_id),
                 cfg.train, cfg.optim, seeds, device, mixed, label, artifacts.checkpoint_root(path), resume_from,
-                cfg.eval.batch_size)
+                cfg.eval.batch_size, report_to=tracker.report_to, run_name=tracker.run_name)
             train_s = time.perf_counter() - t_train
             metrics, eval_s, gen_s, generations = _score_and_generate(cfg, built, prep, record, seeds, device)
         guard()
@@ -195,18 +226,11 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
     artifacts.write_generations(path, generations)
     summary.update(
         timings={"model_load_s": built.load_s, "train_s": train_s, "eval_s": eval_s, "generation_s": gen_s,
-                 "total_s": time.perf_counter() - t_start, **train.step_time_stats(record)},
-        memory=memory.result(), adapter={"path": artifacts.ADAPTER, "sha256": adapter_sha}, finished_at=utc_now(),
+                 "total_s": math.nan, **train.step_time_stats(record)},
+        memory=memory.result(), adapter={"path": artifacts.ADAPTER, "sha256": adapter_sha},
         checkpointing={"every": cfg.train.checkpoint_every, "saved": record.checkpoints,
                        "kept": cfg.train.keep_checkpoints},
     )
-    summary["headline"] = headline(summary)
-    guard()
-    artifacts.write_summary(path, summary)
-    if not cfg.train.keep_checkpoints:
-        artifacts.remove_checkpoints(path)
-    artifacts.mark_done(path)
-    return summary
 
 
 def headline(s: dict[str, Any]) -> str:

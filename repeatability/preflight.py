@@ -7,16 +7,17 @@ problem is one line on stderr naming it and the fix; nothing has been computed y
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from repeatability import slurm
+from repeatability import slurm, tracking
 from repeatability.config import GROUPS, RunConfig, register_configs, to_run_config
 from repeatability.errors import ConfigError
 
@@ -52,24 +53,25 @@ def _check_group_values(overrides: list[str]) -> None:
 
 
 def expand_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
-    """The override list of every job, as Hydra's basic sweeper would launch them."""
-    parser = OverridesParser.create()
-    parsed = parser.parse_overrides(overrides)
+    """The task overrides of every job (``hydra.*`` overrides left out, as Hydra's launcher gets
+    them), expanded exactly as Hydra's basic sweeper does.
+
+    Hydra composes the sweep config in multirun mode, takes ``hydra.sweeper.params`` (an
+    experiment file's sweep) followed by the command line's task overrides (a key given on
+    both: the command line's value, in the params' place) and lets
+    ``BasicSweeper.split_arguments`` build their product; this repeats those steps with
+    Hydra's own functions (``tests/test_preflight_hydra.py`` checks it against a real
+    multirun). Call inside an initialised Hydra (:func:`compose_jobs` does).
+    """
     if not multirun:
         return [overrides]
-    axes: list[list[str]] = []
-    for ov in parsed:
-        key = ov.get_key_element()
-        if ov.is_sweep_override():
-            axes.append([f"{key}={v}" for v in ov.sweep_string_iterator()])
-        else:
-            axes.append([ov.input_line])
-    return [list(combo) for combo in itertools.product(*axes)]
-
-
-def _sweeper_params(cfg: DictConfig) -> list[str]:
-    params = OmegaConf.select(cfg, "hydra.sweeper.params") or {}
-    return [f"{k}={v}" for k, v in params.items()]
+    sweep_cfg = GlobalHydra.instance().hydra.compose_config(  # type: ignore[union-attr]
+        "config", [SEARCHPATH_OVERRIDE, *overrides], run_mode=RunMode.MULTIRUN, with_log_configuration=False)
+    params = [f"{k}={v}" for k, v in (OmegaConf.select(sweep_cfg, "hydra.sweeper.params") or {}).items()]
+    task = list(OmegaConf.to_container(sweep_cfg.hydra.overrides.task, resolve=False))  # type: ignore[arg-type]
+    parsed = OverridesParser.create().parse_overrides([*params, *task])
+    [jobs] = BasicSweeper.split_arguments(parsed, None)
+    return jobs
 
 
 def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
@@ -77,15 +79,10 @@ def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        first_job = expand_jobs(overrides, multirun)[0]
-        first = compose("config", overrides=[SEARCHPATH_OVERRIDE, *first_job], return_hydra_config=True)
-        extra = _sweeper_params(first) if multirun else []
-        cli_keys = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
-        combined = [p for p in extra if p.split("=", 1)[0] not in cli_keys] + list(overrides)
-        jobs = expand_jobs(combined, multirun)
         configs = []
-        for job in jobs:
-            cfg = compose("config", overrides=[SEARCHPATH_OVERRIDE, *job], return_hydra_config=True)
+        hydra_overrides = [o for o in overrides if o.lstrip("+~").startswith(("hydra.", "hydra/"))] if multirun else []
+        for job in expand_jobs(overrides, multirun):
+            cfg = compose("config", overrides=[SEARCHPATH_OVERRIDE, *hydra_overrides, *job], return_hydra_config=True)
             with open_dict(cfg):
                 del cfg["hydra"]
             configs.append(cfg)
@@ -138,6 +135,8 @@ def check(overrides: list[str], multirun: bool) -> list[RunConfig]:
     finally:
         GlobalHydra.instance().clear()
     configs = [to_run_config(c) for c in composed]
+    for name in sorted({c.tracking.name for c in configs}):  # a missing pip extra, before any model loads
+        tracking.check_available(next(c.tracking for c in configs if c.tracking.name == name))
     launcher = launcher_config(overrides)
     remote = slurm.is_slurm_launcher(launcher)
     if remote:

@@ -34,7 +34,7 @@ log = logging.getLogger("repeatability")
 
 LEDGER = "ledger.jsonl"
 # keys that may differ between a finished run and a re-run of it without changing the result
-_NEUTRAL_KEYS = ("results_dir", "cache_dir", "claim_heartbeat_s", "claim_stale_after_s")
+_NEUTRAL_KEYS = ("results_dir", "cache_dir", "claim_heartbeat_s", "claim_stale_after_s", "tracking")
 BAD_STATUSES = ("failed", "invalid", "claim_lost")  # runs that fail the command
 
 

@@ -234,11 +234,13 @@ def precision_record(trainer: Trainer, mixed: str, record: TrainLog) -> dict[str
 
 
 def _training_args(cfg: TrainConfig, seeds: Seeds, device: str, mixed: str, checkpoints: Path,
-                   eval_batch_size: int, has_val: bool) -> TrainingArguments:
-    """The Trainer's arguments; its ``output_dir`` holds nothing but checkpoints (no tracker,
-    no final save)."""
+                   eval_batch_size: int, has_val: bool, report_to: list[str] | None = None,
+                   run_name: str | None = None) -> TrainingArguments:
+    """The Trainer's arguments; its ``output_dir`` holds nothing but checkpoints (no final
+    save). ``report_to`` names the tracker whose callback the Trainer adds (repeatability.tracking
+    points it at the study); ``run_name`` is the tracker's run name."""
     return TrainingArguments(
-        output_dir=str(checkpoints), report_to=[], disable_tqdm=True,
+        output_dir=str(checkpoints), report_to=list(report_to or []), run_name=run_name, disable_tqdm=True,
         # checkpoint-<step>/ every k steps; the last two are kept, so a kill during a save
         # still leaves a complete one (RESUME_STATE is written after the Trainer's files)
         save_strategy="steps" if cfg.checkpoint_every else "no", save_steps=cfg.checkpoint_every or None,
@@ -260,13 +262,14 @@ def _training_args(cfg: TrainConfig, seeds: Seeds, device: str, mixed: str, chec
 
 def train(model: Any, train_ds: Any, val_ds: Any, collator: Any, cfg: TrainConfig, optim: OptimConfig,
           seeds: Seeds, device: str, mixed: str, label: str, checkpoints: Path,
-          resume_from: Path | None = None,
-          eval_batch_size: int = 8) -> tuple[TrainLog, dict[str, Any], dict[str, Any]]:
+          resume_from: Path | None = None, eval_batch_size: int = 8, report_to: list[str] | None = None,
+          run_name: str | None = None) -> tuple[TrainLog, dict[str, Any], dict[str, Any]]:
     """Fine-tune ``model`` in place, checkpointing into ``checkpoints`` and continuing from
     ``resume_from`` if given; return the training record, the effective optimizer (with the
     8-bit maps read back from its state) and the precision that ran."""
     record = TrainLog.from_resume_state(artifacts.read_resume_state(resume_from)) if resume_from else TrainLog()
-    args = _training_args(cfg, seeds, device, mixed, checkpoints, eval_batch_size, has_val=len(val_ds) > 0)
+    args = _training_args(cfg, seeds, device, mixed, checkpoints, eval_batch_size, len(val_ds) > 0,
+                          report_to or [], run_name)
     trainer = TallyTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds if len(val_ds) else None,
         data_collator=collator,

@@ -1,8 +1,9 @@
 """Synthetic studies for the analysis tests, written only through the run-directory contract.
 
-Each run gets every file the contract lists (summary with every documented key, loss curve,
-generations, environment, config, a real safetensors adapter) and is marked DONE by
-``artifacts.mark_done``, so a change in the contract breaks these fixtures first.
+Each run gets every file the contract lists (a summary built from the typed schema in
+``repeatability/summary.py`` with every field it requires, loss curve, generations,
+environment, config, a real safetensors adapter) and is marked DONE by ``artifacts.mark_done``,
+so a change in the contract breaks these fixtures first.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from repeatability import artifacts
+from repeatability import summary as S
+from repeatability.schema import from_dict
 
 # The paper's Tables 1 and 2 (Alahmari et al. 2024), perplexity per trial 1..7.
 PAPER_TABLE1 = {
@@ -53,65 +56,70 @@ def seeds_for(trial: int, paired: bool = True, optim: str = "") -> dict[str, Any
                                              "dropout": "trial", "generation": "trial"}}
 
 
-def optimizer_record(optim: str, device: str = "cpu") -> dict[str, Any]:
+def optimizer_record(optim: str, device: str = "cpu") -> S.Optimizer:
+    """``summary.optimizer`` of a bitsandbytes arm, as the pipeline writes it."""
     bits = 8 if "8bit" in optim else 32
     paged = optim.startswith("paged")
-    return {
-        "requested": {"name": optim, "impl": "bnb_adamw", "optim_bits": bits, "is_paged": paged,
-                      "min_8bit_size": 4096, "betas": [0.9, 0.999], "eps": 1e-8,
-                      "weight_decay": 0.0, "lr": 2e-4},
-        "effective": {"class": "bitsandbytes.optim.adamw.AdamW", "bits": bits,
-                      "paging_requested": paged, "paging_effective": paged and device == "cuda",
-                      "paging_note": "Paged optimizers are not supported on CPU" if paged
-                      and device == "cpu" else "", "n_param_tensors": 420, "n_params": 2441216,
-                      "state_8bit_tensors": 420 if bits == 8 else 0,
-                      "state_8bit_params": 2441216 if bits == 8 else 0,
-                      "state_8bit_param_fraction": 1.0 if bits == 8 else 0.0,
-                      "state_dtypes": {"torch.uint8" if bits == 8 else "torch.float32": 840}},
-    }
+    record = S.Optimizer(
+        requested=S.OptimRequested(name=optim, impl="bnb_adamw", optim_bits=bits, is_paged=paged,
+                                   min_8bit_size=4096, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.0,
+                                   state_maps="current", lr=2e-4),
+        effective=S.OptimEffective(
+            class_="bitsandbytes.optim.adamw.AdamW", bits=bits, paging_requested=paged,
+            paging_effective=paged and device == "cuda",
+            paging_note="paging requested but not in effect: bitsandbytes does not page on CPU"
+            if paged and device == "cpu" else "", n_param_tensors=420, n_params=2441216,
+            state_8bit_tensors=420 if bits == 8 else 0, state_8bit_params=2441216 if bits == 8 else 0,
+            state_8bit_param_fraction=1.0 if bits == 8 else 0.0,
+            state_dtypes={"uint8" if bits == 8 else "float32": 840}),
+        state_maps=S.StateMaps(requested="current", name="current" if bits == 8 else "none (no 8-bit state)",
+                               maps={}),
+    )
+    return record
 
 
 def base_summary(cell: artifacts.CellKey, trial: int, study: str, ppl: float) -> dict[str, Any]:
-    """A summary with every key docs/run-directory.md documents."""
-    return {
-        "status": "complete", "study": study, "trial": trial,
-        "cell": {"model": cell.model, "dataset": cell.dataset, "optim": cell.optim,
-                 "variant": cell.variant},
-        "seeds": seeds_for(trial),
-        "determinism": {"mode": "default", "use_deterministic_algorithms": False,
-                        "cudnn_deterministic": True, "cudnn_benchmark": False,
-                        "CUBLAS_WORKSPACE_CONFIG": None, "FLASH_ATTENTION_DETERMINISTIC": None,
-                        "cuda_initialised_before_flags": False, "torch_num_threads": 2},
-        "optimizer": optimizer_record(cell.optim),
-        "device": {"type": "cpu", "name": "AMD EPYC", "compute_dtype": "float32",
-                   "quantization": {"load_in_4bit": True, "quant_type": "nf4",
-                                    "double_quant": True}, "n_4bit_layers": 210},
-        "model": {"name": cell.model, "source": "gguf_package", "resolved": "/cache/x",
-                  "architecture": "LlamaForCausalLM", "n_params": 134515008,
-                  "n_trainable_params": 2441216,
-                  "lora": {"r": 8, "alpha": 32, "dropout": 0.05, "targets": "all_linear",
-                           "target_modules": ["q_proj", "v_proj"]}},
-        "data": {"dataset": cell.dataset, "source": "fortune", "kind": "text",
-                 "template": "plain", "n_total": 400, "n_train": 288, "n_val": 32,
-                 "n_heldout": 80, "n_heldout_scored": 80, "split_seed": 42,
-                 "heldout_sha256": "ab" * 32, "heldout_file": "_splits/abab.jsonl",
-                 "max_length": 64},
-        "metrics": {"perplexity_token_weighted": ppl, "perplexity_mean_per_sequence": ppl * 1.5,
-                    "heldout_mean_token_nll": math.log(ppl) if ppl > 0 else math.nan,
-                    "heldout_tokens": 2000, "heldout_sequences": 80,
-                    "base_perplexity_token_weighted": 64.0,
-                    "base_perplexity_mean_per_sequence": 90.0, "final_train_loss": 3.0,
-                    "final_val_loss": 3.2, "steps": 10},
-        "perplexity_definition": "token-weighted: exp(sum nll / N tokens); mean per sequence: "
-                                 "mean_s exp(mean nll of s)",
-        "timings": {"model_load_s": 3.0, "train_s": 100.0 + trial, "eval_s": 10.0 + trial / 10,
-                    "generation_s": 5.0, "total_s": 120.0, "step_s_mean": 2.2,
-                    "step_s_median": 2.1},
-        "memory": {"peak_rss_mb": 1500.0 + trial, "process_max_rss_mb": 1600.0},
-        "adapter": {"path": "adapter", "sha256": None},
-        "divergence": None, "error": None,
-        "started_at": "2026-11-22T10:00:00Z", "finished_at": "2026-11-22T10:02:00Z",
-    }
+    """A finished run's summary with every field the schema requires (checked), as JSON."""
+    record = S.Summary(
+        schema_version=S.SCHEMA_VERSION, headline=f"Trial {trial} of {cell.dirname}: complete after 10 steps.",
+        status="complete", study=study, trial=trial,
+        cell=S.Cell(model=cell.model, dataset=cell.dataset, optim=cell.optim, variant=cell.variant),
+        seeds=from_dict(S.Seeds, seeds_for(trial)),
+        determinism=S.Determinism(
+            mode="default", use_deterministic_algorithms=False, cudnn_deterministic=True, cudnn_benchmark=False,
+            CUBLAS_WORKSPACE_CONFIG=None, FLASH_ATTENTION_DETERMINISTIC=None, cuda_initialised_before_flags=False,
+            torch_num_threads=2, thread_budget=S.ThreadBudget(threads=2, cores=2, parallel_jobs=1, source="machine")),
+        optimizer=optimizer_record(cell.optim),
+        precision=S.Precision(compute_dtype="float32", mixed_precision="no", autocast=False, grad_scaler=False,
+                              scaler_skipped_steps=0, scaler_skipped_at=[], final_loss_scale=None),
+        device=S.Device(type="cpu", name="AMD EPYC", compute_dtype="float32",
+                        quantization=S.Quantization(name="nf4", load_in_4bit=True, quant_type="nf4",
+                                                    double_quant=True, mixed_precision="auto"),
+                        n_4bit_layers=210, bnb_cpu_inference_repack="disabled"),
+        model=S.Model(name=cell.model, source="gguf_package", resolved="/cache/x", architecture="llama",
+                      n_params=134515008, n_params_note="as stored", n_trainable_params=2441216,
+                      lora=S.Lora(r=8, alpha=32, dropout=0.05, targets="all_linear",
+                                  target_modules=["q_proj", "v_proj"])),
+        data=S.Data(dataset=cell.dataset, source="fortune", kind="text", template="plain (bos + text + eos)",
+                    bos="<s>", eos="</s>", n_total=400, n_train=288, n_val=32, n_heldout=80, n_heldout_scored=80,
+                    split_seed=42, heldout_raw_sha256="cd" * 32, heldout_sha256="ab" * 32,
+                    heldout_file="_splits/abab.jsonl", max_length=64),
+        metrics=S.Metrics(perplexity_token_weighted=ppl, perplexity_mean_per_sequence=ppl * 1.5,
+                          heldout_mean_token_nll=math.log(ppl) if ppl > 0 else math.nan,
+                          heldout_tokens=2000, heldout_sequences=80, base_perplexity_token_weighted=64.0,
+                          base_perplexity_mean_per_sequence=90.0, base_perplexity_repeats=[64.0],
+                          base_perplexity_repeat_spread=0.0, final_train_loss=3.0, final_val_loss=3.2, steps=10),
+        perplexity_definition="token-weighted: exp(sum nll / N tokens); mean per sequence: mean_s exp(mean nll of s)",
+        timings=S.Timings(model_load_s=3.0, train_s=100.0 + trial, eval_s=10.0 + trial / 10, generation_s=5.0,
+                          total_s=120.0, step_s_mean=2.2, step_s_median=2.1),
+        memory=S.Memory(peak_rss_mb=1500.0 + trial, process_max_rss_mb=1600.0),
+        adapter=S.Adapter(path="adapter", sha256=None), resumed=None,
+        checkpointing=S.Checkpointing(every=0.25, saved=[], kept=False),
+        divergence=None, error=None, tracking=None,
+        started_at="2026-11-22T10:00:00Z", finished_at="2026-11-22T10:02:00Z",
+    )
+    assert S.required_missing(record) == [], S.required_missing(record)
+    return S.dump(record)
 
 
 def loss_rows(losses: list[float], eval_every: int = 5) -> list[dict[str, Any]]:
@@ -150,8 +158,25 @@ def write_adapter(path: Path, weight_seed: int, tensors: dict[str, np.ndarray] |
     if tensors is None:
         tensors = {"lora_A": rng.standard_normal((8, 16)).astype(np.float32)}
     save_file(tensors, str(weights))
-    artifacts.write_json(weights.parent / "adapter_config.json", config or {"r": 8, "lora_alpha": 32})
+    artifacts.write_json(weights.parent / artifacts.ADAPTER_CONFIG, config or {"r": 8, "lora_alpha": 32})
     return artifacts.adapter_sha256(path)
+
+
+# Keys that summaries written by early versions of the harness (schema 1) do not have.
+EARLY_SCHEMA1_ABSENT = (("precision",), ("optimizer", "state_maps"), ("determinism", "thread_budget"),
+                        ("checkpointing",), ("resumed",), ("tracking",))
+
+
+def early_schema1(summary: dict[str, Any]) -> dict[str, Any]:
+    """``summary`` as an early schema-1 run wrote it: version 1, without the later keys."""
+    out = copy.deepcopy(summary)
+    for *parents, key in EARLY_SCHEMA1_ABSENT:
+        node = out
+        for parent in parents:
+            node = node.get(parent, {})
+        node.pop(key, None)
+    out["schema_version"] = 1
+    return out
 
 
 def write_run(results: Path, study: str, cell: artifacts.CellKey, trial: int, *,
@@ -159,12 +184,14 @@ def write_run(results: Path, study: str, cell: artifacts.CellKey, trial: int, *,
               completions: list[str] | None = None, letters: list[str | None] | None = None,
               weight_seed: int | None = None, summary: dict[str, Any] | None = None,
               env: dict[str, Any] | None = None, generations: list[dict[str, Any]] | None = None,
-              adapter: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None) -> Path:
+              adapter: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None,
+              schema1: bool = False) -> Path:
     """Write one run through the contract. ``status``: complete | diverged | failed | incomplete.
 
     ``summary`` is deep-merged over :func:`base_summary` (e.g. other seeds, a schema version);
     ``generations`` replaces the rows of :func:`generation_rows`; ``adapter`` is (tensors,
-    adapter_config) for :func:`write_adapter`.
+    adapter_config) for :func:`write_adapter`; ``schema1`` stores the summary as an early
+    schema-1 run did (:func:`early_schema1`: what the reader must still load).
     """
     path = artifacts.run_dir(results, study, cell, trial)
     artifacts.start_fresh(path)
@@ -184,6 +211,11 @@ def write_run(results: Path, study: str, cell: artifacts.CellKey, trial: int, *,
         record["adapter"]["sha256"] = write_adapter(path, weight_seed if weight_seed is not None
                                                     else trial, *(adapter or ()))
     artifacts.write_summary(path, record)
+    # files of another schema version, as found on disk (the writer only writes the current one)
+    if schema1:
+        artifacts.write_json(path / artifacts.SUMMARY, early_schema1(artifacts.read_json(path / artifacts.SUMMARY)))
+    elif record["schema_version"] != S.SCHEMA_VERSION:
+        artifacts.write_json(path / artifacts.SUMMARY, record)
     if status == "failed":
         artifacts.write_error(path, "Traceback ...\nRuntimeError: out of memory\n")
     else:
@@ -241,14 +273,15 @@ def write_mixed_study(results: Path, study: str = "mixed") -> Path:
     return artifacts.study_dir(results, study)
 
 
-def write_default_like_study(results: Path, study: str = "default") -> Path:
+def write_default_like_study(results: Path, study: str = "default", schema1: bool = False) -> Path:
     """The shape ``make study`` produces: smollm2 × quotes × {8, 32}-bit paged AdamW, trials
-    1–7, seed-matched arms, CPU (paging requested, not effective)."""
+    1–7, seed-matched arms, CPU (paging requested, not effective); ``schema1``: as early
+    schema-1 runs stored it."""
     for trial in range(1, 8):
         write_run(results, study, SMOL_8, trial, ppl=30.0 + trial * 0.37,
                   losses=[3.0 - 0.1 * i + 0.001 * trial * i for i in range(10)],
-                  completions=[f"not protect you {trial % 3}", "busy"])
+                  completions=[f"not protect you {trial % 3}", "busy"], schema1=schema1)
         write_run(results, study, SMOL_32, trial, ppl=30.0 + trial * 0.35,
                   losses=[3.0 - 0.1 * i + 0.001 * trial * i for i in range(9)] + [2.05],
-                  completions=[f"not protect you {trial % 3}", "busy"])
+                  completions=[f"not protect you {trial % 3}", "busy"], schema1=schema1)
     return artifacts.study_dir(results, study)

@@ -74,6 +74,17 @@ def tiny_overrides(model_dir: Path, data: Path, results: Path, **extra: Any) -> 
     return [f"{k}={v}" for k, v in base.items()]
 
 
+@pytest.fixture(scope="session")
+def sweep(tiny_model_dir: Path, quotes_jsonl: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny runs shared by test_run and test_contract: trials 1,2 of the 8-bit arm in study a,
+    and trial 1 again in study b (same seeds)."""
+    results = tmp_path_factory.mktemp("results")
+    args = tiny_overrides(tiny_model_dir, quotes_jsonl, results)
+    assert run_cli(["-m", "trial=1,2", "optim=paged_adamw_8bit", "study=a", *args]) == 0
+    assert run_cli(["trial=1", "optim=paged_adamw_8bit", "study=b", *args]) == 0
+    return results
+
+
 def run_cli(args: list[str]) -> int:
     """``python -m repeatability.run ARGS`` in this process; returns the exit code."""
     from hydra.core.global_hydra import GlobalHydra

@@ -17,18 +17,18 @@ def _curve(losses, start=1):
     return pd.DataFrame({"step": range(start, start + len(losses)), "loss": losses})
 
 
-def test_first_divergence_step():
+def test_first_parting_step():
     a = _curve([3.0, 2.5, 2.0, 1.5])
-    assert curves.first_divergence_step(a, _curve([3.0, 2.5, 2.1, 1.5])) == 3
-    assert math.isnan(curves.first_divergence_step(a, a.copy()))
-    assert curves.first_divergence_step(a, _curve([3.0, 2.5, 2.05, 1.5]), atol=0.1) != 3
-    assert math.isnan(curves.first_divergence_step(a, _curve([3.0, 2.5, 2.05, 1.5]), atol=0.1))
+    assert curves.first_parting_step(a, _curve([3.0, 2.5, 2.1, 1.5])) == 3
+    assert math.isnan(curves.first_parting_step(a, a.copy()))
+    assert curves.first_parting_step(a, _curve([3.0, 2.5, 2.05, 1.5]), atol=0.1) != 3
+    assert math.isnan(curves.first_parting_step(a, _curve([3.0, 2.5, 2.05, 1.5]), atol=0.1))
     # NaN parts from a number, NaN and NaN do not part
-    assert curves.first_divergence_step(a, _curve([3.0, math.nan, 2.0, 1.5])) == 2
+    assert curves.first_parting_step(a, _curve([3.0, math.nan, 2.0, 1.5])) == 2
     nan = _curve([3.0, math.nan])
-    assert math.isnan(curves.first_divergence_step(nan, nan.copy()))
+    assert math.isnan(curves.first_parting_step(nan, nan.copy()))
     # only common steps count
-    assert curves.first_divergence_step(a, _curve([2.5, 9.0], start=2)) == 3
+    assert curves.first_parting_step(a, _curve([2.5, 9.0], start=2)) == 3
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +53,12 @@ def test_dispersion_per_step(parted):
     assert disp.loc[(SMOL_32.dirname, 5), "std"] == 0.0
 
 
-def test_within_cell_and_paired_divergence(parted):
-    within = curves.within_cell_divergence(parted.curves).set_index("cell")
+def test_within_cell_and_paired_parting(parted):
+    within = curves.within_cell_parting(parted.curves).set_index("cell")
     assert within.loc[SMOL_8.dirname, "first_step"] == 4
     assert within.loc[SMOL_8.dirname, "n_pairs_identical"] == 1  # trials 1 and 3
     assert math.isnan(within.loc[SMOL_32.dirname, "first_step"])
-    paired = curves.paired_divergence(parted.curves, SMOL_8.dirname, SMOL_32.dirname)
+    paired = curves.paired_parting(parted.curves, SMOL_8.dirname, SMOL_32.dirname)
     assert list(paired["first_step"]) == [5, 4, 5]
     assert list(paired["final_loss_y"]) == [2.0, 2.0, 2.0]
 

@@ -215,7 +215,7 @@ def test_new_summary_keys_show_in_the_setup_table_only_when_recorded(tmp_path):
     assert setup["8-bit state maps requested / in force"] == "bnb_0.41.0 / bnb_0.41.0"
     assert setup["precision: compute / mixed / grad scaler"] == "float32 / fp16 / True"
     assert setup["grad scaler: skipped steps / final loss scale"] == "3 / 1024"
-    plain = setup_table(load_study(write_default_like_study(tmp_path, "d")).runs)
+    plain = setup_table(load_study(write_default_like_study(tmp_path, "d", schema1=True)).runs)
     assert "8-bit state maps requested / in force" not in plain.index
     assert "imported from" not in plain.index
 

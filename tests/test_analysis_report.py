@@ -118,7 +118,7 @@ def test_cli_subprocess_lists_bad_runs_on_stderr_and_reports_the_rest(mixed_repo
     lines = proc.stderr.splitlines()
     assert len(lines) == 2  # one line per unreadable run, nothing else
     assert lines[0].startswith(f"WARNING analysis.load: {SMOL_32.dirname}/trial-06: summary: ")
-    assert lines[0].endswith("schema version 99 is not supported (this code reads (1,)); use the "
+    assert lines[0].endswith("schema version 99 is not supported (this code reads (1, 2)); use the "
                              "repeatability version that wrote it")
     assert lines[1].startswith(f"WARNING analysis.load: {SMOL_8.dirname}/trial-05: state: ")
     assert "corrupted JSON" in lines[1]

@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as sps
 from variance_fixtures import CROSSED_Y, OFAT_CELLS, ofat_seeds, write_variance_sources_study
 
-from analysis import anova, divergence, variance
+from analysis import adapter_distance, anova, variance
 from analysis.load import load_study
 from analysis_fixtures import SMOL_8, write_run
 from repeatability import artifacts
@@ -82,7 +82,7 @@ def test_ofat_design_reads_the_varied_source_from_the_rules(tmp_path):
 
 
 def test_decompose_the_synthetic_study(vs_study):
-    pairs = divergence.pair_table(vs_study.runs, vs_study.path)
+    pairs = adapter_distance.pair_table(vs_study.runs, vs_study.path)
     table = variance.decompose(vs_study.runs, pairs, n_resamples=999)
     assert set(table["group"]) == {"smollm2-135m__quotes__paged_adamw_8bit"}
     log_ppl = table[table["metric"] == "log perplexity"].set_index("source")

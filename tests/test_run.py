@@ -18,16 +18,6 @@ EXPECTED_FILES = {
 }
 
 
-@pytest.fixture(scope="module")
-def sweep(tiny_model_dir: Path, quotes_jsonl: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """trials 1,2 of the 8-bit arm in study A, and trial 1 again in study B (same seeds)."""
-    results = tmp_path_factory.mktemp("results")
-    args = tiny_overrides(tiny_model_dir, quotes_jsonl, results)
-    assert run_cli(["-m", "trial=1,2", "optim=paged_adamw_8bit", "study=a", *args]) == 0
-    assert run_cli(["trial=1", "optim=paged_adamw_8bit", "study=b", *args]) == 0
-    return results
-
-
 def _summary(results: Path, study: str, trial: int) -> dict:
     return artifacts.read_summary(results / study / CELL / f"trial-{trial:02d}")
 
@@ -49,7 +39,7 @@ def test_run_directory_has_exactly_the_contract_files(sweep: Path) -> None:
 
 def test_summary_key_fields(sweep: Path) -> None:
     s = _summary(sweep, "a", 1)
-    assert s["schema_version"] == 1 and s["status"] == "complete" and s["trial"] == 1
+    assert s["schema_version"] == artifacts.SCHEMA_VERSION == 2 and s["status"] == "complete" and s["trial"] == 1
     assert s["headline"].startswith("Trial 1 of tiny x tq x paged_adamw_8bit: complete after 4 steps.")
     assert "8-bit Adam state on 100.0% of the trainable parameters" in s["headline"]
     assert "paging requested but not in effect" in s["headline"] and "CPU (" in s["headline"]

@@ -9,7 +9,7 @@ import pytest
 from analysis_fixtures import write_run
 from variance_fixtures import OFAT_CELLS, Q_KEY, V_KEY, lora_tensors, write_variance_sources_study
 
-from analysis import divergence as dv
+from analysis import adapter_distance as dv
 from analysis.load import load_study
 from repeatability import artifacts
 

@@ -1,4 +1,5 @@
-"""How far apart the adapters of a cell's trials are: the effective update ΔW = s·B·A per LoRA
+"""Adapter distance (not a training blow-up, not where loss curves part: see
+:mod:`analysis.curves`): how far apart the adapters of a cell's trials are: the effective update ΔW = s·B·A per LoRA
 module, compared pairwise between trials.
 
 Definitions (per module, and for the whole adapter as the concatenation of every module):
@@ -13,7 +14,8 @@ Definitions (per module, and for the whole adapter as the concatenation of every
 ΔW is never formed: with r×r (or 2r×2r) Gram matrices every norm and inner product costs
 O((in + out)·r²). The difference uses ``ΔW_i − ΔW_j = B_i (A_i − A_j) + (B_i − B_j) A_j``, so
 near-identical adapters keep their tiny distance (no cancellation of two large norms).
-Adapters are read only through :func:`repeatability.artifacts.adapter_weights_path`.
+Adapters are read only through :mod:`repeatability.artifacts` (``read_adapter_tensors``,
+``read_adapter_config``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ from repeatability import artifacts
 log = logging.getLogger(__name__)
 
 Factors = dict[str, tuple[np.ndarray, np.ndarray]]  # module → (B, A) as stored (unscaled)
-CONFIG_NAME = "adapter_config.json"  # PEFT's file next to adapter_model.safetensors
 _KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])(?:\.[^.]+)?\.weight$")
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 PAIR_COLUMNS = ("cell", "trial_i", "trial_j", "module", "layer", "kind", "norm_i", "norm_j",
@@ -76,19 +77,6 @@ def lora_factors(tensors: dict[str, np.ndarray]) -> Factors:
     return out
 
 
-def _load_tensors(weights: Path) -> dict[str, np.ndarray]:
-    """Every tensor of a safetensors file as numpy; bf16/fp16 files go through torch."""
-    from safetensors.numpy import load_file
-
-    try:
-        return load_file(str(weights))
-    except (TypeError, ValueError):  # numpy has no bfloat16
-        import torch
-        from safetensors.torch import load_file as load_torch
-
-        return {k: v.to(torch.float32).numpy() for k, v in load_torch(str(weights)).items()}
-
-
 def adapter_scaling(config: dict[str, Any]) -> float:
     """``lora_alpha / r`` (``/ sqrt(r)`` with ``use_rslora``); 1.0 when either is missing.
 
@@ -108,10 +96,8 @@ def read_adapter(run: Path) -> Adapter:
     Raises:
         FileNotFoundError: the run has no adapter weights.
     """
-    weights = artifacts.adapter_weights_path(run)
-    config_file = weights.parent / CONFIG_NAME
-    config = artifacts.read_json(config_file) if config_file.exists() else {}
-    return Adapter(lora_factors(_load_tensors(weights)), adapter_scaling(config))
+    return Adapter(lora_factors(artifacts.read_adapter_tensors(run)),
+                   adapter_scaling(artifacts.read_adapter_config(run)))
 
 
 def _trace_product(x: np.ndarray, y: np.ndarray) -> float:

@@ -1,0 +1,73 @@
+"""The summary schema (repeatability/summary.py) is what the docs list, the writer accepts and
+the reader loads; schema-1 summaries still load."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from analysis.load import load_study
+from repeatability import artifacts
+from repeatability import summary as S
+from repeatability.errors import RunDirError
+from tests.analysis_fixtures import SMOL_8, base_summary, write_default_like_study, write_run
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "run-directory.md"
+
+
+def test_docs_list_exactly_the_schema_fields() -> None:
+    text = DOCS.read_text()
+    block = re.search(r"<!-- summary-fields:begin -->\n(.*?)\n<!-- summary-fields:end -->", text, re.S)
+    assert block is not None, "docs/run-directory.md lost its summary-fields markers"
+    assert block.group(1) == S.markdown_table(), "regenerate it: python -m repeatability.summary"
+    keys = re.findall(r"^\| `([^`]+)` \|", block.group(1), re.M)
+    assert "optimizer.effective.class" in keys and "tracking.run_id" in keys and "checkpointing.saved[].bytes" in keys
+    assert len(keys) == len(set(keys))
+
+
+def test_columns_are_checked_where_they_are_written() -> None:
+    assert S.COLUMNS.metrics.perplexity_token_weighted == "metrics.perplexity_token_weighted"
+    assert S.COLUMNS.optimizer.effective.class_ == "optimizer.effective.class"
+    assert getattr(S.COLUMNS.seeds, "lora_init") == "seeds.lora_init"
+    with pytest.raises(AttributeError, match="Metrics has no field 'perplexity'"):
+        S.COLUMNS.metrics.perplexity  # noqa: B018
+
+
+def test_writer_refuses_keys_and_types_the_schema_does_not_declare(tmp_path: Path) -> None:
+    record = base_summary(SMOL_8, 1, "s", 10.0)
+    with pytest.raises(RunDirError, match=r"summary key metrics\.perplexity is not in the summary schema"):
+        artifacts.write_summary(tmp_path, {**record, "metrics": {**record["metrics"], "perplexity": 3.0}})
+    with pytest.raises(RunDirError, match=r"summary key trial: '1' is not a int"):
+        artifacts.write_summary(tmp_path, {**record, "trial": "1"})
+    drifted = {**record["optimizer"]["effective"], "state_dtypes": {"torch.uint8": 840}}
+    with pytest.raises(RunDirError, match="state_dtypes keys are dtype names without 'torch.'"):
+        artifacts.write_summary(tmp_path, {**record, "optimizer": {**record["optimizer"], "effective": drifted}})
+    assert not (tmp_path / artifacts.SUMMARY).exists()
+    artifacts.write_summary(tmp_path, record)
+    assert artifacts.read_summary(tmp_path) == {**record, "schema_version": S.SCHEMA_VERSION}
+    assert S.required_missing(artifacts.read_summary_record(tmp_path)) == []
+
+
+def test_an_undeclared_key_on_disk_is_a_problem_not_a_crash(tmp_path: Path) -> None:
+    run = write_run(tmp_path, "s", SMOL_8, 1)
+    write_run(tmp_path, "s", SMOL_8, 2)
+    artifacts.write_json(run / artifacts.SUMMARY, {**artifacts.read_json(run / artifacts.SUMMARY), "extra": 1})
+    study = load_study(tmp_path / "s")
+    assert [(p.run, p.kind) for p in study.problems] == [(f"{SMOL_8.dirname}/trial-01", "summary")]
+    assert "summary key extra is not in the summary schema" in study.problems[0].message
+    assert list(study.runs["status"]) == ["unreadable", "complete"]
+
+
+def test_schema1_summaries_load_with_their_numbers(tmp_path: Path) -> None:
+    old = load_study(write_default_like_study(tmp_path, "old", schema1=True)).runs
+    new = load_study(write_default_like_study(tmp_path, "new")).runs
+    first = artifacts.read_json(tmp_path / "old" / SMOL_8.dirname / "trial-01" / artifacts.SUMMARY)
+    assert first["schema_version"] == 1 and "tracking" not in first and "precision" not in first
+    assert list(old["status"]) == ["complete"] * 14
+    col = S.COLUMNS.metrics.perplexity_token_weighted
+    assert list(old[col]) == list(new[col]) and len(set(old[col])) == 14
+    assert list(old[S.COLUMNS.seeds.lora_init]) == list(new[S.COLUMNS.seeds.lora_init])
+    assert S.COLUMNS.precision.mixed_precision not in old.columns
+    assert S.COLUMNS.precision.mixed_precision in new.columns
