@@ -55,13 +55,24 @@ def test_what_the_runs_wrote_is_what_the_analysis_reports(sweep: Path) -> None:
         assert list(frame["loss"]) == [r["loss"] for r in curve]
 
 
-# Pinned on torch 2.13.0+cpu, bitsandbytes 0.50.2 (AMD EPYC, AVX2, 1 thread): trial 1 of the
-# tiny model's 8-bit arm (seed policy per_trial, base seed 1234). Float results depend on the
-# kernels torch picks for the CPU, so the adapter's bytes are compared on x86-64 only; the
-# losses to 1e-5 (torchtune's test_loss_qlora tolerance).
+# Pinned on torch 2.13.0+cpu, bitsandbytes 0.50.2 (AMD EPYC, AVX2 without AVX512, 1 thread,
+# padding-free training batches, the CPU preset's default): trial 1 of the tiny model's 8-bit arm
+# (seed policy per_trial, base seed 1234). Float results depend on the kernels torch picks for
+# the CPU, so the adapter's bytes are compared only on x86-64 CPUs of that instruction-set class
+# (AVX512 ones such as the Xeon dev machine pick other kernels); the losses everywhere to 1e-5
+# (torchtune's test_loss_qlora tolerance).
 PINNED_VERSIONS = {"torch": "2.13.0+cpu", "bitsandbytes": "0.50.2"}
-PINNED_LOSSES = [6.541103363037109, 6.423099040985107, 6.477204322814941, 6.458601474761963]
-PINNED_ADAPTER_SHA256 = "e62baaaeaaffaff31c1f308e95ec833253bbb014fed10dc0e296615315d3d7fe"
+PINNED_LOSSES = [6.541103363037109, 6.423139572143555, 6.4768900871276855, 6.4585747718811035]
+PINNED_ADAPTER_SHA256 = "82aa043b576dffcd377f72bd5f4871680f888f03a5f8668c95a10925643a2a71"
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((l for l in text.splitlines() if l.startswith("flags")), "")
+    return set(line.split(":", 1)[-1].split())
 
 
 def test_pinned_losses_and_adapter_of_a_fixed_seed_run(sweep: Path) -> None:
@@ -75,5 +86,6 @@ def test_pinned_losses_and_adapter_of_a_fixed_seed_run(sweep: Path) -> None:
     losses = [r["loss"] for r in artifacts.read_loss_curve(run) if r["split"] == "train"]
     sha = artifacts.adapter_sha256(run)
     assert losses == pytest.approx(PINNED_LOSSES, rel=1e-5, abs=1e-5), f"losses {losses!r}, adapter {sha}"
-    if platform.machine() == "x86_64":
+    flags = _cpu_flags()
+    if platform.machine() == "x86_64" and "avx2" in flags and "avx512f" not in flags:
         assert sha == PINNED_ADAPTER_SHA256, f"losses {losses!r}, adapter {sha}"

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _readme_sweeps() -> list[list[str]]:
     """Every ``python -m repeatability.run -m ...`` line of README.md and the Makefile's study."""
-    lines = re.findall(r"python -m repeatability\.run (-m [^#\n]+)", (ROOT / "README.md").read_text())
+    readme = (ROOT / "README.md").read_text().replace("\\\n", " ")  # shell line continuations
+    lines = re.findall(r"python -m repeatability\.run (-m [^#\n]+)", readme)
     make = re.search(r"^STUDY_ARGS \?= (.+)$", (ROOT / "Makefile").read_text(), re.M)
     assert make is not None and len(lines) >= 5
     return [[a for a in shlex.split(line) if a != "-m"] for line in [*lines, make.group(1)]]
