@@ -285,13 +285,22 @@ def read_ledger(path: Path) -> list[dict[str, Any]]:
 
 
 def summarize(entries: list[dict[str, Any]], elapsed_s: float) -> tuple[str, list[str]]:
-    """One line of counts and the list of runs that need attention."""
+    """One line of counts and the list of runs that need attention.
+
+    A run is counted once, by its last ledger line: a run that was preempted and then finished in
+    the requeued job is one complete run (its earlier preemption is named after the counts)."""
+    last: dict[Any, dict[str, Any]] = {}
+    for i, e in enumerate(entries):
+        last[e.get("run_dir") or ("entry", i)] = e  # a line without a run directory is its own run
+    final = list(last.values())
     counts: dict[str, int] = {}
-    for e in entries:
+    for e in final:
         counts[e["status"]] = counts.get(e["status"], 0) + 1
-    bad = [f"{e['status']}: {e.get('error') or e.get('run_dir')}" for e in entries if e["status"] in BAD_STATUSES]
+    bad = [f"{e['status']}: {e.get('error') or e.get('run_dir')}" for e in final if e["status"] in BAD_STATUSES]
     parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    return f"sweep finished: {len(entries)} runs ({parts}) in {elapsed_s / 60:.1f} min", bad
+    resumed = sum(e["status"] == "preempted" for e in entries) - counts.get("preempted", 0)
+    extra = f"; {resumed} preemption(s) resumed" if resumed else ""
+    return f"sweep finished: {len(final)} runs ({parts}{extra}) in {elapsed_s / 60:.1f} min", bad
 
 
 class SweepReport(Callback):

@@ -181,3 +181,15 @@ def test_a_finished_job_leaves_no_weights_alive(tiny_model_dir: Path, quotes_jso
     gc.collect()
     embedding_sized = [o for o in gc.get_objects() if isinstance(o, torch.nn.Parameter) and o.numel() == 600 * 512]
     assert embedding_sized == []
+
+
+def test_sweep_line_counts_runs_not_ledger_lines() -> None:
+    """A run preempted and then finished by its requeued job is one complete run."""
+    from repeatability.sweep import summarize
+
+    entries = [{"run_dir": "a", "status": "preempted", "step": 5}, {"run_dir": "b", "status": "complete"},
+               {"run_dir": "a", "status": "complete"}, {"run_dir": None, "status": "failed", "error": "job 7 CANCELLED"},
+               {"run_dir": "c", "status": "preempted", "step": 3}]
+    line, bad = summarize(entries, 90.0)
+    assert line == "sweep finished: 4 runs (2 complete, 1 failed, 1 preempted; 1 preemption(s) resumed) in 1.5 min"
+    assert bad == ["failed: job 7 CANCELLED"]
