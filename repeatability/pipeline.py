@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from repeatability import artifacts, data, evaluate, modelling, tracking, train
-from repeatability import summary as summary_schema
+from repeatability import summary as S
 from repeatability.config import RunConfig
 from repeatability.environment import PeakMemory, capture_environment, cpu_model
 from repeatability.seeding import Seeds, apply_determinism, resolve_seeds, seed_everything, thread_budget
@@ -154,31 +154,35 @@ def build_model(cfg: RunConfig, seeds: Seeds, prep_fn: Any, study: Path, device:
 def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
             resume_from: Path | None = None, guard: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Run one trial into ``path`` (already fresh, but for the checkpoint ``resume_from``, if
-    given, to continue from); return the summary written.
+    given, to continue from); return the summary written (its JSON form).
 
+    The summary is the schema's record (:class:`repeatability.summary.Summary`), filled group by
+    group as the run measures it: a group the schema does not declare fails where it is filled.
     ``guard`` is called before the results are written (after training) and before the run is
     marked done; it raises when this process no longer holds ``path`` (a lost run claim).
     """
     t_start = time.perf_counter()
-    summary: dict[str, Any] = {"study": cfg.study, "trial": cfg.trial, "cell": asdict(cell_of(cfg)), "started_at": utc_now()}
-    summary["resumed"] = ({"from_step": artifacts.checkpoint_step(resume_from), "checkpoint": resume_from.name}
-                          if resume_from else None)
+    record = S.Summary(study=cfg.study, trial=cfg.trial, cell=S.Cell(**asdict(cell_of(cfg))), started_at=utc_now(),
+                       resumed=S.Resumed(from_step=artifacts.checkpoint_step(resume_from), checkpoint=resume_from.name)
+                       if resume_from else None)
     study = artifacts.study_dir(cfg.results_dir, cfg.study)
     artifacts.write_config(path, config_yaml, overrides)
     artifacts.write_environment(path, capture_environment())
     budget = thread_budget(cfg.determinism.threads)
-    summary["determinism"] = {**apply_determinism(cfg.determinism.mode, budget["threads"]), "thread_budget": budget}
+    record.determinism = S.part(S.Determinism, {**apply_determinism(cfg.determinism.mode, budget["threads"]),
+                                                "thread_budget": budget}, "determinism")
     seeds = resolve_seeds(cfg.determinism, cfg.trial)
-    summary["seeds"] = seeds.to_dict()
+    record.seeds = S.part(S.Seeds, seeds.to_dict(), "seeds")
     with tracking.tracker_run(cfg.tracking, path, study, tracking_ids(cfg)) as tracker:
-        tracker.start(yaml.safe_load(config_yaml) or {}, summary["seeds"])
-        _train_and_score(cfg, path, study, seeds, resume_from, guard, tracker, summary)
-        summary["timings"]["total_s"] = time.perf_counter() - t_start
-        summary.update(tracking=tracker.record, finished_at=utc_now())
-        summary["headline"] = headline(summary)
-        record = summary_schema.parse(summary)
-        if summary_schema.required_missing(record):  # the writer and the schema disagree: a bug here
-            raise RuntimeError(f"summary lacks {', '.join(summary_schema.required_missing(record))}")
+        tracker.start(yaml.safe_load(config_yaml) or {}, seeds.to_dict())
+        _train_and_score(cfg, path, study, seeds, resume_from, guard, tracker, record)
+        record.timings.total_s = time.perf_counter() - t_start
+        record.tracking = S.part(S.Tracking, tracker.record, "tracking")
+        record.finished_at = utc_now()
+        record.headline = headline(S.dump(record))
+        if S.required_missing(record):  # the pipeline and the schema disagree: a bug here
+            raise RuntimeError(f"summary lacks {', '.join(S.required_missing(record))}")
+        summary = S.dump(record)
         guard()
         tracker.log_end(summary)
     artifacts.write_summary(path, record)
@@ -196,9 +200,9 @@ def tracking_ids(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _train_and_score(cfg: RunConfig, path: Path, study: Path, seeds: Seeds, resume_from: Path | None,
-                     guard: Callable[[], None], tracker: tracking.TrackerRun, summary: dict[str, Any]) -> None:
+                     guard: Callable[[], None], tracker: tracking.TrackerRun, summary: S.Summary) -> None:
     """Build, train, score and generate; save the adapter, loss curve and generations; fill
-    ``summary`` with everything but the total time and the headline."""
+    ``summary`` with everything but the total time, the tracker and the headline."""
     device = modelling.resolve_device(cfg.device)
     dtype = modelling.resolve_compute_dtype(cfg.quant, device)
     mixed = modelling.resolve_mixed_precision(cfg.quant, device, dtype)
@@ -216,21 +220,22 @@ def _train_and_score(cfg: RunConfig, path: Path, study: Path, seeds: Seeds, resu
             metrics, eval_s, gen_s, generations = _score_and_generate(cfg, built, prep, record, seeds, device)
         guard()
         adapter_sha = artifacts.save_adapter(path, built.model)
-        summary.update(_results(cfg, built, prep, record, effective, metrics, device, dtype))
-        summary["precision"] = {"compute_dtype": str(dtype).replace("torch.", ""), **precision}
-        summary["batching"] = batching_record(cfg, record)
+        _fill_results(summary, cfg, built, prep, record, effective, metrics, device, dtype)
+        summary.precision = S.part(S.Precision, {"compute_dtype": str(dtype).replace("torch.", ""), **precision},
+                                   "precision")
+        summary.batching = S.part(S.Batching, batching_record(cfg, record), "batching")
     finally:  # the next job of this process starts from a clean slate, whatever happened
         if built is not None:
             modelling.release_weights(built.model)
     artifacts.write_loss_curve(path, record.rows)
     artifacts.write_generations(path, generations)
-    summary.update(
-        timings={"model_load_s": built.load_s, "train_s": train_s, "eval_s": eval_s, "generation_s": gen_s,
-                 "total_s": math.nan, **train.step_time_stats(record)},
-        memory=memory.result(), adapter={"path": artifacts.ADAPTER, "sha256": adapter_sha},
-        checkpointing={"every": cfg.train.checkpoint_every, "saved": record.checkpoints,
-                       "kept": cfg.train.keep_checkpoints},
-    )
+    summary.timings = S.part(S.Timings, {"model_load_s": built.load_s, "train_s": train_s, "eval_s": eval_s,
+                                         "generation_s": gen_s, "total_s": math.nan, **train.step_time_stats(record)},
+                             "timings")
+    summary.memory = S.part(S.Memory, memory.result(), "memory")
+    summary.adapter = S.Adapter(path=artifacts.ADAPTER, sha256=adapter_sha)
+    summary.checkpointing = S.part(S.Checkpointing, {"every": cfg.train.checkpoint_every, "saved": record.checkpoints,
+                                                     "kept": cfg.train.keep_checkpoints}, "checkpointing")
 
 
 def headline(s: dict[str, Any]) -> str:
@@ -261,27 +266,31 @@ def headline(s: dict[str, Any]) -> str:
             f"{s['seeds']['data_order']}, dropout {s['seeds']['dropout']} (policy {s['seeds']['policy']}).")
 
 
-def _results(cfg: RunConfig, built: Built, prep: Prepared, record: train.TrainLog, effective: dict[str, Any],
-             metrics: dict[str, Any], device: str, dtype: torch.dtype) -> dict[str, Any]:
-    """Summary fields read from the run while its model is still alive."""
+def _fill_results(summary: S.Summary, cfg: RunConfig, built: Built, prep: Prepared, record: train.TrainLog,
+                  effective: dict[str, Any], metrics: dict[str, Any], device: str, dtype: torch.dtype) -> None:
+    """The summary groups read from the run while its model is still alive."""
     divergence = record.divergence or _ppl_divergence(metrics, cfg.eval.ppl_overflow, record)
-    return dict(
-        status="diverged" if divergence else "complete", divergence=divergence, error=None,
-        optimizer={"requested": {**asdict(cfg.optim), "lr": cfg.train.lr},
-                   "effective": {k: v for k, v in effective.items() if k != "state_maps"},
-                   "state_maps": effective.get("state_maps")},
-        device={"type": device, "name": _device_name(device), "compute_dtype": str(dtype).replace("torch.", ""),
-                "quantization": {k: v for k, v in asdict(cfg.quant).items() if k != "compute_dtype"},
-                "n_4bit_layers": built.n_4bit_layers,
-                "bnb_cpu_inference_repack": ("disabled: bitsandbytes' AVX512-BF16 repack breaks LoRA gradients after "
-                                             "an eval pass; one fp32 dequantize path for training and scoring")
-                if device == "cpu" and cfg.quant.load_in_4bit else "not applicable"},
-        model=_model_info(cfg, built), data=prep.info,
-        metrics={**metrics, **{k: v for k, v in built.base.items() if k.startswith("base_perplexity")},
-                 "final_train_loss": _last(record.rows, "train"), "final_val_loss": _last(record.rows, "val"),
-                 "steps": record.steps},
-        perplexity_definition=evaluate.PERPLEXITY_DEFINITION,
-    )
+    summary.status = "diverged" if divergence else "complete"
+    summary.divergence = S.part(S.Divergence, divergence, "divergence")
+    summary.error = None
+    summary.optimizer = S.part(S.Optimizer, {
+        "requested": {**asdict(cfg.optim), "lr": cfg.train.lr},
+        "effective": {k: v for k, v in effective.items() if k != "state_maps"},
+        "state_maps": effective.get("state_maps")}, "optimizer")
+    summary.device = S.part(S.Device, {
+        "type": device, "name": _device_name(device), "compute_dtype": str(dtype).replace("torch.", ""),
+        "quantization": {k: v for k, v in asdict(cfg.quant).items() if k != "compute_dtype"},
+        "n_4bit_layers": built.n_4bit_layers,
+        "bnb_cpu_inference_repack": ("disabled: bitsandbytes' AVX512-BF16 repack breaks LoRA gradients after "
+                                     "an eval pass; one fp32 dequantize path for training and scoring")
+        if device == "cpu" and cfg.quant.load_in_4bit else "not applicable"}, "device")
+    summary.model = S.part(S.Model, _model_info(cfg, built), "model")
+    summary.data = S.part(S.Data, prep.info, "data")
+    summary.metrics = S.part(S.Metrics, {
+        **metrics, **{k: v for k, v in built.base.items() if k.startswith("base_perplexity")},
+        "final_train_loss": _last(record.rows, "train"), "final_val_loss": _last(record.rows, "val"),
+        "steps": record.steps}, "metrics")
+    summary.perplexity_definition = evaluate.PERPLEXITY_DEFINITION
 
 
 def _score_and_generate(cfg: RunConfig, built: Built, prep: Prepared, record: train.TrainLog, seeds: Seeds,

@@ -359,6 +359,13 @@ def parse(data: dict[str, Any]) -> Summary:
     return from_dict(Summary, data)
 
 
+def part(cls: type, data: dict[str, Any] | None, key: str) -> Any:
+    """Record ``cls`` of the summary key ``key`` from what the pipeline measured; a key the schema
+    does not declare, or a value of another type, raises here, where the group is filled.
+    ``None`` stays ``null``."""
+    return None if data is None else from_dict(cls, data, key)
+
+
 def dump(record: Summary) -> dict[str, Any]:
     """The JSON form to write (fields never given are left out, ``None`` is ``null``)."""
     return to_dict(record)
@@ -374,7 +381,7 @@ def markdown_table() -> str:
     return "\n".join(["| key | type | meaning |", "| --- | --- | --- |", *markdown_rows(Summary)])
 
 
-__all__ = ["ABSENT", "COLUMNS", "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS", "Summary", "dump", "parse",
+__all__ = ["ABSENT", "COLUMNS", "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS", "Summary", "dump", "parse", "part",
            "required_missing", "markdown_table"]
 
 
