@@ -137,23 +137,3 @@ def arm_rates(runs: pd.DataFrame, config: AnalysisConfig = DEFAULT,
                      "rate": k / n if n else math.nan, "ci_low": low, "ci_high": high,
                      "n_clusters": n_clusters, "bimodality": note})
     return pd.DataFrame(rows, columns=list(RATE_COLUMNS))
-
-
-def rate_text(blowups: int, n: int, low: float, high: float) -> str:
-    """``4/7 = 57% [18%, 90%]``; ``0/0`` when no run could be judged."""
-    if not n:
-        return "0/0"
-    return f"{blowups}/{n} = {blowups / n:.0%} [{low:.0%}, {high:.0%}]"
-
-
-def reference_lines(refs: pd.DataFrame, config: AnalysisConfig) -> list[str]:
-    """One line per (model, dataset): which reference was used, its value and the threshold."""
-    lines = []
-    for _, r in refs.iterrows():
-        spread = "" if r["min"] == r["max"] or r["reference"] != REFERENCE_BASE else \
-            f" (recorded values {format_number(r['min'])}–{format_number(r['max'])})"
-        lines.append(f"`{r['model']}` × `{r['dataset']}`: {r['reference']} = "
-                     f"{format_number(r['value'])}{spread} from {r['n_values']} run(s); "
-                     f"blow-up above {format_number(config.blowup_k)} × that = "
-                     f"{format_number(r['threshold'])}")
-    return lines
