@@ -36,7 +36,7 @@ from analysis import (
     verdict,
 )
 from analysis.config import AnalysisConfig
-from analysis.load import FINISHED, Study, column, is_imported, optim_bits
+from analysis.load import FINISHED, Study, column
 from repeatability.summary import COLUMNS as S
 
 SECOND_METRIC = S.metrics.perplexity_mean_per_sequence
@@ -96,8 +96,9 @@ class Results:
         adapter_arms: whole-adapter distance between seed-matched arms, per trial.
         blowup_references, blowup_rates: :mod:`analysis.blowups` per (model, dataset) and cell.
         equivalence: :func:`analysis.equivalence.comparisons` (empty without a finished run).
-        compare_cells: this study's cells and those of ``others`` (empty without others).
-        compare_pooled: blow-ups and runs per (arm, study), arms in bit order, with exact CIs.
+        compare_cells: :func:`analysis.blowups.study_cells` of this study and of ``others``
+            (empty without others).
+        compare_pooled: :func:`analysis.blowups.pooled_counts` of ``compare_cells``.
         trials_needed: :func:`analysis.power.trials_needed`.
         final_loss_stats: :func:`analysis.stats.stats_table` of the final losses.
         parting: where the trials of a cell part (:func:`analysis.curves.within_cell_parting`
@@ -221,52 +222,13 @@ def _blowups(study: Study, config: AnalysisConfig, others: Sequence[Study]) -> d
         else pd.DataFrame(columns=list(equivalence.COLUMNS))
     cells = pd.DataFrame()
     if others:
-        cells = pd.concat([study_cells(study, rates, refs)]
-                          + [study_cells(s, blowups.arm_rates(s.runs, config),
-                                         blowups.references(s.runs, config)) for s in others],
+        cells = pd.concat([blowups.study_cells(study, rates, refs)]
+                          + [blowups.study_cells(s, blowups.arm_rates(s.runs, config),
+                                                 blowups.references(s.runs, config)) for s in others],
                           ignore_index=True)
     return {"blowup_references": refs, "blowup_rates": rates, "equivalence": pairs,
-            "compare_cells": cells, "compare_pooled": pooled_counts(cells) if others
+            "compare_cells": cells, "compare_pooled": blowups.pooled_counts(cells) if others
             else pd.DataFrame()}
-
-
-def _source(rows: pd.DataFrame) -> str:
-    imported = rows[is_imported(rows)]
-    if imported.empty:
-        return "run by this harness"
-    return "imported: " + "; ".join(sorted(column(imported, S.imported.source).astype(str).unique()))
-
-
-def study_cells(study: Study, rates: pd.DataFrame, refs: pd.DataFrame) -> pd.DataFrame:
-    """One row per cell of ``study``: where its numbers come from, perplexity summary and
-    blow-up rate with CI (``rates``, ``refs``: the study's own :func:`analysis.blowups.arm_rates`
-    and :func:`analysis.blowups.references`)."""
-    rates, refs = rates.set_index("cell"), refs.set_index(["model", "dataset"])
-    rows = []
-    for cell, group in study.runs.groupby("cell", sort=True):
-        d = stats.describe(stats.metric_values(study.runs, str(cell)).to_numpy())
-        r, first = rates.loc[cell], group.iloc[0]
-        ref = refs["value"].get((first["model"], first["dataset"]))
-        rows.append({"study": study.name, "source": _source(group), "cell": cell,
-                     "arm": tables.arm_label(first), "n": int(r["n"]), "median": d["median"],
-                     "min": d["min"], "max": d["max"], "blowups": int(r["blowups"]),
-                     "blowup_rate": r["rate"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
-                     "reference": ref})
-    return pd.DataFrame(rows)
-
-
-def pooled_counts(cells: pd.DataFrame) -> pd.DataFrame:
-    """Per (arm, study) of :func:`study_cells`' rows: blow-ups and runs pooled over the
-    study's models and datasets, with the exact 95% CI; arms with fewer requested optimizer
-    bits first, studies in the order of ``cells``."""
-    pooled = cells.groupby(["arm", "study"], sort=True)[["blowups", "n"]].sum().reset_index()
-    cis = [blowups.clopper_pearson(int(k), int(n)) for k, n in zip(pooled["blowups"], pooled["n"])]
-    pooled["ci_low"], pooled["ci_high"] = [c[0] for c in cis], [c[1] for c in cis]
-    arms = sorted(pooled["arm"].unique())
-    bits = dict(zip(arms, optim_bits(pd.DataFrame({"optim": arms})).fillna(float("inf"))))
-    studies = {name: i for i, name in enumerate(dict.fromkeys(cells["study"]))}
-    order = pooled.assign(bits=pooled["arm"].map(bits), position=pooled["study"].map(studies))
-    return pooled.loc[order.sort_values(["bits", "arm", "position"]).index].reset_index(drop=True)
 
 
 def _loss(study: Study, within: pd.DataFrame,

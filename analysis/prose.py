@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.anova import Design
 from analysis.blowups import REFERENCE_BASE
 from analysis.config import AnalysisConfig
 from analysis.power import ALPHA, POWER, RATIOS
@@ -194,3 +195,15 @@ def variance_answer(table: pd.DataFrame, metric: str = "log perplexity",
             text += " Then " + ", ".join(rest) + "."
         out.append(text + " " + _floor_text(rows))
     return out
+
+
+def design_line(design: Design, runs: pd.DataFrame) -> str:
+    """One line per crossed design (:func:`analysis.anova.crossed_designs`): its cells, the
+    levels of each factor, its trials and whether the trial is a block."""
+    rows = runs[runs["cell"].isin(design.cells)]
+    levels = "; ".join(f"{f}: " + ", ".join(sorted(rows[f].astype(str).unique()))
+                       for f in design.factors)
+    block = ("trial as a block (every cell got the same seeds in a trial)" if design.blocked
+             else "trials as replicates (seeds do not change with the trial)")
+    return (f"`{design.group}`: {len(design.cells)} cells crossing {levels}; trials "
+            f"{', '.join(map(str, design.trials))}, {block}")

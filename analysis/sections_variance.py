@@ -69,7 +69,7 @@ def _anova(doc: Doc, runs: pd.DataFrame, results: list) -> Tables:
              "cell are used.")
     out: Tables = {}
     designs = list(dict.fromkeys(design for design, _, _ in results))
-    doc.bullets([d.describe(runs) for d in designs])
+    doc.bullets([prose.design_line(d, runs) for d in designs])
     for design, label, table in results:
         k = designs.index(design) + 1
         caption = f"ANOVA of {label}, `{design.group}` design {k}"
