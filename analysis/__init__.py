@@ -1,5 +1,8 @@
-"""Analysis of repeatability studies: load (through the run-directory contract) → stats → tables →
-plots → report.
+"""Analysis of repeatability studies, in layers: load (:mod:`analysis.load`, through the
+run-directory contract) → compute (:mod:`analysis.compute`: every number once, from the pure
+modules stats, blowups, equivalence, variance, anova, adapter_distance, curves, power,
+ablations, generations, tables) → present (the ``sections*`` modules: tables, figures
+(:mod:`analysis.plots`), sentences (:mod:`analysis.prose`)) → :mod:`analysis.report`.
 
 Every run directory is read through :mod:`repeatability.artifacts`; nothing here opens a run
 file by name. The entry point is ``python -m analysis.report results/<study>``; a published

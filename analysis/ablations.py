@@ -72,30 +72,6 @@ def sampling_by_cell(per_prompt: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _all(count: str) -> bool:
-    """Whether an "i/n" count is complete (i == n > 0)."""
-    done, _, total = count.partition("/")
-    return count != "–" and done == total and total != "0"
-
-
-def sampling_line(row: pd.Series | dict) -> str:
-    """One line per cell of :func:`sampling_by_cell`, in words."""
-    same, greedy = row["samples_identical"], row["equal_greedy"]
-    head = (f"`{row['cell']}` ({row['runs']} run(s), temperature / top-p "
-            f"{row['temperature / top_p']}): ")
-    if same == "–":  # one sample per prompt: nothing to compare across seeds
-        return (head + f"K = {row['K']} sample per prompt, so seeds cannot be compared; the "
-                f"sample equals greedy in {greedy} (run, prompt) pairs.")
-    text = (head + f"K = {row['K']} samples per prompt under {row['min_seeds']}+ different "
-            f"seeds: identical to each other in {same} (run, prompt) pairs, identical to "
-            f"greedy in {greedy}")
-    if _all(same) and _all(greedy):
-        return text + " → the generation seed changed nothing: sampling was greedy here."
-    if _all(same):
-        return text + " → the seed changed nothing, but sampling differs from greedy."
-    return text + " → the generation seed changed the text."
-
-
 def base_repeats(runs: pd.DataFrame) -> pd.DataFrame:
     """Per finished run that recorded ``metrics.base_perplexity_repeats``: K, min, max, the
     spread recomputed (max − min) and as recorded, and ``zero`` (both exactly 0)."""
@@ -115,19 +91,3 @@ def base_repeats(runs: pd.DataFrame) -> pd.DataFrame:
                      "zero": spread == 0 and (math.isnan(recorded) or recorded == 0)})
     return pd.DataFrame(rows, columns=["cell", "trial", "k", "min", "max", "spread",
                                        "spread_recorded", "zero"])
-
-
-def base_statement(table: pd.DataFrame) -> str:
-    """One sentence: verified (every spread exactly 0) or not, with the largest spread."""
-    if table.empty:
-        return ("(b) Base-model perplexity repeats: not recorded by any run (set "
-                "`eval.base_repeats` > 1).")
-    ks = sorted(set(table["k"]))
-    scores = table[["min", "max"]].drop_duplicates()
-    head = (f"(b) Base-model perplexity scored K = {'/'.join(map(str, ks))} times in each of "
-            f"{len(table)} runs ({len(scores)} distinct result(s): runs share the cached score)")
-    if table["zero"].all():
-        return head + ": max − min = 0 in every run → verified, zero spread."
-    worst = table.loc[table["spread"].idxmax()]
-    return (head + f": NOT zero in {int((~table['zero']).sum())} run(s); largest spread "
-            f"{worst['spread']:.3g} (`{worst['cell']}` trial {worst['trial']}).")

@@ -24,7 +24,6 @@ import logging
 import math
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -159,26 +158,19 @@ def cosine(dot: float, norm_i: float, norm_j: float) -> float:
 
 # --------------------------------------------------------------------------- per cell
 
-RunKey = tuple[tuple[str, int, int], ...]  # (run path, trial, weights mtime_ns) per finished run
-
-
-def _cell_key(runs: pd.DataFrame, study: Path, cell: str) -> RunKey:
+def _finished_runs(runs: pd.DataFrame, study: Path, cell: str) -> list[tuple[Path, int]]:
+    """(run path, trial) of the cell's finished runs that have adapter weights, by trial."""
     rows = runs[(runs["cell"] == cell) & runs["status"].isin(FINISHED)]
-    key = []
-    for _, row in rows.sort_values("trial").iterrows():
-        path = study / str(row["run"])
-        weights = artifacts.adapter_weights_path(path)
-        if weights.exists():  # the mtime keeps the cache from serving a rewritten adapter
-            key.append((str(path), int(row["trial"]), weights.stat().st_mtime_ns))
-    return tuple(key)
+    paths = [(study / str(row["run"]), int(row["trial"])) for _, row in rows.sort_values("trial").iterrows()]
+    return [(path, trial) for path, trial in paths if artifacts.adapter_weights_path(path).exists()]
 
 
-def _read_all(key: RunKey) -> dict[int, Adapter]:
+def _read_all(runs: list[tuple[Path, int]]) -> dict[int, Adapter]:
     """Each run's adapter; unreadable ones and ones without LoRA A/B pairs left out (logged)."""
     adapters = {}
-    for path, trial, _ in key:
+    for path, trial in runs:
         try:
-            adapter = read_adapter(Path(path))
+            adapter = read_adapter(path)
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the report
             log.warning("%s: adapter not readable: %s", path, exc)
             continue
@@ -189,10 +181,8 @@ def _read_all(key: RunKey) -> dict[int, Adapter]:
     return adapters
 
 
-@lru_cache(maxsize=32)
-def _cell_pairs(cell: str, key: RunKey) -> pd.DataFrame:
-    """Per (trial pair, module) of one cell; cached because two report sections need it."""
-    adapters = _read_all(key)
+def _cell_pairs(cell: str, adapters: dict[int, Adapter]) -> pd.DataFrame:
+    """Per (trial pair, module) of one cell."""
     frames = []
     for i, j in combinations(sorted(adapters), 2):
         frame = compare(adapters[i], adapters[j])
@@ -206,8 +196,10 @@ def _cell_pairs(cell: str, key: RunKey) -> pd.DataFrame:
 def pair_table(runs: pd.DataFrame, study: Path) -> pd.DataFrame:
     """Per cell, trial pair (i < j) and module: ``norm_i``, ``norm_j`` (||ΔW||_F), ``distance``
     (||ΔW_i − ΔW_j||_F) and ``inner`` (<ΔW_i, ΔW_j>_F), over finished runs with an adapter.
+
+    Reads every adapter of the study: the report calls it once (:func:`analysis.compute.compute`).
     """
-    frames = [_cell_pairs(str(cell), _cell_key(runs, Path(study), str(cell)))
+    frames = [_cell_pairs(str(cell), _read_all(_finished_runs(runs, Path(study), str(cell))))
               for cell in sorted(runs["cell"].unique())]
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(PAIR_COLUMNS))
@@ -217,8 +209,8 @@ def arm_pairs(runs: pd.DataFrame, study: Path, cell_x: str, cell_y: str,
               trials: list[int]) -> pd.DataFrame:
     """Whole-adapter ``rel_l2``/``cosine`` between arm X's and arm Y's adapter of each of
     ``trials`` (seed-matched arms: what the arm difference alone does to the weights)."""
-    x = _read_all(tuple(k for k in _cell_key(runs, Path(study), cell_x) if k[1] in trials))
-    y = _read_all(tuple(k for k in _cell_key(runs, Path(study), cell_y) if k[1] in trials))
+    x = _read_all([k for k in _finished_runs(runs, Path(study), cell_x) if k[1] in trials])
+    y = _read_all([k for k in _finished_runs(runs, Path(study), cell_y) if k[1] in trials])
     frames = [compare(x[t], y[t]).assign(cell=f"{cell_x} vs {cell_y}", trial_i=t, trial_j=t)
               for t in sorted(set(x) & set(y))]
     if not frames:
@@ -254,12 +246,22 @@ def by_layer(pairs: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
+def by_kind(pairs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (cell, module kind, trial pair): the kind's ``rel_l2`` and ``cosine`` (its
+    modules' ΔW concatenated)."""
+    return aggregate(pairs, ["cell", "kind", "trial_i", "trial_j"])
+
+
 def cell_summary(pairs: pd.DataFrame) -> pd.DataFrame:
     """Per cell: adapters compared, pairs, identical pairs (distance exactly 0), mean ||ΔW||_F,
     mean/min/max whole-adapter ``rel_l2`` and ``cosine``, and the module kind (q_proj, ...)
-    with the largest mean relative L2."""
-    whole = whole_adapter(pairs)
-    kinds = aggregate(pairs, ["cell", "kind", "trial_i", "trial_j"])
+    with the largest mean relative L2 (``farthest_kind``)."""
+    return summarise(whole_adapter(pairs), by_kind(pairs))
+
+
+def summarise(whole: pd.DataFrame, kinds: pd.DataFrame) -> pd.DataFrame:
+    """:func:`cell_summary` from its parts (:func:`whole_adapter` and :func:`by_kind` of the
+    same pairs), for a caller that has them already."""
     rows = []
     for cell, group in whole.groupby("cell", sort=True):
         norms = dict(zip(group["trial_i"], group["norm_i"])) | dict(
@@ -272,7 +274,7 @@ def cell_summary(pairs: pd.DataFrame) -> pd.DataFrame:
                         ("mean", "min", "max")},
                      **{f"cosine_{s}": float(getattr(group["cosine"], s)()) for s in
                         ("mean", "min", "max")},
-                     "most_divergent_kind": str(kind.idxmax()) if kind.max() > 0 else "–"})
+                     "farthest_kind": str(kind.idxmax()) if kind.max() > 0 else "–"})
     return pd.DataFrame(rows)
 
 

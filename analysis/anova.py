@@ -57,15 +57,6 @@ class Design:
     trials: tuple[int, ...]
     blocked: bool  # seeds change with the trial: trial is a block term
 
-    def describe(self, runs: pd.DataFrame) -> str:
-        rows = runs[runs["cell"].isin(self.cells)]
-        levels = "; ".join(f"{f}: " + ", ".join(sorted(rows[f].astype(str).unique()))
-                           for f in self.factors)
-        block = ("trial as a block (every cell got the same seeds in a trial)" if self.blocked
-                 else "trials as replicates (seeds do not change with the trial)")
-        return (f"`{self.group}`: {len(self.cells)} cells crossing {levels}; trials "
-                f"{', '.join(map(str, self.trials))}, {block}")
-
 
 def _clusters(runs: pd.DataFrame, cells: list[str]) -> list[list[str]]:
     """Groups of cells whose trials are seed-matched with each other."""

@@ -12,6 +12,7 @@ perplexity overflowed) or its primary perplexity exceeds k × the reference of i
 
 The paper's 8-bit perplexities (12 to 233,812 in one arm) are a mixture of ordinary runs and
 blow-ups: a mean or t-test of such an arm says little, a blow-up rate says what happened.
+:func:`study_cells` and :func:`pooled_counts` put a study's cells and rates next to others'.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ import pandas as pd
 from scipy import stats as sps
 
 from analysis.config import DEFAULT, AnalysisConfig
-from analysis.load import FINISHED, column
-from analysis.stats import PRIMARY_METRIC
-from analysis.tables import format_number
+from analysis.load import FINISHED, Study, column, is_imported, optim_bits
+from analysis.stats import PRIMARY_METRIC, describe, metric_values
+from analysis.tables import arm_label, format_number
 from repeatability.summary import COLUMNS as S
 
 BASE_METRIC = S.metrics.base_perplexity_token_weighted
@@ -139,21 +140,40 @@ def arm_rates(runs: pd.DataFrame, config: AnalysisConfig = DEFAULT,
     return pd.DataFrame(rows, columns=list(RATE_COLUMNS))
 
 
-def rate_text(blowups: int, n: int, low: float, high: float) -> str:
-    """``4/7 = 57% [18%, 90%]``; ``0/0`` when no run could be judged."""
-    if not n:
-        return "0/0"
-    return f"{blowups}/{n} = {blowups / n:.0%} [{low:.0%}, {high:.0%}]"
+def _source(rows: pd.DataFrame) -> str:
+    imported = rows[is_imported(rows)]
+    if imported.empty:
+        return "run by this harness"
+    return "imported: " + "; ".join(sorted(column(imported, S.imported.source).astype(str).unique()))
 
 
-def reference_lines(refs: pd.DataFrame, config: AnalysisConfig) -> list[str]:
-    """One line per (model, dataset): which reference was used, its value and the threshold."""
-    lines = []
-    for _, r in refs.iterrows():
-        spread = "" if r["min"] == r["max"] or r["reference"] != REFERENCE_BASE else \
-            f" (recorded values {format_number(r['min'])}–{format_number(r['max'])})"
-        lines.append(f"`{r['model']}` × `{r['dataset']}`: {r['reference']} = "
-                     f"{format_number(r['value'])}{spread} from {r['n_values']} run(s); "
-                     f"blow-up above {format_number(config.blowup_k)} × that = "
-                     f"{format_number(r['threshold'])}")
-    return lines
+def study_cells(study: Study, rates: pd.DataFrame, refs: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell of ``study``: where its numbers come from, perplexity summary and
+    blow-up rate with CI (``rates``, ``refs``: the study's own :func:`arm_rates`
+    and :func:`references`)."""
+    rates, refs = rates.set_index("cell"), refs.set_index(["model", "dataset"])
+    rows = []
+    for cell, group in study.runs.groupby("cell", sort=True):
+        d = describe(metric_values(study.runs, str(cell)).to_numpy())
+        r, first = rates.loc[cell], group.iloc[0]
+        ref = refs["value"].get((first["model"], first["dataset"]))
+        rows.append({"study": study.name, "source": _source(group), "cell": cell,
+                     "arm": arm_label(first), "n": int(r["n"]), "median": d["median"],
+                     "min": d["min"], "max": d["max"], "blowups": int(r["blowups"]),
+                     "blowup_rate": r["rate"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
+                     "reference": ref})
+    return pd.DataFrame(rows)
+
+
+def pooled_counts(cells: pd.DataFrame) -> pd.DataFrame:
+    """Per (arm, study) of :func:`study_cells`' rows: blow-ups and runs pooled over the
+    study's models and datasets, with the exact 95% CI; arms with fewer requested optimizer
+    bits first, studies in the order of ``cells``."""
+    pooled = cells.groupby(["arm", "study"], sort=True)[["blowups", "n"]].sum().reset_index()
+    cis = [clopper_pearson(int(k), int(n)) for k, n in zip(pooled["blowups"], pooled["n"])]
+    pooled["ci_low"], pooled["ci_high"] = [c[0] for c in cis], [c[1] for c in cis]
+    arms = sorted(pooled["arm"].unique())
+    bits = dict(zip(arms, optim_bits(pd.DataFrame({"optim": arms})).fillna(float("inf"))))
+    studies = {name: i for i, name in enumerate(dict.fromkeys(cells["study"]))}
+    order = pooled.assign(bits=pooled["arm"].map(bits), position=pooled["study"].map(studies))
+    return pooled.loc[order.sort_values(["bits", "arm", "position"]).index].reset_index(drop=True)

@@ -116,8 +116,10 @@ def compare_pair(runs: pd.DataFrame, rates: pd.DataFrame, x: str, y: str,
 
 
 def comparisons(runs: pd.DataFrame, config: AnalysisConfig = DEFAULT,
-                metric: str = PRIMARY_METRIC) -> pd.DataFrame:
-    """:func:`compare_pair` for every pair of :func:`analysis.stats.comparison_pairs`."""
-    rates = blowups.arm_rates(runs, config, metric)
+                metric: str = PRIMARY_METRIC, rates: pd.DataFrame | None = None) -> pd.DataFrame:
+    """:func:`compare_pair` for every pair of :func:`analysis.stats.comparison_pairs`
+    (``rates``: :func:`analysis.blowups.arm_rates` of the same runs, config and metric, when
+    the caller has them)."""
+    rates = blowups.arm_rates(runs, config, metric) if rates is None else rates
     rows = [compare_pair(runs, rates, x, y, config, metric) for x, y in comparison_pairs(runs)]
     return pd.DataFrame(rows, columns=list(COLUMNS))

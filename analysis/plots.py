@@ -182,7 +182,11 @@ def loss_curves(curves: pd.DataFrame, split: str = "train",
 
 def loss_spread(curves: pd.DataFrame, split: str = "train") -> Figure:
     """Across-trial standard deviation of the loss at each step, one line per cell."""
-    disp = dispersion(curves, split)
+    return dispersion_figure(dispersion(curves, split), split)
+
+
+def dispersion_figure(disp: pd.DataFrame, split: str = "train") -> Figure:
+    """:func:`loss_spread` from :func:`analysis.curves.dispersion`'s table of that split."""
     fig, axes = new_figure((6.5, 3.8))
     ax = axes[0, 0]
     for cell, group in disp.groupby("cell"):

@@ -1,5 +1,5 @@
-"""Figures of where the variance comes from (OFAT components, ANOVA shares) and of adapter
-divergence by layer. Same conventions as :mod:`analysis.plots`: each function returns a
+"""Figures of where the variance comes from (OFAT components, ANOVA shares) and of the adapter
+distance by layer. Same conventions as :mod:`analysis.plots`: each function returns a
 Figure on its own Agg canvas and leaves saving to the caller.
 """
 
@@ -137,7 +137,7 @@ def _legend_names(cells: list[str]) -> dict[str, str]:
     return {c: c.replace("__", " / ") for c in cells}
 
 
-def divergence_by_layer(layers: pd.DataFrame) -> Figure:
+def adapter_distance_by_layer(layers: pd.DataFrame) -> Figure:
     """Relative L2 distance of ΔW between trials per transformer layer: one line per cell
     (mean over trial pairs), band = min–max over pairs."""
     fig, axes = new_figure((9.5, 3.8))

@@ -79,22 +79,3 @@ def trials_needed(runs: pd.DataFrame, ratios: Sequence[float] = RATIOS, alpha: f
             row[f"n_{ratio:g}_ci_high"] = trials_per_arm(math.log(ratio), upper, alpha, power)
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _n(value: float) -> str:
-    return "more than 10 million" if math.isinf(value) else f"{value:.0f}"
-
-
-def reading(row: pd.Series | dict, ratios: Sequence[float] = RATIOS, alpha: float = ALPHA,
-            power: float = POWER) -> str:
-    """One sentence for a row of :func:`trials_needed`."""
-    head = (f"`{row['cell']}` (std of log perplexity {row['std_log']:.3g} over {row['n']} "
-            "trials")
-    if row["std_log"] == 0:
-        return (head + "): no spread at all, so any difference shows in a single trial per arm "
-                "— as long as the arms are as deterministic as this cell.")
-    parts = [f"{(r - 1):.0%} higher perplexity: {_n(row[f'n_{r:g}'])} trials per arm "
-             f"({_n(row[f'n_{r:g}_ci_high'])} at the std's upper 95% bound "
-             f"{row['std_log_ci_high']:.3g})" for r in ratios]
-    return (head + f"): to detect, at α = {alpha:g} and power {power:g}, " + "; ".join(parts)
-            + ".")

@@ -25,12 +25,12 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 
 import pandas as pd
 
 from analysis import sections, sections_blowups, sections_runs, sections_variance
+from analysis.compute import Results, compute
 from analysis.config import AnalysisConfig
 from analysis.document import Doc, render_html, render_markdown, write_figures
 from analysis.load import Study, StudyError, load_study
@@ -39,28 +39,24 @@ from repeatability import artifacts
 
 log = logging.getLogger(__name__)
 
-Section = Callable[[Doc, Study], sections.Tables]
+Section = Callable[[Doc, Results], sections.Tables]
 
-
-def sections_for(config: AnalysisConfig, others: Sequence[Study] = ()) -> tuple[Section, ...]:
-    """The report's sections in order; those that need the analysis settings (or the studies
-    given with ``--compare``) get them bound."""
-    return (sections.overview, sections.verdicts, sections.perplexity,
-            sections_variance.variance_sources, sections_variance.adapter_divergence,
-            sections.comparisons, partial(sections_blowups.blowups_equivalence, config=config),
-            partial(sections_blowups.side_by_side, others=list(others), config=config),
-            sections_variance.trials_needed, sections_runs.loss, sections_runs.generation,
-            sections_variance.ablations, sections_runs.resources, sections_runs.not_as_asked,
-            sections_runs.problems)
-
-
-SECTIONS = sections_for(AnalysisConfig())  # the default report
+# The report's sections in order: each presents the study's Results and computes nothing.
+SECTIONS: tuple[Section, ...] = (
+    sections.overview, sections.verdicts, sections.perplexity,
+    sections_variance.variance_sources, sections_variance.adapter_distance,
+    sections.comparisons, sections_blowups.blowups_equivalence, sections_blowups.side_by_side,
+    sections_variance.trials_needed, sections_runs.loss, sections_runs.generation,
+    sections_variance.ablations, sections_runs.resources, sections_runs.not_as_asked,
+    sections_runs.problems)
 
 
 def build(study: Study, config: AnalysisConfig | None = None,
           others: Sequence[Study] = (), eval_name: str | None = None) -> tuple[Doc, sections.Tables]:
-    """Every section of :func:`sections_for`, in order, into one document."""
+    """Compute the study's numbers once (:func:`analysis.compute.compute`), then present them:
+    every section of :data:`SECTIONS`, in order, into one document."""
     config = config or AnalysisConfig()
+    results = compute(study, config, others)
     doc = Doc(f"Repeatability report: {study.name}")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     doc.para(f"Generated {stamp} by `python -m analysis.report`. Declared before the analysis: "
@@ -70,16 +66,16 @@ def build(study: Study, config: AnalysisConfig | None = None,
         doc.para(f"Held-out perplexities are those of the evaluation `{eval_name}` (`evals/{eval_name}.json`, "
                  "written by `python -m repeatability.rescore`), not the training summaries'.")
     out: sections.Tables = {}
-    for section in sections_for(config, others):
-        out |= section(doc, study)
+    for section in SECTIONS:
+        out |= section(doc, results)
     return doc, out
 
 
 def write_report(study_path: str | Path, out_dir: str | Path | None = None,
                  config: AnalysisConfig | None = None,
                  compare: Sequence[str | Path] = (), eval_name: str | None = None) -> Path:
-    """Load the study (and each of ``compare``), build the report and write every file;
-    return ``report.md``'s path.
+    """Load the study (and each of ``compare``), build the report (compute once, then present)
+    and write every file; return ``report.md``'s path.
 
     ``figures/`` and ``tables/`` under the output folder are replaced, so no file of an
     earlier report survives next to the new one.

@@ -1,5 +1,7 @@
-"""The report's sections: each function adds headings, text, tables and figures to a
-:class:`~analysis.document.Doc` and returns the tables it wants written to ``tables/``.
+"""The report's present layer: each section adds headings, text, tables and figures to a
+:class:`~analysis.document.Doc` from the numbers :func:`analysis.compute.compute` computed once
+(:class:`~analysis.compute.Results`), and returns the tables it wants written to ``tables/``.
+A section computes nothing: it selects, formats and says in words (:mod:`analysis.prose`).
 """
 
 from __future__ import annotations
@@ -9,15 +11,15 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from analysis import plots, stats, tables, verdict
+from analysis import plots, prose, stats, tables, verdict
+from analysis.compute import SECOND_METRIC, Results
 from analysis.document import Doc
-from analysis.load import FINISHED, Study, column, is_imported
+from analysis.load import FINISHED, column, is_imported
 from repeatability.summary import COLUMNS as S
 
 log = logging.getLogger(__name__)
 
 Tables = dict[str, tuple[pd.DataFrame, str]]  # file stem → (table, caption)
-SECOND_METRIC = S.metrics.perplexity_mean_per_sequence
 
 # Setup rows: label → summary keys (joined with " / " when several).
 SETUP_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -102,11 +104,10 @@ def environment_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
-def overview(doc: Doc, study: Study) -> Tables:
+def overview(doc: Doc, r: Results) -> Tables:
     """Run counts, the setup that actually ran, the environment and any difference inside a cell."""
-    runs = study.runs
-    counts = runs["status"].value_counts().to_dict()
-    doc.para(f"Study directory: `{study.path}`. {len(runs)} run directories in "
+    runs, counts = r.study.runs, r.status_counts
+    doc.para(f"Study directory: `{r.study.path}`. {len(runs)} run directories in "
              f"{runs['cell'].nunique()} cells; status counts: "
              + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".")
     imported = runs[is_imported(runs)]
@@ -122,10 +123,10 @@ def overview(doc: Doc, study: Study) -> Tables:
              "recorded.")
     setup = setup_table(runs)
     doc.table(setup, "Setup per cell")
-    return {"setup": (setup, "Setup per cell")} | _environment(doc, runs)
+    return {"setup": (setup, "Setup per cell")} | _environment(doc, runs, r.environment_differences)
 
 
-def _environment(doc: Doc, runs: pd.DataFrame) -> Tables:
+def _environment(doc: Doc, runs: pd.DataFrame, diffs: pd.DataFrame) -> Tables:
     """Whether each cell's runs recorded the same environment, and the environment per cell."""
     out: Tables = {}
     done = runs[runs["status"].isin(FINISHED)]
@@ -134,7 +135,6 @@ def _environment(doc: Doc, runs: pd.DataFrame) -> Tables:
     if missing == len(done):
         doc.para("Environment: not recorded by any finished run.")
         return out
-    diffs = verdict.environment_differences(runs)
     gap = f" ({missing} finished run(s) recorded none: not compared)" if missing else ""
     if diffs.empty:
         doc.para("Environment: every run of a cell that recorded one recorded the same "
@@ -152,16 +152,15 @@ def _environment(doc: Doc, runs: pd.DataFrame) -> Tables:
     return out
 
 
-def verdicts(doc: Doc, study: Study) -> Tables:
+def verdicts(doc: Doc, r: Results) -> Tables:
     """The repeatability verdict per cell (:func:`analysis.verdict.cell_verdicts`)."""
-    table = verdict.cell_verdicts(study.runs, study.generations)
+    table, bitwise = r.verdicts, r.bitwise
     doc.heading("Verdict per cell")
     doc.para("Identical adapters = every finished trial's `adapter_model.safetensors` has the same "
              "SHA-256. Greedy identical = every prompt's greedy completion is the same in every "
              "trial. Spread = max/min of the token-weighted held-out perplexity. When seed "
              "sources vary across trials, trials are meant to differ: the spread is the "
              "seed-to-seed variance the study measures.")
-    bitwise = verdict.bitwise_verdicts(study.runs, study.curves, study.generations)
     doc.para("Bitwise verdict, one line per cell: all adapter SHA-256 equal? training-loss "
              "curves identical at every logged step? greedy generations identical?")
     doc.bullets(list(bitwise["line"]))
@@ -211,13 +210,12 @@ def _stats_view(cell_stats: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def compact_stats(runs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
-    """Per (metric, cell): n, mean, std, CV, median, IQR, min, max, max/min, mean 95% CI."""
-    table = stats.stats_table(runs, metrics)
+def compact_view(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (metric, cell) of :func:`analysis.stats.stats_table`: n, mean, std, CV, median, IQR,
+    min, max, max/min, mean 95% CI."""
     if table.empty:
         return table
-    table["metric"] = table["metric"].map(plots.metric_label)
-    view = table.set_index(["metric", "cell"])
+    view = table.assign(metric=table["metric"].map(plots.metric_label)).set_index(["metric", "cell"])
     out = view[["n", "mean"]].copy()
     out["mean 95% CI"] = _ci(view, "mean")
     for key in ("std", "cv", "median", "iqr", "min", "max", "spread"):
@@ -225,9 +223,9 @@ def compact_stats(runs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     return out
 
 
-def perplexity(doc: Doc, study: Study) -> Tables:
+def perplexity(doc: Doc, r: Results) -> Tables:
     """Tables 1/2 and statistics for both perplexity definitions, with one figure each."""
-    runs, out = study.runs, {}
+    runs, out = r.study.runs, {}
     doc.heading("Held-out perplexity")
     definition = _values(runs[runs["status"].isin(FINISHED)], ("perplexity_definition",))
     definition = "not recorded" if definition == "–" else definition
@@ -239,22 +237,15 @@ def perplexity(doc: Doc, study: Study) -> Tables:
     doc.bullets(arm_notes(runs))
     for metric, tag in ((stats.PRIMARY_METRIC, "token_weighted"), (SECOND_METRIC, "mean_per_seq")):
         label = plots.metric_label(metric)
-        if metric != stats.PRIMARY_METRIC and column(runs, metric).isna().all():
+        if metric not in r.cell_stats:
             doc.para(f"The {label}: not recorded by any run.")
             continue
-        for dataset in sorted(runs["dataset"].unique()):
-            table = tables.perplexity_table(runs, dataset, metric)
-            caption = f"Table 1/2 shape: {label}, dataset `{dataset}`, one row per trial"
-            doc.table(table, caption)
-            out[f"table1_{dataset}_perplexity_{tag}"] = (table, caption)
-        cell_stats = stats.cell_stats(runs, metric)
-        caption = (f"Statistics of the {label} over finished trials (complete + diverged, finite "
-                   "values). gmean/gstd: geometric mean and geometric standard deviation (a "
-                   "factor), i.e. mean and spread of log perplexity. 95% CIs: percentile bootstrap,"
-                   " 9,999 resamples (rough with 7 trials)")
-        if len(cell_stats):
-            doc.table(_stats_view(cell_stats), caption)
-        out[f"cell_stats_{tag}"] = (cell_stats, caption)
+        for (of, dataset), table in r.perplexity_tables.items():
+            if of == metric:
+                caption = f"Table 1/2 shape: {label}, dataset `{dataset}`, one row per trial"
+                doc.table(table, caption)
+                out[f"table1_{dataset}_perplexity_{tag}"] = (table, caption)
+        out |= _cell_stats(doc, r.cell_stats[metric], label, tag)
         doc.figure(f"perplexity_{tag}", plots.metric_by_cell(runs, metric),
                    f"{label}, one point per trial")
     base = _values(runs[runs["status"].isin(FINISHED)], (S.metrics.base_perplexity_token_weighted,))
@@ -263,10 +254,20 @@ def perplexity(doc: Doc, study: Study) -> Tables:
     return out
 
 
-def comparisons(doc: Doc, study: Study) -> Tables:
+def _cell_stats(doc: Doc, cell_stats: pd.DataFrame, label: str, tag: str) -> Tables:
+    caption = (f"Statistics of the {label} over finished trials (complete + diverged, finite "
+               "values). gmean/gstd: geometric mean and geometric standard deviation (a "
+               "factor), i.e. mean and spread of log perplexity. 95% CIs: percentile bootstrap,"
+               " 9,999 resamples (rough with 7 trials)")
+    if len(cell_stats):
+        doc.table(_stats_view(cell_stats), caption)
+    return {f"cell_stats_{tag}": (cell_stats, caption)}
+
+
+def comparisons(doc: Doc, r: Results) -> Tables:
     """Each optimizer comparison: plain-words reading, the test table, a per-trial ratio figure."""
     doc.heading("Arm comparisons (cells differing only in the optimizer)")
-    table = stats.compare_all(study.runs)
+    table = r.comparisons
     if table.empty:
         doc.para("No two cells differ only in the optimizer: nothing to compare.")
         return {}
@@ -277,14 +278,14 @@ def comparisons(doc: Doc, study: Study) -> Tables:
              "every common trial has the same lora_init/data_order/dropout seeds in both arms "
              "(`paired`), trials are matched and `wilcoxon_p` is the signed-rank test on the "
              "per-trial differences X − Y.")
-    doc.bullets([verdict.comparison_reading(row) for _, row in table.iterrows()])
+    doc.bullets([prose.comparison_reading(row) for _, row in table.iterrows()])
     view = table.drop(columns=["metric"]).set_index(["x", "y"]).T
     view.columns = [f"{x} vs {y}" for x, y in view.columns]
     doc.table(view, "Comparisons of the token-weighted held-out perplexity")
     for i, row in table.iterrows():
         if not row["n_x"] or not row["n_y"]:
             continue
-        fig = plots.paired_differences(study.runs, row["x"], row["y"])
+        fig = plots.paired_differences(r.study.runs, row["x"], row["y"])
         doc.figure(f"paired_ratio_{i + 1}", fig,
                    f"Per-trial perplexity ratio X/Y: X = {row['x']}, Y = {row['y']}")
     return {"comparisons": (table, "Comparisons of the token-weighted held-out perplexity")}

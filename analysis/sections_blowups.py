@@ -1,23 +1,18 @@
 """The report's sections on blow-ups, equivalence between arms, and this study next to others
 (e.g. the paper's imported Tables 1–2 next to the harness's own runs). Same conventions as
-:mod:`analysis.sections`.
+:mod:`analysis.sections`: the numbers come from :class:`~analysis.compute.Results`.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from analysis import blowups, equivalence, stats
-from analysis.config import DEFAULT, AnalysisConfig
+from analysis import equivalence, prose
+from analysis.compute import Results
+from analysis.config import AnalysisConfig
 from analysis.document import Doc
-from analysis.load import Study, column, is_imported, optim_bits
 from analysis.sections import Tables
-from analysis.tables import arm_label, format_number
-from repeatability.summary import COLUMNS as S
-
-
-def _p(value: float) -> str:
-    return "–" if pd.isna(value) else f"{value:.2g}"
+from analysis.tables import format_number
 
 
 def _rates_view(rates: pd.DataFrame) -> pd.DataFrame:
@@ -40,9 +35,9 @@ def _pairs_view(pairs: pd.DataFrame, config: AnalysisConfig) -> pd.DataFrame:
                      "blow-ups X / Y": f"{r['blowups_x']}/{r['judged_x']} vs "
                                        f"{r['blowups_y']}/{r['judged_y']}",
                      "t-test n X / Y": f"{r['n_x']} / {r['n_y']}",
-                     "Fisher p": _p(r["fisher_p"]),
-                     f"TOST p (±{config.margin * 100:g}%)": _p(r["tost_p"]),
-                     "difference p": f"{_p(r['diff_p'])} ({r['diff_test']})",
+                     "Fisher p": prose.p_text(r["fisher_p"]),
+                     f"TOST p (±{config.margin * 100:g}%)": prose.p_text(r["tost_p"]),
+                     "difference p": f"{prose.p_text(r['diff_p'])} ({r['diff_test']})",
                      "P(X > Y) [95% CI]": f"{r['p_x_gt_y']:.2f}{ci}" if pd.notna(r["p_x_gt_y"])
                      else "–", "verdict": r["verdict"]})
     return pd.DataFrame(rows)
@@ -70,88 +65,59 @@ def _explain(doc: Doc, config: AnalysisConfig) -> None:
              f"{config.seed}; whole pairs resampled when paired).")
 
 
-def blowups_equivalence(doc: Doc, study: Study, config: AnalysisConfig = DEFAULT) -> Tables:
+def blowups_equivalence(doc: Doc, r: Results) -> Tables:
     """Per arm: blow-up rate with exact CI and clusters; per comparison: Fisher, TOST,
     difference test, P(X > Y) with CI and the verdict in words."""
     doc.heading("Blow-ups and equivalence")
-    _explain(doc, config)
-    refs = blowups.references(study.runs, config)
+    _explain(doc, r.config)
+    refs, rates = r.blowup_references, r.blowup_rates
     if refs.empty:
         doc.para("No finished run: nothing to judge.")
         return {}
     doc.para("Reference per (model, dataset):")
-    doc.bullets(blowups.reference_lines(refs, config))
-    rates = blowups.arm_rates(study.runs, config)
+    doc.bullets(prose.reference_lines(refs, r.config))
     doc.table(_rates_view(rates), "Blow-ups per arm")
-    split = [f"`{r['cell']}`: {r['bimodality']}" for _, r in rates.iterrows() if r["n_clusters"] > 1]
+    split = [f"`{row['cell']}`: {row['bimodality']}" for _, row in rates.iterrows()
+             if row["n_clusters"] > 1]
     doc.bullets(split)
     out = {"blowup_references": (refs, "Blow-up reference per (model, dataset)"),
            "blowup_rates": (rates, "Blow-ups per arm")}
-    pairs = equivalence.comparisons(study.runs, config)
+    pairs = r.equivalence
     if pairs.empty:
         doc.para("No two cells differ only in the optimizer: no comparison.")
         return out
-    doc.bullets([f"`{r['x']}` vs `{r['y']}`: {r['verdict']}" for _, r in pairs.iterrows()])
-    doc.table(_pairs_view(pairs, config), "Blow-ups and equivalence per comparison", index=False)
+    doc.bullets([f"`{row['x']}` vs `{row['y']}`: {row['verdict']}" for _, row in pairs.iterrows()])
+    doc.table(_pairs_view(pairs, r.config), "Blow-ups and equivalence per comparison", index=False)
     return out | {"blowup_equivalence": (pairs, "Blow-ups and equivalence per comparison")}
 
 
-def _source(rows: pd.DataFrame) -> str:
-    imported = rows[is_imported(rows)]
-    if imported.empty:
-        return "run by this harness"
-    return "imported: " + "; ".join(sorted(column(imported, S.imported.source).astype(str).unique()))
-
-
-def study_cells(study: Study, config: AnalysisConfig) -> pd.DataFrame:
-    """One row per cell of ``study``: where its numbers come from, perplexity summary and
-    blow-up rate with CI (each study judged against its own references)."""
-    rates = blowups.arm_rates(study.runs, config).set_index("cell")
-    refs = blowups.references(study.runs, config).set_index(["model", "dataset"])
-    rows = []
-    for cell, group in study.runs.groupby("cell", sort=True):
-        d = stats.describe(stats.metric_values(study.runs, str(cell)).to_numpy())
-        r, first = rates.loc[cell], group.iloc[0]
-        ref = refs["value"].get((first["model"], first["dataset"]))
-        rows.append({"study": study.name, "source": _source(group), "cell": cell,
-                     "arm": arm_label(first), "n": int(r["n"]), "median": d["median"],
-                     "min": d["min"], "max": d["max"], "blowups": int(r["blowups"]),
-                     "blowup_rate": r["rate"], "ci_low": r["ci_low"], "ci_high": r["ci_high"],
-                     "reference": ref})
-    return pd.DataFrame(rows)
-
-
-def pooled_rates(cells: pd.DataFrame) -> pd.DataFrame:
-    """Rows = arm (optimizer[/variant]), columns = study: blow-ups / runs with exact CI,
-    pooled over each study's models and datasets."""
-    pooled = cells.groupby(["arm", "study"], sort=True)[["blowups", "n"]].sum()
-    text = {key: blowups.rate_text(int(r["blowups"]), int(r["n"]),
-                                   *blowups.clopper_pearson(int(r["blowups"]), int(r["n"])))
-            for key, r in pooled.iterrows()}
-    table = pd.Series(text).unstack(level=1)[list(dict.fromkeys(cells["study"]))]
-    bits = optim_bits(pd.DataFrame({"optim": table.index})).fillna(float("inf")).to_numpy()
-    table = table.iloc[sorted(range(len(table)), key=lambda i: (bits[i], table.index[i]))]
+def pooled_view(pooled: pd.DataFrame, studies: list[str]) -> pd.DataFrame:
+    """Rows = arm (optimizer[/variant]), columns = study: blow-ups / runs with exact CI, from
+    :func:`analysis.compute.pooled_counts` (arms in its order)."""
+    text = pooled.assign(text=[prose.rate_text(int(k), int(n), lo, hi) for k, n, lo, hi in zip(
+        pooled["blowups"], pooled["n"], pooled["ci_low"], pooled["ci_high"])])
+    table = text.pivot(index="arm", columns="study", values="text")
+    table = table.reindex(index=list(dict.fromkeys(pooled["arm"])), columns=studies)
     table.index.name, table.columns.name = "arm", None
     return table.fillna("no such arm")
 
 
-def side_by_side(doc: Doc, study: Study, others: list[Study],
-                 config: AnalysisConfig = DEFAULT) -> Tables:
-    """This study's cells and those of ``others`` in one table, and blow-up rates per arm."""
-    if not others:
+def side_by_side(doc: Doc, r: Results) -> Tables:
+    """This study's cells and those of ``--compare``'s in one table, and blow-up rates per arm."""
+    if not r.others:
         return {}
     doc.heading("Side by side with other studies")
-    names = ", ".join(f"`{s.name}` ({s.path})" for s in others)
-    doc.para(f"This study (`{study.name}`) next to {names}. Each study's blow-ups are judged "
+    names = ", ".join(f"`{s.name}` ({s.path})" for s in r.others)
+    doc.para(f"This study (`{r.study.name}`) next to {names}. Each study's blow-ups are judged "
              "against its own references (see *Blow-ups and equivalence*; k = "
-             f"{format_number(config.blowup_k)}); n = finished runs judged; median/min/max of "
+             f"{format_number(r.config.blowup_k)}); n = finished runs judged; median/min/max of "
              "the token-weighted perplexity over finished runs with a finite value.")
-    cells = pd.concat([study_cells(s, config) for s in [study, *others]], ignore_index=True)
+    cells = r.compare_cells
     view = cells[["cell", "study", "source", "n", "median", "min", "max"]].copy()
-    view["blow-up rate [95% CI]"] = [blowups.rate_text(b, n, lo, hi) for b, n, lo, hi in zip(
+    view["blow-up rate [95% CI]"] = [prose.rate_text(b, n, lo, hi) for b, n, lo, hi in zip(
         cells["blowups"], cells["n"], cells["ci_low"], cells["ci_high"])]
     doc.table(view, "Cells of every study, with their blow-up rates", index=False)
-    pooled = pooled_rates(cells)
+    pooled = pooled_view(r.compare_pooled, list(dict.fromkeys(cells["study"])))
     doc.table(pooled, "Blow-up rate per optimizer arm, pooled over each study's cells "
               "(blow-ups/runs = rate [exact 95% CI])")
     return {"compare_cells": (cells, "Cells of every study, with their blow-up rates"),

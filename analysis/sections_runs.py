@@ -1,42 +1,24 @@
 """The report's sections on what the runs did and produced: loss curves, generations, memory
 and time, what could not run as asked, and what could not be read. Same conventions as
-:mod:`analysis.sections`.
+:mod:`analysis.sections`: the numbers come from :class:`~analysis.compute.Results`.
 """
 
 from __future__ import annotations
 
-import pandas as pd
-
-from analysis import curves, generations, plots, stats, tables, verdict
+from analysis import plots
+from analysis.compute import LOSS_ATOL, Parting, Results
 from analysis.document import Doc
-from analysis.load import FINISHED, Study, column
-from analysis.sections import Tables, compact_stats
-from repeatability.summary import COLUMNS as S
-
-LOSS_METRICS = (S.metrics.final_train_loss, S.metrics.final_val_loss)
-TIME_METRICS = (S.timings.train_s, S.timings.eval_s, S.timings.total_s)
-LOSS_ATOL = 0.01  # nats/token: a difference in loss curves worth calling material
+from analysis.sections import Tables, compact_view
 
 
-def _parting(study: Study) -> tuple[pd.DataFrame, list[tuple[str, pd.DataFrame]]]:
-    """Where trials part within each cell, and where paired arms part, at atol 0 and
-    :data:`LOSS_ATOL` (``first_step`` = any difference, ``first_step_tol`` = beyond it)."""
-    within = curves.within_cell_parting(study.curves)
-    tol = curves.within_cell_parting(study.curves, atol=LOSS_ATOL)
-    within.insert(5, "first_step_tol", within["cell"].map(tol.set_index("cell")["first_step"]))
-    pairs = []
-    for x, y in stats.comparison_pairs(study.runs):
-        paired = curves.paired_parting(study.curves, x, y)
-        tol = curves.paired_parting(study.curves, x, y, atol=LOSS_ATOL)
-        paired.insert(4, "first_step_tol", tol["first_step"].to_numpy())
-        pairs.append((f"X = {x}, Y = {y}" + ("" if stats.paired_trials(study.runs, x, y)
-                                              else " (NOT seed-matched)"), paired))
-    return within, pairs
+def _parting_label(pair: Parting) -> str:
+    return f"X = {pair.x}, Y = {pair.y}" + ("" if pair.seed_matched else " (NOT seed-matched)")
 
 
-def loss(doc: Doc, study: Study) -> Tables:
+def loss(doc: Doc, r: Results) -> Tables:
     """Loss curves, their spread, final-loss statistics and where curves part."""
     doc.heading("Loss curves")
+    study = r.study
     if study.curves.empty:
         doc.para("No loss curve was recorded.")
         return {}
@@ -47,77 +29,68 @@ def loss(doc: Doc, study: Study) -> Tables:
     if (study.curves["split"] == "val").any():
         doc.figure("loss_val", plots.loss_curves(study.curves, "val", order),
                    "Validation-slice loss every `train.eval_every` steps, one line per trial")
-    doc.figure("loss_spread", plots.loss_spread(study.curves, "train"),
+    doc.figure("loss_spread", plots.dispersion_figure(r.loss_dispersion, "train"),
                "Standard deviation of the training loss across trials at each step")
-    final = compact_stats(study.runs, LOSS_METRICS)
+    final = compact_view(r.final_loss_stats)
     if not final.empty:
         doc.table(final, "Final losses per cell (last logged step; finished trials)")
-    within, pairs = _parting(study)
     doc.para(f"Where curves part: `first_step` is the first logged step at which two trials "
              f"(or the two arms of one trial) have different training losses at all, "
              f"`first_step_tol` the first at which they differ by more than {LOSS_ATOL} "
              "nats/token; empty = never.")
-    doc.table(within.set_index("cell"), "Where the trials of a cell part")
-    out = {"loss_within_cell": (within, "Where the trials of a cell part"),
+    doc.table(r.parting.set_index("cell"), "Where the trials of a cell part")
+    out = {"loss_within_cell": (r.parting, "Where the trials of a cell part"),
            "final_loss_stats": (final, "Final losses per cell"),
-           "loss_dispersion": (curves.dispersion(study.curves), "Training loss across trials by step")}
-    for i, (label, paired) in enumerate(pairs, 1):
-        caption = f"Where arm X's curve parts from arm Y's, per trial: {label}"
-        doc.table(paired.drop(columns=["x", "y"]).set_index("trial"), caption)
-        out[f"loss_paired_{i}"] = (paired, caption)
+           "loss_dispersion": (r.loss_dispersion, "Training loss across trials by step")}
+    for i, pair in enumerate(r.parting_pairs, 1):
+        caption = f"Where arm X's curve parts from arm Y's, per trial: {_parting_label(pair)}"
+        doc.table(pair.table.drop(columns=["x", "y"]).set_index("trial"), caption)
+        out[f"loss_paired_{i}"] = (pair.table, caption)
     return out
 
 
-def generation(doc: Doc, study: Study) -> Tables:
+def generation(doc: Doc, r: Results) -> Tables:
     """Agreement between trials, then every prompt's completions side by side per dataset."""
     doc.heading("Generations")
-    gens = study.generations
-    if gens.empty:
+    if r.study.generations.empty:
         doc.para("No generations were recorded.")
         return {}
-    agree = generations.agreement(gens)
+    agree = r.generation_agreement
     doc.para("`n_distinct`: distinct completions over the cell's finished trials; `exact_match`: "
              "fraction of trial pairs with identical completions; `similarity`: mean pairwise "
              "difflib ratio (1 = identical).")
     doc.table(agree.drop(columns=["prompt"]).set_index(["cell", "prompt_index", "mode"]),
               "Agreement between trials")
     out = {"generation_agreement": (agree, "Agreement between trials")}
-    for dataset, rows in gens.groupby("dataset", sort=True):
-        for _, p in generations.prompts(rows).iterrows():
-            index = int(p["prompt_index"])
-            for mode in sorted(rows["mode"].dropna().unique()):
-                table = generations.side_by_side(rows, index, mode)
-                caption = (f"Tables 4–7 shape: {mode} completions, dataset `{dataset}`, prompt "
-                           f"{index}: `{p['prompt']}`")
-                doc.table(table, caption)
-                out[f"generations_{dataset}_p{index}_{mode}"] = (table, caption)
-        letters = generations.answer_letters(rows)
-        if not letters.empty:
+    for dataset in sorted({t.dataset for t in r.generation_tables} | set(r.answer_letters)):
+        for t in (t for t in r.generation_tables if t.dataset == dataset):
+            caption = (f"Tables 4–7 shape: {t.mode} completions, dataset `{dataset}`, prompt "
+                       f"{t.prompt_index}: `{t.prompt}`")
+            doc.table(t.table, caption)
+            out[f"generations_{dataset}_p{t.prompt_index}_{t.mode}"] = (t.table, caption)
+        if dataset in r.answer_letters:
             caption = f"Tables 8/9 shape: answer letters (greedy), dataset `{dataset}`"
-            doc.table(letters, caption)
-            out[f"answer_letters_{dataset}"] = (letters, caption)
+            doc.table(r.answer_letters[dataset], caption)
+            out[f"answer_letters_{dataset}"] = (r.answer_letters[dataset], caption)
     return out
 
 
-def resources(doc: Doc, study: Study) -> Tables:
+def resources(doc: Doc, r: Results) -> Tables:
     """Table 3 (memory), Tables 10/11 (times) and time statistics per cell."""
     doc.heading("Memory and time")
-    memory, label = tables.memory_table(study.runs)
     out = {}
-    if not memory.empty:
-        doc.table(memory, f"Table 3 shape: {label}, mean over finished trials")
-        out["table3_memory"] = (memory, label)
-    recorded = [k for k in TIME_METRICS if column(study.runs, k).notna().any()]
-    if not recorded:
+    if not r.memory.empty:
+        doc.table(r.memory, f"Table 3 shape: {r.memory_label}, mean over finished trials")
+        out["table3_memory"] = (r.memory, r.memory_label)
+    if not r.time_metrics:
         doc.para("Times: not recorded by any run.")
         return out
-    for dataset in sorted(study.runs["dataset"].unique()):
-        times = tables.timing_table(study.runs, dataset)
+    for dataset, times in r.time_tables.items():
         caption = (f"Tables 10/11 shape, dataset `{dataset}`: training time and held-out scoring "
                    "time (the paper's test time), seconds")
         doc.table(times, caption)
         out[f"table10_{dataset}_times"] = (times, caption)
-    time_stats = compact_stats(study.runs, recorded)
+    time_stats = compact_view(r.time_stats)
     if not time_stats.empty:
         doc.table(time_stats, "Times per cell, seconds (finished trials). Wall-clock on a shared "
                   "machine: differences say as much about the load as about the optimizer")
@@ -125,12 +98,10 @@ def resources(doc: Doc, study: Study) -> Tables:
     return out
 
 
-def not_as_asked(doc: Doc, study: Study) -> Tables:
+def not_as_asked(doc: Doc, r: Results) -> Tables:
     """Failed, diverged, half-finished, unreadable, corrupted runs and optimizer requests not honoured."""
     doc.heading("What could not run as asked")
-    issues = verdict.not_as_asked(study.runs)
-    done = study.runs[study.runs["status"].isin(FINISHED)]
-    unknown = int(column(done, S.optimizer.effective.class_).isna().sum())
+    issues, unknown = r.not_as_asked, r.n_unknown_optimizer
     note = (f"{unknown} finished run(s) recorded no optimizer state (imported runs): whether "
             "their optimizer did what was requested is not known.") if unknown else ""
     if issues.empty:
@@ -147,17 +118,15 @@ def not_as_asked(doc: Doc, study: Study) -> Tables:
     return {"not_as_asked": (issues, "Runs that did not run as asked")}
 
 
-def problems(doc: Doc, study: Study) -> Tables:
+def problems(doc: Doc, r: Results) -> Tables:
     """What could not be read (corrupted files, unknown schema versions, stray folders), and
     finished runs whose files no longer match their manifest."""
     doc.heading("Problems found while reading the study")
-    if not study.problems:
+    if r.problems.empty:
         doc.para("None: every run directory was read as the contract describes.")
         return {}
-    table = pd.DataFrame([vars(p) for p in study.problems])
     doc.para("These runs (or files) could not be read, or changed after their run finished; they are "
              "listed in the runs table with status `unreadable` or `corrupted` (their numbers are left "
              "out of every statistic), or without the unreadable part, and the rest is reported.")
-    doc.table(table, "Problems", index=False)
-    return {"problems": (table, "Problems")}
-
+    doc.table(r.problems, "Problems", index=False)
+    return {"problems": (r.problems, "Problems")}

@@ -41,8 +41,8 @@ from repeatability.summary import COLUMNS as S
 log = logging.getLogger(__name__)
 
 BASELINE = "none (floor)"  # the source label of the all-fixed cell
-__all__ = ["BASELINE", "OFAT_METRICS", "WEIGHTS", "answer", "components", "decompose",
-           "ofat_design", "pair_variance", "scalar_d2", "varied_sources"]
+__all__ = ["BASELINE", "OFAT_METRICS", "WEIGHTS", "components", "decompose", "ofat_design",
+           "pair_variance", "scalar_d2", "varied_sources"]
 # (label, summary key, on the log scale?)
 OFAT_METRICS: tuple[tuple[str, str, bool], ...] = (
     ("log perplexity", PRIMARY_METRIC, True),
@@ -210,49 +210,3 @@ def decompose(runs: pd.DataFrame, pairs: pd.DataFrame | None = None, seed: int =
     if not frames:
         return pd.DataFrame(columns=list(TABLE_COLUMNS))
     return pd.concat(frames, ignore_index=True)[list(TABLE_COLUMNS)]
-
-
-def _pct(value: float) -> str:
-    return "–" if math.isnan(value) else f"{value:.0%}"
-
-
-def _floor_text(rows: pd.DataFrame) -> str:
-    floor = rows[rows["source"] == BASELINE]
-    if floor.empty or floor["variance"].isna().all():
-        return ("No all-fixed baseline cell with 2+ finished trials: the floor was not measured "
-                "and not subtracted.")
-    f = floor.iloc[0]
-    if f["variance"] == 0:
-        return (f"With every seed fixed (`{f['cell']}`), the {int(f['n'])} trials have identical "
-                "perplexity: the floor is 0.")
-    return (f"With every seed fixed (`{f['cell']}`), the floor is a std of {f['std']:.3g} "
-            f"({_pct(f['share'])} of the variance): non-determinism left when no seed changes.")
-
-
-def answer(table: pd.DataFrame, metric: str = "log perplexity", where: str = "") -> list[str]:
-    """One paragraph per group of :func:`decompose`'s table: which source moves ``metric``
-    most, in numbers (std, the factor exp(std) on perplexity, share with CIs), then the others
-    and the floor. ``where`` (e.g. "on cpu (AMD EPYC)") is put into the first sentence."""
-    out = []
-    for group, rows in table[table["metric"] == metric].groupby("group", sort=True):
-        varied = rows[(rows["source"] != BASELINE) & rows["variance"].notna()]
-        varied = varied.sort_values("component", ascending=False)
-        if varied.empty:
-            continue
-        place = f" {where}" if where else ""
-        if not (varied["component"] > 0).any():
-            out.append(f"`{group}`{place}: no seed source moved perplexity beyond the floor. "
-                       + _floor_text(rows))
-            continue
-        top = varied.iloc[0]
-        text = (f"`{group}`{place}: `{top['source']}` moves perplexity most: std of {metric} "
-                f"{top['std']:.3g} (95% CI {top['std_ci_low']:.3g}–{top['std_ci_high']:.3g}), "
-                f"i.e. perplexity varies by a factor of about {math.exp(top['std']):.4g} between "
-                f"trials; {_pct(top['share'])} of the variance (95% CI "
-                f"{_pct(top['share_ci_low'])}–{_pct(top['share_ci_high'])}).")
-        rest = [f"`{r['source']}` std {r['std']:.3g} ({_pct(r['share'])})"
-                for _, r in varied.iloc[1:].iterrows()]
-        if rest:
-            text += " Then " + ", ".join(rest) + "."
-        out.append(text + " " + _floor_text(rows))
-    return out

@@ -131,13 +131,16 @@ def _bitwise_parts(done: pd.DataFrame, curve: pd.Series | None,
     return parts, ok
 
 
-def bitwise_verdicts(runs: pd.DataFrame, curves: pd.DataFrame,
-                     gens: pd.DataFrame) -> pd.DataFrame:
+def bitwise_verdicts(runs: pd.DataFrame, curves: pd.DataFrame, gens: pd.DataFrame,
+                     parting: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per cell with ``bitwise`` (every adapter's SHA-256 equal, every training-loss
     curve identical at every step, every greedy completion identical; curves or generations
     not recorded count as passing) and ``line``, the verdict as one line of text.
+
+    ``parting``: :func:`analysis.curves.within_cell_parting` of ``curves`` (atol 0), when the
+    caller has it.
     """
-    within = within_cell_parting(curves).set_index("cell")
+    within = (within_cell_parting(curves) if parting is None else parting).set_index("cell")
     rows = []
     for cell, group in runs.groupby("cell", sort=True):
         done = group[group["status"].isin(FINISHED)]
@@ -226,50 +229,3 @@ def environment_differences(runs: pd.DataFrame) -> pd.DataFrame:
                 out.append({"cell": cell, "key": key.removeprefix("environment."),
                             "values (trials)": "; ".join(f"{v} ({t})" for v, t in trials.items())})
     return pd.DataFrame(out, columns=["cell", "key", "values (trials)"])
-
-
-def _ratio(value: float) -> str:
-    return format_number(value) if value >= 100 else f"{value:.3g}"
-
-
-def _p(value: float) -> str:
-    return "–" if value is None or math.isnan(value) else f"{value:.2g}"
-
-
-def comparison_reading(row: dict[str, Any] | pd.Series, alpha: float = 0.05) -> str:
-    """One paragraph in plain words for a row of :func:`analysis.stats.compare_all`.
-
-    Says which design was used (seed-matched or not), the direction and size of the shift,
-    whether the spreads differ on the log scale, and when the sample is too small for any
-    p-value to fall below ``alpha`` (2/2^n for Wilcoxon, 2/C(n_x+n_y, n_x) for Mann-Whitney).
-    """
-    x, y = row["x"], row["y"]
-    if not row["n_x"] or not row["n_y"]:
-        return f"`{x}` vs `{y}`: not compared, one arm has no finished trial with a finite value."
-    medians = f"{format_number(row['median_x'])} vs {format_number(row['median_y'])}"
-    parts = [f"`{x}` (X) vs `{y}` (Y): median perplexity {medians}."]
-    if row.get("paired") and row.get("n_pairs", 0) >= 1:
-        n = int(row["n_pairs"])
-        floor = 2 / 2 ** n
-        parts.append(f"With the same seeds in both arms, X was higher in {row['n_pairs_positive']}"
-                     f" of {n} trials (Wilcoxon signed-rank p = {_p(row['wilcoxon_p'])}"
-                     + (f"; with {n} pairs no p-value can be below {floor:.2g}" if floor >= alpha
-                        else "") + ").")
-    else:
-        parts.append("The arms are not seed-matched trial by trial (different or unrecorded "
-                     "seeds), so trials are not paired.")
-    nx, ny = int(row["n_x"]), int(row["n_y"])
-    floor = 2 / math.comb(nx + ny, nx) if nx and ny else 1.0
-    low, high = row.get("p_x_gt_y_ci_low", math.nan), row.get("p_x_gt_y_ci_high", math.nan)
-    ci = "" if pd.isna(low) else f"bootstrap 95% CI {low:.2f}–{high:.2f}; "
-    parts.append(f"P(X > Y) = {row['p_x_gt_y']:.2f} ({ci}0.5 = no shift; rank-biserial "
-                 f"{row['rank_biserial']:.2f}; Mann-Whitney p = {_p(row['mwu_p'])}"
-                 + (f"; with {nx}+{ny} trials no p-value can be below {floor:.2g}"
-                    if floor >= alpha else "") + ").")
-    bf = row["bf_log_p"]
-    judged = "—" if math.isnan(bf) else ("the spreads differ" if bf < alpha
-                                          else "no evidence that the spreads differ")
-    parts.append(f"Spread max/min: {_ratio(row['spread_x'])}× vs {_ratio(row['spread_y'])}×; "
-                 "Brown-Forsythe on log perplexity "
-                 f"p = {_p(bf)}: {judged} at α = {alpha}.")
-    return " ".join(parts)

@@ -1,4 +1,4 @@
-"""Adapter divergence on hand-made adapters with known distances, and read through the contract."""
+"""Adapter distance on hand-made adapters with known distances, and read through the contract."""
 
 from __future__ import annotations
 
@@ -112,9 +112,9 @@ def test_cell_summary_and_layers_of_the_synthetic_study(tmp_path):
     # whole adapter = q_proj (rotating) + v_proj (fixed), each of norm 2
     assert lora["rel_l2_mean"] == pytest.approx((2 / math.sqrt(2) + math.sqrt(6) / 2) / 3)
     assert lora["cosine_mean"] == pytest.approx((0.75 + 0.75 + 0.25) / 3)
-    assert (lora["n_pairs"], lora["n_identical_pairs"], lora["most_divergent_kind"]) == (3, 0, "q_proj")
+    assert (lora["n_pairs"], lora["n_identical_pairs"], lora["farthest_kind"]) == (3, 0, "q_proj")
     nothing = summary.loc[OFAT_CELLS["vary-nothing"].dirname]
-    assert (nothing["n_identical_pairs"], nothing["rel_l2_max"], nothing["most_divergent_kind"]) == (3, 0, "–")
+    assert (nothing["n_identical_pairs"], nothing["rel_l2_max"], nothing["farthest_kind"]) == (3, 0, "–")
     layers = dv.by_layer(pairs).set_index(["cell", "layer"])
     assert layers.loc[(OFAT_CELLS["vary-lora-init"].dirname, 1), "rel_l2_max"] == 0
     assert layers.loc[(OFAT_CELLS["vary-lora-init"].dirname, 0), "rel_l2_max"] == pytest.approx(math.sqrt(3))

@@ -18,7 +18,7 @@ from analysis_fixtures import (
 )
 from scipy import stats as sps
 
-from analysis import blowups, equivalence, report, stats
+from analysis import blowups, equivalence, prose, report, stats
 from analysis.config import AnalysisConfig
 from analysis.load import load_study
 
@@ -93,7 +93,7 @@ def test_pooled_median_reference_without_a_base(tmp_path):
                     + PAPER_TABLE1[("llama2-7b-hf", "paged_adamw_32bit")])
     assert llama["reference"] == blowups.REFERENCE_POOLED and llama["n_values"] == 14
     assert llama["value"] == pytest.approx((pooled[6] + pooled[7]) / 2)  # (3.567 + 12.471) / 2
-    line = blowups.reference_lines(refs.loc[[("llama2-7b-hf", "quotes")]].reset_index(),
+    line = prose.reference_lines(refs.loc[[("llama2-7b-hf", "quotes")]].reset_index(),
                                    AnalysisConfig())[0]
     assert line == ("`llama2-7b-hf` × `quotes`: pooled median perplexity of the finished runs "
                     "across arms (no base recorded) = 8.019 from 14 run(s); blow-up above 10 × "

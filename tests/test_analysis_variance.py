@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as sps
 from variance_fixtures import CROSSED_Y, OFAT_CELLS, ofat_seeds, write_variance_sources_study
 
-from analysis import adapter_distance, anova, variance
+from analysis import adapter_distance, anova, prose, variance
 from analysis.load import load_study
 from analysis_fixtures import SMOL_8, write_run
 from repeatability import artifacts
@@ -107,7 +107,7 @@ def test_decompose_the_synthetic_study(vs_study):
 
 def test_answer_names_the_source_in_numbers(vs_study):
     table = variance.decompose(vs_study.runs, None, n_resamples=999)
-    (text,) = variance.answer(table, where="on cpu")
+    (text,) = prose.variance_answer(table, where="on cpu")
     assert text.startswith("`smollm2-135m__quotes__paged_adamw_8bit` on cpu: `lora_init` moves "
                            "perplexity most: std of log perplexity 0.1 (95% CI 0–0.115), i.e. "
                            "perplexity varies by a factor of about 1.105 between trials; 78% of "

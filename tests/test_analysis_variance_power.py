@@ -9,7 +9,7 @@ from analysis_fixtures import SMOL_8, write_mixed_study, write_run
 from scipy import stats as sps
 from variance_fixtures import OFAT_CELLS, sampled_generations, write_variance_sources_study
 
-from analysis import ablations, power, verdict
+from analysis import ablations, power, prose, verdict
 from analysis.load import load_study
 
 
@@ -60,10 +60,10 @@ def test_trials_needed_per_cell(vs_study):
     assert _power_nct(d, 3) >= 0.8 > _power_nct(d, 2)
     nothing = table.loc[OFAT_CELLS["vary-nothing"].dirname]
     assert nothing["std_log"] == 0 and nothing["n_1.05"] == 1
-    assert power.reading(nothing).endswith("no spread at all, so any difference shows in a single "
+    assert prose.trials_reading(nothing).endswith("no spread at all, so any difference shows in a single "
                                            "trial per arm — as long as the arms are as "
                                            "deterministic as this cell.")
-    assert "10% higher perplexity: 19 trials per arm" in power.reading(lora)
+    assert "10% higher perplexity: 19 trials per arm" in prose.trials_reading(lora)
 
 
 def test_sampling_ablation_identical_and_not(tmp_path, vs_study):
@@ -72,27 +72,27 @@ def test_sampling_ablation_identical_and_not(tmp_path, vs_study):
     row = cells.loc[OFAT_CELLS["vary-lora-init"].dirname]
     assert (row["K"], row["min_seeds"], row["samples_identical"], row["equal_greedy"]) == \
         ("3", 3, "6/6", "6/6")
-    assert ablations.sampling_line(row).endswith("sampling was greedy here.")
+    assert prose.sampling_line(row).endswith("sampling was greedy here.")
     gens = sampled_generations(7)
     gens[2]["completion"] = " be loud."  # prompt 0, sample 1 differs
     write_run(tmp_path, "s", SMOL_8, 1, generations=gens)
     per_prompt = ablations.sampling(load_study(tmp_path / "s").generations)
     assert per_prompt[["n_distinct", "samples_identical", "equal_greedy"]].values.tolist() == [
         [2, False, False], [1, True, True]]
-    line = ablations.sampling_line(ablations.sampling_by_cell(per_prompt).iloc[0])
+    line = prose.sampling_line(ablations.sampling_by_cell(per_prompt).iloc[0])
     assert "identical to each other in 1/2" in line and line.endswith("changed the text.")
 
 
 def test_base_repeats_verified_and_not(tmp_path, vs_study):
     table = ablations.base_repeats(vs_study.runs)
     assert len(table) == 20 and table["zero"].all() and set(table["k"]) == {3}
-    assert ablations.base_statement(table).endswith("→ verified, zero spread.")
+    assert prose.base_statement(table).endswith("→ verified, zero spread.")
     write_run(tmp_path, "s", SMOL_8, 1, summary={"metrics": {
         "base_perplexity_repeats": [64.0, 64.5, 64.0], "base_perplexity_repeat_spread": 0.5}})
     bad = ablations.base_repeats(load_study(tmp_path / "s").runs)
     assert bad["spread"].tolist() == [0.5] and not bad["zero"].any()
-    assert "NOT zero in 1 run(s); largest spread 0.5" in ablations.base_statement(bad)
-    assert "not recorded" in ablations.base_statement(bad.iloc[:0])
+    assert "NOT zero in 1 run(s); largest spread 0.5" in prose.base_statement(bad)
+    assert "not recorded" in prose.base_statement(bad.iloc[:0])
 
 
 def test_bitwise_verdict_lines(vs_study, tmp_path):

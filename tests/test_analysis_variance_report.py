@@ -12,7 +12,7 @@ from variance_fixtures import OFAT_CELLS, write_variance_sources_study
 
 from analysis import report
 
-NEW_HEADINGS = ("## Where does the variance come from?", "## Adapter divergence",
+NEW_HEADINGS = ("## Where does the variance come from?", "## Adapter distance",
                 "## How many trials are needed", "## Ablations")
 
 
@@ -30,7 +30,7 @@ def test_sections_in_order_with_their_figures(vs_report):
                                           NEW_HEADINGS[2], "## Generations", NEW_HEADINGS[3])]
     assert positions == sorted(positions)
     figures = {p.name for p in (out / "figures").iterdir()}
-    assert {"variance_sources.png", "variance_anova.png", "divergence_by_layer.png"} <= figures
+    assert {"variance_sources.png", "variance_anova.png", "adapter_distance_by_layer.png"} <= figures
     html = (out / "report.html").read_text()
     assert "<h2>Where does the variance come from?</h2>" in html
     assert html.count('src="data:image/png;base64,') == len(figures)
@@ -56,7 +56,7 @@ def test_where_does_the_variance_come_from_answers_in_numbers(vs_report):
     assert re.search(r"\| variant +\| 0\.18 +\| 1 +\| 675 ", section)
 
 
-def test_divergence_verdict_ablation_and_power_lines(vs_report):
+def test_adapter_distance_verdict_ablation_and_power_lines(vs_report):
     out, text = vs_report
     nothing, lora = OFAT_CELLS["vary-nothing"].dirname, OFAT_CELLS["vary-lora-init"].dirname
     assert (f"- `{nothing}`: adapters identical (3/3 same SHA-256), loss curves identical, greedy "
@@ -77,7 +77,7 @@ def test_divergence_verdict_ablation_and_power_lines(vs_report):
             "trial(s)") in text
     needed = pd.read_csv(out / "tables" / "trials_needed.csv").set_index("cell")
     assert needed.loc[nothing, "n_1.05"] == 1
-    pairs = pd.read_csv(out / "tables" / "divergence_pairs.csv")
+    pairs = pd.read_csv(out / "tables" / "adapter_distance_pairs.csv")
     assert len(pairs) == 4 * 3 + 4 * 1  # 4 OFAT cells × 3 pairs, 4 crossed cells × 1 pair
 
 

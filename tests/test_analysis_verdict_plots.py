@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from analysis_fixtures import SMOL_8, SMOL_32, SMOL_FIXED, write_mixed_study, write_paper_study, write_run
 
-from analysis import plots, verdict
+from analysis import plots, prose, verdict
 from analysis.load import load_study
 
 
@@ -118,14 +118,14 @@ def test_comparison_reading_in_plain_words(tmp_path):
 
     paper = load_study(write_paper_study(tmp_path))
     row = stats.compare_all(paper.runs).iloc[1]  # llama2-7b-hf, 8-bit vs 32-bit
-    text = verdict.comparison_reading(row)
+    text = prose.comparison_reading(row)
     assert text.startswith("`llama2-7b-hf__quotes__paged_adamw_8bit` (X) vs "
                            "`llama2-7b-hf__quotes__paged_adamw_32bit` (Y): median perplexity "
                            "109586 vs 3.561.")
     assert "X was higher in 7 of 7 trials (Wilcoxon signed-rank p = 0.016)" in text
     assert "P(X > Y) = 1.00" in text and "no p-value can be below" not in text
     assert "Brown-Forsythe on log perplexity p = 0.036: the spreads differ at α = 0.05." in text
-    small = verdict.comparison_reading(stats.compare_all(load_study(
+    small = prose.comparison_reading(stats.compare_all(load_study(
         write_mixed_study(tmp_path / "m")).runs).iloc[0])
     assert "with 3 pairs no p-value can be below 0.25" in small
     assert "no evidence that the spreads differ" in small
