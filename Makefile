@@ -15,7 +15,7 @@ STUDY_ARGS ?= -m trial=1,2,3,4,5,6,7 optim=paged_adamw_8bit,paged_adamw_32bit
 PAPER_TABLES := paper-tables-1-2
 PAPER_CITATION := S. S. Alahmari, L. O. Hall, P. R. Mouton, D. B. Goldgof, Repeatability of Fine-Tuning Large Language Models Illustrated Using QLoRA, IEEE Access 12 (2024) 153221-153231, doi:10.1109/ACCESS.2024.3470850
 
-.PHONY: setup slurm-packages study variance-study explain-study report test test-fast test-gpu test-slurm bench bench-extra clean
+.PHONY: setup slurm-packages study variance-study explain-study explain-edge report test test-fast test-gpu test-slurm bench bench-extra clean
 
 setup: $(STAMP)
 
@@ -59,6 +59,13 @@ explain-study: setup
 	  --study $(PAPER_TABLES) --source "Alahmari et al. 2024, Tables 1-2 (experiments/paper_tables_1_2.csv)" \
 	  --citation "$(PAPER_CITATION)"
 	$(PY) -m analysis.report results/explain-8bit --compare results/$(PAPER_TABLES)
+
+# Where does 8-bit training tip over? A learning-rate grid x {today's maps, 0.41.0 maps, 32-bit} x
+# 3 paired trials, optimizer trace on (experiments/explain_edge.yaml: ~4.5 h on the 2-core EPYC;
+# re-running continues a stopped sweep), then its report with the learning-rate edge
+explain-edge: setup
+	$(PY) -m repeatability.run -m experiments=explain_edge
+	$(PY) -m analysis.report results/explain-edge
 
 report: setup
 	$(PY) -m analysis.report results/$(STUDY)

@@ -53,6 +53,7 @@ SUPPORTED_SCHEMA_VERSIONS = schema.SUPPORTED_SCHEMA_VERSIONS
 
 SUMMARY = "summary.json"
 LOSS_CURVE = "loss_curve.csv"
+OPTIMIZER_TRACE = "optimizer_trace.csv"  # only with diagnostics.optimizer_trace=true (repeatability/optimtrace.py)
 GENERATIONS = "generations.jsonl"
 ENVIRONMENT = "environment.json"
 CONFIG = "config.yaml"
@@ -401,6 +402,31 @@ def write_loss_curve(path: Path, rows: list[dict[str, Any]]) -> None:
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in LOSS_COLUMNS})
     write_text(path / LOSS_CURVE, buf.getvalue())
+
+
+def write_optimizer_trace(path: Path, rows: list[dict[str, Any]], columns: tuple[str, ...]) -> None:
+    """``optimizer_trace.csv``: one row per traced step and module kind (``all`` = every kind)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path / OPTIMIZER_TRACE, buf.getvalue())
+
+
+def read_optimizer_trace(path: Path) -> list[dict[str, Any]]:
+    """Rows of ``optimizer_trace.csv`` with numbers parsed; ``[]`` when the run has none."""
+    file = path / OPTIMIZER_TRACE
+    if not file.exists():
+        return []
+    rows = []
+    with open(file, newline="") as fh:
+        for line, row in enumerate(csv.DictReader(fh), 2):
+            try:
+                rows.append({k: v if k == "module_kind" else (int(v) if k in ("step", "optimizer_step", "n_params", "n_8bit_params") else as_float(v))
+                             for k, v in row.items()})
+            except (TypeError, ValueError):
+                raise RunDirError(f"{file}:{line}: corrupted optimizer-trace row; re-run this trial") from None
+    return rows
 
 
 def write_generations(path: Path, rows: list[dict[str, Any]]) -> None:

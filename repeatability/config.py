@@ -305,6 +305,15 @@ class TrackingConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    """Measurements that never change a result (off by default: they cost time)."""
+
+    # a 32-bit shadow of AdamW fed the optimizer's own gradients, per step and module kind:
+    # update inflation, stored/exact second moment, 8-bit top-code share (repeatability/optimtrace.py)
+    optimizer_trace: bool = False
+
+
+@dataclass
 class RunConfig:
     """The whole run: one (model, dataset, optim) cell and one trial."""
 
@@ -317,6 +326,7 @@ class RunConfig:
     eval: EvalConfig = MISSING
     determinism: DeterminismConfig = MISSING
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     study: str = "default"
     trial: int = 1
     variant: str = ""  # extra cell label (experiments that vary something besides model/data/optim)

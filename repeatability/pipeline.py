@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import yaml
 
-from repeatability import artifacts, data, evaluate, modelling, tracking, train
+from repeatability import artifacts, data, evaluate, modelling, optimtrace, tracking, train
 from repeatability import summary as S
 from repeatability.config import RunConfig
 from repeatability.environment import PeakMemory, capture_environment, cpu_model
@@ -215,7 +215,8 @@ def _train_and_score(cfg: RunConfig, path: Path, study: Path, seeds: Seeds, resu
             record, effective, precision = train.train(
                 built.model, prep.train_ds, prep.val_ds, data.make_collator(cfg.train.batching, built.tokenizer.pad_token_id),
                 cfg.train, cfg.optim, seeds, device, mixed, label, artifacts.checkpoint_root(path), resume_from,
-                cfg.eval.batch_size, report_to=tracker.report_to, run_name=tracker.run_name)
+                cfg.eval.batch_size, report_to=tracker.report_to, run_name=tracker.run_name,
+                optimizer_trace=cfg.diagnostics.optimizer_trace)
             train_s = time.perf_counter() - t_train
             metrics, eval_s, gen_s, generations = _score_and_generate(cfg, built, prep, record, seeds, device)
         guard()
@@ -229,6 +230,10 @@ def _train_and_score(cfg: RunConfig, path: Path, study: Path, seeds: Seeds, resu
             modelling.release_weights(built.model)
     artifacts.write_loss_curve(path, record.rows)
     artifacts.write_generations(path, generations)
+    if record.trace is not None:
+        artifacts.write_optimizer_trace(path, record.trace.rows, optimtrace.COLUMNS)
+        summary.optimizer_trace = S.part(S.OptimizerTrace, optimtrace.summarize(record.trace.rows, record.trace.seconds),
+                                         "optimizer_trace")
     summary.timings = S.part(S.Timings, {"model_load_s": built.load_s, "train_s": train_s, "eval_s": eval_s,
                                          "generation_s": gen_s, "total_s": math.nan, **train.step_time_stats(record)},
                              "timings")

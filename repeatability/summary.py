@@ -9,8 +9,9 @@ Extending it: add a field (``doc(...)``) to a record, or a new record and one fi
 :data:`SCHEMA_VERSION` and add the old version to :data:`SUPPORTED_SCHEMA_VERSIONS`; then
 regenerate the docs table. A key not declared here is refused when written and reported when read.
 
-Schema versions: 1 — the first; 2 — adds ``tracking`` and ``batching``. Version-1 summaries
-read as version 2 with both absent.
+Schema versions: 1 — the first; 2 — adds ``tracking`` and ``batching``; 3 — adds
+``optimizer_trace`` (present only with ``diagnostics.optimizer_trace=true``). Older summaries
+read as version 3 with the newer groups absent.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from typing import Any, Optional
 
 from repeatability.schema import ABSENT, Columns, doc, from_dict, markdown_rows, missing, to_dict
 
-SCHEMA_VERSION = 2
-SUPPORTED_SCHEMA_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+SUPPORTED_SCHEMA_VERSIONS = (1, 2, 3)
 STATUSES = ("complete", "diverged", "failed")
 
 
@@ -296,6 +297,23 @@ class Batching:
 
 
 @dataclass
+class OptimizerTrace:
+    """The optimizer trace's headline figures (`diagnostics.optimizer_trace=true`; every step and
+    module kind is in `optimizer_trace.csv`). Update inflation = norm of the update the optimizer
+    applied / norm of exact fp32 AdamW's update from the same gradients, over all LoRA parameters."""
+
+    file: str = doc("`optimizer_trace.csv`, relative to the run")
+    steps: int = doc("optimizer steps traced (steps the fp16 grad scaler skipped are not)")
+    kinds: list[str] = doc("module kinds traced (`q_proj`, ...); the file also has `all`")
+    update_inflation_last: float = doc("update inflation at the last step")
+    update_inflation_max: float = doc("largest update inflation over the steps")
+    update_inflation_median: float = doc("median update inflation over the steps")
+    v_ratio_median_last: float = doc("median over elements of stored / exact second moment at the last step")
+    v_top_code_fraction_last: float = doc("share of 8-bit second-moment codes at the map's top value at the last step (NaN for 32-bit state)")
+    seconds: float = doc("time the trace itself took (inside `timings.train_s`)")
+
+
+@dataclass
 class Tracking:
     """The experiment-tracker run of this run (`tracking=`; repeatability/tracking.py)."""
 
@@ -343,6 +361,7 @@ class Summary:
     divergence: Optional[Divergence] = doc("null, or why the run diverged")
     error: Optional[Error] = doc("null, or the exception of a failed run")
     tracking: Optional[Tracking] = doc("null (`tracking=none`), or the tracker run (schema 2)")
+    optimizer_trace: OptimizerTrace = doc("the optimizer trace's headline figures (schema 3; only with `diagnostics.optimizer_trace=true`)", optional=True)
     batching: Batching = doc("how batches were formed and how much of the computed tokens were padding (schema 2; absent before)", optional=True)
     started_at: str = doc("ISO-8601 UTC")
     finished_at: str = doc("ISO-8601 UTC")

@@ -3,18 +3,19 @@ divergence detection, and a read-back of the optimizer state that really ran."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from repeatability import artifacts, data, preemption, qmaps
+from repeatability import artifacts, data, optimtrace, preemption, qmaps
 from repeatability.config import OptimConfig, TrainConfig
 from repeatability.seeding import Seeds
 
@@ -88,6 +89,7 @@ class TrainLog:
     skipped_steps: list[int] = field(default_factory=list)  # optimizer steps the grad scaler skipped
     nonfinite_streak: int = 0  # consecutive logged steps with a non-finite loss (grad scaler runs)
     checkpoints: list[dict[str, Any]] = field(default_factory=list)  # {step, seconds, bytes} per save
+    trace: "optimtrace.OptimizerTrace | None" = field(default=None, repr=False)  # diagnostics.optimizer_trace
     real_tokens: int = 0  # tokens of the training batches (padding excluded)
     token_slots: int = 0  # token positions the training forwards computed (padding included)
 
@@ -96,8 +98,9 @@ class TrainLog:
         return self.real_tokens / self.token_slots if self.token_slots else math.nan
 
     def resume_state(self) -> dict[str, Any]:
-        """What a checkpoint must carry besides the Trainer's own files to continue exactly."""
-        return asdict(self)
+        """What a checkpoint must carry besides the Trainer's own files to continue exactly
+        (the optimizer trace carries its own state: optimtrace.STATE_FILE)."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "trace"}
 
     @classmethod
     def from_resume_state(cls, state: dict[str, Any]) -> "TrainLog":
@@ -263,17 +266,19 @@ def _training_args(cfg: TrainConfig, seeds: Seeds, device: str, mixed: str, chec
 def train(model: Any, train_ds: Any, val_ds: Any, collator: Any, cfg: TrainConfig, optim: OptimConfig,
           seeds: Seeds, device: str, mixed: str, label: str, checkpoints: Path,
           resume_from: Path | None = None, eval_batch_size: int = 8, report_to: list[str] | None = None,
-          run_name: str | None = None) -> tuple[TrainLog, dict[str, Any], dict[str, Any]]:
+          run_name: str | None = None, optimizer_trace: bool = False) -> tuple[TrainLog, dict[str, Any], dict[str, Any]]:
     """Fine-tune ``model`` in place, checkpointing into ``checkpoints`` and continuing from
-    ``resume_from`` if given; return the training record, the effective optimizer (with the
-    8-bit maps read back from its state) and the precision that ran."""
+    ``resume_from`` if given; return the training record (with its optimizer trace when
+    ``optimizer_trace``), the effective optimizer (with the 8-bit maps read back from its state)
+    and the precision that ran."""
     record = TrainLog.from_resume_state(artifacts.read_resume_state(resume_from)) if resume_from else TrainLog()
     args = _training_args(cfg, seeds, device, mixed, checkpoints, eval_batch_size, len(val_ds) > 0,
                           report_to or [], run_name)
+    tracer = [optimtrace.TraceCallback(resume_from)] if optimizer_trace else []  # before the logger: see its doc
     trainer = TallyTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds if len(val_ds) else None,
         data_collator=collator,
-        callbacks=[LoggingCallback(record, label, optim.state_maps, scaler=mixed == "fp16")],
+        callbacks=[*tracer, LoggingCallback(record, label, optim.state_maps, scaler=mixed == "fp16")],
         optimizer_cls_and_kwargs=optimizer_class_and_kwargs(optim, cfg.lr),
     )
     trainer.record = record
@@ -284,6 +289,7 @@ def train(model: Any, train_ds: Any, val_ds: Any, collator: Any, cfg: TrainConfi
     signum = preemption.requested()
     if signum is not None and record.checkpoints and record.checkpoints[-1]["step"] == trainer.state.global_step:
         raise preemption.Preempted(trainer.state.global_step, signum)
+    record.trace = tracer[0].trace if tracer else None
     effective = effective_optimizer(trainer.optimizer, optim, device)
     effective["state_maps"] = qmaps.maps_in_force(trainer.optimizer, optim.state_maps)
     precision = precision_record(trainer, mixed, record)

@@ -39,7 +39,7 @@ def test_run_directory_has_exactly_the_contract_files(sweep: Path) -> None:
 
 def test_summary_key_fields(sweep: Path) -> None:
     s = _summary(sweep, "a", 1)
-    assert s["schema_version"] == artifacts.SCHEMA_VERSION == 2 and s["status"] == "complete" and s["trial"] == 1
+    assert s["schema_version"] == artifacts.SCHEMA_VERSION == 3 and s["status"] == "complete" and s["trial"] == 1
     assert s["headline"].startswith("Trial 1 of tiny x tq x paged_adamw_8bit: complete after 4 steps.")
     assert "8-bit Adam state on 100.0% of the trainable parameters" in s["headline"]
     assert "paging requested but not in effect" in s["headline"] and "CPU (" in s["headline"]
