@@ -37,6 +37,7 @@ from analysis import (
 )
 from analysis.config import AnalysisConfig
 from analysis.load import FINISHED, Study, column
+from analysis.lr_edge import EdgeResults, compute_edge
 from repeatability.summary import COLUMNS as S
 
 SECOND_METRIC = S.metrics.perplexity_mean_per_sequence
@@ -95,6 +96,8 @@ class Results:
             pair, per module kind, per layer and per cell.
         adapter_arms: whole-adapter distance between seed-matched arms, per trial.
         blowup_references, blowup_rates: :mod:`analysis.blowups` per (model, dataset) and cell.
+        lr_edge: :func:`analysis.lr_edge.compute_edge` (blow-ups, edge, LR sensitivity and
+            update inflation per arm and learning rate); ``None`` without an LR axis.
         equivalence: :func:`analysis.equivalence.comparisons` (empty without a finished run).
         compare_cells: :func:`analysis.blowups.study_cells` of this study and of ``others``
             (empty without others).
@@ -138,6 +141,7 @@ class Results:
     adapter_arms: pd.DataFrame
     blowup_references: pd.DataFrame
     blowup_rates: pd.DataFrame
+    lr_edge: EdgeResults | None
     equivalence: pd.DataFrame
     compare_cells: pd.DataFrame
     compare_pooled: pd.DataFrame
@@ -173,7 +177,7 @@ def compute(study: Study, config: AnalysisConfig | None = None,
     return Results(study=study, config=config, others=tuple(others),
                    seed_matched=matched, comparisons=stats.compare_all(runs),
                    ofat=variance.decompose(runs, pairs), anova=anova.crossed_anova(runs),
-                   trials_needed=power.trials_needed(runs),
+                   trials_needed=power.trials_needed(runs), lr_edge=compute_edge(study, config),
                    **_cells(study, within), **_perplexity(runs), **_adapters(study, pairs, matched),
                    **_blowups(study, config, others), **_loss(study, within, matched),
                    **_generations(study.generations), **_ablations(study),

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import sections, sections_blowups, sections_runs, sections_variance
+from analysis import sections, sections_blowups, sections_edge, sections_runs, sections_variance
 from analysis.compute import Results, compute
 from analysis.config import AnalysisConfig
 from analysis.document import Doc, render_html, render_markdown, write_figures
@@ -41,9 +41,11 @@ log = logging.getLogger(__name__)
 
 Section = Callable[[Doc, Results], sections.Tables]
 
-# The report's sections in order: each presents the study's Results and computes nothing.
+# The report's sections in order: each presents the study's Results and computes nothing. The
+# learning-rate edge (present only when the study has an LR axis) comes first after the overview:
+# it is that kind of study's answer.
 SECTIONS: tuple[Section, ...] = (
-    sections.overview, sections.verdicts, sections.perplexity,
+    sections.overview, sections_edge.lr_edge, sections.verdicts, sections.perplexity,
     sections_variance.variance_sources, sections_variance.adapter_distance,
     sections.comparisons, sections_blowups.blowups_equivalence, sections_blowups.side_by_side,
     sections_variance.trials_needed, sections_runs.loss, sections_runs.generation,

@@ -44,6 +44,15 @@ def format_number(value: Any) -> str:
     return f"{value:.0f}" if size >= 1e5 else f"{value:.5g}"
 
 
+def format_lr(value: float) -> str:
+    """A learning rate as people write it: 0.0002 → ``2e-4``, 0.003 → ``3e-3``, 1.5e-4 →
+    ``1.5e-4``; NaN → "–"."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    mantissa, exponent = f"{value:.3e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
 def arm_label(row: pd.Series | dict) -> str:
     """Column label of one arm: the optimizer name, plus the variant when there is one."""
     return f"{row['optim']}/{row['variant']}" if row.get("variant") else str(row["optim"])

@@ -14,6 +14,7 @@ from analysis_fixtures import SMOL_8, SMOL_32, SMOL_FIXED, write_default_like_st
 
 from analysis import report
 from analysis.load import load_study
+from repeatability import artifacts
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -118,8 +119,9 @@ def test_cli_subprocess_lists_bad_runs_on_stderr_and_reports_the_rest(mixed_repo
     lines = proc.stderr.splitlines()
     assert len(lines) == 2  # one line per unreadable run, nothing else
     assert lines[0].startswith(f"WARNING analysis.load: {SMOL_32.dirname}/trial-06: summary: ")
-    assert lines[0].endswith("schema version 99 is not supported (this code reads (1, 2)); use the "
-                             "repeatability version that wrote it")
+    assert lines[0].endswith(f"schema version 99 is not supported (this code reads "
+                             f"{artifacts.SUPPORTED_SCHEMA_VERSIONS}); use the repeatability version "
+                             "that wrote it")
     assert lines[1].startswith(f"WARNING analysis.load: {SMOL_8.dirname}/trial-05: state: ")
     assert "corrupted JSON" in lines[1]
 

@@ -1,0 +1,111 @@
+"""The learning-rate edge in words: sentences built from :class:`analysis.lr_edge.EdgeResults`
+(nothing here computes a statistic; same role as :mod:`analysis.prose`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from analysis.lr_edge import EDGE_RATE, PAPER_LR, EdgeResults, arm_order
+from analysis.tables import format_lr
+
+
+def arm_labels(table: pd.DataFrame) -> dict[str, str]:
+    """Arm → the name the report uses, in :func:`analysis.lr_edge.arm_order`: the optimizer
+    (``/variant`` when there is one) when the study has one (model, dataset), else the arm."""
+    first = table.drop_duplicates("arm").set_index("arm")
+    single = len(first[["model", "dataset"]].drop_duplicates()) == 1
+    return {a: (first.loc[a, "optim"] + (f"/{first.loc[a, 'variant']}" if first.loc[a, "variant"]
+                                         else "")) if single else a for a in arm_order(table)}
+
+
+def _g(value: float) -> str:
+    return "–" if value is None or pd.isna(value) else f"{value:.3g}"
+
+
+def rate_ci(blowups: int, n: int, low: float, high: float) -> str:
+    """``1/3 [1%, 91%]``; ``0/0`` when no run was judged."""
+    return f"{blowups}/{n} [{low:.0%}, {high:.0%}]" if n else "0/0"
+
+
+def edge_phrase(row: pd.Series, label: str) -> str:
+    """One arm's edge (a row of :func:`analysis.lr_edge.edges`)."""
+    if row["beyond"]:
+        return (f"`{label}` beyond the grid (> {format_lr(row['largest_lr'])}: no LR up to it "
+                f"reached {EDGE_RATE:.0%} blow-ups)")
+    return (f"`{label}` at LR {format_lr(row['edge'])} ({row['edge_blowups']}/{row['edge_n']} "
+            "blew up there)")
+
+
+def ratio_phrase(row: pd.Series, labels: dict[str, str]) -> str:
+    """One pair of :func:`analysis.lr_edge.edge_ratios`: edge of y / edge of x, or its bound."""
+    head = f"edge of `{labels[row['y']]}` / edge of `{labels[row['x']]}`"
+    if pd.notna(row["ratio"]):
+        return f"{head} = {_g(row['ratio'])}"
+    if pd.notna(row["ratio_lower_bound"]):
+        return f"{head} > {_g(row['ratio_lower_bound'])} (`{labels[row['y']]}`'s lies beyond the grid)"
+    if pd.notna(row["ratio_upper_bound"]):
+        return f"{head} < {_g(row['ratio_upper_bound'])} (`{labels[row['x']]}`'s lies beyond the grid)"
+    return f"{head}: unknown (both lie beyond the grid)"
+
+
+def inflation_phrase(at_end: pd.DataFrame, labels: dict[str, str], lr: float = PAPER_LR) -> str:
+    """Update inflation at the last step (median over trials) at ``lr``, and its largest median
+    over the grid, per arm (:func:`analysis.lr_edge.inflation_at_end`)."""
+    if at_end.empty:
+        return ("No finished run recorded an optimizer trace (`diagnostics.optimizer_trace=true`): "
+                "no update inflation.")
+    at_lr, largest = [], []
+    for arm, label in labels.items():
+        rows = at_end[(at_end["arm"] == arm) & at_end["update_inflation_median"].notna()]
+        if rows.empty:
+            continue
+        here = rows[np.isclose(rows["lr"], lr, rtol=1e-9, atol=0)]
+        at_lr.append(f"`{label}` " + (_g(here["update_inflation_median"].iloc[0]) if len(here)
+                                      else "not run"))
+        top = rows.loc[rows["update_inflation_median"].idxmax()]
+        largest.append(f"`{label}` {_g(top['update_inflation_median'])} (LR {format_lr(top['lr'])})")
+    if not at_lr:
+        return "The optimizer traces hold no update inflation."
+    return (f"Update inflation at the last step (applied update / exact fp32 AdamW's, median over "
+            f"trials) at the paper's LR {format_lr(lr)}: {', '.join(at_lr)}; largest over the grid: "
+            f"{', '.join(largest)}.")
+
+
+def sensitivity_phrase(sensitivity: pd.DataFrame, labels: dict[str, str]) -> str:
+    """Per arm of :func:`analysis.lr_edge.lr_sensitivity`: its value and best LR."""
+    rows = sensitivity.set_index("arm")
+    parts = [f"`{label}` {_g(rows.loc[arm, 'sensitivity'])}"
+             + (f" (best LR {format_lr(rows.loc[arm, 'best_lr'])})"
+                if pd.notna(rows.loc[arm, "best_lr"]) else "")
+             for arm, label in labels.items() if arm in rows.index]
+    return ("LR sensitivity (Wortsman et al. 2023: mean over the grid of min(log perplexity, log "
+            f"base) − its best, in nats): {', '.join(parts)}.")
+
+
+def blowups_phrase(rates: pd.DataFrame, labels: dict[str, str], alpha: float) -> str:
+    """Blow-ups per arm at each LR as k/n with the exact CI (:func:`analysis.lr_edge.rates`)."""
+    arms = []
+    for arm, label in labels.items():
+        rows = rates[rates["arm"] == arm].sort_values("lr")
+        arms.append(f"`{label}`: " + ", ".join(
+            f"{format_lr(r['lr'])} {rate_ci(int(r['blowups']), int(r['n']), r['ci_low'], r['ci_high'])}"
+            for _, r in rows.iterrows()))
+    return f"Blow-ups per LR, k/n [exact {1 - alpha:.0%} CI]: " + "; ".join(arms) + "."
+
+
+def answer(e: EdgeResults, labels: dict[str, str], alpha: float) -> str:
+    """The section's first paragraph: edges, their ratios, update inflation, LR sensitivity and
+    blow-ups per LR, every number from ``e``."""
+    edges = e.edges.set_index("arm")
+    parts = ["Answer. Edge (the lowest LR of the grid at which at least "
+             f"{EDGE_RATE:.0%} of the runs blew up): "
+             + "; ".join(edge_phrase(edges.loc[a], label) for a, label in labels.items()
+                         if a in edges.index) + "."]
+    if len(e.ratios):
+        parts.append("Ratio of edges: " + "; ".join(ratio_phrase(r, labels)
+                                                    for _, r in e.ratios.iterrows()) + ".")
+    parts += [inflation_phrase(e.at_end, labels), sensitivity_phrase(e.sensitivity, labels),
+              blowups_phrase(e.rates, labels, alpha)]
+    return " ".join(parts)
+
