@@ -121,6 +121,8 @@ def _check_integrity(path: Path, row: dict[str, Any], problems: list[Problem]) -
     """A finished run whose files do not match its manifest is ``corrupted`` and a problem."""
     try:
         row["integrity"] = "verified" if artifacts.verify_manifest(path) else "no manifest"
+        if row["integrity"] == "verified" and not artifacts.weights_kept(path):
+            row["integrity"] = "verified; adapter weights not kept"
     except RunDirError as exc:
         problems.append(Problem(row["run"], "integrity", str(exc)))
         row.update(status="corrupted", integrity="corrupted", load_error=str(exc))

@@ -42,10 +42,10 @@ log = logging.getLogger(__name__)
 Section = Callable[[Doc, Results], sections.Tables]
 
 # The report's sections in order: each presents the study's Results and computes nothing. The
-# learning-rate edge (present only when the study has an LR axis) comes first after the overview:
+# learning-rate edge (present only when the study has an LR axis) comes first, before the setup:
 # it is that kind of study's answer.
 SECTIONS: tuple[Section, ...] = (
-    sections.overview, sections_edge.lr_edge, sections.verdicts, sections.perplexity,
+    sections_edge.lr_edge, sections.overview, sections.verdicts, sections.perplexity,
     sections_variance.variance_sources, sections_variance.adapter_distance,
     sections.comparisons, sections_blowups.blowups_equivalence, sections_blowups.side_by_side,
     sections_variance.trials_needed, sections_runs.loss, sections_runs.generation,

@@ -65,6 +65,9 @@ DONE = "DONE"
 CLAIM_SUFFIX = ".claim"  # <cell>/trial-NN.claim: beside the run directory, so start_fresh keeps it
 CLAIMS_LOCK = ".claims.lock"  # <cell>/.claims.lock: serialises every change to the cell's claims
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# A published study commits its run records but not adapter weights (.gitignore): the manifest
+# still lists the weights' SHA-256 (as does the summary), and their absence means "not kept"
+WEIGHTS_FILE = f"{ADAPTER}/{ADAPTER_WEIGHTS}"
 EVALS = "evals"  # evals/<name>.json: evaluations of a finished run's adapter (python -m repeatability.rescore)
 EVAL_SCHEMA_VERSION = 1
 ADAPTER_CONFIG = "adapter_config.json"  # PEFT's file next to the weights (r, lora_alpha, ...)
@@ -337,7 +340,8 @@ def verify_manifest(path: Path) -> bool:
 
     Returns True when every listed file is present with its recorded SHA-256, False when the
     run has no manifest (written before manifests existed: nothing to verify). Files added
-    after the run finished are not checked.
+    after the run finished are not checked. Absent adapter weights are not kept (a published
+    run record), not corrupted: :func:`weights_kept` tells.
 
     Raises:
         RunDirError: one line naming each file that is missing or changed, or an unreadable manifest.
@@ -350,6 +354,8 @@ def verify_manifest(path: Path) -> bool:
         raise RunDirError(f"{path / MANIFEST}: not a manifest (no files listed); delete the run and re-run it")
     bad = []
     for rel, sha in sorted(files.items()):
+        if rel == WEIGHTS_FILE and not (path / rel).exists():
+            continue  # a published run's record without its weights: "not kept", not corrupted
         if not (path / rel).is_file():
             bad.append(f"{path / rel} is missing")
         elif file_sha256(path / rel) != sha:
@@ -577,6 +583,11 @@ def read_generations(path: Path) -> list[dict[str, Any]]:
 def read_environment(path: Path) -> dict[str, Any]:
     file = path / ENVIRONMENT
     return read_json(file) if file.exists() else {}
+
+
+def weights_kept(path: Path) -> bool:
+    """Whether the run still has its adapter weights (a published run record does not)."""
+    return (path / WEIGHTS_FILE).is_file()
 
 
 def adapter_weights_path(path: Path) -> Path:

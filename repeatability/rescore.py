@@ -96,6 +96,9 @@ def plan(study: Path, name: str, overrides: list[str], force: bool) -> list[Job]
         rel = run.relative_to(study)
         try:
             artifacts.verify_manifest(run)
+            if not artifacts.weights_kept(run):
+                raise RunDirError(f"adapter weights not kept ({artifacts.WEIGHTS_FILE} absent: a published run "
+                                  "record); re-run the trial to re-score it")
             cfg = run_config(run, overrides)
             if artifacts.eval_file(run, name).exists() and not force:
                 raise ConfigError(f"{artifacts.eval_file(run, name)}: evaluation {name!r} exists; "

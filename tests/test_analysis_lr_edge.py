@@ -174,10 +174,11 @@ def edge_report(edge_study, tmp_path_factory):
     return out, md.read_text()
 
 
-def test_section_first_after_the_overview_with_numbers(edge_report):
+def test_section_first_before_the_setup_with_numbers(edge_report):
     _, text = edge_report
-    assert text.index("## Setup: what actually ran") < text.index("## Learning-rate edge") \
+    assert text.index("## Learning-rate edge") < text.index("## Setup: what actually ran") \
         < text.index("## Verdict per cell")
+    assert text.index("## Learning-rate edge") < 400  # the answer opens the report
     section = text.split("## Learning-rate edge")[1].split("\n## ")[0]
     answer = section.strip().split("\n\n")[0]
     assert answer.startswith("Answer. Edge")

@@ -60,6 +60,20 @@ def test_a_run_without_manifest_still_verifies_as_such(tmp_path: Path) -> None:
     assert list(study.runs["status"]) == ["complete"]
 
 
+def test_a_published_record_without_adapter_weights_is_not_kept_not_corrupted(tmp_path: Path) -> None:
+    """A study committed without its adapter weights (.gitignore) still verifies: the weights
+    are "not kept"; any other missing or changed file is still corruption."""
+    run = write_run(tmp_path, "s", SMOL_8, 1)
+    (run / artifacts.WEIGHTS_FILE).unlink()
+    assert artifacts.verify_manifest(run) is True and not artifacts.weights_kept(run)
+    study = load_study(tmp_path / "s")
+    assert study.problems == [] and list(study.runs["integrity"]) == ["verified; adapter weights not kept"]
+    assert list(study.runs["status"]) == ["complete"]
+    (run / "loss_curve.csv").unlink()
+    with pytest.raises(RunDirError, match="loss_curve.csv is missing"):
+        artifacts.verify_manifest(run)
+
+
 def test_a_finished_record_is_never_rewritten(tmp_path: Path) -> None:
     run = write_run(tmp_path, "s", SMOL_8, 1)
     before = (run / "summary.json").read_text()
