@@ -47,6 +47,13 @@ RATIO_COLUMNS = ("x", "y", "edge_x", "edge_y", "beyond_x", "beyond_y", "ratio", 
 SENSITIVITY_COLUMNS = ("arm", "model", "dataset", "optim", "variant", "n_lrs", "n_runs", "log_base",
                        "best_lr", "best", "mean", "sensitivity")
 TRACE_COLUMNS = ("arm", "lr", "cell", "trial", "step") + TRACE_METRICS
+# The mechanism under test (docs/historical-optimizer-maps.md): bitsandbytes 0.41.0's unsigned
+# 8-bit map, as its kernels read it, tops out at 0.0933 of the block's absmax (qmaps.py)
+TOP_CODE_0410 = 0.0933
+BETA2 = 0.999  # Adam's beta2 in every optim preset
+HORIZON_STEPS = (200, 1000, 6000)  # the grid's length, the long pair's, the paper's (~3 epochs)
+HORIZON_COLUMNS = ("arm", "lr", "n", "last_step", "inflation_at_200", "inflation_last",
+                   "top_code_last", "predicted_at_200", "predicted_last", "predicted_at_6000")
 _LR_LABEL = re.compile(r"(?:^|(?<=[-_+.]))lr\d[\d.]*(?:e[-+]?\d+)?(?=$|[-_+])", re.IGNORECASE)
 
 
@@ -72,7 +79,41 @@ def arm_of(runs: pd.DataFrame) -> pd.DataFrame:
 
 def has_lr_axis(arms: pd.DataFrame) -> bool:
     """Whether some arm of :func:`arm_of` holds runs at two or more learning rates."""
-    return bool(arms.dropna(subset=["lr"]).groupby("arm")["lr"].nunique().ge(2).any())
+    return bool(grid_arms(arms))
+
+
+def grid_arms(arms: pd.DataFrame) -> list[str]:
+    """The arms of :func:`arm_of` that hold runs at two or more learning rates (the grid); an
+    arm at one LR (a long run beside the grid, say) has no edge, only its trace."""
+    counts = arms.dropna(subset=["lr"]).groupby("arm")["lr"].nunique()
+    return sorted(counts[counts >= 2].index)
+
+
+def predicted_top_inflation(step: float, beta2: float = BETA2, top: float = TOP_CODE_0410) -> float:
+    """The mechanism's prediction for a block's largest second moment under a map topping at
+    ``top``: re-quantized every step, it settles at (1-β2)·g²/(1-top·β2), while exact Adam's
+    (uncorrected) moment is (1-β2^t)·g² for a steady gradient g, so the update is inflated by
+    sqrt((1-β2^t)·(1-top·β2)/(1-β2)): 12.8 at step 200, 23.9 at 1,000, 30.1 at 6,000. A
+    prediction for the block-max elements, not a measurement of the whole update."""
+    return math.sqrt((1 - beta2 ** step) * (1 - top * beta2) / (1 - beta2))
+
+
+def horizon(curves: pd.DataFrame, grid: list[str]) -> pd.DataFrame:
+    """Per traced (arm, lr) outside the grid (:data:`HORIZON_COLUMNS`): update inflation (median
+    over trials) at step 200 and at its last step, the top-code share there, and
+    :func:`predicted_top_inflation` at step 200, at the last step and at 6,000."""
+    rows = []
+    for (arm, lr), c in curves[~curves["arm"].isin(grid)].groupby(["arm", "lr"], sort=True):
+        c = c.sort_values("step")
+        last, at_200 = c.iloc[-1], c[c["step"] <= HORIZON_STEPS[0]]
+        rows.append({"arm": arm, "lr": lr, "n": int(last["n"]), "last_step": int(last["step"]),
+                     "inflation_at_200": at_200["update_inflation_median"].iloc[-1] if len(at_200) else math.nan,
+                     "inflation_last": last["update_inflation_median"],
+                     "top_code_last": last["v_top_code_fraction_median"],
+                     "predicted_at_200": predicted_top_inflation(HORIZON_STEPS[0]),
+                     "predicted_last": predicted_top_inflation(last["step"]),
+                     "predicted_at_6000": predicted_top_inflation(HORIZON_STEPS[2])})
+    return pd.DataFrame(rows, columns=list(HORIZON_COLUMNS))
 
 
 def outcomes(runs: pd.DataFrame, config: AnalysisConfig = DEFAULT,
@@ -273,7 +314,9 @@ class EdgeResults:
         rates: :func:`rates`; edges: :func:`edges`; ratios: :func:`edge_ratios`.
         sensitivity: :func:`lr_sensitivity`.
         curves: :func:`inflation_curves`; at_end: :func:`inflation_at_end` (empty without a
-            trace).
+            trace); both over every traced arm, the grid's and the others.
+        horizon: :func:`horizon`, the traced arms outside the grid (a long run).
+    Rates, edges, ratios and sensitivity cover the grid's arms only (:func:`grid_arms`).
     """
 
     outcomes: pd.DataFrame
@@ -284,18 +327,22 @@ class EdgeResults:
     sensitivity: pd.DataFrame
     curves: pd.DataFrame
     at_end: pd.DataFrame
+    horizon: pd.DataFrame
 
 
 def compute_edge(study: Study, config: AnalysisConfig = DEFAULT) -> EdgeResults | None:
     """Every number of the learning-rate edge of ``study``; ``None`` when it has no LR axis."""
     arms = arm_of(study.runs)
-    if not has_lr_axis(arms):
+    grid = grid_arms(arms)
+    if not grid:
         return None
+    on_grid = arms[arms["arm"].isin(grid)]
     refs = blowups.references(study.runs, config)
-    rate_table = rates(study.runs, config, arms)
+    rate_table = rates(study.runs, config, on_grid)
     edge_table = edges(rate_table)
     traces = trace_rows(study, arms)
-    return EdgeResults(outcomes=outcomes(study.runs, config, arms), references=refs,
+    curves = inflation_curves(traces)
+    return EdgeResults(outcomes=outcomes(study.runs, config, on_grid), references=refs,
                        rates=rate_table, edges=edge_table, ratios=edge_ratios(edge_table),
-                       sensitivity=lr_sensitivity(study.runs, refs, arms),
-                       curves=inflation_curves(traces), at_end=inflation_at_end(traces))
+                       sensitivity=lr_sensitivity(study.runs, refs, on_grid),
+                       curves=curves, at_end=inflation_at_end(traces), horizon=horizon(curves, grid))

@@ -105,7 +105,49 @@ def answer(e: EdgeResults, labels: dict[str, str], alpha: float) -> str:
     if len(e.ratios):
         parts.append("Ratio of edges: " + "; ".join(ratio_phrase(r, labels)
                                                     for _, r in e.ratios.iterrows()) + ".")
-    parts += [inflation_phrase(e.at_end, labels), sensitivity_phrase(e.sensitivity, labels),
-              blowups_phrase(e.rates, labels, alpha)]
-    return " ".join(parts)
+    parts += [inflation_phrase(e.at_end, labels), horizon_phrase(e.horizon), paper_phrase(e, labels),
+              sensitivity_phrase(e.sensitivity, labels), blowups_phrase(e.rates, labels, alpha)]
+    return " ".join(p for p in parts if p)
 
+
+
+PAPER_8BIT_BLOWUPS = (22, 28)  # Alahmari et al. 2024, Tables 1-2 (experiments/paper_tables_1_2.csv), 8-bit arm
+
+
+def _arm_label(arm: str) -> str:
+    """An arm outside the grid by its optimizer and variant (``optim/variant``)."""
+    return "/".join(arm.split("__")[2:])
+
+
+def horizon_phrase(h: pd.DataFrame) -> str:
+    """The long runs beside the grid (:func:`analysis.lr_edge.horizon`): measured inflation at
+    step 200 and at the end, and the mechanism's prediction, labelled as such."""
+    if h.empty:
+        return ""
+    parts = [f"`{_arm_label(r['arm'])}` (LR {format_lr(r['lr'])}, {r['n']} trial(s)) "
+             f"{_g(r['inflation_at_200'])} at step 200 and {_g(r['inflation_last'])} at step "
+             f"{r['last_step']} (top-code share {_g(r['top_code_last'])})" for _, r in h.iterrows()]
+    p = h.iloc[h["last_step"].argmax()]
+    return ("Long run, update inflation (median over trials): " + "; ".join(parts) + ". The "
+            "mechanism's prediction for a block's largest element under the 0.41.0 map (formula, not "
+            f"measured): {_g(p['predicted_at_200'])} at step 200, {_g(p['predicted_last'])} at step "
+            f"{p['last_step']}, and, extrapolated to the paper's ~6,000 steps, {_g(p['predicted_at_6000'])}.")
+
+
+def paper_phrase(e: EdgeResults, labels: dict[str, str], lr: float = PAPER_LR) -> str:
+    """Where the paper's LR sits against each arm's edge, and the blow-ups there beside the
+    paper's 8-bit 22/28."""
+    edges, parts = e.edges.set_index("arm"), []
+    for arm, label in labels.items():
+        if arm not in edges.index:
+            continue
+        row = edges.loc[arm]
+        at = e.rates[(e.rates["arm"] == arm) & np.isclose(e.rates["lr"], lr, rtol=1e-9, atol=0)]
+        here = f"{int(at['blowups'].iloc[0])}/{int(at['n'].iloc[0])} blew up at it" if len(at) else "not run at it"
+        where = (f"≥ {_g(row['largest_lr'] / lr)}× below its edge" if row["beyond"]
+                 else f"{_g(row['edge'] / lr)}× below its edge" if row["edge"] > lr
+                 else "at or above its edge")
+        parts.append(f"`{label}`: {where}, {here}")
+    k, n = PAPER_8BIT_BLOWUPS
+    return (f"The paper's LR {format_lr(lr)} (Alahmari et al. 2024, whose 8-bit runs blew up {k}/{n} "
+            f"times over ~6,000 steps of 7B-20B models): " + "; ".join(parts) + ".")

@@ -17,6 +17,25 @@ from analysis.sections import Tables
 from analysis.tables import format_lr, format_number
 
 
+# The hypothesis this section tests (stated, not concluded: the numbers above are the result)
+MECHANISM = (
+    "The mechanism under test: bitsandbytes 0.41.0's unsigned 8-bit map tops out at 0.0933 of a "
+    "block's absmax, so each step a block's largest second moment is stored ~10.7x too small; "
+    "re-quantized every step it settles near (1-β2)·g²/(1-0.0933·β2) ≈ 1e-3·g² instead of ≈ g², which "
+    "makes Adam's update for the largest-gradient parameters up to ≈30x too large once bias "
+    "correction (1-β2^t: 0.18 at step 200, 0.998 at step 6,000) has faded. A blow-up at LRs where "
+    "32-bit Adam holds, and an inflation that grows with the step, would support it; an inflation "
+    "that stays near 1 would count against it (the trace measures the whole update, the formula "
+    "only a block's largest element). Anchors: Wortsman et al. 2023 (small-scale proxies: LR sensitivity), "
+    "Wortsman, Dettmers et al. 2023 (loss spikes after an under-estimated second moment), "
+    "Dettmers et al. 2022 (block-wise quantization keeps each block's largest state exact).")
+GPU_TEST = (
+    "On a GPU, the paper's own cells carry the 0.41.0 arm beside today's 8-bit and 32-bit; with the "
+    "trace: `python -m repeatability.run -m experiments=paper_neox20b_quotes "
+    "diagnostics.optimizer_trace=true` (add `hydra/launcher=slurm` on a cluster; "
+    "experiments/paper_llama2_7b_quotes.yaml and the two chat cells likewise).")
+
+
 def _definitions(doc: Doc, config: AnalysisConfig) -> None:
     doc.para("An arm is a cell without the learning-rate label of its variant; each run's LR is "
              "the one its summary recorded (`optimizer.requested.lr`). A finished run blew up when "
@@ -103,6 +122,8 @@ def lr_edge(doc: Doc, r: Results) -> Tables:
         return {}
     labels = prose_edge.arm_labels(e.rates)
     doc.para(prose_edge.answer(e, labels, r.config.alpha))
+    doc.para(MECHANISM)
+    doc.para(GPU_TEST)
     _definitions(doc, r.config)
     arms = _arms_view(e, labels)
     doc.table(arms, "Edge and LR sensitivity per arm")
@@ -114,5 +135,9 @@ def lr_edge(doc: Doc, r: Results) -> Tables:
     if not e.at_end.empty:
         doc.table(_at_end_view(e.at_end, labels), "Optimizer trace at the last step, per arm and LR")
         out["lr_edge_inflation_at_end"] = (e.at_end, "Optimizer trace at the last step")
+    if not e.horizon.empty:
+        doc.table(e.horizon, "Long runs beside the grid: update inflation (median over trials) at "
+                  "step 200 and at the last step, and the mechanism's block-max prediction")
+        out["lr_edge_horizon"] = (e.horizon, "Long runs: update inflation and the mechanism's prediction")
     _figures(doc, e, labels, r.config.blowup_k)
     return out

@@ -23,6 +23,7 @@ from scipy import stats as sps
 
 from analysis import lr_edge, report
 from analysis.config import AnalysisConfig
+from analysis.document import render_markdown
 from analysis.load import load_study
 from repeatability import artifacts
 from repeatability.optimtrace import COLUMNS as TRACE_COLUMNS
@@ -210,3 +211,31 @@ def test_no_section_without_an_lr_axis(tmp_path):
     assert ("heading", (2, "Learning-rate edge")) not in doc.blocks
     assert not any(name.startswith("lr_edge") for name in list(tables) + list(doc.figures))
     assert {SMOL_8.dirname, SMOL_32.dirname} == set(study.runs["cell"])
+
+
+def test_predicted_block_max_inflation_of_the_0_41_0_map():
+    """sqrt((1 - 0.999^t)(1 - 0.0933 * 0.999)/(1 - 0.999)): by hand, t = 200: sqrt(0.18135 *
+    906.79) = 12.82; t = 1,000: sqrt(0.63230 * 906.79) = 23.94; t = 6,000: sqrt(0.99753 *
+    906.79) = 30.08."""
+    assert lr_edge.predicted_top_inflation(200) == pytest.approx(12.82, abs=0.01)
+    assert lr_edge.predicted_top_inflation(1000) == pytest.approx(23.94, abs=0.01)
+    assert lr_edge.predicted_top_inflation(6000) == pytest.approx(30.08, abs=0.01)
+
+
+def test_a_long_run_beside_the_grid_is_traced_not_edged(tmp_path):
+    """A cell at one LR (the horizon pair) adds its trace and the mechanism's prediction; it
+    gets no edge, rate or sensitivity of its own."""
+    study = write_lr_study(tmp_path)
+    cell = artifacts.CellKey("smollm2-135m", "quotes", "paged_adamw_8bit", "horizon-lr0.0002")
+    path = write_run(tmp_path, "edge", cell, 1, ppl=25.0, summary={"optimizer": {"requested": {"lr": 2e-4}}})
+    artifacts.write_optimizer_trace(path, _trace([1.0, 3.0, 9.0], 1, True), TRACE_COLUMNS)
+    e = lr_edge.compute_edge(load_study(study), AnalysisConfig())
+    horizon_arm = f"{ARM_8}__horizon"
+    assert horizon_arm not in set(e.edges["arm"]) | set(e.rates["arm"]) | set(e.sensitivity["arm"])
+    [row] = e.horizon.to_dict("records")
+    assert row["arm"] == horizon_arm and row["last_step"] == 3 and row["inflation_last"] == 9.0
+    assert row["inflation_at_200"] == 9.0 and row["top_code_last"] == 0.1
+    assert row["predicted_at_6000"] == pytest.approx(30.08, abs=0.01)
+    md = render_markdown(report.build(load_study(study))[0])
+    assert "`paged_adamw_8bit/horizon` (LR 2e-4, 1 trial(s)) 9 at step 200 and 9 at step 3" in md
+    assert "The paper's LR 2e-4 (Alahmari et al. 2024" in md
