@@ -19,6 +19,9 @@ the default optimizer, batch 4 of quotes, max length 64), in one process or inte
    load, held-out scoring, generations) and ``other_s``, the rest of the wall time (process
    start, imports, Hydra, the base model's scoring, file writes), and the runs' real tokens over
    computed token slots (from their summaries).
+4. ``optimizer_trace_over_step`` (bench/bench_trace.py): the harness step with
+   ``diagnostics.optimizer_trace=true`` over without, on the explain-edge shape (batch 1,
+   0.41.0 maps), ``--trace-steps`` steps per arm and round, and the trace's own seconds per step.
 3. ``rescore_over_forward``: ``python -m repeatability.rescore`` on the padded sweep (K = 2
    adapters on one loaded base), its scoring wall time (base load excluded, reported apart) over
    K x the pure forward time of scoring one adapter.
@@ -194,7 +197,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="train steps per arm and round (harness vs bare)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--sweep-steps", type=int, default=12, help="train steps per run of the small sweeps")
-    parser.add_argument("--skip", nargs="*", default=[], choices=("steps", "sweeps", "rescore"))
+    parser.add_argument("--trace-steps", type=int, default=12, help="train steps per arm and round (trace on vs off)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=("steps", "sweeps", "rescore", "trace"))
     parser.add_argument("--out", type=Path, default=None)
     a = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -211,6 +215,10 @@ def main() -> None:
         from bench_rescore import bench_rescore  # noqa: E402  (bench/ is on sys.path as the script's folder)
 
         result |= bench_rescore(out / "sweep-padded")
+    if "trace" not in a.skip:
+        from bench_trace import bench_trace  # noqa: E402
+
+        result |= bench_trace(a.trace_steps, a.rounds, out)
     result |= {"machine": machine(), "model": "smollm2-135m (NF4 base, LoRA r=8 all linear)",
                "batch": "4 quotes, max length 64", "bench_s": round(time.perf_counter() - start, 1), "out": str(out)}
     print(json.dumps(result))
