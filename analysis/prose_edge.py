@@ -144,9 +144,10 @@ def paper_phrase(e: EdgeResults, labels: dict[str, str], lr: float = PAPER_LR) -
         row = edges.loc[arm]
         at = e.rates[(e.rates["arm"] == arm) & np.isclose(e.rates["lr"], lr, rtol=1e-9, atol=0)]
         here = f"{int(at['blowups'].iloc[0])}/{int(at['n'].iloc[0])} blew up at it" if len(at) else "not run at it"
-        where = (f"≥ {_g(row['largest_lr'] / lr)}× below its edge" if row["beyond"]
-                 else f"{_g(row['edge'] / lr)}× below its edge" if row["edge"] > lr
-                 else "at or above its edge")
+        where = (f"edge beyond the grid (> {format_lr(row['largest_lr'])}, {_g(row['largest_lr'] / lr)}× the "
+                 "paper's LR)" if row["beyond"]
+                 else f"{_g(row['edge'] / lr)}× below its edge ({format_lr(row['edge'])})" if row["edge"] > lr
+                 else f"at or above its edge ({format_lr(row['edge'])})")
         parts.append(f"`{label}`: {where}, {here}")
     k, n = PAPER_8BIT_BLOWUPS
     return (f"The paper's LR {format_lr(lr)} (Alahmari et al. 2024, whose 8-bit runs blew up {k}/{n} "
