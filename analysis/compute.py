@@ -81,6 +81,7 @@ class Results:
         others: the studies given with ``--compare``.
         status_counts: runs per status.
         environment_differences: :func:`analysis.verdict.environment_differences`.
+        lock: :func:`analysis.verdict.lock_status` (which lock files the runs were installed from).
         verdicts: :func:`analysis.verdict.cell_verdicts`.
         bitwise: :func:`analysis.verdict.bitwise_verdicts`.
         perplexity_tables: Tables 1/2 by (metric, dataset), for every recorded metric of
@@ -125,6 +126,7 @@ class Results:
     others: tuple[Study, ...]
     status_counts: dict[str, int]
     environment_differences: pd.DataFrame
+    lock: verdict.LockStatus
     verdicts: pd.DataFrame
     bitwise: pd.DataFrame
     perplexity_tables: dict[tuple[str, str], pd.DataFrame]
@@ -188,6 +190,7 @@ def _cells(study: Study, within: pd.DataFrame) -> dict[str, Any]:
     runs = study.runs
     return {"status_counts": runs["status"].value_counts().to_dict(),
             "environment_differences": verdict.environment_differences(runs),
+            "lock": verdict.lock_status(runs),
             "verdicts": verdict.cell_verdicts(runs, study.generations),
             "bitwise": verdict.bitwise_verdicts(runs, study.curves, study.generations, within)}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -18,6 +18,9 @@ from analysis.config import AnalysisConfig
 from analysis.power import ALPHA, POWER, RATIOS
 from analysis.tables import format_number
 from analysis.variance import BASELINE
+
+if TYPE_CHECKING:
+    from analysis.verdict import LockStatus
 
 
 def p_text(value: float) -> str:
@@ -207,3 +210,24 @@ def design_line(design: Design, runs: pd.DataFrame) -> str:
              else "trials as replicates (seeds do not change with the trial)")
     return (f"`{design.group}`: {len(design.cells)} cells crossing {levels}; trials "
             f"{', '.join(map(str, design.trials))}, {block}")
+
+
+def lock_line(status: LockStatus) -> str | None:
+    """The report's line on the environments the runs came from: a WARNING when they were not all
+    installed from one lock exactly; a plain note when the runs predate lock recording; None
+    when every run matched one lock."""
+    n_locked = sum(status.locks.values())
+    if not status.mixed and status.unrecorded == 0:
+        return None
+    if not status.mixed:
+        return (f"Environment lock: not recorded ({status.unrecorded} run(s) written before the harness "
+                "recorded its lock file); their package versions are in the environment appendix.")
+    parts = [f"{n} run(s) from {key}" for key, n in sorted(status.locks.items())]
+    if status.unlocked:
+        parts.append(f"{status.unlocked} run(s) from an environment that differed from its lock or had none")
+    if status.unrecorded:
+        parts.append(f"{status.unrecorded} run(s) that predate lock recording")
+    head = "from different locks" if len(status.locks) > 1 else "not all from one lock"
+    return (f"WARNING: the runs came {head}: " + "; ".join(parts) +
+            f" ({n_locked} of {n_locked + status.unlocked + status.unrecorded} exactly locked). "
+            "Differences between them may be the software's, not the seeds'.")

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import sections, sections_blowups, sections_edge, sections_runs, sections_variance
+from analysis import prose, sections, sections_blowups, sections_edge, sections_runs, sections_variance
 from analysis.compute import Results, compute
 from analysis.config import AnalysisConfig
 from analysis.document import Doc, render_html, render_markdown, write_figures
@@ -64,6 +64,9 @@ def build(study: Study, config: AnalysisConfig | None = None,
     doc.para(f"Generated {stamp} by `python -m analysis.report`. Declared before the analysis: "
              f"equivalence margin ±{config.margin * 100:g}%, blow-up factor k = "
              f"{config.blowup_k:g}, α = {config.alpha:g}.")
+    lock_line = prose.lock_line(results.lock)
+    if lock_line:
+        doc.para(lock_line)
     if eval_name:
         doc.para(f"Held-out perplexities are those of the evaluation `{eval_name}` (`evals/{eval_name}.json`, "
                  "written by `python -m repeatability.rescore`), not the training summaries'.")

@@ -5,6 +5,7 @@ list of what did not run as the config asked.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -211,6 +212,40 @@ def not_as_asked(runs: pd.DataFrame) -> pd.DataFrame:
         out += [{"run": row["run"], "cell": row["cell"], "trial": row["trial"], "issue": issue,
                  "detail": detail} for issue, detail in _issues(row)]
     return pd.DataFrame(out, columns=["run", "cell", "trial", "issue", "detail"])
+
+
+@dataclass(frozen=True)
+class LockStatus:
+    """Which lock files the study's runs were installed from (``environment.json`` key ``lock``).
+
+    ``locks`` maps each lock (``file sha256[:12]``) to the runs that matched it exactly;
+    ``unlocked`` counts runs whose environment differed from its lock or found none;
+    ``unrecorded`` runs written before the harness recorded locks (summary schema < 4)."""
+
+    locks: dict[str, int]
+    unlocked: int
+    unrecorded: int
+
+    @property
+    def mixed(self) -> bool:
+        """True when the runs did not all come from one lock, exactly."""
+        return len(self.locks) > 1 or (self.unlocked > 0) or (bool(self.locks) and self.unrecorded > 0)
+
+
+def lock_status(runs: pd.DataFrame) -> LockStatus:
+    """Count the study's runs (imported ones aside: they have no environment) per lock."""
+    own = runs[runs["imported"].isna()] if "imported" in runs.columns else runs
+    lock_cols = [c for c in own.columns if c.startswith("environment.lock.")]
+    recorded = own[own[lock_cols].notna().any(axis=1)] if lock_cols else own.iloc[:0]
+    locks: dict[str, int] = {}
+    unlocked = 0
+    for _, run in recorded.iterrows():
+        if run.get("environment.lock.matches") in (True,):
+            key = f"{run['environment.lock.file']} {str(run['environment.lock.sha256'])[:12]}"
+            locks[key] = locks.get(key, 0) + 1
+        else:
+            unlocked += 1
+    return LockStatus(locks=locks, unlocked=unlocked, unrecorded=len(own) - len(recorded))
 
 
 def environment_differences(runs: pd.DataFrame) -> pd.DataFrame:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from repeatability import lock
 from repeatability.modelling import cpu_has_bf16
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -77,6 +78,7 @@ def capture_environment() -> dict[str, Any]:
         "cpu": {"model": cpu_model(), "cores": os.cpu_count(), "bf16_units": cpu_has_bf16()},
         "torch_num_threads": torch.get_num_threads(),
         "git": _git(),
+        "lock": lock.check().to_dict(),
     }
 
 

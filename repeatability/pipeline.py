@@ -167,7 +167,9 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
                        if resume_from else None)
     study = artifacts.study_dir(cfg.results_dir, cfg.study)
     artifacts.write_config(path, config_yaml, overrides)
-    artifacts.write_environment(path, capture_environment())
+    environment = capture_environment()
+    artifacts.write_environment(path, environment)
+    record.lock = S.part(S.Lock, environment["lock"], "lock")
     budget = thread_budget(cfg.determinism.threads)
     record.determinism = S.part(S.Determinism, {**apply_determinism(cfg.determinism.mode, budget["threads"]),
                                                 "thread_budget": budget}, "determinism")

@@ -7,12 +7,13 @@ problem is one line on stderr naming it and the fix; nothing has been computed y
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -142,7 +143,17 @@ def check(overrides: list[str], multirun: bool) -> list[RunConfig]:
     if remote:
         slurm.check_resources(launcher, needs_gpu=any(c.device == "cuda" for c in configs))
     _check_resources(configs, remote)
+    _warn_unlocked()
     return configs
+
+
+def _warn_unlocked() -> None:
+    """One line when this environment is not the project's lock (a warning: runs record it)."""
+    from repeatability import lock
+
+    line = lock.check().line()
+    if line:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def check_argv(argv: list[str]) -> Any:

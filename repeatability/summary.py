@@ -10,8 +10,9 @@ Extending it: add a field (``doc(...)``) to a record, or a new record and one fi
 regenerate the docs table. A key not declared here is refused when written and reported when read.
 
 Schema versions: 1 — the first; 2 — adds ``tracking`` and ``batching``; 3 — adds
-``optimizer_trace`` (present only with ``diagnostics.optimizer_trace=true``). Older summaries
-read as version 3 with the newer groups absent.
+``optimizer_trace`` (present only with ``diagnostics.optimizer_trace=true``); 4 — adds ``lock``
+(the environment against the project's lock file). Older summaries read as version 4 with the
+newer groups absent.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import Any, Optional
 
 from repeatability.schema import ABSENT, Columns, doc, from_dict, markdown_rows, missing, to_dict
 
-SCHEMA_VERSION = 3
-SUPPORTED_SCHEMA_VERSIONS = (1, 2, 3)
+SCHEMA_VERSION = 4
+SUPPORTED_SCHEMA_VERSIONS = (1, 2, 3, 4)
 STATUSES = ("complete", "diverged", "failed")
 
 
@@ -314,6 +315,17 @@ class OptimizerTrace:
 
 
 @dataclass
+class Lock:
+    """The run's environment against the project's lock (`requirements/cpu.txt` or `cuda.txt` by
+    torch's build, plus `bootstrap.txt`; repeatability/lock.py). Also in `environment.json`."""
+
+    file: Optional[str] = doc("the lock compared with, relative to the project; null when none was found (an unlocked install)")
+    sha256: Optional[str] = doc("SHA-256 of that lock file")
+    matches: Optional[bool] = doc("every installed distribution (but pip, setuptools and this project) has the lock's version and nothing else is installed; null without a lock")
+    mismatched: list[str] = doc("each distribution that differs: `name version (lock version)`, `name missing`, `name version not in the lock`")
+
+
+@dataclass
 class Tracking:
     """The experiment-tracker run of this run (`tracking=`; repeatability/tracking.py)."""
 
@@ -362,6 +374,7 @@ class Summary:
     error: Optional[Error] = doc("null, or the exception of a failed run")
     tracking: Optional[Tracking] = doc("null (`tracking=none`), or the tracker run (schema 2)")
     optimizer_trace: OptimizerTrace = doc("the optimizer trace's headline figures (schema 3; only with `diagnostics.optimizer_trace=true`)", optional=True)
+    lock: Lock = doc("the environment against the project's lock file (schema 4; absent before)", optional=True)
     batching: Batching = doc("how batches were formed and how much of the computed tokens were padding (schema 2; absent before)", optional=True)
     started_at: str = doc("ISO-8601 UTC")
     finished_at: str = doc("ISO-8601 UTC")

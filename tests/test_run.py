@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
-from repeatability import artifacts, claims
+from repeatability import artifacts, claims, lock
 from tests.conftest import run_cli, tiny_overrides
 
 CELL = "tiny__tq__paged_adamw_8bit"
@@ -39,7 +40,12 @@ def test_run_directory_has_exactly_the_contract_files(sweep: Path) -> None:
 
 def test_summary_key_fields(sweep: Path) -> None:
     s = _summary(sweep, "a", 1)
-    assert s["schema_version"] == artifacts.SCHEMA_VERSION == 3 and s["status"] == "complete" and s["trial"] == 1
+    assert s["schema_version"] == artifacts.SCHEMA_VERSION == 4 and s["status"] == "complete" and s["trial"] == 1
+    # the environment against the lock, recorded in environment.json and the summary alike
+    env = artifacts.read_environment(sweep / "a" / CELL / "trial-01")
+    assert env["lock"] == s["lock"] and s["lock"]["file"] == "requirements/cpu.txt"
+    assert s["lock"]["sha256"] == hashlib.sha256((lock.LOCK_DIR / "cpu.txt").read_bytes()).hexdigest()
+    assert s["lock"]["matches"] is (not s["lock"]["mismatched"])
     assert s["headline"].startswith("Trial 1 of tiny x tq x paged_adamw_8bit: complete after 4 steps.")
     assert "8-bit Adam state on 100.0% of the trainable parameters" in s["headline"]
     assert "paging requested but not in effect" in s["headline"] and "CPU (" in s["headline"]
