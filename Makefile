@@ -98,10 +98,14 @@ explain-edge: setup
 report: setup
 	$(PY) -m analysis.report results/$(STUDY)
 
-# CI's command: the fast tier, the slow tier (real SmolLM2), the slurm tier (a real single-node
-# cluster; skips when not root or without the packages) and the gpu tier (skips without CUDA)
+# CI's command: the fast, slow and gpu tiers (gpu skips without CUDA) on 2 pytest-xdist workers, each
+# pinned to its own cores (tests/conftest.py), files kept whole per worker; then the slurm tier (a
+# real single-node cluster; skips when not root or without the packages) on its own. Each prints
+# its slowest tests.
+PYTEST_WORKERS ?= 2
 test: setup slurm-packages
-	$(PY) -m pytest -m "slow or not slow" -q -rs
+	$(PY) -m pytest -m "not slurm" -n $(PYTEST_WORKERS) --dist loadfile -q -rs --durations=25
+	$(PY) -m pytest -m slurm -q -rs --durations=10
 
 test-fast: setup
 	$(PY) -m pytest -q

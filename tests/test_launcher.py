@@ -52,3 +52,18 @@ def test_thread_budget_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     assert thread_budget(2)["threads"] == 2 and thread_budget(2)["source"] == "determinism.threads"
     monkeypatch.delenv("SLURM_CPUS_PER_TASK")
     assert thread_budget(None)["source"] == "one process"
+
+
+def test_xdist_workers_get_their_own_cores() -> None:
+    """make test runs 2 xdist workers; each must hold its own share of the cores (tests/conftest.py),
+    so the thread budget of a run inside a worker does not oversubscribe the machine."""
+    import os
+
+    from repeatability.seeding import thread_budget
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers < 2 or (os.cpu_count() or 1) < workers:
+        pytest.skip("not under pytest -n 2+ on a machine with that many cores")
+    mine = os.sched_getaffinity(0)
+    assert 1 <= len(mine) <= (os.cpu_count() or 1) // workers  # not every core
+    assert thread_budget(None)["threads"] == len(mine) and os.environ["OMP_NUM_THREADS"] == str(len(mine))
