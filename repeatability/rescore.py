@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help=f"evaluation name (evals/NAME.json); default {DEFAULT_NAME!r} without overrides")
     parser.add_argument("--force", action="store_true", help="replace existing evaluations of that name")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     try:
         if args.name is None and args.overrides:
             raise ConfigError("overrides change what is scored: name the evaluation with --name NAME")

@@ -29,7 +29,7 @@ def _hydra_main(cfg: DictConfig) -> str:
 
 def main() -> None:
     """Preflight, then Hydra."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     # transformers 5 renamed gradient checkpointing; peft still calls the old name (harmless)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     try:
