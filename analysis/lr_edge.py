@@ -53,7 +53,8 @@ TOP_CODE_0410 = 0.0933
 BETA2 = 0.999  # Adam's beta2 in every optim preset
 HORIZON_STEPS = (200, 1000, 6000)  # the grid's length, the long pair's, the paper's (~3 epochs)
 HORIZON_COLUMNS = ("arm", "lr", "n", "last_step", "inflation_at_200", "inflation_last",
-                   "top_code_last", "predicted_at_200", "predicted_last", "predicted_at_6000")
+                   "top_code_last", "predicted_at_200", "predicted_last", "predicted_at_6000",
+                   "perplexity_median", "blowups", "judged")
 _LR_LABEL = re.compile(r"(?:^|(?<=[-_+.]))lr\d[\d.]*(?:e[-+]?\d+)?(?=$|[-_+])", re.IGNORECASE)
 
 
@@ -98,21 +99,28 @@ def predicted_top_inflation(step: float, beta2: float = BETA2, top: float = TOP_
     return math.sqrt((1 - beta2 ** step) * (1 - top * beta2) / (1 - beta2))
 
 
-def horizon(curves: pd.DataFrame, grid: list[str]) -> pd.DataFrame:
+def horizon(curves: pd.DataFrame, grid: list[str], results: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per traced (arm, lr) outside the grid (:data:`HORIZON_COLUMNS`): update inflation (median
-    over trials) at step 200 and at its last step, the top-code share there, and
-    :func:`predicted_top_inflation` at step 200, at the last step and at 6,000."""
+    over trials) at step 200 and at its last step, the top-code share there,
+    :func:`predicted_top_inflation` at step 200, at the last step and at 6,000, and, from
+    ``results`` (:func:`outcomes` of those runs), the held-out perplexity (median over trials) and
+    the blow-ups among the runs judged."""
     rows = []
     for (arm, lr), c in curves[~curves["arm"].isin(grid)].groupby(["arm", "lr"], sort=True):
         c = c.sort_values("step")
         last, at_200 = c.iloc[-1], c[c["step"] <= HORIZON_STEPS[0]]
+        mine = (results[(results["arm"] == arm) & np.isclose(results["lr"], lr, rtol=1e-9, atol=0)]
+                if results is not None else pd.DataFrame(columns=["perplexity", "blowup", "known"]))
+        judged = mine[mine["known"].astype(bool)] if len(mine) else mine
         rows.append({"arm": arm, "lr": lr, "n": int(last["n"]), "last_step": int(last["step"]),
                      "inflation_at_200": at_200["update_inflation_median"].iloc[-1] if len(at_200) else math.nan,
                      "inflation_last": last["update_inflation_median"],
                      "top_code_last": last["v_top_code_fraction_median"],
                      "predicted_at_200": predicted_top_inflation(HORIZON_STEPS[0]),
                      "predicted_last": predicted_top_inflation(last["step"]),
-                     "predicted_at_6000": predicted_top_inflation(HORIZON_STEPS[2])})
+                     "predicted_at_6000": predicted_top_inflation(HORIZON_STEPS[2]),
+                     "perplexity_median": _ppl(mine["perplexity"])[0] if len(mine) else math.nan,
+                     "blowups": int(judged["blowup"].astype(bool).sum()), "judged": len(judged)})
     return pd.DataFrame(rows, columns=list(HORIZON_COLUMNS))
 
 
@@ -345,4 +353,5 @@ def compute_edge(study: Study, config: AnalysisConfig = DEFAULT) -> EdgeResults 
     return EdgeResults(outcomes=outcomes(study.runs, config, on_grid), references=refs,
                        rates=rate_table, edges=edge_table, ratios=edge_ratios(edge_table),
                        sensitivity=lr_sensitivity(study.runs, refs, on_grid),
-                       curves=curves, at_end=inflation_at_end(traces), horizon=horizon(curves, grid))
+                       curves=curves, at_end=inflation_at_end(traces),
+                       horizon=horizon(curves, grid, outcomes(study.runs, config, arms[~arms["arm"].isin(grid)])))

@@ -126,7 +126,8 @@ def horizon_phrase(h: pd.DataFrame) -> str:
         return ""
     parts = [f"`{_arm_label(r['arm'])}` (LR {format_lr(r['lr'])}, {r['n']} trial(s)) "
              f"{_g(r['inflation_at_200'])} at step 200 and {_g(r['inflation_last'])} at step "
-             f"{r['last_step']} (top-code share {_g(r['top_code_last'])})" for _, r in h.iterrows()]
+             f"{r['last_step']} (top-code share {_g(r['top_code_last'])}); held-out perplexity "
+             f"{_g(r['perplexity_median'])}, {r['blowups']}/{r['judged']} blew up" for _, r in h.iterrows()]
     p = h.iloc[h["last_step"].argmax()]
     return ("Long run, update inflation (median over trials): " + "; ".join(parts) + ". The "
             "mechanism's prediction for a block's largest element under the 0.41.0 map (formula, not "

@@ -236,6 +236,8 @@ def test_a_long_run_beside_the_grid_is_traced_not_edged(tmp_path):
     assert row["arm"] == horizon_arm and row["last_step"] == 3 and row["inflation_last"] == 9.0
     assert row["inflation_at_200"] == 9.0 and row["top_code_last"] == 0.1
     assert row["predicted_at_6000"] == pytest.approx(30.08, abs=0.01)
+    assert (row["perplexity_median"], row["blowups"], row["judged"]) == (25.0, 0, 1)
     md = render_markdown(report.build(load_study(study))[0])
-    assert "`paged_adamw_8bit/horizon` (LR 2e-4, 1 trial(s)) 9 at step 200 and 9 at step 3" in md
+    assert ("`paged_adamw_8bit/horizon` (LR 2e-4, 1 trial(s)) 9 at step 200 and 9 at step 3 (top-code share "
+            "0.1); held-out perplexity 25, 0/1 blew up") in md
     assert "The paper's LR 2e-4 (Alahmari et al. 2024" in md
