@@ -87,8 +87,8 @@ explain-study: setup
 	$(PY) -m analysis.report results/explain-8bit --compare results/$(PAPER_TABLES)
 
 # Where does 8-bit training tip over? A learning-rate grid x {today's maps, 0.41.0 maps, 32-bit} x
-# 3 paired trials, optimizer trace on (experiments/explain_edge.yaml: ~5.5 h on the 2-core EPYC),
-# then one 1,000-step pair at LR 2e-4 (explain_edge_horizon.yaml: ~1.1 h), then the report with
+# 3 paired trials, optimizer trace on (experiments/explain_edge.yaml: 3–5.5 h on the 2-core EPYC),
+# then one 1,000-step pair at LR 2e-4 (explain_edge_horizon.yaml: 55 min), then the report with
 # the learning-rate edge. The committed runs are skipped; re-running continues a stopped sweep.
 explain-edge: setup
 	$(PY) -m repeatability.run -m experiments=explain_edge
