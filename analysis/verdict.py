@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.curves import within_cell_parting
-from analysis.load import FINISHED, column
+from analysis.load import FINISHED, column, is_imported
 from analysis.stats import PRIMARY_METRIC, describe, metric_values
 from analysis.tables import format_number
 from repeatability.summary import COLUMNS as S
@@ -234,7 +234,7 @@ class LockStatus:
 
 def lock_status(runs: pd.DataFrame) -> LockStatus:
     """Count the study's runs (imported ones aside: they have no environment) per lock."""
-    own = runs[runs["imported"].isna()] if "imported" in runs.columns else runs
+    own = runs[~is_imported(runs)]
     lock_cols = [c for c in own.columns if c.startswith("environment.lock.")]
     recorded = own[own[lock_cols].notna().any(axis=1)] if lock_cols else own.iloc[:0]
     locks: dict[str, int] = {}
