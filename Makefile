@@ -19,7 +19,7 @@ STUDY_ARGS ?= -m trial=1,2,3,4,5,6,7 optim=paged_adamw_8bit,paged_adamw_32bit
 PAPER_TABLES := paper-tables-1-2
 PAPER_CITATION := S. S. Alahmari, L. O. Hall, P. R. Mouton, D. B. Goldgof, Repeatability of Fine-Tuning Large Language Models Illustrated Using QLoRA, IEEE Access 12 (2024) 153221-153231, doi:10.1109/ACCESS.2024.3470850
 
-.PHONY: setup lock slurm-packages study variance-study explain-study explain-edge report test test-fast test-gpu test-slurm bench bench-extra clean
+.PHONY: setup lock slurm-packages browser-packages test-browser study variance-study explain-study explain-edge report test test-fast test-gpu test-slurm bench bench-extra clean
 
 setup: $(STAMP)
 
@@ -66,6 +66,17 @@ slurm-packages:
 	    $(SLURM_DEBS) >/dev/null) || echo "could not install $(SLURM_DEBS): the slurm tier will skip"; \
 	else echo "not root or no apt-get: the slurm test tier will skip (needs $(SLURM_DEBS))"; fi
 
+# The browser test tier (tests/test_report_browser.py): Debian's Chromium and its chromedriver, driven
+# by Selenium (no browser download), installed when root and missing; elsewhere the tier skips.
+BROWSER_DEBS := chromium chromium-driver
+browser-packages:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing $(BROWSER_DEBS) for the browser test tier"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    $(BROWSER_DEBS) >/dev/null) || echo "could not install $(BROWSER_DEBS): the browser tier will skip"; \
+	else echo "not root or no apt-get: the browser test tier will skip (needs $(BROWSER_DEBS))"; fi
+
 study: setup
 	$(PY) -m repeatability.run $(STUDY_ARGS) study=$(STUDY)
 	$(PY) -m analysis.report results/$(STUDY)
@@ -98,12 +109,12 @@ explain-edge: setup
 report: setup
 	$(PY) -m analysis.report results/$(STUDY)
 
-# CI's command: the fast, slow and gpu tiers (gpu skips without CUDA) on 2 pytest-xdist workers, each
+# CI's command: the fast, slow, browser and gpu tiers (gpu skips without CUDA) on 2 pytest-xdist workers, each
 # pinned to its own cores (tests/conftest.py), files kept whole per worker; then the slurm tier (a
 # real single-node cluster; skips when not root or without the packages) on its own. Each prints
 # its slowest tests.
 PYTEST_WORKERS ?= 2
-test: setup slurm-packages
+test: setup slurm-packages browser-packages
 	$(PY) -m pytest -m "not slurm" -n $(PYTEST_WORKERS) --dist loadfile -q -rs --durations=25
 	$(PY) -m pytest -m slurm -q -rs --durations=10
 
@@ -115,6 +126,9 @@ test-gpu: setup
 
 test-slurm: setup slurm-packages
 	$(PY) -m pytest -m slurm -q -rs
+
+test-browser: setup browser-packages
+	$(PY) -m pytest -m browser -q -rs
 
 # The ratios that matter (harness vs bare step, padding, sweep and re-scoring overheads), ending
 # with one JSON line; 11.3 min on the 2-core EPYC with --steps 10 --sweep-steps 16 (defaults: less)

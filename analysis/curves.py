@@ -22,6 +22,27 @@ def _finished(curves: pd.DataFrame, split: str) -> pd.DataFrame:
     return rows.astype({"loss": float, "step": int})
 
 
+SMOOTH_SPAN = 20  # the training-loss EMA's span in logged steps: weight α = 2 / (span + 1) ≈ 0.095
+
+
+def smoothed(curves: pd.DataFrame, split: str = "train", span: int = SMOOTH_SPAN) -> pd.DataFrame:
+    """Finished runs' curves of ``split`` with ``smooth``: per (cell, trial), the exponential
+    moving average of the loss over logged steps (pandas ``ewm(span=span, adjust=True)``, i.e.
+    bias-corrected at the start, like TensorBoard's smoothing; NaN losses are skipped)."""
+    rows = _finished(curves, split).sort_values(["cell", "trial", "step"])
+    rows["smooth"] = rows.groupby(["cell", "trial"])["loss"].transform(
+        lambda x: x.ewm(span=span, adjust=True, ignore_na=True).mean())
+    return rows
+
+
+def arm_bands(smooth: pd.DataFrame) -> pd.DataFrame:
+    """Per (cell, step) of :func:`smoothed`: trials, median, min and max of the smoothed loss."""
+    if smooth.empty:
+        return pd.DataFrame(columns=["cell", "step", "n", "median", "min", "max"])
+    out = smooth.groupby(["cell", "step"])["smooth"].agg(["count", "median", "min", "max"])
+    return out.rename(columns={"count": "n"}).reset_index()
+
+
 def dispersion(curves: pd.DataFrame, split: str = "train") -> pd.DataFrame:
     """Per (cell, step): number of trials, mean, std (n-1), min, max and range of the loss.
 

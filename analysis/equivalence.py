@@ -29,32 +29,39 @@ from analysis.stats import PRIMARY_METRIC, compare_values, comparison_pairs, met
 
 COLUMNS = ("x", "y", "design", "n_x", "n_y", "judged_x", "judged_y", "blowups_x", "blowups_y",
            "fisher_p",
-           "mean_log_diff", "ratio_gmean", "tost_p", "diff_test", "diff_p", "p_x_gt_y",
+           "mean_log_diff", "ratio_gmean", "ratio_ci_low", "ratio_ci_high", "tost_p", "diff_test",
+           "diff_p", "p_x_gt_y",
            "p_x_gt_y_ci_low", "p_x_gt_y_ci_high", "verdict")
 
 
-def tost(x_log: np.ndarray, y_log: np.ndarray, log_margin: float, paired: bool) -> dict[str, Any]:
+def tost(x_log: np.ndarray, y_log: np.ndarray, log_margin: float, paired: bool,
+         confidence: float = 0.95) -> dict[str, Any]:
     """TOST p-value and the matching difference test on log values (X − Y).
 
     ``paired``: ``x_log[i]``, ``y_log[i]`` are one trial's arms. Fewer than 2 values per arm
-    → NaN p-values. Returns ``tost_p``, ``diff_test``, ``diff_p``, ``mean_log_diff``.
+    → NaN p-values. Returns ``tost_p``, ``diff_test``, ``diff_p``, ``mean_log_diff`` and the
+    ``confidence`` interval of the geometric-mean ratio X/Y from the same t-test
+    (``ratio_ci_low``, ``ratio_ci_high``: exp of the interval of the mean log difference).
     """
     x, y = np.asarray(x_log, dtype=float), np.asarray(y_log, dtype=float)
     name = "paired t-test" if paired else "Welch t-test"
     out: dict[str, Any] = {"tost_p": math.nan, "diff_test": name, "diff_p": math.nan,
                            "mean_log_diff": float(x.mean() - y.mean()) if x.size and y.size
-                           else math.nan}
+                           else math.nan, "ratio_ci_low": math.nan, "ratio_ci_high": math.nan}
     if min(x.size, y.size) < 2:
         return out
     with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
         warnings.simplefilter("ignore", RuntimeWarning)  # zero variance: inf t, p 0 or 1
         if paired:
             p = ttost_paired(x, y, -log_margin, log_margin)[0]
-            diff = sps.ttest_rel(x, y).pvalue
+            test = sps.ttest_rel(x, y)
         else:
             p = ttost_ind(x, y, -log_margin, log_margin, usevar="unequal")[0]
-            diff = sps.ttest_ind(x, y, equal_var=False).pvalue
-    return out | {"tost_p": float(p), "diff_p": float(diff)}
+            test = sps.ttest_ind(x, y, equal_var=False)
+        low, high = test.confidence_interval(confidence)
+    return out | {"tost_p": float(p), "diff_p": float(test.pvalue),
+                  "ratio_ci_low": math.exp(low) if math.isfinite(low) else math.nan,
+                  "ratio_ci_high": math.exp(high) if math.isfinite(high) else math.nan}
 
 
 def margin_text(config: AnalysisConfig) -> str:
@@ -100,7 +107,7 @@ def compare_pair(runs: pd.DataFrame, rates: pd.DataFrame, x: str, y: str,
     """
     rx, ry = rates.set_index("cell").loc[x], rates.set_index("cell").loc[y]
     lx, ly, paired, trials = _log_arms(runs, x, y, metric)
-    test = tost(lx, ly, config.log_margin, paired)
+    test = tost(lx, ly, config.log_margin, paired, 1 - config.alpha)
     low, high = p_x_gt_y_ci(lx, ly, paired, n_resamples=config.n_resamples, seed=config.seed)
     p_gt = compare_values(lx, ly)["p_x_gt_y"]
     return {"x": x, "y": y, "design": "paired" if paired else "unpaired", "n_x": len(lx),

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from itertools import pairwise
 from typing import Any
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
@@ -100,9 +101,10 @@ def _status_legend(ax: Axes, statuses: Iterable[str], joined: bool) -> None:
 
 
 def metric_by_cell(runs: pd.DataFrame, metric: str = PRIMARY_METRIC,
-                   cells: list[str] | None = None) -> Figure:
+                   cells: list[str] | None = None, labels: dict[str, str] | None = None) -> Figure:
     """One column of points per cell (one point per trial, ``X`` = diverged), median as a bar;
-    cells in :func:`cell_order` unless given.
+    cells in :func:`cell_order` unless given; tick labels from ``labels`` (cell → short label,
+    :func:`analysis.labels.short_labels`) when given, else the cell names broken at ``__``.
 
     Neighbouring cells that differ only in the optimizer and are seed-matched get each trial's
     two points joined by a grey line (the paired view).
@@ -131,7 +133,8 @@ def metric_by_cell(runs: pd.DataFrame, metric: str = PRIMARY_METRIC,
                 joined += 1
     log = wants_log(rows["value"])
     hidden = [_n_nonfinite(runs, c, metric) for c in cells]
-    ax.set_xticks(range(len(cells)), [short_cell(c) + (f"\n+{n} not finite, not shown" if n else "")
+    names = {c: labels[c].replace(" · ", "\n") if labels and c in labels else short_cell(c) for c in cells}
+    ax.set_xticks(range(len(cells)), [names[c] + (f"\n+{n} not finite, not shown" if n else "")
                                       for c, n in zip(cells, hidden)], fontsize=8)
     ax.set_xlim(-0.6, len(cells) - 0.4)
     ax.set_ylabel(metric_label(metric) + (" (log scale)" if log else ""))
@@ -143,11 +146,15 @@ def metric_by_cell(runs: pd.DataFrame, metric: str = PRIMARY_METRIC,
 
 
 def loss_curves(curves: pd.DataFrame, split: str = "train",
-                cells: list[str] | None = None) -> Figure:
+                cells: list[str] | None = None, smooth: pd.DataFrame | None = None,
+                labels: dict[str, str] | None = None) -> Figure:
     """One panel per cell (shared axes): one line per trial of its finished runs, over a grey
-    band from the lowest to the highest loss of any trial at each step.
+    band from the lowest to the highest loss of any trial at each step. With ``smooth``
+    (:func:`analysis.curves.smoothed` of the same split) each trial's raw points are drawn faint
+    and its smoothed curve on top.
 
-    ``cells`` orders the panels (e.g. :func:`cell_order` of the runs); default: by name.
+    ``cells`` orders the panels (e.g. :func:`cell_order` of the runs); default: by name;
+    ``labels`` titles them (cell → short label).
     """
     rows = curves[(curves["split"] == split) & curves["status"].isin(FINISHED)]
     present = set(rows["cell"])
@@ -158,17 +165,22 @@ def loss_curves(curves: pd.DataFrame, split: str = "train",
     log = wants_log(rows["loss"].astype(float))
     for ax, cell in zip(axes.flat, cells):
         band = rows[rows["cell"] == cell].astype({"loss": float}).groupby("step")["loss"]
-        if band.ngroups:
+        if band.ngroups and smooth is None:
             low, high = band.min(), band.max()
             ax.fill_between(low.index, low.to_numpy(), high.to_numpy(), color="0.6", alpha=0.25,
                             lw=0, label="min–max across trials")
-        for trial, run in rows[rows["cell"] == cell].groupby("trial"):
+        for i, (trial, run) in enumerate(rows[rows["cell"] == cell].groupby("trial")):
             run = run.sort_values("step")
-            diverged = (run["status"] == "diverged").any()
+            tag = f"trial {trial}" + (" (diverged)" if (run["status"] == "diverged").any() else "")
+            if smooth is not None:
+                ax.plot(run["step"], run["loss"].astype(float), lw=0.5, alpha=0.2, color=f"C{i % 10}")
+                mine = smooth[(smooth["cell"] == cell) & (smooth["trial"] == trial)]
+                ax.plot(mine["step"], mine["smooth"], lw=1.3, color=f"C{i % 10}", label=tag)
+                continue
             ax.plot(run["step"], run["loss"].astype(float), lw=1, ms=3,
                     marker="o" if len(run) <= 20 else None,  # sparse (val) points stay visible
-                    label=f"trial {trial}" + (" (diverged)" if diverged else ""))
-        ax.set_title(cell, fontsize=9)
+                    label=tag)
+        ax.set_title(labels.get(cell, cell) if labels else cell, fontsize=9)
         ax.grid(alpha=0.3)
         ax.set_yscale("log" if log else "linear")
         if ax.get_lines():
@@ -177,6 +189,28 @@ def loss_curves(curves: pd.DataFrame, split: str = "train",
         ax.set_visible(False)
     fig.supxlabel("optimizer step")
     fig.supylabel(f"{split} loss (nats/token)" + (" (log scale)" if log else ""))
+    return fig
+
+
+def loss_by_arm(bands: pd.DataFrame, cells: list[str], labels: dict[str, str]) -> Figure:
+    """One axis, one colour per cell: the median over trials of the smoothed training loss, and
+    the band from its lowest to its highest trial (:func:`analysis.curves.arm_bands`)."""
+    fig, axes = new_figure((7.5, 4.0))
+    ax = axes[0, 0]
+    shown = [c for c in cells if c in set(bands["cell"])]
+    colour = (lambda i: f"C{i}") if len(shown) <= 10 else (lambda i: matplotlib.colormaps["tab20"](i % 20))
+    for i, cell in enumerate(shown):
+        rows = bands[bands["cell"] == cell].sort_values("step")
+        ax.fill_between(rows["step"], rows["min"], rows["max"], color=colour(i), alpha=0.18, lw=0)
+        ax.plot(rows["step"], rows["median"], color=colour(i), lw=1.5,
+                label=f"{labels.get(cell, cell)} (n = {int(rows['n'].max())})")
+    log = wants_log(pd.concat([bands["min"], bands["max"]]).astype(float))
+    ax.set_yscale("log" if log else "linear")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("smoothed train loss (nats/token)" + (" (log scale)" if log else ""))
+    ax.grid(alpha=0.3)
+    if ax.get_lines():
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 

@@ -6,17 +6,24 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from analysis.labels import SEP, optim_words, unique_or, variant_words
 from analysis.lr_edge import EDGE_RATE, PAPER_LR, EdgeResults, arm_order
 from analysis.tables import format_lr
 
 
 def arm_labels(table: pd.DataFrame) -> dict[str, str]:
-    """Arm → the name the report uses, in :func:`analysis.lr_edge.arm_order`: the optimizer
-    (``/variant`` when there is one) when the study has one (model, dataset), else the arm."""
+    """Arm → the name the report uses, in :func:`analysis.lr_edge.arm_order`: the optimizer in
+    words (:func:`analysis.labels.optim_words`, `` · variant`` when there is one) when the study has
+    one (model, dataset) and no two arms' words are alike, else as named (``optim/variant``);
+    the arm itself with several (model, dataset)."""
     first = table.drop_duplicates("arm").set_index("arm")
-    single = len(first[["model", "dataset"]].drop_duplicates()) == 1
-    return {a: (first.loc[a, "optim"] + (f"/{first.loc[a, 'variant']}" if first.loc[a, "variant"]
-                                         else "")) if single else a for a in arm_order(table)}
+    if len(first[["model", "dataset"]].drop_duplicates()) > 1:
+        return {a: a for a in arm_order(table)}
+    named = {a: (first.loc[a, "optim"] + (f"/{first.loc[a, 'variant']}" if first.loc[a, "variant"] else ""))
+             for a in arm_order(table)}
+    return unique_or({a: SEP.join(w for w in (optim_words(first.loc[a, "optim"]),
+                                              variant_words(first.loc[a, "variant"] or "")) if w)
+                      for a in named}, named)
 
 
 def _g(value: float) -> str:
@@ -94,29 +101,33 @@ def blowups_phrase(rates: pd.DataFrame, labels: dict[str, str], alpha: float) ->
     return f"Blow-ups per LR, k/n [exact {1 - alpha:.0%} CI]: " + "; ".join(arms) + "."
 
 
-def answer(e: EdgeResults, labels: dict[str, str], alpha: float) -> str:
-    """The section's first paragraph: edges, their ratios, update inflation, LR sensitivity and
-    blow-ups per LR, every number from ``e``."""
+def answer_lines(e: EdgeResults, labels: dict[str, str], alpha: float) -> list[str]:
+    """The answer, one line per finding: edges and their ratios, where the paper's LR sits, update
+    inflation, the long runs, LR sensitivity and blow-ups per LR, every number from ``e``."""
     edges = e.edges.set_index("arm")
-    parts = ["Answer. Edge (the lowest LR of the grid at which at least "
-             f"{EDGE_RATE:.0%} of the runs blew up): "
-             + "; ".join(edge_phrase(edges.loc[a], label) for a, label in labels.items()
-                         if a in edges.index) + "."]
+    head = ("Edge (the lowest LR of the grid at which at least "
+            f"{EDGE_RATE:.0%} of the runs blew up): "
+            + "; ".join(edge_phrase(edges.loc[a], label) for a, label in labels.items()
+                        if a in edges.index) + ".")
     if len(e.ratios):
-        parts.append("Ratio of edges: " + "; ".join(ratio_phrase(r, labels)
-                                                    for _, r in e.ratios.iterrows()) + ".")
-    parts += [inflation_phrase(e.at_end, labels), horizon_phrase(e.horizon), paper_phrase(e, labels),
-              sensitivity_phrase(e.sensitivity, labels), blowups_phrase(e.rates, labels, alpha)]
-    return " ".join(p for p in parts if p)
+        head += " Ratio of edges: " + "; ".join(ratio_phrase(r, labels) for _, r in e.ratios.iterrows()) + "."
+    lines = [head, paper_phrase(e, labels), inflation_phrase(e.at_end, labels), horizon_phrase(e.horizon),
+             sensitivity_phrase(e.sensitivity, labels), blowups_phrase(e.rates, labels, alpha)]
+    return [line for line in lines if line]
 
+
+def answer(e: EdgeResults, labels: dict[str, str], alpha: float) -> str:
+    """:func:`answer_lines` as one paragraph."""
+    return "Answer. " + " ".join(answer_lines(e, labels, alpha))
 
 
 PAPER_8BIT_BLOWUPS = (22, 28)  # Alahmari et al. 2024, Tables 1-2 (experiments/paper_tables_1_2.csv), 8-bit arm
 
 
 def _arm_label(arm: str) -> str:
-    """An arm outside the grid by its optimizer and variant (``optim/variant``)."""
-    return "/".join(arm.split("__")[2:])
+    """An arm outside the grid by its optimizer and variant, in words (``8-bit · horizon``)."""
+    parts = arm.split("__")[2:] + [""]
+    return SEP.join(w for w in (optim_words(parts[0]), variant_words(parts[1])) if w)
 
 
 def horizon_phrase(h: pd.DataFrame) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import prose, sections, sections_blowups, sections_edge, sections_runs, sections_variance
+from analysis import prose, sections, sections_answer, sections_blowups, sections_edge, sections_runs, sections_variance
 from analysis.compute import Results, compute
 from analysis.config import AnalysisConfig
 from analysis.document import Doc, render_html, render_markdown, write_figures
@@ -42,15 +42,15 @@ log = logging.getLogger(__name__)
 Section = Callable[[Doc, Results], sections.Tables]
 
 # The report's sections in order: each presents the study's Results and computes nothing. The
-# learning-rate edge (present only when the study has an LR axis) comes first, before the setup:
-# it is that kind of study's answer.
+# answer and its one figure come first; the learning-rate edge (present only when the study has
+# an LR axis) next; setup and environment last, as an appendix.
 SECTIONS: tuple[Section, ...] = (
-    sections_edge.lr_edge, sections.overview, sections.verdicts, sections.perplexity,
+    sections_answer.answer, sections_edge.lr_edge, sections.verdicts, sections.perplexity,
     sections_variance.variance_sources, sections_variance.adapter_distance,
     sections.comparisons, sections_blowups.blowups_equivalence, sections_blowups.side_by_side,
     sections_variance.trials_needed, sections_runs.loss, sections_runs.generation,
     sections_variance.ablations, sections_runs.resources, sections_runs.not_as_asked,
-    sections_runs.problems)
+    sections_runs.problems, sections.overview)
 
 
 def build(study: Study, config: AnalysisConfig | None = None,
@@ -61,18 +61,20 @@ def build(study: Study, config: AnalysisConfig | None = None,
     results = compute(study, config, others)
     doc = Doc(f"Repeatability report: {study.name}")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    out: sections.Tables = {}
+    for section in SECTIONS:
+        out |= section(doc, results)
+    if eval_name:  # what "perplexity" means in this report: said in the answer, before any number
+        said = (f"Held-out perplexities are those of the evaluation `{eval_name}` (`evals/{eval_name}.json`, "
+                "written by `python -m repeatability.rescore`), not the training summaries'.")
+        doc.blocks.insert(doc.blocks.index(("heading", (2, "Answer"))) + 1, ("para", said))
+    # provenance goes last: how the report was made, then what the runs were installed from
     doc.para(f"Generated {stamp} by `python -m analysis.report`. Declared before the analysis: "
              f"equivalence margin ±{config.margin * 100:g}%, blow-up factor k = "
              f"{config.blowup_k:g}, α = {config.alpha:g}.")
     lock_line = prose.lock_line(results.lock)
     if lock_line:
         doc.para(lock_line)
-    if eval_name:
-        doc.para(f"Held-out perplexities are those of the evaluation `{eval_name}` (`evals/{eval_name}.json`, "
-                 "written by `python -m repeatability.rescore`), not the training summaries'.")
-    out: sections.Tables = {}
-    for section in SECTIONS:
-        out |= section(doc, results)
     return doc, out
 
 
@@ -92,6 +94,7 @@ def write_report(study_path: str | Path, out_dir: str | Path | None = None,
     others = [load_study(path) for path in compare]
     out = Path(out_dir) if out_dir else artifacts.report_dir(study.path)
     doc, tabs = build(study, config, others, eval_name)
+    doc.csv = {caption: f"tables/{name}.csv" for name, (_, caption) in tabs.items()}
     for old in (out / "figures", out / "tables"):  # a previous report's files must not linger
         if old.is_dir():
             shutil.rmtree(old)

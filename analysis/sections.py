@@ -14,6 +14,7 @@ import pandas as pd
 from analysis import plots, prose, stats, tables, verdict
 from analysis.compute import SECOND_METRIC, Results
 from analysis.document import Doc
+from analysis.labels import short_labels
 from analysis.load import FINISHED, column, is_imported
 from repeatability.summary import COLUMNS as S
 
@@ -105,8 +106,10 @@ def environment_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def overview(doc: Doc, r: Results) -> Tables:
-    """Run counts, the setup that actually ran, the environment and any difference inside a cell."""
+    """The appendix: run counts, the setup that actually ran, the environment and any difference
+    inside a cell; columns are the cells' short labels (:mod:`analysis.labels`, legend in *Answer*)."""
     runs, counts = r.study.runs, r.status_counts
+    doc.appendix("Appendix: setup and environment")
     doc.para(f"Study directory: `{r.study.path}`. {len(runs)} run directories in "
              f"{runs['cell'].nunique()} cells; status counts: "
              + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".")
@@ -117,16 +120,17 @@ def overview(doc: Doc, r: Results) -> Tables:
                  "what the source reports (perplexities, and whatever else its table gives); "
                  "their seeds, adapters, loss curves, generations and environment were not "
                  "recorded.")
-    doc.heading("Setup: what actually ran")
+    doc.heading("Setup: what actually ran", 3)
     doc.para("Read from each run's summary (the optimizer's state as inspected after training, "
              "not the config); several values in one cell are separated by `;`, `–` = not "
              "recorded.")
+    labels = short_labels(plots.cell_order(runs))  # in the arms' order, fewer optimizer bits first
     setup = setup_table(runs)
-    doc.table(setup, "Setup per cell")
-    return {"setup": (setup, "Setup per cell")} | _environment(doc, runs, r.environment_differences)
+    doc.table(setup[list(labels)].rename(columns=labels), "Setup per cell")
+    return {"setup": (setup, "Setup per cell")} | _environment(doc, runs, r.environment_differences, labels)
 
 
-def _environment(doc: Doc, runs: pd.DataFrame, diffs: pd.DataFrame) -> Tables:
+def _environment(doc: Doc, runs: pd.DataFrame, diffs: pd.DataFrame, labels: dict[str, str]) -> Tables:
     """Whether each cell's runs recorded the same environment, and the environment per cell."""
     out: Tables = {}
     done = runs[runs["status"].isin(FINISHED)]
@@ -147,7 +151,7 @@ def _environment(doc: Doc, runs: pd.DataFrame, diffs: pd.DataFrame) -> Tables:
         if gap:
             doc.para(f"Environment not recorded{gap}.")
     env = environment_table(runs)
-    doc.table(env, "Environment per cell (as recorded in environment.json)")
+    doc.table(env[list(labels)].rename(columns=labels), "Environment per cell (as recorded in environment.json)")
     out["environment"] = (env, "Environment per cell")
     return out
 

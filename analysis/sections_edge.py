@@ -16,7 +16,6 @@ from analysis.lr_edge import EDGE_RATE, EdgeResults
 from analysis.sections import Tables
 from analysis.tables import format_lr, format_number
 
-
 # The hypothesis this section tests (stated, not concluded: the numbers above are the result)
 MECHANISM = (
     "The mechanism under test: bitsandbytes 0.41.0's unsigned 8-bit map tops out at 0.0933 of a "
@@ -100,11 +99,7 @@ def _at_end_view(at_end: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
     return out
 
 
-def _figures(doc: Doc, e: EdgeResults, labels: dict[str, str], k: float) -> None:
-    doc.figure("lr_edge_perplexity", plots_edge.perplexity_vs_lr(e.outcomes, e.rates, e.edges, labels, k),
-               "Held-out perplexity against the learning rate, one dot per finished run (log "
-               f"scales); dashed: the base model, dotted: blow-up at {format_number(k)} × base; "
-               "vertical: the edge")
+def _figures(doc: Doc, e: EdgeResults, labels: dict[str, str]) -> None:
     if not e.curves.empty:
         doc.figure("lr_edge_inflation", plots_edge.inflation_vs_step(e.curves, labels),
                    "Update inflation against the optimizer step, one line per LR (median over "
@@ -121,9 +116,8 @@ def lr_edge(doc: Doc, r: Results) -> Tables:
         doc.para("The study has a learning-rate axis, but no finished run with a recorded LR yet.")
         return {}
     labels = prose_edge.arm_labels(e.rates)
-    doc.para(prose_edge.answer(e, labels, r.config.alpha))
+    doc.para("The answer and its figure open the report (*Answer*); the evidence follows.")
     doc.para(MECHANISM)
-    doc.para(GPU_TEST)
     _definitions(doc, r.config)
     arms = _arms_view(e, labels)
     doc.table(arms, "Edge and LR sensitivity per arm")
@@ -139,5 +133,5 @@ def lr_edge(doc: Doc, r: Results) -> Tables:
         doc.table(e.horizon, "Long runs beside the grid: update inflation (median over trials) at "
                   "step 200 and at the last step, and the mechanism's block-max prediction")
         out["lr_edge_horizon"] = (e.horizon, "Long runs: update inflation and the mechanism's prediction")
-    _figures(doc, e, labels, r.config.blowup_k)
+    _figures(doc, e, labels)
     return out

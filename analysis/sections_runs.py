@@ -5,9 +5,10 @@ and time, what could not run as asked, and what could not be read. Same conventi
 
 from __future__ import annotations
 
-from analysis import plots
+from analysis import curves, plots
 from analysis.compute import LOSS_ATOL, Parting, Results
 from analysis.document import Doc
+from analysis.labels import short_labels
 from analysis.sections import Tables, compact_view
 
 
@@ -23,11 +24,17 @@ def loss(doc: Doc, r: Results) -> Tables:
         doc.para("No loss curve was recorded.")
         return {}
     order = plots.cell_order(study.runs)
-    doc.figure("loss_train", plots.loss_curves(study.curves, "train", order),
-               "Training loss per optimizer step: every trial overlaid, grey band = min–max "
-               "across trials (finished runs)")
+    labels = short_labels(order)
+    smooth = curves.smoothed(study.curves, "train")
+    doc.figure("loss_arms", plots.loss_by_arm(curves.arm_bands(smooth), order, labels),
+               f"Training loss smoothed (EMA over logged steps, span {curves.SMOOTH_SPAN}: weight "
+               f"{2 / (curves.SMOOTH_SPAN + 1):.3f} per new step, bias-corrected), every arm on one axis: line = "
+               "median over trials, band = lowest to highest trial")
+    doc.figure("loss_train", plots.loss_curves(study.curves, "train", order, smooth, labels),
+               f"Training loss per optimizer step, one panel per arm: each trial's raw losses faint, its "
+               f"smoothed curve (the same EMA, span {curves.SMOOTH_SPAN}) on top (finished runs)")
     if (study.curves["split"] == "val").any():
-        doc.figure("loss_val", plots.loss_curves(study.curves, "val", order),
+        doc.figure("loss_val", plots.loss_curves(study.curves, "val", order, labels=labels),
                    "Validation-slice loss every `train.eval_every` steps, one line per trial")
     doc.figure("loss_spread", plots.dispersion_figure(r.loss_dispersion, "train"),
                "Standard deviation of the training loss across trials at each step")

@@ -34,7 +34,8 @@ def _ofat_view(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _where(runs: pd.DataFrame) -> str:
+def where(runs: pd.DataFrame) -> str:
+    """Where the runs ran, in words: ``on this machine (cpu / AMD EPYC)``."""
     done = runs[runs["status"].isin(FINISHED)]
     return f"on this machine ({_values(done, (S.device.type, S.device.name))})"
 
@@ -49,7 +50,7 @@ def _ofat(doc: Doc, runs: pd.DataFrame, table: pd.DataFrame) -> Tables:
              "tr(Cov(ΔW)) / mean ||ΔW||²_F from pairwise distances of ΔW = s·B·A. 95% CIs: "
              "percentile bootstrap, 9,999 resamples of each cell's trials independently; with 3 "
              "trials per cell they are rough ranges.")
-    doc.bullets(prose.variance_answer(table, where=_where(runs)))
+    doc.bullets(prose.variance_answer(table, where=where(runs)))
     doc.figure("variance_sources", plots_variance.variance_sources(table),
                "Left: std of log perplexity across trials when only one seed source varies "
                "(whiskers: bootstrap 95% CI; dashed: the all-fixed floor). Right: each source's "

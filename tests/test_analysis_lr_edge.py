@@ -177,12 +177,11 @@ def edge_report(edge_study, tmp_path_factory):
 
 def test_section_first_before_the_setup_with_numbers(edge_report):
     _, text = edge_report
-    assert text.index("## Learning-rate edge") < text.index("## Setup: what actually ran") \
-        < text.index("## Verdict per cell")
-    assert text.index("## Learning-rate edge") < 400  # the answer opens the report
-    section = text.split("## Learning-rate edge")[1].split("\n## ")[0]
-    answer = section.strip().split("\n\n")[0]
-    assert answer.startswith("Answer. Edge")
+    assert text.index("## Answer") < text.index("## Learning-rate edge") < text.index("## Verdict per cell") \
+        < text.index("## Appendix: setup and environment")
+    assert text.split("\n\n")[2].startswith("## Answer")  # the answer opens the report, after the contents
+    answer = text.split("## Answer")[1].split("\n## ")[0]
+    assert "\n- Edge (the lowest LR of the grid" in answer and "figures/answer.png" in answer
     for phrase in ("`paged_adamw_8bit` at LR 2e-4 (1/2 blew up there)",
                    "`paged_adamw_32bit` beyond the grid (> 1e-2",
                    "`adamw_8bit` at LR 1e-2",
@@ -197,7 +196,7 @@ def test_section_first_before_the_setup_with_numbers(edge_report):
 
 def test_section_figures_and_tables_written(edge_report):
     out, _ = edge_report
-    for name in ("lr_edge_perplexity", "lr_edge_inflation"):
+    for name in ("answer", "lr_edge_inflation"):  # the perplexity-vs-LR figure is the answer's
         assert (out / "figures" / f"{name}.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     rates = pd.read_csv(out / "tables" / "lr_edge_rates.csv")
     assert rates["blowups"].sum() == 5
@@ -238,6 +237,6 @@ def test_a_long_run_beside_the_grid_is_traced_not_edged(tmp_path):
     assert row["predicted_at_6000"] == pytest.approx(30.08, abs=0.01)
     assert (row["perplexity_median"], row["blowups"], row["judged"]) == (25.0, 0, 1)
     md = render_markdown(report.build(load_study(study))[0])
-    assert ("`paged_adamw_8bit/horizon` (LR 2e-4, 1 trial(s)) 9 at step 200 and 9 at step 3 (top-code share "
+    assert ("`8-bit · horizon` (LR 2e-4, 1 trial(s)) 9 at step 200 and 9 at step 3 (top-code share "
             "0.1); held-out perplexity 25, 0/1 blew up") in md
     assert "The paper's LR 2e-4 (Alahmari et al. 2024" in md

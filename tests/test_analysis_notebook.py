@@ -35,7 +35,10 @@ def test_notebook_executes_on_a_study(tmp_path):
     assert errors == []
     assert _outputs(code[-1]).strip() == "{'runs': 14, 'cells': 2, 'problems': 0}"
     images = [o for c in code for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) == 2  # the perplexity figure and the loss curves
+    assert len(images) == 3  # the answer's figure, the perplexity figure and the loss curves
+    answer = next(c for c in code if "sections_answer.answer" in c.source)
+    shown = "".join(o.get("data", {}).get("text/markdown", "") for o in answer["outputs"])
+    assert "- `8-bit` vs `32-bit`, 7 paired trials:" in shown  # opens with the report's answer
     assert SMOL_8.dirname in _outputs(next(c for c in code if "cell_verdicts" in c.source))
 
 

@@ -34,7 +34,7 @@ def test_report_files(mixed_report):
     assert sorted(p.name for p in out.iterdir()) == ["figures", "report.html", "report.md",
                                                       "tables"]
     assert sorted(p.name for p in (out / "figures").iterdir()) == [
-        "loss_spread.png", "loss_train.png", "loss_val.png", "paired_ratio_1.png",
+        "answer.png", "loss_arms.png", "loss_spread.png", "loss_train.png", "loss_val.png", "paired_ratio_1.png",
         "perplexity_mean_per_seq.png", "perplexity_token_weighted.png",
         "variance_anova.png"]  # the seed-matched 8/32-bit arms are a crossed design
     assert all(p.read_bytes().startswith(PNG) for p in (out / "figures").iterdir())
@@ -53,7 +53,8 @@ def test_report_files(mixed_report):
 
 def test_report_markdown_says_what_happened(mixed_report):
     text = mixed_report[2].read_text()
-    for heading in ("## Setup: what actually ran", "## Verdict per cell", "## Held-out perplexity",
+    for heading in ("## Answer", "## Appendix: setup and environment", "### Setup: what actually ran",
+                    "## Verdict per cell", "## Held-out perplexity",
                     "## Arm comparisons", "## Loss curves", "## Generations",
                     "## Memory and time", "## What could not run as asked",
                     "## Problems found while reading the study"):
@@ -79,10 +80,9 @@ def test_report_html_is_self_contained(mixed_report):
     _, out, _ = mixed_report
     html = (out / "report.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
-    assert len(images) == 7 and 'src="figures/' not in html
-    assert base64.b64decode(images[0]) == (out / "figures" / "perplexity_token_weighted.png"
-                                           ).read_bytes()
-    assert "<h2>What could not run as asked</h2>" in html and "<table" in html
+    assert len(images) == 9 and 'src="figures/' not in html
+    assert base64.b64decode(images[0]) == (out / "figures" / "answer.png").read_bytes()
+    assert '<h2 id="what-could-not-run-as-asked">What could not run as asked</h2>' in html and "<table" in html
 
 
 def test_cli_default_output_and_the_study_still_loads(tmp_path, capsys):

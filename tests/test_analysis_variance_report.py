@@ -32,7 +32,7 @@ def test_sections_in_order_with_their_figures(vs_report):
     figures = {p.name for p in (out / "figures").iterdir()}
     assert {"variance_sources.png", "variance_anova.png", "adapter_distance_by_layer.png"} <= figures
     html = (out / "report.html").read_text()
-    assert "<h2>Where does the variance come from?</h2>" in html
+    assert '<h2 id="where-does-the-variance-come-from">Where does the variance come from?</h2>' in html
     assert html.count('src="data:image/png;base64,') == len(figures)
 
 

@@ -1,0 +1,105 @@
+"""The report answers first: short arm labels, the Answer block's numbers, the appendix, the
+contents, long tables and CSV links (analysis.labels, analysis.sections_answer, analysis.document)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from analysis_fixtures import SMOL_8, SMOL_32, write_default_like_study, write_paper_study
+from scipy import stats as sps
+
+from analysis import labels, report
+from analysis.document import SHOWN_ROWS, Doc, anchor, render_html, render_markdown
+from analysis.load import load_study
+
+
+def test_short_labels_keep_only_what_differs():
+    cells = ["smollm2-135m__quotes__paged_adamw_8bit__lr0.001",
+             "smollm2-135m__quotes__paged_adamw_8bit-maps_bnb_0.41.0__lr0.001",
+             "smollm2-135m__quotes__paged_adamw_32bit__horizon-lr0.0002"]
+    assert labels.short_labels(cells) == {
+        cells[0]: "8-bit · lr 1e-3", cells[1]: "8-bit · 0.41.0 maps · lr 1e-3",
+        cells[2]: "32-bit · horizon · lr 2e-4"}
+    assert labels.short_labels([SMOL_8.dirname, SMOL_32.dirname]) == {
+        SMOL_8.dirname: "8-bit", SMOL_32.dirname: "32-bit"}
+    assert labels.short_labels([SMOL_8.dirname]) == {SMOL_8.dirname: "8-bit"}  # the optimizer stays
+
+
+def test_short_labels_fall_back_when_words_collide():
+    cells = ["m__d__adamw_8bit", "m__d__paged_adamw_8bit"]  # both "8-bit" in words
+    assert labels.short_labels(cells) == {cells[0]: "adamw_8bit", cells[1]: "paged_adamw_8bit"}
+    assert labels.optim_words("sgd_custom") == "sgd_custom"  # an unknown name stays as it is
+    legend = labels.legend(labels.short_labels(cells))
+    assert legend.to_dict("list") == {"label": ["adamw_8bit", "paged_adamw_8bit"], "cell": cells}
+
+
+@pytest.fixture(scope="module")
+def default_doc(tmp_path_factory):
+    study = load_study(write_default_like_study(tmp_path_factory.mktemp("results")))
+    doc, _ = report.build(study)
+    return doc, render_markdown(doc)
+
+
+def test_answer_opens_the_report_with_the_comparison_in_numbers(default_doc):
+    _, md = default_doc
+    assert md.split("\n\n")[2] == "## Answer"  # title, contents, then the answer
+    answer = md.split("## Answer")[1].split("\n## ")[0]
+    x = np.array([30.0 + t * 0.37 for t in range(1, 8)])  # the fixture's 8-bit perplexities
+    y = np.array([30.0 + t * 0.35 for t in range(1, 8)])  # and 32-bit, seed-matched
+    diff = np.log(x) - np.log(y)
+    low, high = sps.ttest_rel(np.log(x), np.log(y)).confidence_interval(0.95)
+    line = next(b for b in answer.split("\n") if b.startswith("- `8-bit` vs `32-bit`"))
+    assert line.startswith("- `8-bit` vs `32-bit`, 7 paired trials: equivalent within ±1% (TOST p = ")
+    assert (f"geometric-mean perplexity ratio {math.exp(diff.mean()):.4g} "
+            f"(95% CI {math.exp(low):.4g}–{math.exp(high):.4g}) (first / second)") in line
+    assert f"(max/min perplexity): {x.max() / x.min():.5g} vs {y.max() / y.min():.5g}" in line
+    assert "Blow-ups: 0/7 = 0% [0%, 41%] vs 0/7 = 0% [0%, 41%]" in line
+    assert "Adapters bitwise identical across trials: no / no; greedy generations identical: 1/2 / 1/2" in line
+    assert "figures/answer.png" in answer and "| 8-bit   | smollm2-135m__quotes__paged_adamw_8bit" in answer
+
+
+def test_setup_and_provenance_come_last(default_doc):
+    doc, md = default_doc
+    assert md.index("## Appendix: setup and environment") > md.index("## Problems found while reading")
+    assert md.index("Generated ") > md.index("## Appendix")
+    kinds = [k for k, _ in doc.blocks]
+    assert kinds.count("appendix") == 1
+    header = md.split("*Setup per cell*")[1].split("\n")[2]  # columns: the short labels
+    assert [c.strip() for c in header.split("|")[2:4]] == ["8-bit", "32-bit"]
+
+
+def test_paper_answer_has_one_line_per_comparison(tmp_path):
+    doc, _ = report.build(load_study(write_paper_study(tmp_path)))
+    md = render_markdown(doc)
+    answer = md.split("## Answer")[1].split("\n## ")[0]
+    lines = [b for b in answer.split("\n") if b.startswith("- ")]
+    assert len(lines) == 4 and all(" vs " in b and "7 paired trials" in b for b in lines)
+    assert "`gpt-neox-20b · quotes · 8-bit` vs `gpt-neox-20b · quotes · 32-bit`" in lines[0]
+    assert "Blow-ups: 7/7 = 100% [59%, 100%] vs 0/7 = 0% [0%, 41%]" in lines[0]
+
+
+def test_document_contents_appendix_long_tables_and_csv_links():
+    doc = Doc("T")
+    doc.heading("Answer")
+    doc.para("yes")
+    doc.heading("Big table: it's long")
+    big = pd.DataFrame({"n": range(SHOWN_ROWS + 5)})
+    doc.table(big, "all the rows")
+    doc.appendix("Appendix: setup")
+    doc.table(big.head(2), "small")
+    doc.csv = {"all the rows": "tables/big.csv"}
+    md, page = render_markdown(doc), render_html(doc)
+    assert anchor("Big table: it's long") == "big-table-its-long"
+    assert "Contents: [Answer](#answer) · [Big table: it's long](#big-table-its-long) · " \
+           "[Appendix: setup](#appendix-setup)" in md
+    assert "*all the rows* ([CSV](tables/big.csv))" in md and md.count("\n| ") >= SHOWN_ROWS + 5  # whole in MD
+    assert "## Appendix: setup" in md
+    assert '<section id="answer">\n<h2>Answer</h2>\n<p>yes</p>\n</section>' in page
+    assert '<h2 id="big-table-its-long">' in page and '<a href="#big-table-its-long">' in page
+    assert f"<details><summary>all {SHOWN_ROWS + 5} rows</summary>" in page
+    assert '<a href="tables/big.csv">CSV</a>' in page
+    assert '<details class="appendix" id="appendix-setup"><summary><h2>Appendix: setup</h2></summary>' in page
+    assert page.endswith("</table></details>\n</body></html>\n")  # the appendix closes the page
