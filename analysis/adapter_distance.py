@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.load import FINISHED
+from analysis.load import FINISHED, column
 from repeatability import artifacts
+from repeatability.summary import COLUMNS as S
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,15 @@ def _finished_runs(runs: pd.DataFrame, study: Path, cell: str) -> list[tuple[Pat
     rows = runs[(runs["cell"] == cell) & runs["status"].isin(FINISHED)]
     paths = [(study / str(row["run"]), int(row["trial"])) for _, row in rows.sort_values("trial").iterrows()]
     return [(path, trial) for path, trial in paths if artifacts.adapter_weights_path(path).exists()]
+
+
+def weights_not_kept(runs: pd.DataFrame, study: Path) -> int:
+    """Finished runs that recorded their adapter's SHA-256 but whose weights are not on disk
+    (a published study ships its run records, not its adapters)."""
+    rows = runs[runs["status"].isin(FINISHED)]
+    recorded = column(rows, S.adapter.sha256).notna()
+    return sum(1 for (_, row), has_sha in zip(rows.iterrows(), recorded)
+               if has_sha and not artifacts.adapter_weights_path(Path(study) / str(row["run"])).exists())
 
 
 def _read_all(runs: list[tuple[Path, int]]) -> dict[int, Adapter]:

@@ -96,6 +96,8 @@ class Results:
         adapter_whole, adapter_kinds, adapter_layers, adapter_cells: that table per trial
             pair, per module kind, per layer and per cell.
         adapter_arms: whole-adapter distance between seed-matched arms, per trial.
+        adapters_not_kept: finished runs whose adapter weights are not on disk though their SHA-256
+            was recorded (:func:`analysis.adapter_distance.weights_not_kept`).
         blowup_references, blowup_rates: :mod:`analysis.blowups` per (model, dataset) and cell.
         lr_edge: :func:`analysis.lr_edge.compute_edge` (blow-ups, edge, LR sensitivity and
             update inflation per arm and learning rate); ``None`` without an LR axis.
@@ -141,6 +143,7 @@ class Results:
     adapter_layers: pd.DataFrame
     adapter_cells: pd.DataFrame
     adapter_arms: pd.DataFrame
+    adapters_not_kept: int
     blowup_references: pd.DataFrame
     blowup_rates: pd.DataFrame
     lr_edge: EdgeResults | None
@@ -215,6 +218,7 @@ def _adapters(study: Study, pairs: pd.DataFrame,
             for (x, y), trials in matched.items() if trials]
     arms = [a for a in arms if len(a)]
     return {"adapter_pairs": pairs, "adapter_whole": whole, "adapter_kinds": kinds,
+            "adapters_not_kept": adapter_distance.weights_not_kept(study.runs, study.path),
             "adapter_layers": adapter_distance.by_layer(pairs),
             "adapter_cells": adapter_distance.summarise(whole, kinds),
             "adapter_arms": pd.concat(arms, ignore_index=True) if arms

@@ -121,6 +121,11 @@ def adapter_distance(doc: Doc, r: Results) -> Tables:
     """Pairwise relative L2 distance and cosine similarity of ΔW between a cell's trials."""
     doc.heading("Adapter distance")
     if r.adapter_pairs.empty:
+        if r.adapters_not_kept:
+            doc.para(f"Adapter weights not kept: {r.adapters_not_kept} finished run(s) recorded their "
+                     "adapter's SHA-256 (summary and manifest) but the weights are not in this copy of the "
+                     "study (a published study ships its run records, not its adapters); distances need "
+                     "the weights, so none is computed.")
         doc.para("No cell has two finished runs whose adapters hold lora_A/lora_B weight pairs: "
                  "nothing to compare.")
         return {}

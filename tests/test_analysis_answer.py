@@ -4,6 +4,7 @@ contents, long tables and CSV links (analysis.labels, analysis.sections_answer, 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -103,3 +104,15 @@ def test_document_contents_appendix_long_tables_and_csv_links():
     assert '<a href="tables/big.csv">CSV</a>' in page
     assert '<details class="appendix" id="appendix-setup"><summary><h2>Appendix: setup</h2></summary>' in page
     assert page.endswith("</table></details>\n</body></html>\n")  # the appendix closes the page
+
+
+def test_a_study_without_its_adapter_weights_says_so(tmp_path):
+    """A published study ships run records only: the distances say why they are missing."""
+    from repeatability import artifacts
+
+    path = write_default_like_study(tmp_path)
+    for weights in path.glob("*/trial-*/" + artifacts.adapter_weights_path(Path(".")).as_posix()):
+        weights.unlink()
+    md = render_markdown(report.build(load_study(path))[0])
+    assert "Adapter weights not kept: 14 finished run(s) recorded their adapter's SHA-256" in md
+    assert "Adapters bitwise identical across trials: no / no" in md  # judged from the recorded SHA-256
