@@ -30,6 +30,7 @@ from analysis import (
     equivalence,
     generations,
     power,
+    reproducibility,
     stats,
     tables,
     variance,
@@ -105,6 +106,9 @@ class Results:
         compare_cells: :func:`analysis.blowups.study_cells` of this study and of ``others``
             (empty without others).
         compare_pooled: :func:`analysis.blowups.pooled_counts` of ``compare_cells``.
+        cross_trials, cross_cells: the same trials with the same seeds in this study and in
+            ``others`` (:func:`analysis.reproducibility.trial_pairs`, ``cell_summary``); empty
+            without others or without such trials.
         trials_needed: :func:`analysis.power.trials_needed`.
         final_loss_stats: :func:`analysis.stats.stats_table` of the final losses.
         parting: where the trials of a cell part (:func:`analysis.curves.within_cell_parting`
@@ -150,6 +154,8 @@ class Results:
     equivalence: pd.DataFrame
     compare_cells: pd.DataFrame
     compare_pooled: pd.DataFrame
+    cross_trials: pd.DataFrame
+    cross_cells: pd.DataFrame
     trials_needed: pd.DataFrame
     final_loss_stats: pd.DataFrame
     parting: pd.DataFrame
@@ -179,12 +185,14 @@ def compute(study: Study, config: AnalysisConfig | None = None,
     matched = {(x, y): stats.paired_trials(runs, x, y) for x, y in stats.comparison_pairs(runs)}
     pairs = adapter_distance.pair_table(runs, study.path)
     within = curves.within_cell_parting(study.curves)
+    cells, blow = _cells(study, within), _blowups(study, config, others)
     return Results(study=study, config=config, others=tuple(others),
                    seed_matched=matched, comparisons=stats.compare_all(runs),
                    ofat=variance.decompose(runs, pairs), anova=anova.crossed_anova(runs),
                    trials_needed=power.trials_needed(runs), lr_edge=compute_edge(study, config),
-                   **_cells(study, within), **_perplexity(runs), **_adapters(study, pairs, matched),
-                   **_blowups(study, config, others), **_loss(study, within, matched),
+                   **cells, **_perplexity(runs), **_adapters(study, pairs, matched),
+                   **blow, **_cross(study, others, cells["verdicts"], blow["equivalence"]),
+                   **_loss(study, within, matched),
                    **_generations(study.generations), **_ablations(study),
                    **_resources(runs), **_not_as_asked(study))
 
@@ -240,6 +248,17 @@ def _blowups(study: Study, config: AnalysisConfig, others: Sequence[Study]) -> d
     return {"blowup_references": refs, "blowup_rates": rates, "equivalence": pairs,
             "compare_cells": cells, "compare_pooled": blowups.pooled_counts(cells) if others
             else pd.DataFrame()}
+
+
+def _cross(study: Study, others: Sequence[Study], cell_verdicts: pd.DataFrame,
+           pairs: pd.DataFrame) -> dict[str, Any]:
+    """The same trials with the same seeds in ``others``, beside the seed spread and arm effect."""
+    cross = pd.concat([reproducibility.trial_pairs(study, s) for s in others], ignore_index=True) \
+        if others else pd.DataFrame(columns=list(reproducibility.PAIR_COLUMNS))
+    spread = cell_verdicts.set_index("cell")["ppl_spread"]
+    effect = {cell: abs(row["ratio_gmean"] - 1) for _, row in pairs.iterrows() for cell in (row["x"], row["y"])}
+    return {"cross_trials": cross,
+            "cross_cells": reproducibility.cell_summary(cross, spread, pd.Series(effect, dtype=float))}
 
 
 def _loss(study: Study, within: pd.DataFrame,

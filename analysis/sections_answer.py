@@ -98,6 +98,26 @@ def compare_lines(r: Results) -> list[str]:
     return lines
 
 
+def _rel(value: float) -> str:
+    return "–" if pd.isna(value) else f"{value:.2g}" if value < 0.01 else f"{value:.1%}"
+
+
+def reproducibility_lines(r: Results, labels: dict[str, str]) -> list[str]:
+    """With ``--compare``: per cell whose trials ran again with the same seeds in another study,
+    the largest relative perplexity difference beside the seed spread and the arm effect."""
+    lines = []
+    for _, row in r.cross_cells.iterrows():
+        part = "never part" if pd.isna(row["first_part_step"]) else \
+            f"first part at step {format_number(row['first_part_step'])}"
+        lines.append(
+            f"Same trials, same seeds in `{row['other']}`: `{labels.get(row['cell'], row['cell'])}`, "
+            f"{row['n_pairs']} trials: perplexity differs by at most {_rel(row['max_abs_rel_diff'])} relative "
+            f"(median {_rel(row['median_abs_rel_diff'])}), against a spread between seeds of "
+            f"{_rel(row['seed_spread'])} and an arm effect of {_rel(row['arm_effect'])}; adapters bitwise "
+            f"equal {row['adapters_equal']}; training-loss curves {part}.")
+    return lines
+
+
 def answer_labels(r: Results) -> dict[str, str]:
     """Short labels of this study's cells and of the compared studies' (prefixed by study)."""
     cells = list(plots.cell_order(r.study.runs))
@@ -141,7 +161,7 @@ def answer(doc: Doc, r: Results) -> Tables:
     lines += [cell_line(r, c, labels) for c in plots.cell_order(runs) if c not in compared][:MAX_LINES]
     if not r.ofat.empty:  # a study of the seed sources: which one moves the result, first
         lines = prose.variance_answer(r.ofat, where=sections_variance.where(runs)) + lines
-    doc.bullets(lines + compare_lines(r))
+    doc.bullets(lines + compare_lines(r) + reproducibility_lines(r, labels))
     both = _with_others(r)
     doc.figure("answer", plots.metric_by_cell(both, PRIMARY_METRIC, labels=labels),
                f"{plots.metric_label(PRIMARY_METRIC)} per trial, by arm"

@@ -116,3 +116,37 @@ def test_a_study_without_its_adapter_weights_says_so(tmp_path):
     md = render_markdown(report.build(load_study(path))[0])
     assert "Adapter weights not kept: 14 finished run(s) recorded their adapter's SHA-256" in md
     assert "Adapters bitwise identical across trials: no / no" in md  # judged from the recorded SHA-256
+
+
+def test_same_seeds_on_another_machine_beside_the_seed_spread(tmp_path):
+    """--compare pairs the same trials (same cell, trial and seeds) of two studies: the
+    reproducibility gap per trial beside the seed spread and the arm effect (issue 16's example:
+    the default study on an EPYC and on a Xeon differ by ~1e-5 relative, with other adapter bits)."""
+    from analysis_fixtures import write_run
+
+    from analysis import sections_answer
+    from analysis.compute import compute
+
+    here = load_study(write_default_like_study(tmp_path))
+    for trial in range(1, 8):  # the same protocol "on another machine": 1e-5 higher, other bits
+        for cell, step in ((SMOL_8, 0.37), (SMOL_32, 0.35)):
+            losses = [3.0 - 0.1 * i + 0.001 * trial * i for i in range(10)]
+            losses[3] += 1e-6  # the curves part at logged step 4 (steps are 1-based)
+            write_run(tmp_path, "xeon", cell, trial, ppl=(30.0 + trial * step) * (1 + 1e-5 * trial / 7),
+                      losses=losses if cell == SMOL_8 else losses[:9] + [2.05], weight_seed=100 + trial,
+                      completions=[f"not protect you {trial % 3}", "busy"])
+    r = compute(here, others=[load_study(tmp_path / "xeon")])
+    cells = r.cross_cells.set_index("cell")
+    assert cells["n_pairs"].tolist() == [7, 7]
+    assert cells.loc[SMOL_8.dirname, "max_abs_rel_diff"] == pytest.approx(1e-5, rel=1e-6)
+    assert cells.loc[SMOL_8.dirname, "median_abs_rel_diff"] == pytest.approx(4 / 7 * 1e-5, rel=1e-6)
+    assert cells.loc[SMOL_8.dirname, "adapters_equal"] == "0/7"
+    assert cells.loc[SMOL_8.dirname, "first_part_step"] == 4
+    assert cells.loc[SMOL_8.dirname, "seed_spread"] == pytest.approx((30 + 7 * 0.37) / 30.37 - 1)
+    x = np.log([30.0 + t * 0.37 for t in range(1, 8)])
+    y = np.log([30.0 + t * 0.35 for t in range(1, 8)])
+    assert cells.loc[SMOL_8.dirname, "arm_effect"] == pytest.approx(math.exp((x - y).mean()) - 1)
+    [line] = [ln for ln in sections_answer.reproducibility_lines(r, {SMOL_8.dirname: "8-bit"}) if "`8-bit`" in ln]
+    assert line.startswith("Same trials, same seeds in `xeon`: `8-bit`, 7 trials: perplexity differs by at "
+                           "most 1e-05 relative (median 5.7e-06), against a spread between seeds of 7.3%")
+    assert line.endswith("adapters bitwise equal 0/7; training-loss curves first part at step 4.")
