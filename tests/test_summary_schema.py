@@ -71,3 +71,18 @@ def test_schema1_summaries_load_with_their_numbers(tmp_path: Path) -> None:
     assert list(old[S.COLUMNS.seeds.lora_init]) == list(new[S.COLUMNS.seeds.lora_init])
     assert S.COLUMNS.precision.mixed_precision not in old.columns
     assert S.COLUMNS.precision.mixed_precision in new.columns
+
+
+def test_config_groups_and_their_summary_groups_name_the_same_fields() -> None:
+    """The summary copies `asdict(cfg.optim)` and `asdict(cfg.quant)` after training: a config
+    field without its schema field (or the reverse) would crash a finished run. Caught here."""
+    from dataclasses import fields
+
+    from repeatability.config import OptimConfig, QuantConfig
+
+    def names(cls: type) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+    assert names(S.OptimRequested) == names(OptimConfig) | {"lr"}, "mirror the optim config in summary.OptimRequested"
+    assert names(S.Quantization) == names(QuantConfig) - {"compute_dtype"}, \
+        "mirror the quant config in summary.Quantization (compute_dtype is recorded under device)"
