@@ -70,6 +70,9 @@ class Holder:
     # ``<SLURM_JOB_ID>.<SLURM_RESTART_COUNT>`` inside a SLURM job: a requeued job (same id, higher
     # count) knows the claim of its earlier attempt is dead, on whichever node that ran
     slurm_job: str | None = None
+    # the pid of the launcher this run belongs to (a joblib worker's parent, else the holder itself):
+    # the thread budget counts live runs of *other* launchers on this host (repeatability.launchers)
+    launcher_pid: int | None = None
 
     @property
     def where(self) -> str:
@@ -170,8 +173,9 @@ def read_claim(run: Path) -> Holder | None:
         return None
     try:
         data = artifacts.read_json(file)
-        # later extra keys are ignored; claims written before slurm_job existed have none
-        holder = Holder(**{f.name: data[f.name] for f in fields(Holder) if f.name in data or f.name != "slurm_job"})
+        # later extra keys are ignored; claims written before slurm_job / launcher_pid existed have none
+        optional = {"slurm_job", "launcher_pid"}
+        holder = Holder(**{f.name: data[f.name] for f in fields(Holder) if f.name in data or f.name not in optional})
         if dt.datetime.fromisoformat(holder.heartbeat).tzinfo is None or not isinstance(holder.pid, int):
             raise ValueError("heartbeat without a time zone")
         return holder
@@ -180,10 +184,12 @@ def read_claim(run: Path) -> Holder | None:
 
 
 def _new_holder() -> Holder:
+    from repeatability.launchers import launcher_pid  # launchers reads claims
+
     stat = _proc_stat(os.getpid())
     now = utc_now().isoformat(timespec="seconds")
     return Holder(socket.gethostname(), os.getpid(), stat[1] if stat else None, process_space(),
-                  uuid.uuid4().hex, now, now, slurm_attempt())
+                  uuid.uuid4().hex, now, now, slurm_attempt(), launcher_pid())
 
 
 @dataclass

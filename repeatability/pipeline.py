@@ -170,7 +170,7 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
     environment = capture_environment()
     artifacts.write_environment(path, environment)
     record.lock = S.part(S.Lock, environment["lock"], "lock")
-    budget = thread_budget(cfg.determinism.threads)
+    budget = thread_budget(cfg.determinism.threads, cfg.results_dir)
     record.determinism = S.part(S.Determinism, {**apply_determinism(cfg.determinism.mode, budget["threads"]),
                                                 "thread_budget": budget}, "determinism")
     seeds = resolve_seeds(cfg.determinism, cfg.trial)

@@ -18,7 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from repeatability import slurm, tracking
+from repeatability import launchers, slurm, tracking
 from repeatability.config import GROUPS, RunConfig, register_configs, to_run_config
 from repeatability.errors import ConfigError
 
@@ -139,7 +139,7 @@ def check(overrides: list[str], multirun: bool) -> list[RunConfig]:
     for name in sorted({c.tracking.name for c in configs}):  # a missing pip extra, before any model loads
         tracking.check_available(next(c.tracking for c in configs if c.tracking.name == name))
     launcher = launcher_config(overrides)
-    remote = slurm.is_slurm_launcher(launcher)
+    remote = launchers.classify(launcher).remote
     if remote:
         slurm.check_resources(launcher, needs_gpu=any(c.device == "cuda" for c in configs))
     _check_resources(configs, remote)

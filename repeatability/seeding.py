@@ -16,11 +16,13 @@ import hashlib
 import os
 import random
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from repeatability import launchers
 from repeatability.config import DeterminismConfig
 
 SOURCES = ("lora_init", "data_order", "dropout", "generation")
@@ -85,38 +87,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds all CUDA devices
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _parallel_jobs() -> tuple[int, str]:
-    """How many jobs share this machine's cores, and who said so."""
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK")
-    if slurm:  # a SLURM job owns exactly its cpus_per_task: one job per allocation
-        return 1, f"SLURM_CPUS_PER_TASK={slurm}"
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        launcher = HydraConfig.get().launcher
-    except (ValueError, ImportError):
-        return 1, "one process"
-    n_jobs = launcher.get("n_jobs") if "joblib" in str(launcher.get("_target_", "")) else None
-    if n_jobs is None:
-        return 1, "sequential launcher"
-    return (_cores() if n_jobs < 0 else int(n_jobs)), f"joblib n_jobs={n_jobs}"
-
-
-def thread_budget(requested: int | None) -> dict[str, Any]:
+def thread_budget(requested: int | None, results_dir: str | Path | None = None) -> dict[str, Any]:
     """torch threads for this job so that jobs x threads <= the cores it was given.
 
-    Two processes on 2 cores that each use every core's thread ran a 6-step run ~8x slower than
-    one alone; ``determinism.threads`` set by the user wins over this budget.
+    Jobs = this sweep's jobs on this host (:func:`repeatability.launchers.current`) plus the
+    live runs of other launchers on this host under ``results_dir``
+    (:func:`repeatability.launchers.other_live_jobs`). Two processes on 2 cores that each use
+    every core's thread ran a 6-step run ~8x slower than one alone; ``determinism.threads`` set
+    by the user wins over this budget. Inside a SLURM job the allocation is the job's own.
     """
-    cores = int(os.environ.get("SLURM_CPUS_PER_TASK") or _cores())
-    jobs, source = _parallel_jobs()
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK")
+    if slurm:  # a SLURM job owns exactly its cpus_per_task: one job per allocation
+        cores, jobs, source = int(slurm), 1, f"SLURM_CPUS_PER_TASK={slurm}"
+    else:
+        launcher = launchers.current()
+        others = launchers.other_live_jobs(results_dir, launchers.launcher_pid(launcher)) if results_dir else 0
+        cores, jobs = launchers.cores(), launcher.parallel_jobs + others
+        source = launcher.source + (f" + {others} live run(s) of other launchers on this host" if others else "")
     if requested:
         return {"threads": requested, "cores": cores, "parallel_jobs": jobs, "source": "determinism.threads"}
     return {"threads": max(1, cores // max(jobs, 1)), "cores": cores, "parallel_jobs": jobs, "source": source}

@@ -23,7 +23,7 @@ from repeatability.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-LAUNCHER_SUFFIX = "RepeatabilitySlurmLauncher"
+EXECUTOR = "slurm"  # submitit's cluster name for this launcher
 
 
 def _executor(launcher: Any) -> Any:
@@ -32,10 +32,10 @@ def _executor(launcher: Any) -> Any:
     from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 
     params = dict(launcher.params)
-    executor = submitit.AutoExecutor(folder=params.pop("submitit_folder"), cluster=launcher._EXECUTOR,
-                                     **{f"{launcher._EXECUTOR}_max_num_timeout": params.pop("max_num_timeout", 0)})
+    executor = submitit.AutoExecutor(folder=params.pop("submitit_folder"), cluster=EXECUTOR,
+                                     **{f"{EXECUTOR}_max_num_timeout": params.pop("max_num_timeout", 0)})
     base = set(OmegaConf.structured(BaseQueueConf).keys())
-    executor.update_parameters(**{k if k in base else f"{launcher._EXECUTOR}_{k}": v for k, v in params.items()})
+    executor.update_parameters(**{k if k in base else f"{EXECUTOR}_{k}": v for k, v in params.items()})
     return executor
 
 
@@ -67,7 +67,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
             line = (f"slurm job {job.job_id} ({' '.join(filter_overrides(overrides))}) ended {job.state} "
                     f"without a result: {first[:300]}")
             log.error("%s", line)
-            sweep._append_ledger({"run_dir": None, "status": "failed", "error": line, "slurm_job": job.job_id},
+            sweep.append_ledger({"run_dir": None, "status": "failed", "error": line, "slurm_job": job.job_id},
                                  sweep_dir / sweep.LEDGER)
             # the job's failure is recorded, like an exception inside a run; SweepReport ends non-zero
             returns.append(JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value="failed"))
@@ -75,11 +75,6 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
 
 
 # --------------------------------------------------------------------------- preflight
-
-
-def is_slurm_launcher(launcher_cfg: DictConfig | None) -> bool:
-    target = str(OmegaConf.select(launcher_cfg, "_target_") or "") if launcher_cfg is not None else ""
-    return target.endswith(LAUNCHER_SUFFIX) or target.endswith("submitit_launcher.SlurmLauncher")
 
 
 def _nodes(partition: str | None) -> list[dict[str, Any]]:

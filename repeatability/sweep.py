@@ -45,7 +45,7 @@ def _ledger_path() -> Path | None:
         return None
 
 
-def _append_ledger(entry: dict[str, Any], path: Path | None = None) -> None:
+def append_ledger(entry: dict[str, Any], path: Path | None = None) -> None:
     path = path or _ledger_path()
     if path is None:
         return
@@ -125,7 +125,7 @@ def run_one(cfg: DictConfig) -> str:
         return _run_claimed(cfg, started)
     except preemption.Preempted as stop:  # the claim is released; the checkpoint is in the run directory
         log.warning("%s", stop)
-        _append_ledger({"run_dir": stop.run_dir, "status": "preempted", "step": stop.step, "seconds": round(time.perf_counter() - started, 1),
+        append_ledger({"run_dir": stop.run_dir, "status": "preempted", "step": stop.step, "seconds": round(time.perf_counter() - started, 1),
                         "slurm_job": os.environ.get("SLURM_JOB_ID")})
         preemption.hand_over()  # requeues and exits
         raise
@@ -143,7 +143,7 @@ def _run_claimed(cfg: DictConfig, started: float) -> str:
         claim = claims.acquire(path, rc.claim_stale_after_s, rc.claim_heartbeat_s)
     except claims.ClaimHeld as held:
         log.info("%s skipped: %s", _job_progress(), held)
-        _append_ledger({"run_dir": str(path), "status": "running_elsewhere", "holder": held.holder.where})
+        append_ledger({"run_dir": str(path), "status": "running_elsewhere", "holder": held.holder.where})
         return "running_elsewhere"
     except (ConfigError, RunDirError) as exc:
         return _invalid(exc, path)
@@ -169,7 +169,7 @@ def _run_claimed(cfg: DictConfig, started: float) -> str:
             status = _execute_isolated(rc, cfg, path, claim, resume_from)
         finally:
             release_memory()
-    _append_ledger({"run_dir": str(path), "status": status, "seconds": round(time.perf_counter() - started, 1),
+    append_ledger({"run_dir": str(path), "status": status, "seconds": round(time.perf_counter() - started, 1),
                     **({"took_over": claim.took_over[0].where} if claim.took_over else {})})
     return status
 
@@ -186,13 +186,13 @@ def _skip_finished(path: Path, cfg: DictConfig) -> bool:
     artifacts.verify_manifest(path)  # first: a corrupted config.yaml is not "another config"
     _check_same_config(path, cfg)
     log.info("%s skipped: %s already %s", _job_progress(), path, state)
-    _append_ledger({"run_dir": str(path), "status": "skipped", "was": state})
+    append_ledger({"run_dir": str(path), "status": "skipped", "was": state})
     return True
 
 
 def _invalid(exc: Exception, path: Path | None) -> str:
     log.error("error: %s", exc)
-    _append_ledger({"run_dir": str(path) if path else None, "status": "invalid", "error": str(exc)})
+    append_ledger({"run_dir": str(path) if path else None, "status": "invalid", "error": str(exc)})
     return "invalid"
 
 

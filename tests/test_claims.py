@@ -44,7 +44,7 @@ def test_a_claim_is_a_file_beside_the_run_and_is_removed_on_release(tmp_path: Pa
     assert artifacts.claim_file(run) == file and not run.exists()  # the run directory is not touched
     stored = json.loads(file.read_text())
     assert set(stored) == {"host", "pid", "pid_started", "process_space", "token", "started_at", "heartbeat",
-                           "slurm_job"}
+                           "slurm_job", "launcher_pid"}
     assert (stored["host"], stored["pid"], stored["token"]) == (socket.gethostname(), os.getpid(), claim.holder.token)
     assert claims.read_claim(run) == claim.holder and claim.took_over is None and claim.held()
     with claim:

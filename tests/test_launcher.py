@@ -67,3 +67,55 @@ def test_xdist_workers_get_their_own_cores() -> None:
     mine = os.sched_getaffinity(0)
     assert 1 <= len(mine) <= (os.cpu_count() or 1) // workers  # not every core
     assert thread_budget(None)["threads"] == len(mine) and os.environ["OMP_NUM_THREADS"] == str(len(mine))
+
+
+def test_launchers_are_classified_in_one_place() -> None:
+    from repeatability import launchers
+
+    basic = launchers.classify({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"})
+    assert (basic.kind, basic.parallel_jobs, basic.remote) == ("basic", 1, False)
+    joblib = launchers.classify({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+                                 "n_jobs": 3})
+    assert (joblib.kind, joblib.parallel_jobs, joblib.source) == ("joblib", 3, "joblib n_jobs=3")
+    every = launchers.classify({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+                                "n_jobs": -1})
+    assert every.parallel_jobs == launchers.cores()
+    ours = launchers.classify({"_target_": "hydra_plugins.repeatability_launcher.slurm_launcher."
+                                            "RepeatabilitySlurmLauncher", "cpus_per_task": 8})
+    assert (ours.kind, ours.parallel_jobs, ours.remote) == ("slurm", 1, True) and "ledger" in ours.lost_job
+    ray = launchers.classify({"_target_": "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"})
+    assert (ray.kind, ray.parallel_jobs, ray.remote) == ("unknown", launchers.cores(), False)  # never oversubscribe
+    assert launchers.classify(None).source == "one process"
+
+
+def test_thread_budget_counts_live_runs_of_other_launchers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two launchers on one 2-core host each took both cores; their runs side by side took 2.4-6.3
+    min against 28 s alone. The budget now counts the other launcher's live claims on this host."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    from repeatability import claims, launchers
+    from repeatability.seeding import thread_budget
+
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.setattr(launchers, "cores", lambda: 2)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run = tmp_path / "study" / "cell" / "trial-01"
+        run.parent.mkdir(parents=True)
+        mine = claims._new_holder()
+        theirs = dataclasses.replace(mine, pid=other.pid, pid_started=claims._proc_stat(other.pid)[1],
+                                     launcher_pid=other.pid)
+        artifacts.write_json(artifacts.claim_file(run), dataclasses.asdict(theirs))
+        mine_run = run.with_name("trial-02")
+        artifacts.write_json(artifacts.claim_file(mine_run), dataclasses.asdict(mine))  # my own: not counted
+        assert launchers.other_live_jobs(tmp_path) == 1
+        budget = thread_budget(None, tmp_path)
+        assert budget == {"threads": 1, "cores": 2, "parallel_jobs": 2,
+                          "source": "one process + 1 live run(s) of other launchers on this host"}
+    finally:
+        other.kill()
+        other.wait()
+    assert launchers.other_live_jobs(tmp_path) == 0  # its process is gone: a dead claim takes no core
+    assert thread_budget(None, tmp_path)["threads"] == 2
