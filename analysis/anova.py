@@ -31,16 +31,13 @@ from scipy import stats as sps
 
 from analysis.load import FINISHED
 from analysis.stats import PRIMARY_METRIC, metric_values, paired_trials
+from repeatability import metrics as registry
 from repeatability.summary import COLUMNS as S
 
 log = logging.getLogger(__name__)
 
 FACTORS = ("optim", "variant")
-RESPONSES: tuple[tuple[str, str, bool], ...] = (
-    ("log perplexity", PRIMARY_METRIC, True),
-    ("final train loss", S.metrics.final_train_loss, False),
-    ("final val loss", S.metrics.final_val_loss, False),
-)
+RESPONSES: tuple[tuple[str, str, bool], ...] = registry.responses("anova")  # repeatability.metrics
 BLOCK_LABEL = "trial (block: all seeds)"
 CONSTANT_RTOL = 1e-12  # a response whose range is below this (relative) does not vary
 TABLE_COLUMNS = ("term", "sum_sq", "df", "F", "p", "eta2", "partial_eta2",

@@ -39,11 +39,12 @@ from analysis import (
 from analysis.config import AnalysisConfig
 from analysis.load import FINISHED, Study, column
 from analysis.lr_edge import EdgeResults, compute_edge
+from repeatability import metrics as registry
 from repeatability.summary import COLUMNS as S
 
-SECOND_METRIC = S.metrics.perplexity_mean_per_sequence
-PERPLEXITY_METRICS = (stats.PRIMARY_METRIC, SECOND_METRIC)
-LOSS_METRICS = (S.metrics.final_train_loss, S.metrics.final_val_loss)
+PERPLEXITY_METRICS = registry.keys("perplexity")  # the first is the primary one (repeatability.metrics)
+SECOND_METRIC = PERPLEXITY_METRICS[1]
+LOSS_METRICS = registry.keys("loss")
 TIME_METRICS = (S.timings.train_s, S.timings.eval_s, S.timings.total_s)
 LOSS_ATOL = 0.01  # nats/token: a difference in loss curves worth calling material
 ARM_COLUMNS = ["cell", "trial_i", "trial_j", "rel_l2", "cosine"]

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from repeatability import artifacts
+from repeatability import metrics as registry
 from repeatability.errors import RunDirError
 from repeatability.summary import COLUMNS as S
 
@@ -129,9 +130,7 @@ def _check_integrity(path: Path, row: dict[str, Any], problems: list[Problem]) -
 
 
 # summary metrics that an evaluation record (evals/<name>.json, python -m repeatability.rescore) replaces
-EVAL_METRICS = ("perplexity_token_weighted", "perplexity_mean_per_sequence", "heldout_mean_token_nll",
-                "heldout_tokens", "heldout_sequences", "base_perplexity_token_weighted",
-                "base_perplexity_mean_per_sequence")
+EVAL_METRICS = registry.names("eval")
 
 
 def _use_eval(path: Path, row: dict[str, Any], name: str, problems: list[Problem]) -> None:

@@ -24,16 +24,8 @@ from matplotlib.lines import Line2D
 from analysis.curves import dispersion
 from analysis.load import FINISHED, column, optim_bits
 from analysis.stats import PRIMARY_METRIC, paired_trials
-from repeatability.summary import COLUMNS as S
+from repeatability import metrics as registry
 
-METRIC_LABELS = {
-    S.metrics.perplexity_token_weighted: "held-out perplexity (token-weighted)",
-    S.metrics.perplexity_mean_per_sequence: "held-out perplexity (mean of per-sequence)",
-    S.metrics.final_train_loss: "final training loss (nats/token)",
-    S.metrics.final_val_loss: "final validation loss (nats/token)",
-    S.timings.train_s: "training time (s)",
-    S.timings.eval_s: "held-out scoring time (s)",
-}
 STATUS_MARKERS = {"complete": "o", "diverged": "X"}
 LOG_SPAN = 10.0  # values spanning more than this ratio get a log axis
 
@@ -48,7 +40,7 @@ def new_figure(figsize: tuple[float, float], nrows: int = 1, ncols: int = 1,
 
 def metric_label(metric: str) -> str:
     """Axis/caption text for a summary key (with its definition and unit), else the key."""
-    return METRIC_LABELS.get(metric, metric)
+    return registry.label(metric)
 
 
 def wants_log(values: Iterable[float]) -> bool:

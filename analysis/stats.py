@@ -18,11 +18,12 @@ import pandas as pd
 from scipy import stats as sps
 
 from analysis.load import FINISHED, column, finite, optim_bits
+from repeatability import metrics as registry
 from repeatability.summary import COLUMNS as S
 
 log = logging.getLogger(__name__)
 
-PRIMARY_METRIC = S.metrics.perplexity_token_weighted
+PRIMARY_METRIC = registry.PRIMARY.key  # repeatability.metrics
 SEED_SOURCES = ("lora_init", "data_order", "dropout")  # what makes two trials a matched pair
 STATUS_COUNTS = ("complete", "diverged", "failed", "incomplete", "unreadable", "corrupted")
 

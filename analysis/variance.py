@@ -34,22 +34,17 @@ from scipy import stats as sps
 
 from analysis import adapter_distance
 from analysis.load import FINISHED
-from analysis.stats import PRIMARY_METRIC, metric_values
+from analysis.stats import metric_values
 from analysis.verdict import varied_sources
-from repeatability.summary import COLUMNS as S
+from repeatability import metrics as registry
 
 log = logging.getLogger(__name__)
 
 BASELINE = "none (floor)"  # the source label of the all-fixed cell
 __all__ = ["BASELINE", "OFAT_METRICS", "WEIGHTS", "components", "decompose", "ofat_design",
            "pair_variance", "scalar_d2", "varied_sources"]
-# (label, summary key, on the log scale?)
-OFAT_METRICS: tuple[tuple[str, str, bool], ...] = (
-    ("log perplexity", PRIMARY_METRIC, True),
-    ("perplexity", PRIMARY_METRIC, False),
-    ("final train loss", S.metrics.final_train_loss, False),
-    ("final val loss", S.metrics.final_val_loss, False),
-)
+# (label, summary key, on the log scale?): the metrics declared for ``ofat`` (repeatability.metrics)
+OFAT_METRICS: tuple[tuple[str, str, bool], ...] = registry.responses("ofat")
 WEIGHTS = "adapter ΔW (relative)"
 _BATCH_ELEMENTS = 4_000_000  # resampled D² elements held at once by the bootstrap
 TABLE_COLUMNS = ("metric", "group", "source", "cell", "n", "mean", "variance", "std",

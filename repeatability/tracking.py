@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from repeatability import artifacts
+from repeatability import metrics as metrics_registry
 from repeatability.config import TrackingConfig
 from repeatability.errors import ConfigError
 
@@ -34,9 +35,7 @@ log = logging.getLogger(__name__)
 PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "mlflow"),
             "wandb": ("wandb", "wandb")}
 # the summary numbers logged at the end of a run, under these tracker names
-FINAL_METRICS = ("perplexity_token_weighted", "perplexity_mean_per_sequence", "heldout_mean_token_nll",
-                 "base_perplexity_token_weighted", "base_perplexity_mean_per_sequence", "final_train_loss",
-                 "final_val_loss")
+FINAL_METRICS = metrics_registry.names("tracker")  # repeatability.metrics
 FINAL_PREFIX = "heldout/"
 EFFECTIVE_OPTIMIZER = ("class", "bits", "paging_effective", "state_8bit_param_fraction")
 

@@ -86,3 +86,21 @@ def test_config_groups_and_their_summary_groups_name_the_same_fields() -> None:
     assert names(S.OptimRequested) == names(OptimConfig) | {"lr"}, "mirror the optim config in summary.OptimRequested"
     assert names(S.Quantization) == names(QuantConfig) - {"compute_dtype"}, \
         "mirror the quant config in summary.Quantization (compute_dtype is recorded under device)"
+
+
+def test_every_declared_metric_is_a_schema_field_and_each_use_reads_the_registry() -> None:
+    """One declaration per metric (repeatability.metrics): its key is in the summary schema, and
+    the analyses' lists are derived from it, not kept beside it."""
+    from analysis import anova, compute, load, variance
+    from repeatability import metrics, tracking
+
+    documented = set(re.findall(r"^\| `([^`]+)` \|", S.markdown_table(), re.M))
+    assert {m.key for m in metrics.METRICS} <= documented
+    assert metrics.PRIMARY.key == "metrics.perplexity_token_weighted"
+    assert compute.PERPLEXITY_METRICS == metrics.keys("perplexity") and compute.LOSS_METRICS == metrics.keys("loss")
+    assert variance.OFAT_METRICS[:2] == (("log perplexity", metrics.PRIMARY.key, True),
+                                         ("perplexity", metrics.PRIMARY.key, False))
+    assert anova.RESPONSES == metrics.responses("anova") and anova.RESPONSES[0][0] == "log perplexity"
+    assert load.EVAL_METRICS == metrics.names("eval") and tracking.FINAL_METRICS == metrics.names("tracker")
+    assert metrics.label("metrics.final_val_loss") == "final validation loss (nats/token)"
+    assert metrics.label("not.declared") == "not.declared"
