@@ -112,7 +112,7 @@ def answer_lines(e: EdgeResults, labels: dict[str, str], alpha: float) -> list[s
     if len(e.ratios):
         head += " Ratio of edges: " + "; ".join(ratio_phrase(r, labels) for _, r in e.ratios.iterrows()) + "."
     lines = [head, paper_phrase(e, labels), inflation_phrase(e.at_end, labels), horizon_phrase(e.horizon),
-             sensitivity_phrase(e.sensitivity, labels), blowups_phrase(e.rates, labels, alpha)]
+             explains_phrase(e, labels), sensitivity_phrase(e.sensitivity, labels), blowups_phrase(e.rates, labels, alpha)]
     return [line for line in lines if line]
 
 
@@ -144,6 +144,26 @@ def horizon_phrase(h: pd.DataFrame) -> str:
             "mechanism's prediction for a block's largest element under the 0.41.0 map (formula, not "
             f"measured): {_g(p['predicted_at_200'])} at step 200, {_g(p['predicted_last'])} at step "
             f"{p['last_step']}, and, extrapolated to the paper's ~6,000 steps, {_g(p['predicted_at_6000'])}.")
+
+
+def explains_phrase(e: EdgeResults, labels: dict[str, str], lr: float = PAPER_LR) -> str:
+    """What the runs at the paper's LR say about the paper's 8-bit blow-ups, and what they cannot:
+    blow-ups per arm over the grid's steps and over the long runs' steps, at that LR."""
+    k, n = PAPER_8BIT_BLOWUPS
+    at = e.rates[np.isclose(e.rates["lr"], lr, rtol=1e-9, atol=0)].set_index("arm")
+    grid = [f"`{label}` {int(at.loc[a, 'blowups'])}/{int(at.loc[a, 'n'])}" for a, label in labels.items()
+            if a in at.index]
+    long = [f"`{_arm_label(r['arm'])}` {r['blowups']}/{r['judged']} over {r['last_step']} steps"
+            for _, r in e.horizon.iterrows() if np.isclose(r["lr"], lr, rtol=1e-9, atol=0)]
+    if not grid and not long:
+        return ""
+    in_grid = e.at_end[e.at_end["arm"].isin(set(e.rates["arm"]))]
+    steps = int(in_grid["last_step"].max()) if len(in_grid) else None
+    return (f"Against the paper's {k}/{n} 8-bit blow-ups: at its LR {format_lr(lr)}, blow-ups "
+            + (f"over the grid's {steps} steps: " if steps else "in the grid: ") + ", ".join(grid)
+            + ("; in the long runs: " + "; ".join(long) if long else "")
+            + ". Not covered by these runs: the fused CUDA kernel, 7B–20B models, fp16 compute and the paper's "
+            "~6,000 steps — the paper's own cells on a GPU test those (command below).")
 
 
 def paper_phrase(e: EdgeResults, labels: dict[str, str], lr: float = PAPER_LR) -> str:

@@ -237,6 +237,7 @@ def test_a_long_run_beside_the_grid_is_traced_not_edged(tmp_path):
     assert row["predicted_at_6000"] == pytest.approx(30.08, abs=0.01)
     assert (row["perplexity_median"], row["blowups"], row["judged"]) == (25.0, 0, 1)
     md = render_markdown(report.build(load_study(study))[0])
+    assert "in the long runs: `8-bit · horizon` 0/1 over 3 steps. Not covered by these runs: the fused CUDA" in md
     assert ("`8-bit · horizon` (LR 2e-4, 1 trial(s)) 9 at step 200 and 9 at step 3 (top-code share "
             "0.1); held-out perplexity 25, 0/1 blew up") in md
     assert "The paper's LR 2e-4 (Alahmari et al. 2024" in md
