@@ -20,6 +20,7 @@ from repeatability import artifacts, data, evaluate, modelling, optimtrace, trac
 from repeatability import summary as S
 from repeatability.config import RunConfig
 from repeatability.environment import PeakMemory, capture_environment, cpu_model
+from repeatability.record import headline
 from repeatability.seeding import Seeds, apply_determinism, resolve_seeds, seed_everything, thread_budget
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
         record.timings.total_s = time.perf_counter() - t_start
         record.tracking = S.part(S.Tracking, tracker.record, "tracking")
         record.finished_at = utc_now()
-        record.headline = headline(S.dump(record))
+        record.headline = headline(record)
         if S.required_missing(record):  # the pipeline and the schema disagree: a bug here
             raise RuntimeError(f"summary lacks {', '.join(S.required_missing(record))}")
         summary = S.dump(record)
@@ -243,34 +244,6 @@ def _train_and_score(cfg: RunConfig, path: Path, study: Path, seeds: Seeds, resu
     summary.adapter = S.Adapter(path=artifacts.ADAPTER, sha256=adapter_sha)
     summary.checkpointing = S.part(S.Checkpointing, {"every": cfg.train.checkpoint_every, "saved": record.checkpoints,
                                                      "kept": cfg.train.keep_checkpoints}, "checkpointing")
-
-
-def headline(s: dict[str, Any]) -> str:
-    """The run in one paragraph of plain words (stored in the summary for readers)."""
-    cell, m, eff, dev = s["cell"], s["metrics"], s["optimizer"]["effective"], s["device"]
-    state = (f"8-bit Adam state on {100 * eff['state_8bit_param_fraction']:.1f}% of the trainable parameters "
-             f"(tensors under min_8bit_size={s['optimizer']['requested']['min_8bit_size']} elements keep 32-bit)"
-             if eff["bits"] == 8 else "32-bit Adam state")
-    maps = (s["optimizer"].get("state_maps") or {}).get("name")
-    if eff["bits"] == 8 and maps:
-        state += f", state maps {maps}"
-    prec = s.get("precision") or {}
-    if prec.get("grad_scaler"):
-        quant_mp = f"fp16 autocast with a grad scaler ({prec['scaler_skipped_steps']} steps skipped)"
-    else:
-        quant_mp = f"mixed precision {prec.get('mixed_precision', 'no')}"
-    paging = ("paging in effect" if eff["paging_effective"] else
-              f"paging {'requested but not in effect' if eff['paging_requested'] else 'off'}")
-    quant = "NF4 4-bit base" if dev["quantization"]["load_in_4bit"] else "unquantized base"
-    return (f"Trial {s['trial']} of {cell['model']} x {cell['dataset']} x {cell['optim']}"
-            f"{' (' + cell['variant'] + ')' if cell['variant'] else ''}: {s['status']} after {m['steps']} steps. "
-            f"Held-out perplexity {m.get('perplexity_token_weighted', math.nan):.4g} (token-weighted; "
-            f"{m.get('perplexity_mean_per_sequence', math.nan):.4g} as the mean of per-sequence perplexities) "
-            f"vs {m.get('base_perplexity_token_weighted', math.nan):.4g} for the base model, on "
-            f"{m.get('heldout_sequences', 0)} held-out examples. Optimizer {eff['class'].rsplit('.', 1)[-1]} "
-            f"({eff['class'].split('.')[0]}) with {state}, {paging}. {dev['type'].upper()} ({dev['name']}), "
-            f"{dev['compute_dtype']} compute, {quant_mp}, {quant}. Seeds: LoRA init {s['seeds']['lora_init']}, data order "
-            f"{s['seeds']['data_order']}, dropout {s['seeds']['dropout']} (policy {s['seeds']['policy']}).")
 
 
 def _fill_results(summary: S.Summary, cfg: RunConfig, built: Built, prep: Prepared, record: train.TrainLog,

@@ -104,3 +104,13 @@ def test_every_declared_metric_is_a_schema_field_and_each_use_reads_the_registry
     assert load.EVAL_METRICS == metrics.names("eval") and tracking.FINAL_METRICS == metrics.names("tracker")
     assert metrics.label("metrics.final_val_loss") == "final validation loss (nats/token)"
     assert metrics.label("not.declared") == "not.declared"
+
+
+def test_headline_reads_the_typed_record() -> None:
+    """repeatability.record.headline words a typed Summary; the fixture run's numbers appear."""
+    from repeatability.record import headline
+
+    record = S.parse(base_summary(SMOL_8, 3, "s", 31.25))
+    text = headline(record)
+    assert text.startswith(f"Trial 3 of {SMOL_8.model} x {SMOL_8.dataset} x {SMOL_8.optim}: complete after ")
+    assert "Held-out perplexity 31.25 (token-weighted;" in text and "32-bit Adam state" not in text
