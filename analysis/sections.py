@@ -283,8 +283,9 @@ def comparisons(doc: Doc, r: Results) -> Tables:
              "(`paired`), trials are matched and `wilcoxon_p` is the signed-rank test on the "
              "per-trial differences X − Y.")
     doc.bullets([prose.comparison_reading(row) for _, row in table.iterrows()])
+    labels = short_labels(plots.cell_order(r.study.runs))  # the legend is in the Answer
     view = table.drop(columns=["metric"]).set_index(["x", "y"]).T
-    view.columns = [f"{x} vs {y}" for x, y in view.columns]
+    view.columns = [f"{labels.get(x, x)} vs {labels.get(y, y)}" for x, y in view.columns]
     doc.table(view, "Comparisons of the token-weighted held-out perplexity")
     for i, row in table.iterrows():
         if not row["n_x"] or not row["n_y"]:

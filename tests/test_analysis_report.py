@@ -93,7 +93,7 @@ def test_cli_default_output_and_the_study_still_loads(tmp_path, capsys):
     reloaded = load_study(study)  # the report folder is never taken for a cell
     assert len(reloaded.runs) == 14 and reloaded.problems == []
     text = (study / "_report" / "report.md").read_text()
-    assert f"{SMOL_8.dirname} vs {SMOL_32.dirname}" in text
+    assert "| 8-bit vs 32-bit " in text  # the comparison's column, in the Answer's short labels
     row = pd.read_csv(study / "_report" / "tables" / "comparisons.csv").iloc[0]
     assert bool(row["paired"]) and row["paired_trials"] == "[1, 2, 3, 4, 5, 6, 7]"
     assert row["wilcoxon_p"] == pytest.approx(2 / 2 ** 7)  # 8-bit above 32-bit in all 7 pairs
