@@ -73,7 +73,7 @@ def build(study: Study, config: AnalysisConfig | None = None,
              f"equivalence margin ±{config.margin * 100:g}%, blow-up factor k = "
              f"{config.blowup_k:g}, α = {config.alpha:g}.")
     lock_line = prose.lock_line(results.lock)
-    if lock_line:
+    if lock_line and not lock_line.startswith("WARNING"):  # a warning is in the Answer instead
         doc.para(lock_line)
     return doc, out
 

@@ -149,6 +149,9 @@ def answer(doc: Doc, r: Results) -> Tables:
     runs = r.study.runs
     doc.para(f"{len(runs)} runs in {runs['cell'].nunique()} cells; " + ", ".join(
         f"{k} {v}" for k, v in sorted(r.status_counts.items())) + ".")
+    lock = prose.lock_line(r.lock)
+    if lock and lock.startswith("WARNING"):  # runs from different locks or unlocked: said before any number
+        doc.para(lock)
     if r.lr_edge is not None and not r.lr_edge.rates.empty:
         _edge_answer(doc, r)
         return {}

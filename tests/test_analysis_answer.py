@@ -150,3 +150,20 @@ def test_same_seeds_on_another_machine_beside_the_seed_spread(tmp_path):
     assert line.startswith("Same trials, same seeds in `xeon`: `8-bit`, 7 trials: perplexity differs by at "
                            "most 1e-05 relative (median 5.7e-06), against a spread between seeds of 7.3%")
     assert line.endswith("adapters bitwise equal 0/7; training-loss curves first part at step 4.")
+
+
+def test_the_answer_warns_when_runs_came_from_different_locks(tmp_path):
+    import dataclasses
+
+    from analysis import sections_answer
+    from analysis.compute import compute
+    from analysis.verdict import LockStatus
+
+    r = compute(load_study(write_default_like_study(tmp_path)))
+    mixed = dataclasses.replace(r, lock=LockStatus(locks={"requirements/cpu.txt aaaa": 7, "requirements/cpu.txt bbbb": 7},
+                                                   unlocked=0, unrecorded=0))
+    doc = Doc("T")
+    sections_answer.answer(doc, mixed)
+    assert doc.blocks[2] == ("para", "WARNING: the runs came from different locks: 7 run(s) from requirements/cpu.txt "
+                             "aaaa; 7 run(s) from requirements/cpu.txt bbbb (14 of 14 exactly locked). Differences "
+                             "between them may be the software's, not the seeds'.")
