@@ -149,6 +149,9 @@ def answer(doc: Doc, r: Results) -> Tables:
     runs = r.study.runs
     doc.para(f"{len(runs)} runs in {runs['cell'].nunique()} cells; " + ", ".join(
         f"{k} {v}" for k, v in sorted(r.status_counts.items())) + ".")
+    doc.para(f"Perplexity in this answer: {plots.metric_label(PRIMARY_METRIC)}, exp(total NLL / target tokens) "
+             f"over the held-out split (`{PRIMARY_METRIC}`); what each arm really ran (optimizer state, "
+             "device, dtype) is under *Held-out perplexity*, setup in the appendix.")
     lock = prose.lock_line(r.lock)
     if lock and lock.startswith("WARNING"):  # runs from different locks or unlocked: said before any number
         doc.para(lock)

@@ -164,6 +164,6 @@ def test_the_answer_warns_when_runs_came_from_different_locks(tmp_path):
                                                    unlocked=0, unrecorded=0))
     doc = Doc("T")
     sections_answer.answer(doc, mixed)
-    assert doc.blocks[2] == ("para", "WARNING: the runs came from different locks: 7 run(s) from requirements/cpu.txt "
+    assert doc.blocks[3] == ("para", "WARNING: the runs came from different locks: 7 run(s) from requirements/cpu.txt "
                              "aaaa; 7 run(s) from requirements/cpu.txt bbbb (14 of 14 exactly locked). Differences "
                              "between them may be the software's, not the seeds'.")
