@@ -27,19 +27,15 @@ from analysis.tables import format_number
 MAX_LINES = 6  # comparisons spelled out in the answer; the rest are in "Arm comparisons"
 
 
-def _p(value: float) -> str:
-    return prose.p_text(value)
-
-
 def verdict_words(row: pd.Series, config: AnalysisConfig) -> str:
     """``equivalent within ±1% (TOST p = 0.003)`` / ``different (paired t-test p = 2e-04)`` /
     ``inconclusive (TOST p = 0.2, paired t-test p = 0.4)``: what the pair's tests earned."""
     if row["tost_p"] < config.alpha:
-        return f"equivalent within {margin_text(config)} (TOST p = {_p(row['tost_p'])})"
+        return f"equivalent within {margin_text(config)} (TOST p = {prose.p_text(row['tost_p'])})"
     if row["diff_p"] < config.alpha:
-        return f"different ({row['diff_test']} p = {_p(row['diff_p'])})"
-    return (f"inconclusive at α = {config.alpha:g} (TOST p = {_p(row['tost_p'])} for "
-            f"{margin_text(config)}, {row['diff_test']} p = {_p(row['diff_p'])})")
+        return f"different ({row['diff_test']} p = {prose.p_text(row['diff_p'])})"
+    return (f"inconclusive at α = {config.alpha:g} (TOST p = {prose.p_text(row['tost_p'])} for "
+            f"{margin_text(config)}, {row['diff_test']} p = {prose.p_text(row['diff_p'])})")
 
 
 def _ratio(row: pd.Series, alpha: float) -> str:
