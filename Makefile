@@ -9,7 +9,8 @@ UV := $(VENV)/bin/uv
 # the CPU wheel of torch 2.13 lies in /opt/wheels on our machines (PyPI's build carries CUDA);
 # elsewhere pass e.g. WHEELS="--extra-index-url https://download.pytorch.org/whl/cpu"
 WHEELS ?= $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
-# which lock `make setup` installs: cpu (requirements/cpu.txt) or cuda (requirements/cuda.txt)
+# which lock `make setup` installs: cpu (requirements/cpu.txt), cuda (requirements/cuda.txt: CUDA 13)
+# or cuda12 (requirements/cuda12.txt: CUDA 12.8, torch 2.10.0, the newest torch PyPI builds for CUDA 12)
 LOCK ?= cpu
 STAMP := $(VENV)/.installed-$(LOCK)
 STUDY ?= default
@@ -53,6 +54,8 @@ lock:
 	  --custom-compile-command "make lock: uv $(LOCK_ARGS) $(WHEELS) -c requirements/torch-cpu.in"
 	$(UV) $(LOCK_ARGS) -c requirements/torch-cuda.in -q -o requirements/cuda.txt \
 	  --custom-compile-command "make lock: uv $(LOCK_ARGS) -c requirements/torch-cuda.in"
+	$(UV) $(LOCK_ARGS) -c requirements/torch-cuda12.in -q -o requirements/cuda12.txt \
+	  --custom-compile-command "make lock: uv $(LOCK_ARGS) -c requirements/torch-cuda12.in"
 
 # The slurm test tier's cluster (tests/slurm_cluster.py): Debian's SLURM 22.05 and munge, installed
 # when root and missing (about 11 s); elsewhere the tier skips and says why.

@@ -1,6 +1,7 @@
 """The environment against the project's lock files (``requirements/*.txt``, written by ``make lock``).
 
-``make setup`` installs ``requirements/cpu.txt`` (or ``cuda.txt`` with ``LOCK=cuda``) plus
+``make setup`` installs ``requirements/cpu.txt`` (or ``cuda.txt`` with ``LOCK=cuda``: CUDA 13, or
+``cuda12.txt`` with ``LOCK=cuda12``: CUDA 12.8 and torch 2.10.0, PyPI's newest CUDA 12 build) plus
 ``requirements/bootstrap.txt`` (uv itself) with hashes required. Every run records here which lock
 its environment was compared with, the lock's SHA-256, and every installed distribution that differs
 from it (``environment.json`` key ``lock``; the summary's ``lock`` group). A mismatch is not an error:
@@ -80,10 +81,18 @@ def installed() -> dict[str, str]:
 
 
 def lock_for_this_torch() -> Path:
-    """The lock this environment should equal: cuda.txt under a CUDA build of torch, else cpu.txt."""
+    """The lock this environment should equal: cuda12.txt or cuda.txt under a CUDA 12 or 13 build of
+    torch, else cpu.txt."""
     import torch
 
-    return LOCK_DIR / ("cuda.txt" if torch.version.cuda else "cpu.txt")
+    return LOCK_DIR / lock_name(torch.version.cuda)
+
+
+def lock_name(cuda_version: str | None) -> str:
+    """The lock file for a torch built against ``cuda_version`` (``torch.version.cuda``; None: CPU)."""
+    if not cuda_version:
+        return "cpu.txt"
+    return "cuda12.txt" if cuda_version.split(".")[0] == "12" else "cuda.txt"
 
 
 def compare(pins: dict[str, str], have: dict[str, str]) -> list[str]:

