@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.load import FINISHED, column
-from repeatability import artifacts
+from repeatability import adapter_files
 from repeatability.summary import COLUMNS as S
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,8 @@ def read_adapter(run: Path) -> Adapter:
     Raises:
         FileNotFoundError: the run has no adapter weights.
     """
-    return Adapter(lora_factors(artifacts.read_adapter_tensors(run)),
-                   adapter_scaling(artifacts.read_adapter_config(run)))
+    return Adapter(lora_factors(adapter_files.read_adapter_tensors(run)),
+                   adapter_scaling(adapter_files.read_adapter_config(run)))
 
 
 def _trace_product(x: np.ndarray, y: np.ndarray) -> float:
@@ -163,7 +163,7 @@ def _finished_runs(runs: pd.DataFrame, study: Path, cell: str) -> list[tuple[Pat
     """(run path, trial) of the cell's finished runs that have adapter weights, by trial."""
     rows = runs[(runs["cell"] == cell) & runs["status"].isin(FINISHED)]
     paths = [(study / str(row["run"]), int(row["trial"])) for _, row in rows.sort_values("trial").iterrows()]
-    return [(path, trial) for path, trial in paths if artifacts.adapter_weights_path(path).exists()]
+    return [(path, trial) for path, trial in paths if adapter_files.adapter_weights_path(path).exists()]
 
 
 def weights_not_kept(runs: pd.DataFrame, study: Path) -> int:
@@ -172,7 +172,7 @@ def weights_not_kept(runs: pd.DataFrame, study: Path) -> int:
     rows = runs[runs["status"].isin(FINISHED)]
     recorded = column(rows, S.adapter.sha256).notna()
     return sum(1 for (_, row), has_sha in zip(rows.iterrows(), recorded)
-               if has_sha and not artifacts.adapter_weights_path(Path(study) / str(row["run"])).exists())
+               if has_sha and not adapter_files.adapter_weights_path(Path(study) / str(row["run"])).exists())
 
 
 def _read_all(runs: list[tuple[Path, int]]) -> dict[int, Adapter]:

@@ -4,7 +4,7 @@ Each CSV row is one run of a published study: columns ``model, dataset, optim, t
 perplexity`` are required; ``variant``, ``notes``, ``perplexity_mean_per_sequence``,
 ``base_perplexity``, ``gpu_memory_pct``, ``gpu_memory_mb``, ``train_s``, ``eval_s`` are
 optional (an empty cell = not reported). Each row becomes ``results/<study>/<cell>/trial-NN``
-through the run-directory contract (:func:`repeatability.artifacts.write_imported_run`):
+through the run-directory contract (:func:`repeatability.integrity.write_imported_run`):
 ``summary.json`` with what the row says and ``imported`` = {source, citation, row}, then
 ``DONE``. Nothing is invented: no seeds, adapter, loss curve, generations or environment.
 A finite perplexity makes the run ``complete``; ``inf`` (an overflowed perplexity, as the
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from repeatability import artifacts
+from repeatability import artifacts, integrity
 from repeatability.errors import RunDirError
 from repeatability.summary import COLUMNS as S
 
@@ -195,7 +195,7 @@ def import_table(csv_path: str | Path, study: str, results_dir: str | Path = "re
                          "new --study, or delete those run directories first")
     src = source or str(csv_path)
     for path, row in targets:
-        artifacts.write_imported_run(path, summary_of(row, study, src, citation))
+        integrity.write_imported_run(path, summary_of(row, study, src, citation))
     log.info("imported %d runs into %s", len(rows), artifacts.study_dir(results_dir, study))
     return artifacts.study_dir(results_dir, study)
 

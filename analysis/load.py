@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from repeatability import artifacts
+from repeatability import adapter_files, artifacts, eval_records, integrity
 from repeatability import metrics as registry
 from repeatability.errors import RunDirError
 from repeatability.summary import COLUMNS as S
@@ -121,8 +121,8 @@ def _check_identity(row: dict[str, Any], rel: str, problems: list[Problem]) -> N
 def _check_integrity(path: Path, row: dict[str, Any], problems: list[Problem]) -> None:
     """A finished run whose files do not match its manifest is ``corrupted`` and a problem."""
     try:
-        row["integrity"] = "verified" if artifacts.verify_manifest(path) else "no manifest"
-        if row["integrity"] == "verified" and not artifacts.weights_kept(path):
+        row["integrity"] = "verified" if integrity.verify_manifest(path) else "no manifest"
+        if row["integrity"] == "verified" and not adapter_files.weights_kept(path):
             row["integrity"] = "verified; adapter weights not kept"
     except RunDirError as exc:
         problems.append(Problem(row["run"], "integrity", str(exc)))
@@ -137,7 +137,7 @@ def _use_eval(path: Path, row: dict[str, Any], name: str, problems: list[Problem
     """Replace the run's held-out metrics by those of its evaluation ``name``; a finished run
     without it gets the status ``no evaluation`` (left out of every statistic) and a problem."""
     try:
-        metrics = artifacts.read_eval(path, name)["metrics"]
+        metrics = eval_records.read_eval(path, name)["metrics"]
     except RunDirError as exc:
         problems.append(Problem(row["run"], "evaluation", str(exc)))
         row.update(status="no evaluation", load_error=str(exc))

@@ -16,13 +16,13 @@ def _forward_s(job: Any, study: Path) -> float:
     import torch
     from peft import PeftModel, prepare_model_for_kbit_training
 
-    from repeatability import artifacts, evaluate, modelling, pipeline
+    from repeatability import adapter_files, evaluate, modelling, pipeline
 
     cfg = job.cfg
     tok = modelling.load_tokenizer(job.model_id)
     base = modelling.load_base(job.model_id, cfg.quant, "cpu", torch.float32)
     base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
-    model = PeftModel.from_pretrained(base, str(artifacts.adapter_dir(job.run)))
+    model = PeftModel.from_pretrained(base, str(adapter_files.adapter_dir(job.run)))
     texts = pipeline.prepare_data(cfg, tok, study).heldout_texts
     evaluate.score_texts(model, tok, texts[:4], cfg.train.max_length, cfg.eval.batch_size, "cpu")  # warm-up
     start = time.perf_counter()

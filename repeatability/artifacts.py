@@ -33,7 +33,6 @@ Everything else (analysis included) reads and writes runs only through this modu
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -68,8 +67,6 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # A published study commits its run records but not adapter weights (.gitignore): the manifest
 # still lists the weights' SHA-256 (as does the summary), and their absence means "not kept"
 WEIGHTS_FILE = f"{ADAPTER}/{ADAPTER_WEIGHTS}"
-EVALS = "evals"  # evals/<name>.json: evaluations of a finished run's adapter (python -m repeatability.rescore)
-EVAL_SCHEMA_VERSION = 1
 ADAPTER_CONFIG = "adapter_config.json"  # PEFT's file next to the weights (r, lora_alpha, ...)
 CHECKPOINTS = "checkpoints"  # the Trainer's checkpoint-<step>/ folders, while the run is unfinished
 RESUME_STATE = "repeatability_state.json"  # written into a checkpoint after the Trainer's files: it is complete
@@ -87,9 +84,6 @@ STATUSES = schema.STATUSES
 
 # The files of a finished run (a failed run has error.txt instead of DONE, and may lack adapter).
 RUN_FILES = (SUMMARY, LOSS_CURVE, GENERATIONS, ENVIRONMENT, CONFIG, OVERRIDES, ADAPTER, MANIFEST, DONE)
-# Not hashed into the manifest: the summary (the issue's contract: its numbers are checked by
-# reading it), the manifest itself, and DONE (written after it; run_state checks it against the summary).
-_UNHASHED = (SUMMARY, MANIFEST, DONE)
 # Summary key of a run imported from a published table ({source, citation, row}): such a run
 # holds summary.json and DONE only, because nothing else was reported.
 IMPORTED = "imported"
@@ -266,51 +260,6 @@ def start_fresh(path: Path, keep_checkpoints: bool = False) -> None:
     path.mkdir(parents=True)
 
 
-def checkpoint_root(path: Path) -> Path:
-    return path / CHECKPOINTS
-
-
-def latest_checkpoint(path: Path) -> Path | None:
-    """The newest complete checkpoint of an unfinished run (one holding ``RESUME_STATE``)."""
-    root = checkpoint_root(path)
-    if not root.is_dir():
-        return None
-    done = [c for c in root.glob("checkpoint-*") if (c / RESUME_STATE).exists() and c.name[11:].isdigit()]
-    return max(done, key=lambda c: int(c.name[11:]), default=None)
-
-
-def checkpoint_step(checkpoint: Path) -> int:
-    return int(checkpoint.name.rsplit("-", 1)[1])
-
-
-def write_resume_state(checkpoint: Path, state: dict[str, Any]) -> None:
-    """Mark a checkpoint complete, with what the harness needs besides the Trainer's files."""
-    write_json(checkpoint / RESUME_STATE, state)
-
-
-def read_resume_state(checkpoint: Path) -> dict[str, Any]:
-    return read_json(checkpoint / RESUME_STATE)
-
-
-def remove_checkpoints(path: Path) -> None:
-    shutil.rmtree(checkpoint_root(path), ignore_errors=True)
-
-
-def mark_done(path: Path) -> None:
-    """Write the manifest, then the completion marker; call last, after every other file is in place."""
-    summary = read_json(path / SUMMARY)
-    needed = IMPORTED_FILES if summary.get(IMPORTED) else RUN_FILES
-    missing = [f for f in needed if f not in (MANIFEST, DONE) and not (path / f).exists()]
-    if missing:
-        raise RunDirError(f"{path}: cannot mark done, missing {', '.join(missing)}")
-    if summary.get("status") not in FINISHED_STATUSES:
-        raise RunDirError(f"{path}: cannot mark a {summary.get('status')!r} run done")
-    if not summary.get(IMPORTED):  # an imported run holds nothing but its summary: nothing to hash
-        write_json(path / MANIFEST, {"algorithm": "sha256", "files": {rel: file_sha256(path / rel)
-                                                                       for rel in _hashed_files(path)}})
-    write_text(path / DONE, f"{summary['status']}\n")
-
-
 def _refuse_if_done(path: Path, what: str) -> None:
     """A finished run's record is final: nothing may write its summary or an error into it."""
     if (path / DONE).exists():
@@ -318,52 +267,6 @@ def _refuse_if_done(path: Path, what: str) -> None:
 
 
 # --------------------------------------------------------------------------- integrity
-
-
-def file_sha256(file: Path) -> str:
-    """SHA-256 of one file (what ``sha256sum`` prints)."""
-    digest = hashlib.sha256()
-    with open(file, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _hashed_files(path: Path) -> list[str]:
-    """Every regular file of the run (relative, ``/``-separated) that the manifest covers."""
-    files = (p for p in path.rglob("*") if p.is_file() and not p.is_symlink())
-    return sorted(rel for rel in (p.relative_to(path).as_posix() for p in files) if rel not in _UNHASHED)
-
-
-def verify_manifest(path: Path) -> bool:
-    """Check a finished run's files against ``MANIFEST.json``.
-
-    Returns True when every listed file is present with its recorded SHA-256, False when the
-    run has no manifest (written before manifests existed: nothing to verify). Files added
-    after the run finished are not checked. Absent adapter weights are not kept (a published
-    run record), not corrupted: :func:`weights_kept` tells.
-
-    Raises:
-        RunDirError: one line naming each file that is missing or changed, or an unreadable manifest.
-    """
-    if not (path / MANIFEST).exists():
-        return False
-    manifest = read_json(path / MANIFEST)
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, dict) or not files:
-        raise RunDirError(f"{path / MANIFEST}: not a manifest (no files listed); delete the run and re-run it")
-    bad = []
-    for rel, sha in sorted(files.items()):
-        if rel == WEIGHTS_FILE and not (path / rel).exists():
-            continue  # a published run's record without its weights: "not kept", not corrupted
-        if not (path / rel).is_file():
-            bad.append(f"{path / rel} is missing")
-        elif file_sha256(path / rel) != sha:
-            bad.append(f"{path / rel} does not match its SHA-256 in {MANIFEST}")
-    if bad:
-        raise RunDirError(f"corrupted finished run: {'; '.join(bad)}; restore it, or delete {path} and "
-                          "re-run its trial")
-    return True
 
 
 # --------------------------------------------------------------------------- writers
@@ -381,24 +284,6 @@ def write_summary(path: Path, summary: schema.Summary | dict[str, Any]) -> None:
         raise ValueError(f"summary status must be one of {STATUSES}")
     _refuse_if_done(path, SUMMARY)
     write_json(path / SUMMARY, schema.dump(record))
-
-
-def write_imported_run(path: Path, summary: dict[str, Any]) -> None:
-    """Write a run imported from a published table: ``summary.json``, then ``DONE``.
-
-    ``summary`` carries :data:`IMPORTED` (``{source, citation, row}``) and a finished status;
-    keys the source did not report are absent (no seeds, adapter, loss curve, generations or
-    environment). The directory must not exist yet: an import never replaces a run.
-    """
-    if not summary.get(IMPORTED, {}).get("source"):
-        raise ValueError(f"an imported run's summary needs {IMPORTED}.source")
-    if summary.get("status") not in FINISHED_STATUSES:
-        raise ValueError(f"an imported run's status must be one of {FINISHED_STATUSES}")
-    if path.exists():
-        raise RunDirError(f"{path}: already exists; an imported run never replaces a run directory")
-    path.mkdir(parents=True)
-    write_summary(path, summary)
-    mark_done(path)
 
 
 def write_loss_curve(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -453,74 +338,12 @@ def write_error(path: Path, traceback_text: str) -> None:
     write_text(path / ERROR, traceback_text)
 
 
-def save_adapter(path: Path, model: Any) -> str:
-    """Save a PEFT model's adapter atomically (tmp dir, then rename); return its SHA-256."""
-    tmp = path / f".{ADAPTER}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    model.save_pretrained(str(tmp))
-    os.replace(tmp, path / ADAPTER)
-    return adapter_sha256(path)
-
-
-def adapter_sha256(path: Path) -> str:
-    """SHA-256 of ``adapter/adapter_model.safetensors`` (what ``sha256sum`` prints)."""
-    return file_sha256(path / ADAPTER / ADAPTER_WEIGHTS)
-
-
 def read_config(path: Path) -> str:
     """The resolved ``config.yaml`` the run used, as text."""
     try:
         return (path / CONFIG).read_text()
     except FileNotFoundError:
         raise RunDirError(f"{path / CONFIG}: missing; this run cannot be re-scored") from None
-
-
-def adapter_dir(path: Path) -> Path:
-    return path / ADAPTER
-
-
-# --------------------------------------------------------------------------- evaluations
-
-
-def _check_eval_name(name: str) -> None:
-    if not name or not all(c.isalnum() or c in "._-" for c in name) or name.startswith("."):
-        raise RunDirError(f"evaluation name {name!r}: use letters, digits, '.', '_' or '-'")
-
-
-def eval_file(path: Path, name: str) -> Path:
-    """``<run>/evals/<name>.json``: one evaluation of the run's adapter, written after it finished."""
-    _check_eval_name(name)
-    return path / EVALS / f"{name}.json"
-
-
-def write_eval(path: Path, name: str, record: dict[str, Any], force: bool = False) -> Path:
-    """Write an evaluation record of a finished run (the summary is never touched).
-
-    Raises:
-        RunDirError: the run is not finished, or ``evals/<name>.json`` exists and not ``force``.
-    """
-    if not (path / DONE).exists():
-        raise RunDirError(f"{path}: not a finished run; only finished runs are evaluated")
-    file = eval_file(path, name)
-    if file.exists() and not force:
-        raise RunDirError(f"{file}: evaluation {name!r} exists; pick another name or pass --force")
-    write_json(file, {"schema_version": EVAL_SCHEMA_VERSION, "name": name, **record})
-    return file
-
-
-def read_eval(path: Path, name: str) -> dict[str, Any]:
-    """The run's evaluation ``name``, checked for its schema version."""
-    record = read_json(eval_file(path, name))
-    if not isinstance(record, dict) or record.get("schema_version") != EVAL_SCHEMA_VERSION:
-        raise RunDirError(f"{eval_file(path, name)}: not an evaluation record of schema {EVAL_SCHEMA_VERSION}")
-    return record
-
-
-def list_evals(path: Path) -> list[str]:
-    """Names of the run's evaluation records, sorted."""
-    folder = path / EVALS
-    return sorted(f.stem for f in folder.glob("*.json")) if folder.is_dir() else []
 
 
 # --------------------------------------------------------------------------- readers
@@ -582,41 +405,6 @@ def read_generations(path: Path) -> list[dict[str, Any]]:
 
 def read_environment(path: Path) -> dict[str, Any]:
     file = path / ENVIRONMENT
-    return read_json(file) if file.exists() else {}
-
-
-def weights_kept(path: Path) -> bool:
-    """Whether the run still has its adapter weights (a published run record does not)."""
-    return (path / WEIGHTS_FILE).is_file()
-
-
-def adapter_weights_path(path: Path) -> Path:
-    return path / ADAPTER / ADAPTER_WEIGHTS
-
-
-def read_adapter_tensors(path: Path) -> dict[str, Any]:
-    """Every tensor of the run's adapter weights as a numpy array (bf16/fp16 through torch).
-
-    Raises:
-        FileNotFoundError: the run has no adapter weights.
-    """
-    from safetensors.numpy import load_file
-
-    weights = adapter_weights_path(path)
-    if not weights.exists():
-        raise FileNotFoundError(weights)
-    try:
-        return load_file(str(weights))
-    except (TypeError, ValueError):  # numpy has no bfloat16
-        import torch
-        from safetensors.torch import load_file as load_torch
-
-        return {k: v.to(torch.float32).numpy() for k, v in load_torch(str(weights)).items()}
-
-
-def read_adapter_config(path: Path) -> dict[str, Any]:
-    """The run's PEFT ``adapter_config.json`` (``{}`` when it has none)."""
-    file = path / ADAPTER / ADAPTER_CONFIG
     return read_json(file) if file.exists() else {}
 
 

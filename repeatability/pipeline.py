@@ -16,12 +16,13 @@ from typing import Any
 import torch
 import yaml
 
-from repeatability import artifacts, data, evaluate, modelling, optimtrace, tracking, train
+from repeatability import adapter_files, artifacts, checkpoint_files, data, evaluate, integrity, modelling, optimtrace, tracking, train
 from repeatability import summary as S
 from repeatability.config import RunConfig
 from repeatability.environment import PeakMemory, capture_environment, cpu_model
 from repeatability.record import headline
-from repeatability.seeding import Seeds, apply_determinism, resolve_seeds, seed_everything, thread_budget
+from repeatability.seeding import Seeds, resolve_seeds, seed_everything
+from repeatability.determinism import apply_determinism, thread_budget
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
     """
     t_start = time.perf_counter()
     record = S.Summary(study=cfg.study, trial=cfg.trial, cell=S.Cell(**asdict(cell_of(cfg))), started_at=utc_now(),
-                       resumed=S.Resumed(from_step=artifacts.checkpoint_step(resume_from), checkpoint=resume_from.name)
+                       resumed=S.Resumed(from_step=checkpoint_files.checkpoint_step(resume_from), checkpoint=resume_from.name)
                        if resume_from else None)
     study = artifacts.study_dir(cfg.results_dir, cfg.study)
     artifacts.write_config(path, config_yaml, overrides)
@@ -190,8 +191,8 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
         tracker.log_end(summary)
     artifacts.write_summary(path, record)
     if not cfg.train.keep_checkpoints:
-        artifacts.remove_checkpoints(path)
-    artifacts.mark_done(path)
+        checkpoint_files.remove_checkpoints(path)
+    integrity.mark_done(path)
     return summary
 
 
@@ -217,13 +218,13 @@ def _train_and_score(cfg: RunConfig, path: Path, study: Path, seeds: Seeds, resu
             t_train = time.perf_counter()
             record, effective, precision = train.train(
                 built.model, prep.train_ds, prep.val_ds, data.make_collator(cfg.train.batching, built.tokenizer.pad_token_id),
-                cfg.train, cfg.optim, seeds, device, mixed, label, artifacts.checkpoint_root(path), resume_from,
+                cfg.train, cfg.optim, seeds, device, mixed, label, checkpoint_files.checkpoint_root(path), resume_from,
                 cfg.eval.batch_size, report_to=tracker.report_to, run_name=tracker.run_name,
                 optimizer_trace=cfg.diagnostics.optimizer_trace)
             train_s = time.perf_counter() - t_train
             metrics, eval_s, gen_s, generations = _score_and_generate(cfg, built, prep, record, seeds, device)
         guard()
-        adapter_sha = artifacts.save_adapter(path, built.model)
+        adapter_sha = adapter_files.save_adapter(path, built.model)
         _fill_results(summary, cfg, built, prep, record, effective, metrics, device, dtype)
         summary.precision = S.part(S.Precision, {"compute_dtype": str(dtype).replace("torch.", ""), **precision},
                                    "precision")

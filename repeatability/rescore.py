@@ -30,7 +30,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from repeatability import artifacts
+from repeatability import adapter_files, artifacts, eval_records, integrity
 from repeatability.config import GROUPS, RunConfig, to_run_config
 from repeatability.errors import ConfigError, RunDirError
 
@@ -55,7 +55,7 @@ def finished_runs(study: Path) -> list[Path]:
     """Runs with ``DONE`` and an adapter (imported runs from published tables have none)."""
     runs = []
     for run in artifacts.iter_run_dirs(study):
-        if artifacts.run_state(run) in artifacts.FINISHED_STATUSES and artifacts.adapter_dir(run).is_dir():
+        if artifacts.run_state(run) in artifacts.FINISHED_STATUSES and adapter_files.adapter_dir(run).is_dir():
             runs.append(run)
     return runs
 
@@ -95,13 +95,13 @@ def plan(study: Path, name: str, overrides: list[str], force: bool) -> list[Job]
     for run in runs:
         rel = run.relative_to(study)
         try:
-            artifacts.verify_manifest(run)
-            if not artifacts.weights_kept(run):
+            integrity.verify_manifest(run)
+            if not adapter_files.weights_kept(run):
                 raise RunDirError(f"adapter weights not kept ({artifacts.WEIGHTS_FILE} absent: a published run "
                                   "record); re-run the trial to re-score it")
             cfg = run_config(run, overrides)
-            if artifacts.eval_file(run, name).exists() and not force:
-                raise ConfigError(f"{artifacts.eval_file(run, name)}: evaluation {name!r} exists; "
+            if eval_records.eval_file(run, name).exists() and not force:
+                raise ConfigError(f"{eval_records.eval_file(run, name)}: evaluation {name!r} exists; "
                                   "pick another --name or pass --force to replace it")
         except RunDirError as exc:
             raise ConfigError(f"{rel}: {exc}") from None
@@ -129,7 +129,7 @@ def _swap_in(model: Any, base: Any, job: Job, index: int) -> Any:
     """Load the run's adapter as a named adapter on the loaded base and make it the active one."""
     from peft import PeftModel
 
-    name, path = f"run{index}", str(artifacts.adapter_dir(job.run))
+    name, path = f"run{index}", str(adapter_files.adapter_dir(job.run))
     if model is None:
         return PeftModel.from_pretrained(base, path, adapter_name=name, is_trainable=False)
     previous = model.active_adapter
@@ -172,7 +172,7 @@ def score_group(jobs: list[Job], study: Path, name: str, overrides: list[str], f
                                    job.cfg.eval.batch_size, device, job.cfg.eval.batching)
         timings = {"base_load_s": base_load_s, "adapter_load_s": t1 - t0, "score_s": time.perf_counter() - t1}
         record = _record(job, ppl, bases.get(job.run, {}), prep, overrides, device, dtype, timings, len(jobs))
-        written.append(artifacts.write_eval(job.run, name, record, force))
+        written.append(eval_records.write_eval(job.run, name, record, force))
         log.info("%s: perplexity %.6g (%s)", job.run.relative_to(study), ppl.token_weighted, name)
     if model is not None:
         modelling.release_weights(model)  # the next base starts from a clean slate
@@ -184,7 +184,7 @@ def _record(job: Job, ppl: Any, base: dict[str, Any], prep: Any, overrides: list
     from repeatability import evaluate
 
     summary = artifacts.read_summary(job.run)
-    sha = artifacts.adapter_sha256(job.run)
+    sha = adapter_files.adapter_sha256(job.run)
     return {
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "overrides": list(overrides), "status": "complete",
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.name is None and args.overrides:
             raise ConfigError("overrides change what is scored: name the evaluation with --name NAME")
         name = args.name or DEFAULT_NAME
-        artifacts.eval_file(Path("."), name)  # checks the name
+        eval_records.eval_file(Path("."), name)  # checks the name
         if not args.study.is_dir():
             raise ConfigError(f"{args.study}: no such study directory")
         files = rescore(args.study, name, args.overrides, args.force)

@@ -26,7 +26,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from repeatability import artifacts, claims, preemption
+from repeatability import artifacts, checkpoint_files, claims, integrity, preemption
 from repeatability.config import RunConfig, to_run_config
 from repeatability.errors import ConfigError, RunDirError
 
@@ -158,7 +158,7 @@ def _run_claimed(cfg: DictConfig, started: float) -> str:
             resume_from = _resumable(path, cfg) if state in ("incomplete", "failed") else None
             if resume_from is not None:
                 log.info("%s: %s was %s; resuming from its checkpoint at step %d", _job_progress(), path, state,
-                         artifacts.checkpoint_step(resume_from))
+                         checkpoint_files.checkpoint_step(resume_from))
             elif state in ("incomplete", "failed"):
                 log.info("%s: %s was %s; redoing it from scratch", _job_progress(), path, state)
             artifacts.start_fresh(path, keep_checkpoints=resume_from is not None)
@@ -183,7 +183,7 @@ def _skip_finished(path: Path, cfg: DictConfig) -> bool:
     state = artifacts.run_state(path)
     if state not in artifacts.FINISHED_STATUSES:
         return False
-    artifacts.verify_manifest(path)  # first: a corrupted config.yaml is not "another config"
+    integrity.verify_manifest(path)  # first: a corrupted config.yaml is not "another config"
     _check_same_config(path, cfg)
     log.info("%s skipped: %s already %s", _job_progress(), path, state)
     append_ledger({"run_dir": str(path), "status": "skipped", "was": state})
@@ -198,7 +198,7 @@ def _invalid(exc: Exception, path: Path | None) -> str:
 
 def _resumable(path: Path, cfg: DictConfig) -> Path | None:
     """The last complete checkpoint of an unfinished run, if it ran this very config."""
-    checkpoint = artifacts.latest_checkpoint(path)
+    checkpoint = checkpoint_files.latest_checkpoint(path)
     if checkpoint is None or not (path / artifacts.CONFIG).exists():
         return None
     stored = _stored_config(path)

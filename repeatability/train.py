@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from repeatability import artifacts, data, optimtrace, preemption, qmaps
+from repeatability import artifacts, checkpoint_files, data, optimtrace, preemption, qmaps
 from repeatability.config import OptimConfig, TrainConfig
 from repeatability.seeding import Seeds
 
@@ -149,7 +149,7 @@ class LoggingCallback(TrainerCallback):
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
         self.record.checkpoints.append({"step": state.global_step, "bytes": size,
                                         "seconds": round(time.perf_counter() - self.last_event, 3)})
-        artifacts.write_resume_state(folder, self.record.resume_state())
+        checkpoint_files.write_resume_state(folder, self.record.resume_state())
         log.info("%s checkpoint at step %d (%.1f MB)", self.label, state.global_step, size / 2**20)
         self.last = time.perf_counter()
 
@@ -271,7 +271,7 @@ def train(model: Any, train_ds: Any, val_ds: Any, collator: Any, cfg: TrainConfi
     ``resume_from`` if given; return the training record (with its optimizer trace when
     ``optimizer_trace``), the effective optimizer (with the 8-bit maps read back from its state)
     and the precision that ran."""
-    record = TrainLog.from_resume_state(artifacts.read_resume_state(resume_from)) if resume_from else TrainLog()
+    record = TrainLog.from_resume_state(checkpoint_files.read_resume_state(resume_from)) if resume_from else TrainLog()
     args = _training_args(cfg, seeds, device, mixed, checkpoints, eval_batch_size, len(val_ds) > 0,
                           report_to or [], run_name)
     tracer = [optimtrace.TraceCallback(resume_from)] if optimizer_trace else []  # before the logger: see its doc

@@ -2,7 +2,7 @@
 
 Each run gets every file the contract lists (a summary built from the typed schema in
 ``repeatability/summary.py`` with every field it requires, loss curve, generations,
-environment, config, a real safetensors adapter) and is marked DONE by ``artifacts.mark_done``,
+environment, config, a real safetensors adapter) and is marked DONE by ``integrity.mark_done``,
 so a change in the contract breaks these fixtures first.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
-from repeatability import artifacts
+from repeatability import adapter_files, artifacts, integrity
 from repeatability import summary as S
 from repeatability.schema import from_dict
 
@@ -152,14 +152,14 @@ def write_adapter(path: Path, weight_seed: int, tensors: dict[str, np.ndarray] |
 
     ``tensors``/``config`` replace the default single random tensor and ``{r: 8, lora_alpha: 32}``.
     """
-    weights = artifacts.adapter_weights_path(path)
+    weights = adapter_files.adapter_weights_path(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(weight_seed)
     if tensors is None:
         tensors = {"lora_A": rng.standard_normal((8, 16)).astype(np.float32)}
     save_file(tensors, str(weights))
     artifacts.write_json(weights.parent / artifacts.ADAPTER_CONFIG, config or {"r": 8, "lora_alpha": 32})
-    return artifacts.adapter_sha256(path)
+    return adapter_files.adapter_sha256(path)
 
 
 # Keys that summaries written by early versions of the harness (schema 1) do not have.
@@ -219,7 +219,7 @@ def write_run(results: Path, study: str, cell: artifacts.CellKey, trial: int, *,
     if status == "failed":
         artifacts.write_error(path, "Traceback ...\nRuntimeError: out of memory\n")
     else:
-        artifacts.mark_done(path)
+        integrity.mark_done(path)
     return path
 
 

@@ -108,10 +108,10 @@ def test_document_contents_appendix_long_tables_and_csv_links():
 
 def test_a_study_without_its_adapter_weights_says_so(tmp_path):
     """A published study ships run records only: the distances say why they are missing."""
-    from repeatability import artifacts
+    from repeatability import adapter_files
 
     path = write_default_like_study(tmp_path)
-    for weights in path.glob("*/trial-*/" + artifacts.adapter_weights_path(Path(".")).as_posix()):
+    for weights in path.glob("*/trial-*/" + adapter_files.adapter_weights_path(Path(".")).as_posix()):
         weights.unlink()
     md = render_markdown(report.build(load_study(path))[0])
     assert "Adapter weights not kept: 14 finished run(s) recorded their adapter's SHA-256" in md

@@ -16,7 +16,7 @@ from scipy import stats as sps
 from analysis import import_table, report, verdict
 from analysis.load import load_study
 from analysis.sections import setup_table
-from repeatability import artifacts
+from repeatability import integrity
 from repeatability.errors import RunDirError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,7 +184,7 @@ def test_existing_run_directory_is_never_overwritten(tmp_path, capsys):
     assert _files(results) == before
     assert not (results / "s" / "llama2-7b__english_quotes__paged_adamw_32bit").exists()
     with pytest.raises(RunDirError, match="already exists; an imported run never replaces"):
-        artifacts.write_imported_run(run, {"status": "complete", "imported": {"source": "x"}})
+        integrity.write_imported_run(run, {"status": "complete", "imported": {"source": "x"}})
 
 
 def test_infinite_perplexity_is_a_diverged_run_and_optional_columns_land_in_the_summary(tmp_path):

@@ -8,7 +8,7 @@ import pytest
 from analysis_fixtures import SMOL_8, SMOL_32, SMOL_FIXED, write_mixed_study, write_run
 
 from analysis.load import StudyError, flatten, load_study
-from repeatability import artifacts
+from repeatability import adapter_files, artifacts
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_flatten():
 def test_fixture_runs_pass_the_contract_checks(tmp_path):
     path = write_run(tmp_path, "s", SMOL_8, 1)
     assert artifacts.run_state(path) == "complete"
-    assert artifacts.read_summary(path)["adapter"]["sha256"] == artifacts.adapter_sha256(path)
+    assert artifacts.read_summary(path)["adapter"]["sha256"] == adapter_files.adapter_sha256(path)
 
 
 def test_corrupted_curve_and_generations_are_problems_and_the_run_stays(tmp_path):

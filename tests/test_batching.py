@@ -164,7 +164,7 @@ def test_a_run_made_before_the_batching_keys_existed_is_still_recognised(
     """A finished run whose config.yaml lacks train/eval.batching ran padded batches (the schema
     default): the same command with padded batches skips it; the padding-free default is
     another config and is refused rather than mixed into the cell."""
-    from repeatability import artifacts
+    from repeatability import integrity
 
     args = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path, study="old", **{"train.batching": "padded"})
     assert run_cli(args) == 0
@@ -174,7 +174,7 @@ def test_a_run_made_before_the_batching_keys_existed_is_still_recognised(
     assert old != config
     (run / "config.yaml").write_text(old)
     manifest = json.loads((run / "MANIFEST.json").read_text())  # as written by the older version
-    manifest["files"]["config.yaml"] = artifacts.file_sha256(run / "config.yaml")
+    manifest["files"]["config.yaml"] = integrity.file_sha256(run / "config.yaml")
     (run / "MANIFEST.json").write_text(json.dumps(manifest))
     capsys.readouterr()
     assert run_cli(["-m", *args, "eval.batching=padded"]) == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from repeatability import artifacts
+from repeatability import adapter_files, artifacts, integrity
 from tests.conftest import ROOT, run_cli, tiny_overrides
 
 CELL = "tiny__tq__paged_adamw_8bit"
@@ -81,8 +81,8 @@ def test_every_run_directory_is_consistent(two_sweeps) -> None:
         assert {p.name for p in run.iterdir()} == FINISHED_FILES  # no error.txt, no leftovers
         assert (run / "DONE").read_text().strip() == summary["status"] == "complete"
         assert summary["trial"] == trial and summary["error"] is None and summary["metrics"]["steps"] == 4
-        assert artifacts.verify_manifest(run) is True
-        assert summary["adapter"]["sha256"] == artifacts.adapter_sha256(run)
+        assert integrity.verify_manifest(run) is True
+        assert summary["adapter"]["sha256"] == adapter_files.adapter_sha256(run)
         shas.append(summary["adapter"]["sha256"])
     assert len(set(shas)) == len(TRIALS)
 

@@ -9,7 +9,8 @@ import pytest
 from repeatability import preflight
 from repeatability.config import GROUPS, RunConfig, to_run_config
 from repeatability.errors import ConfigError
-from repeatability.seeding import apply_determinism, read_determinism_flags, resolve_seeds
+from repeatability.determinism import apply_determinism, read_determinism_flags
+from repeatability.seeding import resolve_seeds
 
 NEEDS_PATH = {("model", "local"): "model.path=/tmp/x", ("dataset", "local"): "dataset.path=/tmp/x.jsonl"}
 

@@ -12,7 +12,7 @@ import pytest
 
 from analysis import sections, stats, tables
 from analysis.load import load_study
-from repeatability import artifacts
+from repeatability import adapter_files, artifacts
 from repeatability.summary import COLUMNS as S
 
 CELL = "tiny__tq__paged_adamw_8bit"
@@ -36,7 +36,7 @@ def test_what_the_runs_wrote_is_what_the_analysis_reports(sweep: Path) -> None:
         assert row[S.optimizer.effective.state_8bit_param_fraction] == 1.0
         for source in ("lora_init", "data_order", "dropout", "generation"):
             assert row[getattr(S.seeds, source)] == s["seeds"][source]
-        assert row[S.adapter.sha256] == artifacts.adapter_sha256(sweep / "a" / CELL / f"trial-{s['trial']:02d}")
+        assert row[S.adapter.sha256] == adapter_files.adapter_sha256(sweep / "a" / CELL / f"trial-{s['trial']:02d}")
     # Table 1 of the report: one value per trial, the summary's own number
     table = tables.perplexity_table(study.runs, "tq")
     assert {t: table.loc[t, ("tiny", "paged_adamw_8bit")] for t in (1, 2)} == {
@@ -84,7 +84,7 @@ def test_pinned_losses_and_adapter_of_a_fixed_seed_run(sweep: Path) -> None:
         pytest.skip(f"losses pinned on {PINNED_VERSIONS}; this is {found}")
     run = sweep / "a" / CELL / "trial-01"
     losses = [r["loss"] for r in artifacts.read_loss_curve(run) if r["split"] == "train"]
-    sha = artifacts.adapter_sha256(run)
+    sha = adapter_files.adapter_sha256(run)
     assert losses == pytest.approx(PINNED_LOSSES, rel=1e-5, abs=1e-5), f"losses {losses!r}, adapter {sha}"
     flags = _cpu_flags()
     if platform.machine() == "x86_64" and "avx2" in flags and "avx512f" not in flags:

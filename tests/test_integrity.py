@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from analysis.load import load_study
 from analysis.stats import cell_stats
-from repeatability import artifacts, claims, pipeline, preflight, sweep
+from repeatability import adapter_files, artifacts, claims, integrity, pipeline, preflight, sweep
 from repeatability.errors import RunDirError
 
 CELL = "smollm2-135m__quotes__paged_adamw_8bit"
@@ -32,29 +32,29 @@ def test_manifest_lists_every_file_but_the_summary(tmp_path: Path) -> None:
     assert sorted(manifest["files"]) == ["adapter/adapter_config.json", "adapter/adapter_model.safetensors",
                                          "config.yaml", "environment.json", "generations.jsonl",
                                          "loss_curve.csv", "overrides.yaml"]
-    assert manifest["files"]["adapter/adapter_model.safetensors"] == artifacts.adapter_sha256(run)
-    assert manifest["files"]["loss_curve.csv"] == artifacts.file_sha256(run / "loss_curve.csv")
-    assert (run / "DONE").read_text() == "complete\n" and artifacts.verify_manifest(run) is True
+    assert manifest["files"]["adapter/adapter_model.safetensors"] == adapter_files.adapter_sha256(run)
+    assert manifest["files"]["loss_curve.csv"] == integrity.file_sha256(run / "loss_curve.csv")
+    assert (run / "DONE").read_text() == "complete\n" and integrity.verify_manifest(run) is True
 
 
 def test_a_flipped_byte_in_the_adapter_is_named(tmp_path: Path) -> None:
     run = write_run(tmp_path, "s", SMOL_8, 1)
     _flip_a_byte(run / "adapter" / "adapter_model.safetensors")
     with pytest.raises(RunDirError) as exc:
-        artifacts.verify_manifest(run)
+        integrity.verify_manifest(run)
     message = str(exc.value)
     assert "\n" not in message
     assert message == (f"corrupted finished run: {run}/adapter/adapter_model.safetensors does not match its "
                        f"SHA-256 in MANIFEST.json; restore it, or delete {run} and re-run its trial")
     (run / "loss_curve.csv").unlink()
     with pytest.raises(RunDirError, match=r"safetensors does not match .*; .*/loss_curve.csv is missing; restore"):
-        artifacts.verify_manifest(run)
+        integrity.verify_manifest(run)
 
 
 def test_a_run_without_manifest_still_verifies_as_such(tmp_path: Path) -> None:
     run = write_run(tmp_path, "s", SMOL_8, 1)
     (run / "MANIFEST.json").unlink()  # as written before manifests existed
-    assert artifacts.verify_manifest(run) is False
+    assert integrity.verify_manifest(run) is False
     study = load_study(tmp_path / "s")
     assert study.problems == [] and list(study.runs["integrity"]) == ["no manifest"]
     assert list(study.runs["status"]) == ["complete"]
@@ -65,13 +65,13 @@ def test_a_published_record_without_adapter_weights_is_not_kept_not_corrupted(tm
     are "not kept"; any other missing or changed file is still corruption."""
     run = write_run(tmp_path, "s", SMOL_8, 1)
     (run / artifacts.WEIGHTS_FILE).unlink()
-    assert artifacts.verify_manifest(run) is True and not artifacts.weights_kept(run)
+    assert integrity.verify_manifest(run) is True and not adapter_files.weights_kept(run)
     study = load_study(tmp_path / "s")
     assert study.problems == [] and list(study.runs["integrity"]) == ["verified; adapter weights not kept"]
     assert list(study.runs["status"]) == ["complete"]
     (run / "loss_curve.csv").unlink()
     with pytest.raises(RunDirError, match="loss_curve.csv is missing"):
-        artifacts.verify_manifest(run)
+        integrity.verify_manifest(run)
 
 
 def test_a_finished_record_is_never_rewritten(tmp_path: Path) -> None:
@@ -131,7 +131,7 @@ def _fake_execute(cfg: Any, config_yaml: str, overrides: list[str], path: Path, 
                "metrics": {}, "optimizer": {"effective": {"bits": 8, "state_8bit_param_fraction": 1.0,
                                                           "paging_effective": False}}, "timings": {"total_s": 0}}
     artifacts.write_summary(path, summary)
-    artifacts.mark_done(path)
+    integrity.mark_done(path)
     return summary
 
 
@@ -142,7 +142,7 @@ def test_sweep_claims_runs_and_releases_the_claim(job: DictConfig, tmp_path: Pat
     assert sweep.run_one(job) == "complete"
     assert not artifacts.claim_file(run).exists()
     assert (run / "DONE").read_text().strip() == artifacts.read_summary(run)["status"] == "complete"
-    assert artifacts.verify_manifest(run) is True
+    assert integrity.verify_manifest(run) is True
     assert sweep.run_one(job) == "skipped"
 
 

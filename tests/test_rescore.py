@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from repeatability import artifacts, modelling, rescore
+from repeatability import artifacts, eval_records, integrity, modelling, rescore
 from tests.conftest import run_cli, tiny_overrides
 
 
@@ -47,8 +47,8 @@ def test_rescore_reproduces_every_runs_perplexity_on_one_loaded_base(copy: Path,
     assert len(loads) == 1  # one base load for both runs
     for run, summary_bytes in summaries.items():
         assert (run / "summary.json").read_bytes() == summary_bytes  # the summary is never rewritten
-        assert artifacts.list_evals(run) == ["heldout"]
-        record = artifacts.read_eval(run, "heldout")
+        assert eval_records.list_evals(run) == ["heldout"]
+        record = eval_records.read_eval(run, "heldout")
         summary = json.loads(summary_bytes)
         for key in ("perplexity_token_weighted", "perplexity_mean_per_sequence", "base_perplexity_token_weighted"):
             assert record["metrics"][key] == pytest.approx(summary["metrics"][key], rel=1e-6), key
@@ -57,22 +57,22 @@ def test_rescore_reproduces_every_runs_perplexity_on_one_loaded_base(copy: Path,
         assert record["adapter"] == {"sha256": summary["adapter"]["sha256"], "matches_summary": True}
         assert record["base"]["runs_on_this_load"] == 2
         assert record["overrides"] == [] and record["eval"]["batching"] == "padded"
-    assert artifacts.verify_manifest(run)  # the evaluation does not break the run's integrity
+    assert integrity.verify_manifest(run)  # the evaluation does not break the run's integrity
 
 
 def test_an_override_is_scored_under_its_own_name(copy: Path) -> None:
     assert rescore.main([str(copy), "eval.batching=padding_free", "eval.batch_size=3", "--name", "packed"]) == 0
     for run in _runs(copy):
-        record = artifacts.read_eval(run, "packed")
+        record = eval_records.read_eval(run, "packed")
         assert (record["eval"]["batching"], record["eval"]["batch_size"]) == ("padding_free", 3)
         assert record["overrides"] == ["eval.batching=padding_free", "eval.batch_size=3"]
         summary = artifacts.read_summary(run)
         assert record["metrics"]["perplexity_token_weighted"] == pytest.approx(
             summary["metrics"]["perplexity_token_weighted"], rel=1e-5)
     assert rescore.main([str(copy), "eval.max_examples=5", "--name", "five"]) == 0
-    assert artifacts.read_eval(_runs(copy)[0], "five")["metrics"]["heldout_sequences"] == 5
+    assert eval_records.read_eval(_runs(copy)[0], "five")["metrics"]["heldout_sequences"] == 5
     assert rescore.main([str(copy), "eval=full", "--name", "full"]) == 0  # a config group choice
-    full = artifacts.read_eval(_runs(copy)[0], "full")
+    full = eval_records.read_eval(_runs(copy)[0], "full")
     assert full["metrics"]["heldout_sequences"] == artifacts.read_summary(_runs(copy)[0])["data"]["n_heldout"] == 24
 
 
@@ -103,7 +103,7 @@ def test_bad_input_is_one_line_and_rewrites_nothing(copy: Path, tmp_path: Path, 
     (broken / "config.yaml").write_text(config.replace(model_path, str(tmp_path / "gone")))
     assert "corrupted finished run" in _bad([str(copy), "--force"], capsys)  # config.yaml no longer matches
     manifest = json.loads((broken / "MANIFEST.json").read_text())  # as if the base folder had moved
-    manifest["files"]["config.yaml"] = artifacts.file_sha256(broken / "config.yaml")
+    manifest["files"]["config.yaml"] = integrity.file_sha256(broken / "config.yaml")
     (broken / "MANIFEST.json").write_text(json.dumps(manifest))
     before = _snapshot(copy)
     line = _bad([str(copy), "--force"], capsys)
@@ -118,7 +118,7 @@ def test_the_report_shows_an_evaluation_by_name(copy: Path) -> None:
     assert rescore.main([str(copy), "eval.max_examples=5", "--name", "five"]) == 0
     study = load_study(copy, eval_name="five")
     for _, row in study.runs.iterrows():
-        record = artifacts.read_eval(copy / row["run"], "five")
+        record = eval_records.read_eval(copy / row["run"], "five")
         assert row["metrics.perplexity_token_weighted"] == record["metrics"]["perplexity_token_weighted"]
         assert row["metrics.heldout_sequences"] == 5 and row["evaluation"] == "five"
     assert report_main([str(copy), "--eval", "five"]) == 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from repeatability import artifacts
+from repeatability import artifacts, checkpoint_files
 from tests.conftest import ROOT, run_cli, tiny_overrides
 
 CELL = "tiny__tq__paged_adamw_8bit"
@@ -27,7 +27,7 @@ def _curve(run: Path) -> list[tuple]:
 
 def _kill_after_checkpoint(args: list[str], run: Path, step: int, timeout: float = 300) -> None:
     """Start the real command in a subprocess and SIGKILL it once checkpoint-<step> is complete."""
-    marker = artifacts.checkpoint_root(run) / f"checkpoint-{step}" / artifacts.RESUME_STATE
+    marker = checkpoint_files.checkpoint_root(run) / f"checkpoint-{step}" / artifacts.RESUME_STATE
     proc = subprocess.Popen([sys.executable, "-m", "repeatability.run", *args], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
@@ -61,7 +61,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(optim: str, dtype: str,
     assert s["metrics"]["perplexity_token_weighted"] == w["metrics"]["perplexity_token_weighted"]
     assert s["optimizer"]["state_maps"] == w["optimizer"]["state_maps"] and s["precision"] == w["precision"]
     # checkpoints are removed once the run is finished, and their cost is recorded
-    assert not artifacts.checkpoint_root(killed).exists() and not artifacts.checkpoint_root(whole).exists()
+    assert not checkpoint_files.checkpoint_root(killed).exists() and not checkpoint_files.checkpoint_root(whole).exists()
     assert [c["step"] for c in w["checkpointing"]["saved"]] == list(range(EVERY, STEPS + 1, EVERY))
     assert all(c["bytes"] > 0 for c in w["checkpointing"]["saved"])
 
@@ -70,7 +70,7 @@ def test_checkpoints_can_be_kept_and_turned_off(tiny_model_dir: Path, quotes_jso
     kept = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path, **{
         "train.max_steps": 4, "train.checkpoint_every": 2, "train.keep_checkpoints": "true"})
     assert run_cli(["trial=1", "study=kept", *kept]) == 0
-    root = artifacts.checkpoint_root(tmp_path / "kept" / CELL / "trial-01")
+    root = checkpoint_files.checkpoint_root(tmp_path / "kept" / CELL / "trial-01")
     assert sorted(p.name for p in root.iterdir()) == ["checkpoint-2", "checkpoint-4"]
     assert (root / "checkpoint-4" / artifacts.RESUME_STATE).exists()
     off = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path, **{"train.checkpoint_every": 0})

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from repeatability import artifacts, claims, lock
+from repeatability import adapter_files, artifacts, claims, integrity, lock
 from tests.conftest import run_cli, tiny_overrides
 
 CELL = "tiny__tq__paged_adamw_8bit"
@@ -33,7 +33,7 @@ def test_run_directory_has_exactly_the_contract_files(sweep: Path) -> None:
     assert set(manifest) == {"loss_curve.csv", "generations.jsonl", "environment.json", "config.yaml",
                              "overrides.yaml", *(f"adapter/{p.name}" for p in (run / "adapter").iterdir())}
     assert manifest["adapter/adapter_model.safetensors"] == _summary(sweep, "a", 1)["adapter"]["sha256"]
-    assert artifacts.verify_manifest(run) is True
+    assert integrity.verify_manifest(run) is True
     split_files = list((sweep / "a" / "_splits").glob("*.jsonl"))
     assert len(split_files) == 1 and len(split_files[0].read_text().splitlines()) == 12
 
@@ -102,11 +102,11 @@ def test_rerun_skips_finished_runs(sweep: Path, tiny_model_dir: Path, quotes_jso
 def test_finished_run_with_other_config_is_not_overwritten(sweep: Path, tiny_model_dir: Path, quotes_jsonl: Path,
                                                            capsys: pytest.CaptureFixture) -> None:
     run = sweep / "b" / CELL / "trial-01"
-    sha = artifacts.adapter_sha256(run)
+    sha = adapter_files.adapter_sha256(run)
     args = tiny_overrides(tiny_model_dir, quotes_jsonl, sweep, **{"train.lr": 0.001})
     assert run_cli(["trial=1", "optim=paged_adamw_8bit", "study=b", *args]) == 1
     assert "different config (train.lr)" in capsys.readouterr().out
-    assert artifacts.adapter_sha256(run) == sha
+    assert adapter_files.adapter_sha256(run) == sha
 
 
 def test_half_finished_run_is_redone(tiny_model_dir: Path, quotes_jsonl: Path, tmp_path: Path,

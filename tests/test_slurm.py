@@ -19,7 +19,7 @@ import pytest
 
 from submitit.slurm.slurm import SlurmJobEnvironment
 
-from repeatability import artifacts
+from repeatability import artifacts, integrity
 from tests.conftest import ROOT, run_cli, tiny_overrides
 from tests.slurm_cluster import LocalSlurm, missing
 
@@ -104,7 +104,7 @@ def test_sweep_of_2_trials_x_2_optimizers_through_slurm(cluster: LocalSlurm, tin
     runs = [study / cell / f"trial-0{t}" for cell in (CELL8, CELL32) for t in (1, 2)]
     for run in runs:
         assert artifacts.run_state(run) == "complete"
-        artifacts.verify_manifest(run)
+        integrity.verify_manifest(run)
         s = artifacts.read_summary(run)
         assert s["status"] == "complete" and s["metrics"]["steps"] == 4
         # each job ran with the CPUs SLURM gave it: 1 torch thread
