@@ -20,7 +20,7 @@ from repeatability import adapter_files, artifacts, checkpoint_files, data, eval
 from repeatability import summary as S
 from repeatability.config import RunConfig
 from repeatability.environment import PeakMemory, capture_environment, cpu_model
-from repeatability.record import headline
+from repeatability.record import fill_results, headline
 from repeatability.seeding import Seeds, resolve_seeds, seed_everything
 from repeatability.determinism import apply_determinism, thread_budget
 
@@ -225,7 +225,7 @@ def _train_and_score(cfg: RunConfig, path: Path, study: Path, seeds: Seeds, resu
             metrics, eval_s, gen_s, generations = _score_and_generate(cfg, built, prep, record, seeds, device)
         guard()
         adapter_sha = adapter_files.save_adapter(path, built.model)
-        _fill_results(summary, cfg, built, prep, record, effective, metrics, device, dtype)
+        fill_results(summary, cfg, built, prep, record, effective, metrics, device, _device_name(device), dtype)
         summary.precision = S.part(S.Precision, {"compute_dtype": str(dtype).replace("torch.", ""), **precision},
                                    "precision")
         summary.batching = S.part(S.Batching, batching_record(cfg, record), "batching")
@@ -247,33 +247,6 @@ def _train_and_score(cfg: RunConfig, path: Path, study: Path, seeds: Seeds, resu
                                                      "kept": cfg.train.keep_checkpoints}, "checkpointing")
 
 
-def _fill_results(summary: S.Summary, cfg: RunConfig, built: Built, prep: Prepared, record: train.TrainLog,
-                  effective: dict[str, Any], metrics: dict[str, Any], device: str, dtype: torch.dtype) -> None:
-    """The summary groups read from the run while its model is still alive."""
-    divergence = record.divergence or _ppl_divergence(metrics, cfg.eval.ppl_overflow, record)
-    summary.status = "diverged" if divergence else "complete"
-    summary.divergence = S.part(S.Divergence, divergence, "divergence")
-    summary.error = None
-    summary.optimizer = S.part(S.Optimizer, {
-        "requested": {**asdict(cfg.optim), "lr": cfg.train.lr},
-        "effective": {k: v for k, v in effective.items() if k != "state_maps"},
-        "state_maps": effective.get("state_maps")}, "optimizer")
-    summary.device = S.part(S.Device, {
-        "type": device, "name": _device_name(device), "compute_dtype": str(dtype).replace("torch.", ""),
-        "quantization": {k: v for k, v in asdict(cfg.quant).items() if k != "compute_dtype"},
-        "n_4bit_layers": built.n_4bit_layers,
-        "bnb_cpu_inference_repack": ("disabled: bitsandbytes' AVX512-BF16 repack breaks LoRA gradients after "
-                                     "an eval pass; one fp32 dequantize path for training and scoring")
-        if device == "cpu" and cfg.quant.load_in_4bit else "not applicable"}, "device")
-    summary.model = S.part(S.Model, _model_info(cfg, built), "model")
-    summary.data = S.part(S.Data, prep.info, "data")
-    summary.metrics = S.part(S.Metrics, {
-        **metrics, **{k: v for k, v in built.base.items() if k.startswith("base_perplexity")},
-        "final_train_loss": _last(record.rows, "train"), "final_val_loss": _last(record.rows, "val"),
-        "steps": record.steps}, "metrics")
-    summary.perplexity_definition = evaluate.PERPLEXITY_DEFINITION
-
-
 def _score_and_generate(cfg: RunConfig, built: Built, prep: Prepared, record: train.TrainLog, seeds: Seeds,
                         device: str) -> tuple[dict[str, Any], float, float, list[dict[str, Any]]]:
     """Held-out perplexity and generations; skipped when training already produced NaN/inf."""
@@ -290,31 +263,9 @@ def _score_and_generate(cfg: RunConfig, built: Built, prep: Prepared, record: tr
     return ppl.as_metrics(), eval_s, time.perf_counter() - start, generations
 
 
-def _ppl_divergence(metrics: dict[str, Any], limit: float, record: train.TrainLog) -> dict[str, Any] | None:
-    ppl = metrics.get("perplexity_token_weighted", math.nan)
-    if math.isfinite(ppl) and ppl <= limit:
-        return None
-    return {"reason": f"held-out perplexity {ppl} is not finite or exceeds eval.ppl_overflow={limit:g}",
-            "step": record.steps, "last_loss": _last(record.rows, "train")}
-
-
-def _last(rows: list[dict[str, Any]], split: str) -> float:
-    values = [r["loss"] for r in rows if r["split"] == split]
-    return values[-1] if values else math.nan
-
-
 def _device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name(0)
     return cpu_model()
 
 
-def _model_info(cfg: RunConfig, built: Built) -> dict[str, Any]:
-    trainable = sum(p.numel() for p in built.model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in built.model.parameters())
-    targets = cfg.model.lora_targets_all if cfg.lora.targets == "all_linear" else cfg.model.lora_targets_attention
-    return {"name": cfg.model.name, "source": cfg.model.source, "resolved": built.model_id,
-            "architecture": cfg.model.architecture, "n_params": total,
-            "n_params_note": "parameter elements as stored: a 4-bit weight counts as half its size (2 per byte)", "n_trainable_params": trainable,
-            "lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "dropout": cfg.lora.dropout,
-                     "targets": cfg.lora.targets, "target_modules": list(targets)}}
