@@ -19,7 +19,7 @@ class AnalysisConfig:
             TOST shows their mean log perplexities differ by less than log(1 + margin) either
             way (0.01 = ±1%, i.e. a geometric-mean ratio inside [1/1.01, 1.01]).
         blowup_k: a finished run "blew up" when it diverged or its perplexity exceeds
-            ``blowup_k`` × the reference of its (model, dataset) (see :mod:`analysis.blowups`).
+            ``blowup_k`` × the reference of its (model, dataset) (see :mod:`analysis.compute.blowups`).
         gap_decades: an arm's perplexities are reported as split into clusters where two
             consecutive sorted values are more than this many decades (powers of 10) apart.
         alpha: significance level of every test whose p-value the report turns into words.

@@ -4,7 +4,7 @@ Each CSV row is one run of a published study: columns ``model, dataset, optim, t
 perplexity`` are required; ``variant``, ``notes``, ``perplexity_mean_per_sequence``,
 ``base_perplexity``, ``gpu_memory_pct``, ``gpu_memory_mb``, ``train_s``, ``eval_s`` are
 optional (an empty cell = not reported). Each row becomes ``results/<study>/<cell>/trial-NN``
-through the run-directory contract (:func:`repeatability.integrity.write_imported_run`):
+through the run-directory contract (:func:`repeatability.records.integrity.write_imported_run`):
 ``summary.json`` with what the row says and ``imported`` = {source, citation, row}, then
 ``DONE``. Nothing is invented: no seeds, adapter, loss curve, generations or environment.
 A finite perplexity makes the run ``complete``; ``inf`` (an overflowed perplexity, as the
@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from repeatability import artifacts, integrity
-from repeatability.errors import RunDirError
-from repeatability.summary import COLUMNS as S
+from repeatability.records import artifacts, integrity
+from repeatability.records.errors import RunDirError
+from repeatability.records.summary import COLUMNS as S
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""A study directory → tidy pandas frames, read only through :mod:`repeatability.artifacts`.
+"""A study directory → tidy pandas frames, read only through :mod:`repeatability.records.artifacts`.
 
 Nothing is dropped: failed, diverged, half-finished, unreadable and corrupted runs are rows of
 ``runs`` with their ``status``; whatever could not be read (or no longer matches the SHA-256 its
@@ -15,10 +15,10 @@ from typing import Any
 
 import pandas as pd
 
-from repeatability import adapter_files, artifacts, eval_records, integrity
-from repeatability import metrics as registry
-from repeatability.errors import RunDirError
-from repeatability.summary import COLUMNS as S
+from repeatability.records import adapter_files, artifacts, curve_files, eval_records, integrity
+from repeatability.records import metrics as registry
+from repeatability.records.errors import RunDirError
+from repeatability.records.summary import COLUMNS as S
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def _long_rows(path: Path, ids: dict[str, Any], problems: list[Problem]) -> tupl
     curves: list[dict[str, Any]] = []
     gens: list[dict[str, Any]] = []
     try:
-        curves = [{**ids, **r} for r in artifacts.read_loss_curve(path)]
+        curves = [{**ids, **r} for r in curve_files.read_loss_curve(path)]
     except RunDirError as exc:
         problems.append(Problem(ids["run"], "loss_curve", str(exc)))
     try:

@@ -29,13 +29,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import prose, sections, sections_answer, sections_blowups, sections_edge, sections_runs, sections_variance
-from analysis.compute import Results, compute
+from analysis.compute.results import Results, compute
+from analysis.compute.tables import write_table
 from analysis.config import AnalysisConfig
-from analysis.document import Doc, render_html, render_markdown, write_figures
 from analysis.load import Study, StudyError, load_study
-from analysis.tables import write_table
-from repeatability import artifacts
+from analysis.present import (
+    prose,
+    sections,
+    sections_answer,
+    sections_blowups,
+    sections_edge,
+    sections_runs,
+    sections_variance,
+)
+from analysis.present.document import Doc, render_html, render_markdown, write_figures
+from repeatability.records import artifacts
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +63,7 @@ SECTIONS: tuple[Section, ...] = (
 
 def build(study: Study, config: AnalysisConfig | None = None,
           others: Sequence[Study] = (), eval_name: str | None = None) -> tuple[Doc, sections.Tables]:
-    """Compute the study's numbers once (:func:`analysis.compute.compute`), then present them:
+    """Compute the study's numbers once (:func:`analysis.compute.results.compute`), then present them:
     every section of :data:`SECTIONS`, in order, into one document."""
     config = config or AnalysisConfig()
     results = compute(study, config, others)

@@ -6,7 +6,7 @@ On the default study's model and data (SmolLM2-135M, NF4 base, LoRA r=8 on all l
 the default optimizer, batch 4 of quotes, max length 64), in one process or interleaved:
 
 1. ``harness_over_bare_step``: the median train step of the harness's training path
-   (``repeatability.train.train``: the HF Trainer with its callbacks and logging) over a bare
+   (``repeatability.trial.train.train``: the HF Trainer with its callbacks and logging) over a bare
    PyTorch + PEFT + bitsandbytes loop (collate, forward, backward, clip, step, zero_grad) on the
    *same batches* (those the harness's sampler drew, replayed), same model, LoRA, optimizer
    class and padding; rounds alternate which arm goes first. Validation and checkpoints are off
@@ -51,8 +51,8 @@ log = logging.getLogger("bench")
 
 
 def _config(overrides: list[str]) -> Any:
-    from repeatability import preflight
-    from repeatability.config import to_run_config
+    from repeatability.launching import preflight
+    from repeatability.records.config import to_run_config
 
     return to_run_config(preflight.compose_jobs(overrides, multirun=False)[0])
 
@@ -71,8 +71,8 @@ class RecordingCollator:
 def _fresh_model(cfg: Any, path: str) -> Any:
     import torch
 
-    from repeatability import modelling
-    from repeatability.seeding import seed_everything
+    from repeatability.trial import modelling
+    from repeatability.trial.seeding import seed_everything
 
     base = modelling.load_base(path, cfg.quant, "cpu", torch.float32)
     seed_everything(1234)
@@ -80,8 +80,8 @@ def _fresh_model(cfg: Any, path: str) -> Any:
 
 
 def _harness_steps(cfg: Any, path: str, ds: Any, collator: Any, out: Path) -> tuple[list[float], Any]:
-    from repeatability import data, modelling, train
-    from repeatability.seeding import resolve_seeds
+    from repeatability.trial import data, modelling, train
+    from repeatability.trial.seeding import resolve_seeds
 
     model = _fresh_model(cfg, path)
     record, _, _ = train.train(model, ds, data.TokenDataset([]), collator, cfg.train, cfg.optim,
@@ -94,7 +94,7 @@ def _bare_steps(cfg: Any, path: str, batches: list[list[dict[str, Any]]], collat
     """A plain loop on the same batches: what a researcher would write without the harness."""
     import torch
 
-    from repeatability import modelling, train
+    from repeatability.trial import modelling, train
 
     model = _fresh_model(cfg, path)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -116,7 +116,7 @@ def _bare_steps(cfg: Any, path: str, batches: list[list[dict[str, Any]]], collat
 
 def bench_steps(steps: int, rounds: int, out: Path) -> dict[str, Any]:
     """Harness vs bare, and padded vs padding-free, interleaved over ``rounds``."""
-    from repeatability import data, modelling, pipeline
+    from repeatability.trial import data, modelling, pipeline
 
     cfg = _config([f"train.max_steps={steps}", "train.eval_every=0", "train.checkpoint_every=0",
                    f"results_dir={out}", "study=bench-steps"])
@@ -154,7 +154,7 @@ def _sweep(results: Path, study: str, steps: int, extra: list[str]) -> float:
 
 
 def _summaries(study: Path) -> list[dict[str, Any]]:
-    from repeatability import artifacts
+    from repeatability.records import artifacts
 
     return [artifacts.read_summary(p) for p in artifacts.iter_run_dirs(study)]
 
@@ -186,7 +186,7 @@ def bench_sweeps(steps: int, out: Path) -> dict[str, Any]:
 def machine() -> dict[str, Any]:
     import torch
 
-    from repeatability.environment import cpu_model
+    from repeatability.records.environment import cpu_model
 
     return {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__}

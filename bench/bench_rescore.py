@@ -16,7 +16,8 @@ def _forward_s(job: Any, study: Path) -> float:
     import torch
     from peft import PeftModel, prepare_model_for_kbit_training
 
-    from repeatability import adapter_files, evaluate, modelling, pipeline
+    from repeatability.records import adapter_files
+    from repeatability.trial import evaluate, modelling, pipeline
 
     cfg = job.cfg
     tok = modelling.load_tokenizer(job.model_id)
@@ -35,7 +36,8 @@ def _forward_s(job: Any, study: Path) -> float:
 def bench_rescore(study: Path) -> dict[str, Any]:
     """``rescore_over_forward``: re-scoring K adapters on one loaded base (everything after the
     base load: adapter loads and swaps, data preparation, scoring, records) over K pure forwards."""
-    from repeatability import artifacts, rescore
+    from repeatability import rescore
+    from repeatability.records import artifacts
 
     jobs = rescore.plan(study, "bench", [], force=True)
     forward = _forward_s(jobs[0], study)

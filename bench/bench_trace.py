@@ -18,8 +18,8 @@ log = logging.getLogger("bench")
 
 def _steps(cfg: Any, path: str, ds: Any, collator: Any, out: Path, trace: bool) -> tuple[list[float], float]:
     from bench import _fresh_model  # noqa: E402  (bench/ is on sys.path as the script's folder)
-    from repeatability import data, modelling, train
-    from repeatability.seeding import resolve_seeds
+    from repeatability.trial import data, modelling, train
+    from repeatability.trial.seeding import resolve_seeds
 
     model = _fresh_model(cfg, path)
     record, _, _ = train.train(model, ds, data.TokenDataset([]), collator, cfg.train, cfg.optim,
@@ -33,7 +33,7 @@ def _steps(cfg: Any, path: str, ds: Any, collator: Any, out: Path, trace: bool) 
 def bench_trace(steps: int, rounds: int, out: Path) -> dict[str, Any]:
     """Trace on vs off, interleaved over ``rounds``."""
     from bench import _config  # noqa: E402
-    from repeatability import data, modelling, pipeline
+    from repeatability.trial import data, modelling, pipeline
 
     cfg = _config([f"train.max_steps={steps}", "train.eval_every=0", "train.checkpoint_every=0",
                    "train.batch_size=1", "optim=paged_adamw_8bit_bnb041", f"results_dir={out}",

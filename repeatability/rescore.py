@@ -30,9 +30,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from repeatability import adapter_files, artifacts, eval_records, integrity
-from repeatability.config import GROUPS, RunConfig, to_run_config
-from repeatability.errors import ConfigError, RunDirError
+from repeatability.records import adapter_files, artifacts, eval_records, integrity
+from repeatability.records.config import GROUPS, RunConfig, to_run_config
+from repeatability.records.errors import ConfigError, RunDirError
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def finished_runs(study: Path) -> list[Path]:
 
 def run_config(run: Path, overrides: list[str]) -> RunConfig:
     """The run's stored config with ``overrides`` applied (group choices composed from conf/)."""
-    from repeatability import preflight
+    from repeatability.launching import preflight
 
     stored = OmegaConf.create(artifacts.read_config(run))
     groups = [o for o in overrides if o.split("=", 1)[0] in GROUPS]
@@ -85,7 +85,7 @@ def plan(study: Path, name: str, overrides: list[str], force: bool) -> list[Job]
     Raises:
         ConfigError: one line naming the problem and its fix.
     """
-    from repeatability import modelling
+    from repeatability.trial import modelling
 
     runs = finished_runs(study)
     if not runs:
@@ -115,7 +115,7 @@ def plan(study: Path, name: str, overrides: list[str], force: bool) -> list[Job]
 
 def _prepared(job: Job, tokenizer: Any, study: Path, cache: dict[str, Any]) -> Any:
     """The held-out texts exactly as the run's pipeline builds them (cached per data setting)."""
-    from repeatability import pipeline
+    from repeatability.trial import pipeline
 
     c = job.cfg
     key = repr((c.dataset, c.determinism.split_seed, c.train.val_examples, c.eval.max_examples, c.model.template,
@@ -141,7 +141,7 @@ def _swap_in(model: Any, base: Any, job: Job, index: int) -> Any:
 
 def score_group(jobs: list[Job], study: Path, name: str, overrides: list[str], force: bool) -> list[Path]:
     """Load the shared base once, score it (cached), then every job's adapter on it."""
-    from repeatability import evaluate, modelling, pipeline
+    from repeatability.trial import evaluate, modelling, pipeline
 
     first = jobs[0].cfg
     device = modelling.resolve_device(first.device)
@@ -181,7 +181,7 @@ def score_group(jobs: list[Job], study: Path, name: str, overrides: list[str], f
 
 def _record(job: Job, ppl: Any, base: dict[str, Any], prep: Any, overrides: list[str], device: str, dtype: Any,
             timings: dict[str, float], shared: int) -> dict[str, Any]:
-    from repeatability import evaluate
+    from repeatability.trial import evaluate
 
     summary = artifacts.read_summary(job.run)
     sha = adapter_files.adapter_sha256(job.run)

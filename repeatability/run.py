@@ -1,7 +1,7 @@
 """Entry point: ``python -m repeatability.run -m trial=1,2,3 optim=paged_adamw_8bit,paged_adamw_32bit``.
 
 Checks every job of the command line first (one line per problem, before any training), then
-hands over to Hydra, which launches one :func:`repeatability.sweep.run_one` per job.
+hands over to Hydra, which launches one :func:`repeatability.launching.sweep.run_one` per job.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import warnings
 import hydra
 from omegaconf import DictConfig
 
-from repeatability import preflight, sweep
-from repeatability.config import register_configs
-from repeatability.errors import ConfigError
+from repeatability.launching import preflight, sweep
+from repeatability.records.config import register_configs
+from repeatability.records.errors import ConfigError
 
 register_configs()
 

@@ -1,7 +1,7 @@
 """Synthetic studies for the analysis tests, written only through the run-directory contract.
 
 Each run gets every file the contract lists (a summary built from the typed schema in
-``repeatability/summary.py`` with every field it requires, loss curve, generations,
+``repeatability/records/summary.py`` with every field it requires, loss curve, generations,
 environment, config, a real safetensors adapter) and is marked DONE by ``integrity.mark_done``,
 so a change in the contract breaks these fixtures first.
 """
@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import save_file
 
-from repeatability import adapter_files, artifacts, integrity
-from repeatability import summary as S
-from repeatability.schema import from_dict
+from repeatability.records import adapter_files, artifacts, curve_files, integrity
+from repeatability.records import summary as S
+from repeatability.records.schema import from_dict
 
 # The paper's Tables 1 and 2 (Alahmari et al. 2024), perplexity per trial 1..7.
 PAPER_TABLE1 = {
@@ -196,7 +196,7 @@ def write_run(results: Path, study: str, cell: artifacts.CellKey, trial: int, *,
     path = artifacts.run_dir(results, study, cell, trial)
     artifacts.start_fresh(path)
     losses = losses if losses is not None else [3.0 - 0.1 * i + 0.01 * trial for i in range(10)]
-    artifacts.write_loss_curve(path, loss_rows(losses))
+    curve_files.write_loss_curve(path, loss_rows(losses))
     if status == "incomplete":
         return path
     artifacts.write_generations(path, generations if generations is not None else generation_rows(

@@ -38,8 +38,8 @@ _pin_xdist_worker()
 
 
 def _quotes(n: int) -> list[str]:
-    from repeatability.config import DatasetConfig
-    from repeatability.data import load_examples
+    from repeatability.records.config import DatasetConfig
+    from repeatability.trial.data import load_examples
 
     cfg = DatasetConfig(name="quotes", source="fortune", kind="text", max_chars=200, max_examples=n)
     return [e.text for e in load_examples(cfg)]
@@ -58,7 +58,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Random-init Llama, hidden 512 (so r=8 LoRA tensors reach bnb's min_8bit_size=4096),
     2 layers, no grouped KV (every LoRA tensor is 512x8), with a 600-token BPE tokenizer."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     out = tmp_path_factory.mktemp("tiny-llama")

@@ -9,9 +9,9 @@ import pytest
 from analysis_fixtures import write_run
 from variance_fixtures import OFAT_CELLS, Q_KEY, V_KEY, lora_tensors, write_variance_sources_study
 
-from analysis import adapter_distance as dv
+from analysis.compute import adapter_distance as dv
 from analysis.load import load_study
-from repeatability import artifacts
+from repeatability.records import artifacts
 
 
 def rank1(theta_deg: float, scale: float = 1.0, dim: int = 4) -> dv.Adapter:

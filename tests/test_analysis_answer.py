@@ -1,5 +1,5 @@
 """The report answers first: short arm labels, the Answer block's numbers, the appendix, the
-contents, long tables and CSV links (analysis.labels, analysis.sections_answer, analysis.document)."""
+contents, long tables and CSV links (analysis.present.labels, analysis.present.sections_answer, analysis.present.document)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import pytest
 from analysis_fixtures import SMOL_8, SMOL_32, write_default_like_study, write_paper_study
 from scipy import stats as sps
 
-from analysis import labels, report
-from analysis.document import SHOWN_ROWS, Doc, anchor, render_html, render_markdown
+from analysis import report
 from analysis.load import load_study
+from analysis.present import labels
+from analysis.present.document import SHOWN_ROWS, Doc, anchor, render_html, render_markdown
 
 
 def test_short_labels_keep_only_what_differs():
@@ -108,7 +109,7 @@ def test_document_contents_appendix_long_tables_and_csv_links():
 
 def test_a_study_without_its_adapter_weights_says_so(tmp_path):
     """A published study ships run records only: the distances say why they are missing."""
-    from repeatability import adapter_files
+    from repeatability.records import adapter_files
 
     path = write_default_like_study(tmp_path)
     for weights in path.glob("*/trial-*/" + adapter_files.adapter_weights_path(Path(".")).as_posix()):
@@ -124,8 +125,8 @@ def test_same_seeds_on_another_machine_beside_the_seed_spread(tmp_path):
     the default study on an EPYC and on a Xeon differ by ~1e-5 relative, with other adapter bits)."""
     from analysis_fixtures import write_run
 
-    from analysis import sections_answer
-    from analysis.compute import compute
+    from analysis.compute.results import compute
+    from analysis.present import sections_answer
 
     here = load_study(write_default_like_study(tmp_path))
     for trial in range(1, 8):  # the same protocol "on another machine": 1e-5 higher, other bits
@@ -155,9 +156,9 @@ def test_same_seeds_on_another_machine_beside_the_seed_spread(tmp_path):
 def test_the_answer_warns_when_runs_came_from_different_locks(tmp_path):
     import dataclasses
 
-    from analysis import sections_answer
-    from analysis.compute import compute
-    from analysis.verdict import LockStatus
+    from analysis.compute.results import compute
+    from analysis.compute.verdict import LockStatus
+    from analysis.present import sections_answer
 
     r = compute(load_study(write_default_like_study(tmp_path)))
     mixed = dataclasses.replace(r, lock=LockStatus(locks={"requirements/cpu.txt aaaa": 7, "requirements/cpu.txt bbbb": 7},

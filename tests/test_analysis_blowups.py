@@ -18,9 +18,11 @@ from analysis_fixtures import (
 )
 from scipy import stats as sps
 
-from analysis import blowups, equivalence, prose, report, stats
+from analysis import report
+from analysis.compute import blowups, equivalence, stats
 from analysis.config import AnalysisConfig
 from analysis.load import load_study
+from analysis.present import prose
 
 LLAMA_8 = PAPER_TABLE1[("llama2-7b-hf", "paged_adamw_8bit")]
 LOG_MARGIN = math.log(1.01)

@@ -1,4 +1,4 @@
-"""The report in layers: compute once (analysis.compute), then present. The adapter pair table is
+"""The report in layers: compute once (analysis.compute.results), then present. The adapter pair table is
 computed once per report, and the tables the report writes hold the numbers compute returned."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from variance_fixtures import OFAT_CELLS, write_variance_sources_study
 
-from analysis import adapter_distance, blowups, compute, report
+from analysis import report
+from analysis.compute import adapter_distance, blowups, results
+from analysis.compute.stats import PRIMARY_METRIC
 from analysis.load import load_study
-from analysis.stats import PRIMARY_METRIC
 
 # report table → the Results field it must hold, as written (full precision CSV)
 WRITTEN_AS = {"adapter_distance_pairs": "adapter_whole", "adapter_distance_cells": "adapter_cells",
@@ -40,7 +41,7 @@ def counted_report(tmp_path_factory):
     """The variance-sources study's report, built with pair_table, arm_rates and compute counted."""
     study = write_variance_sources_study(tmp_path_factory.mktemp("results"))
     counted = {"pair_table": Counted(adapter_distance.pair_table),
-               "arm_rates": Counted(blowups.arm_rates), "compute": Counted(compute.compute)}
+               "arm_rates": Counted(blowups.arm_rates), "compute": Counted(results.compute)}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(adapter_distance, "pair_table", counted["pair_table"])
         mp.setattr(blowups, "arm_rates", counted["arm_rates"])
@@ -72,18 +73,18 @@ def test_the_report_tables_hold_the_numbers_compute_returned(counted_report, tab
 
 def test_compute_alone_gives_the_known_answers(counted_report):
     out, _ = counted_report
-    results = compute.compute(load_study(out.parent / "variance-sources"))
-    assert dataclasses.is_dataclass(results)
+    computed = results.compute(load_study(out.parent / "variance-sources"))
+    assert dataclasses.is_dataclass(computed)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        results.ofat = pd.DataFrame()
+        computed.ofat = pd.DataFrame()
     lora, nothing = OFAT_CELLS["vary-lora-init"].dirname, OFAT_CELLS["vary-nothing"].dirname
-    cells = results.adapter_cells.set_index("cell")
+    cells = computed.adapter_cells.set_index("cell")
     assert cells.loc[lora, "rel_l2_mean"] == pytest.approx(0.88, abs=5e-3)
     assert cells.loc[lora, "farthest_kind"] == "q_proj" and cells.loc[nothing, "farthest_kind"] == "–"
-    log_ppl = results.ofat[results.ofat["metric"] == "log perplexity"].set_index("source")
+    log_ppl = computed.ofat[computed.ofat["metric"] == "log perplexity"].set_index("source")
     assert log_ppl.loc["lora_init", "share"] == pytest.approx(0.01 / 0.0129)
-    stats = results.cell_stats[PRIMARY_METRIC].set_index("cell")
+    stats = computed.cell_stats[PRIMARY_METRIC].set_index("cell")
     assert stats.loc[nothing, "std"] == 0 and stats.loc[nothing, "n"] == 3
-    assert results.trials_needed.set_index("cell").loc[nothing, "n_1.05"] == 1
+    assert computed.trials_needed.set_index("cell").loc[nothing, "n_1.05"] == 1
     written = pd.read_csv(out / "tables" / "cell_stats_token_weighted.csv").set_index("cell")
     assert written.loc[lora, "gmean"] == pytest.approx(stats.loc[lora, "gmean"], rel=1e-12)

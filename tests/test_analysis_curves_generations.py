@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from analysis_fixtures import SMOL_8, SMOL_32, write_run
 
-from analysis import curves, generations
+from analysis.compute import curves, generations
 from analysis.load import load_study
 
 

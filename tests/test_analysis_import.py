@@ -13,11 +13,12 @@ import pytest
 from analysis_fixtures import PAPER_TABLE1, PAPER_TABLE2, SMOL_8, write_default_like_study, write_run
 from scipy import stats as sps
 
-from analysis import import_table, report, verdict
+from analysis import import_table, report
+from analysis.compute import verdict
 from analysis.load import load_study
-from analysis.sections import setup_table
-from repeatability import integrity
-from repeatability.errors import RunDirError
+from analysis.present.sections import setup_table
+from repeatability.records import integrity
+from repeatability.records.errors import RunDirError
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_CSV = ROOT / "experiments" / "paper_tables_1_2.csv"

@@ -8,7 +8,7 @@ import pytest
 from analysis_fixtures import SMOL_8, SMOL_32, SMOL_FIXED, write_mixed_study, write_run
 
 from analysis.load import StudyError, flatten, load_study
-from repeatability import adapter_files, artifacts
+from repeatability.records import adapter_files, artifacts
 
 
 @pytest.fixture(scope="module")

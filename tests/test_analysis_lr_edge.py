@@ -1,4 +1,4 @@
-"""The learning-rate edge (analysis.lr_edge, sections_edge) on a synthetic LR-grid study whose
+"""The learning-rate edge (analysis.compute.lr_edge, sections_edge) on a synthetic LR-grid study whose
 every number is worked out by hand below.
 
 The study: smollm2-135m × quotes, base perplexity 64 (every fixture run records it), k = 10 →
@@ -21,12 +21,13 @@ import pytest
 from analysis_fixtures import SMOL_8, SMOL_32, write_default_like_study, write_run
 from scipy import stats as sps
 
-from analysis import lr_edge, report
+from analysis import report
+from analysis.compute import lr_edge
 from analysis.config import AnalysisConfig
-from analysis.document import render_markdown
 from analysis.load import load_study
-from repeatability import artifacts
-from repeatability.optimtrace import COLUMNS as TRACE_COLUMNS
+from analysis.present.document import render_markdown
+from repeatability.records import artifacts, curve_files
+from repeatability.trial.optimtrace import COLUMNS as TRACE_COLUMNS
 
 GRID = (1e-4, 2e-4, 1e-2)
 PPL = {"paged_adamw_8bit": ([20.0, 22.0], [30.0, 1000.0], [math.inf, 5000.0]),
@@ -66,7 +67,7 @@ def write_lr_study(results, study: str = "edge"):
                                  status="diverged" if diverged else "complete",
                                  summary={"optimizer": {"requested": {"lr": lr}}})
                 if (optim, lr, trial) in INFLATION:
-                    artifacts.write_optimizer_trace(path, _trace(INFLATION[optim, lr, trial], trial,
+                    curve_files.write_optimizer_trace(path, _trace(INFLATION[optim, lr, trial], trial,
                                                                  "8bit" in optim), TRACE_COLUMNS)
     return artifacts.study_dir(results, study)
 
@@ -227,7 +228,7 @@ def test_a_long_run_beside_the_grid_is_traced_not_edged(tmp_path):
     study = write_lr_study(tmp_path)
     cell = artifacts.CellKey("smollm2-135m", "quotes", "paged_adamw_8bit", "horizon-lr0.0002")
     path = write_run(tmp_path, "edge", cell, 1, ppl=25.0, summary={"optimizer": {"requested": {"lr": 2e-4}}})
-    artifacts.write_optimizer_trace(path, _trace([1.0, 3.0, 9.0], 1, True), TRACE_COLUMNS)
+    curve_files.write_optimizer_trace(path, _trace([1.0, 3.0, 9.0], 1, True), TRACE_COLUMNS)
     e = lr_edge.compute_edge(load_study(study), AnalysisConfig())
     horizon_arm = f"{ARM_8}__horizon"
     assert horizon_arm not in set(e.edges["arm"]) | set(e.rates["arm"]) | set(e.sensitivity["arm"])

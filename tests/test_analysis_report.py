@@ -14,7 +14,7 @@ from analysis_fixtures import SMOL_8, SMOL_32, SMOL_FIXED, write_default_like_st
 
 from analysis import report
 from analysis.load import load_study
-from repeatability import artifacts
+from repeatability.records import artifacts
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from analysis_fixtures import PAPER_TABLE1, SMOL_8, SMOL_32, write_mixed_study, write_paper_study
 
-from analysis import stats
+from analysis.compute import stats
 from analysis.load import load_study
 
 LLAMA_8 = PAPER_TABLE1[("llama2-7b-hf", "paged_adamw_8bit")]

@@ -14,7 +14,7 @@ from analysis_fixtures import (
     write_run,
 )
 
-from analysis import tables
+from analysis.compute import tables
 from analysis.load import load_study
 
 

@@ -8,13 +8,14 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from analysis_fixtures import SMOL_8, write_run
 from scipy import stats as sps
 from variance_fixtures import CROSSED_Y, OFAT_CELLS, ofat_seeds, write_variance_sources_study
 
-from analysis import adapter_distance, anova, prose, variance
+from analysis.compute import adapter_distance, anova, variance
 from analysis.load import load_study
-from analysis_fixtures import SMOL_8, write_run
-from repeatability import artifacts
+from analysis.present import prose
+from repeatability.records import artifacts
 
 SIGMAS = {"lora_init": 0.03, "data_order": 0.02, "dropout": 0.01}
 FLOOR = 0.005

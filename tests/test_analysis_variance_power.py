@@ -9,8 +9,9 @@ from analysis_fixtures import SMOL_8, write_mixed_study, write_run
 from scipy import stats as sps
 from variance_fixtures import OFAT_CELLS, sampled_generations, write_variance_sources_study
 
-from analysis import ablations, power, prose, verdict
+from analysis.compute import ablations, power, verdict
 from analysis.load import load_study
+from analysis.present import prose
 
 
 @pytest.fixture(scope="module")

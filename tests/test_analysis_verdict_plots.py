@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from analysis_fixtures import SMOL_8, SMOL_32, SMOL_FIXED, write_mixed_study, write_paper_study, write_run
 
-from analysis import plots, prose, verdict
+from analysis.compute import verdict
 from analysis.load import load_study
+from analysis.present import plots, prose
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def test_environment_differences_inside_a_cell(mixed):
 
 
 def test_comparison_reading_in_plain_words(tmp_path):
-    from analysis import stats
+    from analysis.compute import stats
 
     paper = load_study(write_paper_study(tmp_path))
     row = stats.compare_all(paper.runs).iloc[1]  # llama2-7b-hf, 8-bit vs 32-bit

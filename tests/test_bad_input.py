@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from repeatability import artifacts
+from repeatability.records import artifacts
 from tests.conftest import run_cli, tiny_overrides
 
 
@@ -78,7 +78,7 @@ def test_empty_split(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
 
 
 def test_bf16_on_cpu_without_bf16(capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from repeatability import modelling
+    from repeatability.trial import modelling
 
     monkeypatch.setattr(modelling, "cpu_has_bf16", lambda: False)  # CI's CPUs vary; this one may have bf16
     line = _error_line(capsys, ["quant.compute_dtype=bfloat16", "device=cpu", f"results_dir={tmp_path}"], tmp_path)

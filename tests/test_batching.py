@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import torch
 
-from repeatability import data, evaluate, modelling
-from repeatability.config import LoraConfig, ModelConfig, QuantConfig
-from repeatability.errors import ConfigError
+from repeatability.records.config import LoraConfig, ModelConfig, QuantConfig
+from repeatability.records.errors import ConfigError
+from repeatability.trial import data, evaluate, modelling
 from tests.conftest import run_cli, tiny_overrides
 
 
@@ -164,7 +164,7 @@ def test_a_run_made_before_the_batching_keys_existed_is_still_recognised(
     """A finished run whose config.yaml lacks train/eval.batching ran padded batches (the schema
     default): the same command with padded batches skips it; the padding-free default is
     another config and is refused rather than mixed into the cell."""
-    from repeatability import integrity
+    from repeatability.records import integrity
 
     args = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path, study="old", **{"train.batching": "padded"})
     assert run_cli(args) == 0

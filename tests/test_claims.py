@@ -1,4 +1,4 @@
-"""Run claims (repeatability.claims): create, refuse, take over stale ones, race-free (no training)."""
+"""Run claims (repeatability.launching.claims): create, refuse, take over stale ones, race-free (no training)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from repeatability import artifacts, claims
+from repeatability.launching import claims
+from repeatability.records import artifacts
 
 RUN = Path("study") / "tiny__tq__paged_adamw_8bit" / "trial-01"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from repeatability import adapter_files, artifacts, integrity
+from repeatability.records import adapter_files, artifacts, integrity
 from tests.conftest import ROOT, run_cli, tiny_overrides
 
 CELL = "tiny__tq__paged_adamw_8bit"

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from repeatability import preflight
-from repeatability.config import GROUPS, RunConfig, to_run_config
-from repeatability.errors import ConfigError
-from repeatability.determinism import apply_determinism, read_determinism_flags
-from repeatability.seeding import resolve_seeds
+from repeatability.launching import preflight
+from repeatability.records.config import GROUPS, RunConfig, to_run_config
+from repeatability.records.errors import ConfigError
+from repeatability.trial.determinism import apply_determinism, read_determinism_flags
+from repeatability.trial.seeding import resolve_seeds
 
 NEEDS_PATH = {("model", "local"): "model.path=/tmp/x", ("dataset", "local"): "dataset.path=/tmp/x.jsonl"}
 
@@ -65,7 +65,7 @@ def test_cross_field_checks() -> None:
 
 
 def test_seed_policies() -> None:
-    from repeatability.config import DeterminismConfig
+    from repeatability.records.config import DeterminismConfig
 
     per = [resolve_seeds(DeterminismConfig(), t) for t in (1, 2)]
     assert per[0].lora_init != per[1].lora_init and per[0].data_order != per[1].data_order

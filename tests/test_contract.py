@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from analysis import sections, stats, tables
+from analysis.compute import stats, tables
 from analysis.load import load_study
-from repeatability import adapter_files, artifacts
-from repeatability.summary import COLUMNS as S
+from analysis.present import sections
+from repeatability.records import adapter_files, artifacts, curve_files
+from repeatability.records.summary import COLUMNS as S
 
 CELL = "tiny__tq__paged_adamw_8bit"
 
@@ -50,7 +51,7 @@ def test_what_the_runs_wrote_is_what_the_analysis_reports(sweep: Path) -> None:
     assert setup["seed sources varied across trials"] == "lora_init, data_order, dropout, generation"
     # the loss curves frame holds the CSV rows of each run
     for s in written:
-        curve = artifacts.read_loss_curve(sweep / "a" / CELL / f"trial-{s['trial']:02d}")
+        curve = curve_files.read_loss_curve(sweep / "a" / CELL / f"trial-{s['trial']:02d}")
         frame = study.curves[study.curves["trial"] == s["trial"]]
         assert list(frame["loss"]) == [r["loss"] for r in curve]
 
@@ -83,7 +84,7 @@ def test_pinned_losses_and_adapter_of_a_fixed_seed_run(sweep: Path) -> None:
     if found != PINNED_VERSIONS:
         pytest.skip(f"losses pinned on {PINNED_VERSIONS}; this is {found}")
     run = sweep / "a" / CELL / "trial-01"
-    losses = [r["loss"] for r in artifacts.read_loss_curve(run) if r["split"] == "train"]
+    losses = [r["loss"] for r in curve_files.read_loss_curve(run) if r["split"] == "train"]
     sha = adapter_files.adapter_sha256(run)
     assert losses == pytest.approx(PINNED_LOSSES, rel=1e-5, abs=1e-5), f"losses {losses!r}, adapter {sha}"
     flags = _cpu_flags()

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from repeatability.config import DatasetConfig
-from repeatability.data import Example, PadCollator, apply_template, load_examples, split_examples
+from repeatability.records.config import DatasetConfig
+from repeatability.trial.data import Example, PadCollator, apply_template, load_examples, split_examples
 
 
 def test_bundled_quotes_are_english_quotes_like() -> None:
@@ -76,7 +76,7 @@ def test_open_platypus_loader_on_a_local_copy(tmp_path: Path) -> None:
 
 
 def test_local_csv_with_missing_column(tmp_path: Path) -> None:
-    from repeatability.errors import ConfigError
+    from repeatability.records.errors import ConfigError
 
     (tmp_path / "d.csv").write_text("body\nhello\nworld\n")
     with pytest.raises(ConfigError, match="column\\(s\\) text not found \\(has body\\)"):

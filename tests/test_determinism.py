@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from repeatability import artifacts
+from repeatability.records import artifacts, curve_files
 from tests.conftest import run_cli, tiny_overrides
 
 CELL = "tiny__tq__paged_adamw_8bit"
@@ -16,7 +16,7 @@ def _sweep(model: Path, data: Path, results: Path, study: str, **extra: str) -> 
     args = tiny_overrides(model, data, results, **{"train.max_steps": 3, "train.eval_every": 0, **extra})
     assert run_cli(["-m", f"study={study}", "trial=1,2", *args]) == 0
     runs = [results / study / CELL / f"trial-0{t}" for t in (1, 2)]
-    return [{"summary": artifacts.read_summary(r), "curve": [x["loss"] for x in artifacts.read_loss_curve(r)
+    return [{"summary": artifacts.read_summary(r), "curve": [x["loss"] for x in curve_files.read_loss_curve(r)
                                                             if x["split"] == "train"]} for r in runs]
 
 
@@ -69,8 +69,8 @@ def test_an_eval_pass_does_not_change_training_gradients(tiny_model_dir: Path) -
     import bitsandbytes as bnb
     import torch
 
-    from repeatability.config import LoraConfig, ModelConfig, QuantConfig
-    from repeatability.modelling import add_lora, load_base
+    from repeatability.records.config import LoraConfig, ModelConfig, QuantConfig
+    from repeatability.trial.modelling import add_lora, load_base
 
     mcfg = ModelConfig(name="tiny", source="local", path=str(tiny_model_dir),
                        lora_targets_all=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])

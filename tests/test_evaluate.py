@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from repeatability.evaluate import answer_letter, perplexity
+from repeatability.trial.evaluate import answer_letter, perplexity
 
 
 def test_token_weighted_and_mean_per_sequence() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from repeatability import artifacts
+from repeatability.records import artifacts
 from tests.conftest import run_cli, tiny_overrides
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

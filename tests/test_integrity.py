@@ -11,10 +11,12 @@ import pytest
 from analysis_fixtures import SMOL_8, write_adapter, write_run
 from omegaconf import DictConfig, OmegaConf
 
+from analysis.compute.stats import cell_stats
 from analysis.load import load_study
-from analysis.stats import cell_stats
-from repeatability import adapter_files, artifacts, claims, integrity, pipeline, preflight, sweep
-from repeatability.errors import RunDirError
+from repeatability.launching import claims, preflight, sweep
+from repeatability.records import adapter_files, artifacts, curve_files, integrity
+from repeatability.records.errors import RunDirError
+from repeatability.trial import pipeline
 
 CELL = "smollm2-135m__quotes__paged_adamw_8bit"
 
@@ -123,7 +125,7 @@ def _fake_execute(cfg: Any, config_yaml: str, overrides: list[str], path: Path, 
     """What pipeline.execute leaves behind, minus the training."""
     artifacts.write_config(path, config_yaml, overrides)
     artifacts.write_environment(path, {"python": "3"})
-    artifacts.write_loss_curve(path, [{"step": 1, "split": "train", "loss": 2.0}])
+    curve_files.write_loss_curve(path, [{"step": 1, "split": "train", "loss": 2.0}])
     artifacts.write_generations(path, [])
     sha = write_adapter(path, cfg.trial)
     guard()
@@ -226,8 +228,8 @@ def test_a_rerun_over_a_corrupted_finished_run_refuses_naming_the_file(
 
 
 def test_claim_settings_are_checked_and_do_not_change_a_runs_config(tmp_path: Path) -> None:
-    from repeatability.config import to_run_config
-    from repeatability.errors import ConfigError
+    from repeatability.records.config import to_run_config
+    from repeatability.records.errors import ConfigError
 
     [cfg] = preflight.compose_jobs(["claim_heartbeat_s=60", "claim_stale_after_s=100"], multirun=False)
     with pytest.raises(ConfigError, match="at least 3 heartbeats"):

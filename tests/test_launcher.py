@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from repeatability import artifacts
+from repeatability.records import artifacts
 from tests.conftest import run_cli, tiny_overrides
 
 CELL = "tiny__tq__paged_adamw_32bit"
@@ -45,7 +45,7 @@ def test_parallel_jobs_split_the_cores(tiny_model_dir: Path, quotes_jsonl: Path,
 
 
 def test_thread_budget_rules(monkeypatch: pytest.MonkeyPatch) -> None:
-    from repeatability.determinism import thread_budget
+    from repeatability.trial.determinism import thread_budget
 
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")
     assert thread_budget(None) == {"threads": 6, "cores": 6, "parallel_jobs": 1, "source": "SLURM_CPUS_PER_TASK=6"}
@@ -59,7 +59,7 @@ def test_xdist_workers_get_their_own_cores() -> None:
     so the thread budget of a run inside a worker does not oversubscribe the machine."""
     import os
 
-    from repeatability.determinism import thread_budget
+    from repeatability.trial.determinism import thread_budget
 
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers < 2 or (os.cpu_count() or 1) < workers:
@@ -70,7 +70,7 @@ def test_xdist_workers_get_their_own_cores() -> None:
 
 
 def test_launchers_are_classified_in_one_place() -> None:
-    from repeatability import launchers
+    from repeatability.launching import launchers
 
     basic = launchers.classify({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"})
     assert (basic.kind, basic.parallel_jobs, basic.remote) == ("basic", 1, False)
@@ -95,8 +95,8 @@ def test_thread_budget_counts_live_runs_of_other_launchers(tmp_path: Path, monke
     import subprocess
     import sys
 
-    from repeatability import claims, launchers
-    from repeatability.determinism import thread_budget
+    from repeatability.launching import claims, launchers
+    from repeatability.trial.determinism import thread_budget
 
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
     monkeypatch.setattr(launchers, "cores", lambda: 2)

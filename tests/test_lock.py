@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis import prose, verdict
-from repeatability import lock
+from analysis.compute import verdict
+from analysis.present import prose
+from repeatability.records import lock
 
 CPU, CUDA, CUDA12, BOOTSTRAP = (lock.LOCK_DIR / name for name in ("cpu.txt", "cuda.txt", "cuda12.txt", "bootstrap.txt"))
 DIRECT = ("transformers", "peft", "bitsandbytes", "accelerate", "datasets", "hydra-core", "numpy", "scipy",

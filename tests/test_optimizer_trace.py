@@ -1,4 +1,4 @@
-"""The optimizer trace (repeatability/optimtrace.py): a 32-bit shadow of AdamW fed the real
+"""The optimizer trace (repeatability/trial/optimtrace.py): a 32-bit shadow of AdamW fed the real
 optimizer's gradients, never applied; its rows per step and module kind; on vs off gives the
 same bits."""
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from repeatability import artifacts, optimtrace, qmaps
+from repeatability.records import artifacts, curve_files
+from repeatability.trial import optimtrace, qmaps
 from tests.conftest import run_cli, tiny_overrides
 
 NAMES = ("model.layers.0.self_attn.q_proj.lora_A.default.weight",
@@ -133,11 +134,11 @@ def test_trace_on_and_off_give_the_same_bits(tiny_model_dir: Path, quotes_jsonl:
     on = _run(tmp_path, tiny_model_dir, quotes_jsonl, "on", "diagnostics.optimizer_trace=true")
     s_off, s_on = (json.loads((r / artifacts.SUMMARY).read_text()) for r in (off, on))
     assert s_on["adapter"]["sha256"] == s_off["adapter"]["sha256"]
-    untimed = [[{k: v for k, v in r.items() if k != "elapsed_s"} for r in artifacts.read_loss_curve(run)]
+    untimed = [[{k: v for k, v in r.items() if k != "elapsed_s"} for r in curve_files.read_loss_curve(run)]
                for run in (off, on)]
     assert untimed[0] == untimed[1] and len(untimed[0]) > 6  # every loss, grad norm and LR, bit for bit
     assert "optimizer_trace" not in s_off and not (off / artifacts.OPTIMIZER_TRACE).exists()
-    rows = artifacts.read_optimizer_trace(on)
+    rows = curve_files.read_optimizer_trace(on)
     kinds = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     assert {r["module_kind"] for r in rows} == kinds | {"all"} and len(rows) == 6 * 8
     assert s_on["optimizer_trace"]["steps"] == 6 and set(s_on["optimizer_trace"]["kinds"]) == kinds
@@ -152,7 +153,7 @@ def test_steps_the_grad_scaler_skips_are_not_traced(tiny_model_dir: Path, quotes
                "quant.compute_dtype=float16", steps=8)
     s = json.loads((run / artifacts.SUMMARY).read_text())
     skipped = s["precision"]["scaler_skipped_steps"]
-    traced = [r for r in artifacts.read_optimizer_trace(run) if r["module_kind"] == "all"]
+    traced = [r for r in curve_files.read_optimizer_trace(run) if r["module_kind"] == "all"]
     assert len(traced) == 8 - skipped == s["optimizer_trace"]["steps"]
     assert [r["optimizer_step"] for r in traced] == list(range(1, len(traced) + 1))
     assert not {r["step"] for r in traced} & set(s["precision"]["scaler_skipped_at"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from repeatability import artifacts
+from repeatability.records import artifacts
 from tests.conftest import run_cli
 
 FAST = ["train.max_steps=2", "train.batch_size=2", "train.max_length=48", "train.eval_every=0",

@@ -15,7 +15,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.plugins import Plugins
 
-from repeatability import preflight
+from repeatability.launching import preflight
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from repeatability import preflight
-from repeatability.config import DatasetConfig, DeterminismConfig, RunConfig, TrainConfig, to_run_config
-from repeatability.data import Example, apply_template, load_examples, split_examples
-from repeatability.errors import ConfigError
+from repeatability.launching import preflight
+from repeatability.records.config import DatasetConfig, DeterminismConfig, RunConfig, TrainConfig, to_run_config
+from repeatability.records.errors import ConfigError
+from repeatability.trial.data import Example, apply_template, load_examples, split_examples
 
 FUSED_QKV = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
 LLAMA_ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -117,8 +117,8 @@ def test_input_field_needs_an_instruction_dataset() -> None:
 
 def test_warmup_ratio_reaches_the_trainer(tmp_path: Path) -> None:
     """train() hands the ratio to TrainingArguments, which turns it into 10% of the steps."""
-    from repeatability import train as train_mod
-    from repeatability.seeding import resolve_seeds
+    from repeatability.trial import train as train_mod
+    from repeatability.trial.seeding import resolve_seeds
 
     cfg = TrainConfig(lr_scheduler="linear", warmup_ratio=0.1)
     args = train_mod._training_args(cfg, resolve_seeds(DeterminismConfig(), 1), "cpu", "no", tmp_path,

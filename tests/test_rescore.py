@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from repeatability import artifacts, eval_records, integrity, modelling, rescore
+from repeatability import rescore
+from repeatability.records import artifacts, eval_records, integrity
+from repeatability.trial import modelling
 from tests.conftest import run_cli, tiny_overrides
 
 

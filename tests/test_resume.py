@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from repeatability import artifacts, checkpoint_files
+from repeatability.records import artifacts, checkpoint_files, curve_files
 from tests.conftest import ROOT, run_cli, tiny_overrides
 
 CELL = "tiny__tq__paged_adamw_8bit"
@@ -22,7 +22,7 @@ STEPS, EVERY = 24, 4
 def _curve(run: Path) -> list[tuple]:
     """The loss curve without its wall-clock column."""
     return [(r["step"], r["split"], r["loss"], r["learning_rate"], r["grad_norm"])
-            for r in artifacts.read_loss_curve(run)]
+            for r in curve_files.read_loss_curve(run)]
 
 
 def _kill_after_checkpoint(args: list[str], run: Path, step: int, timeout: float = 300) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from repeatability import adapter_files, artifacts, claims, integrity, lock
+from repeatability.launching import claims
+from repeatability.records import adapter_files, artifacts, curve_files, integrity, lock
 from tests.conftest import run_cli, tiny_overrides
 
 CELL = "tiny__tq__paged_adamw_8bit"
@@ -66,7 +67,7 @@ def test_summary_key_fields(sweep: Path) -> None:
     assert s["seeds"]["policy"] == "per_trial" and s["seeds"]["rules"]["lora_init"] == "trial"
     assert s["determinism"]["torch_num_threads"] == 1
     assert len(artifacts.read_generations(sweep / "a" / CELL / "trial-01")) == 4  # 2 prompts x sampled, greedy
-    curve = artifacts.read_loss_curve(sweep / "a" / CELL / "trial-01")
+    curve = curve_files.read_loss_curve(sweep / "a" / CELL / "trial-01")
     assert [r["step"] for r in curve if r["split"] == "train"] == [1, 2, 3, 4]
     assert [r["step"] for r in curve if r["split"] == "val"] == [2, 4]
     assert all(math.isfinite(r["grad_norm"]) for r in curve if r["split"] == "train")
@@ -75,7 +76,7 @@ def test_summary_key_fields(sweep: Path) -> None:
 def test_same_seed_gives_identical_bits_and_curve(sweep: Path) -> None:
     a, b = _summary(sweep, "a", 1), _summary(sweep, "b", 1)
     assert a["adapter"]["sha256"] == b["adapter"]["sha256"]
-    curve = lambda s: [(r["step"], r["split"], r["loss"]) for r in artifacts.read_loss_curve(sweep / s / CELL / "trial-01")]
+    curve = lambda s: [(r["step"], r["split"], r["loss"]) for r in curve_files.read_loss_curve(sweep / s / CELL / "trial-01")]
     assert curve("a") == curve("b")
     assert a["metrics"]["perplexity_token_weighted"] == b["metrics"]["perplexity_token_weighted"]
 
@@ -134,7 +135,7 @@ def test_half_finished_run_is_redone(tiny_model_dir: Path, quotes_jsonl: Path, t
 def test_failure_is_recorded_and_the_sweep_goes_on(
         tiny_model_dir: Path, quotes_jsonl: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture) -> None:
-    from repeatability import pipeline
+    from repeatability.trial import pipeline
 
     real = pipeline._score_and_generate
 
@@ -191,7 +192,7 @@ def test_a_finished_job_leaves_no_weights_alive(tiny_model_dir: Path, quotes_jso
 
 def test_sweep_line_counts_runs_not_ledger_lines() -> None:
     """A run preempted and then finished by its requeued job is one complete run."""
-    from repeatability.sweep import summarize
+    from repeatability.launching.sweep import summarize
 
     entries = [{"run_dir": "a", "status": "preempted", "step": 5}, {"run_dir": "b", "status": "complete"},
                {"run_dir": "a", "status": "complete"}, {"run_dir": None, "status": "failed", "error": "job 7 CANCELLED"},

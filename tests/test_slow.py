@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from repeatability import artifacts
+from repeatability.records import artifacts
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow

@@ -16,10 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from submitit.slurm.slurm import SlurmJobEnvironment
 
-from repeatability import artifacts, integrity
+from repeatability.records import artifacts, integrity
 from tests.conftest import ROOT, run_cli, tiny_overrides
 from tests.slurm_cluster import LocalSlurm, missing
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from repeatability import artifacts, qmaps
+from repeatability.records import artifacts, curve_files
+from repeatability.trial import qmaps
 from tests.conftest import run_cli, tiny_overrides
 
 
@@ -112,7 +113,7 @@ def test_fp16_runs_on_cpu_with_a_grad_scaler(tiny_model_dir: Path, quotes_jsonl:
         assert run_cli(["trial=1", "optim=paged_adamw_8bit", f"study={study}", *extra, *args]) == 0
     s = artifacts.read_summary(tmp_path / "h" / CELL / "trial-01")
     # same seeds: the first loss differs from the fp32 run's only by fp16 rounding (autocast ran)
-    first = {st: artifacts.read_loss_curve(tmp_path / st / CELL / "trial-01")[0]["loss"] for st in ("h", "f")}
+    first = {st: curve_files.read_loss_curve(tmp_path / st / CELL / "trial-01")[0]["loss"] for st in ("h", "f")}
     assert first["h"] != first["f"] and first["h"] == pytest.approx(first["f"], rel=1e-2)
     p = s["precision"]
     assert p["compute_dtype"] == "float16" and p["mixed_precision"] == "fp16"
@@ -125,8 +126,9 @@ def test_fp16_runs_on_cpu_with_a_grad_scaler(tiny_model_dir: Path, quotes_jsonl:
 
 
 def test_paper_cells_compose_with_fp16_and_three_arms() -> None:
-    from repeatability import modelling, preflight
-    from repeatability.config import to_run_config
+    from repeatability.launching import preflight
+    from repeatability.records.config import to_run_config
+    from repeatability.trial import modelling
 
     for name in ("paper_llama2_7b_quotes", "paper_neox20b_quotes", "paper_llama2_chat_platypus",
                  "paper_neoxt_chat_platypus"):
@@ -139,8 +141,8 @@ def test_paper_cells_compose_with_fp16_and_three_arms() -> None:
 
 
 def test_mixed_precision_follows_the_compute_dtype() -> None:
-    from repeatability import modelling
-    from repeatability.config import QuantConfig
+    from repeatability.records.config import QuantConfig
+    from repeatability.trial import modelling
 
     mp = modelling.resolve_mixed_precision
     assert mp(QuantConfig(), "cuda", torch.bfloat16) == "bf16" and mp(QuantConfig(), "cpu", torch.float32) == "no"
@@ -163,7 +165,7 @@ class _Opt:
 
 
 def test_skipped_steps_are_counted_and_only_a_lasting_overflow_is_a_divergence() -> None:
-    from repeatability.train import SCALER_NONFINITE_LIMIT, LoggingCallback, TrainLog
+    from repeatability.trial.train import SCALER_NONFINITE_LIMIT, LoggingCallback, TrainLog
 
     record, control = TrainLog(), _Control()
     cb = LoggingCallback(record, "t", scaler=True)

@@ -1,4 +1,4 @@
-"""The summary schema (repeatability/summary.py) is what the docs list, the writer accepts and
+"""The summary schema (repeatability/records/summary.py) is what the docs list, the writer accepts and
 the reader loads; schema-1 summaries still load."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from analysis.load import load_study
-from repeatability import artifacts
-from repeatability import summary as S
-from repeatability.errors import RunDirError
+from repeatability.records import artifacts
+from repeatability.records import summary as S
+from repeatability.records.errors import RunDirError
 from tests.analysis_fixtures import SMOL_8, base_summary, write_default_like_study, write_run
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "run-directory.md"
@@ -21,7 +21,7 @@ def test_docs_list_exactly_the_schema_fields() -> None:
     text = DOCS.read_text()
     block = re.search(r"<!-- summary-fields:begin -->\n(.*?)\n<!-- summary-fields:end -->", text, re.S)
     assert block is not None, "docs/run-directory.md lost its summary-fields markers"
-    assert block.group(1) == S.markdown_table(), "regenerate it: python -m repeatability.summary"
+    assert block.group(1) == S.markdown_table(), "regenerate it: python -m repeatability.records.summary"
     keys = re.findall(r"^\| `([^`]+)` \|", block.group(1), re.M)
     assert "optimizer.effective.class" in keys and "tracking.run_id" in keys and "checkpointing.saved[].bytes" in keys
     assert len(keys) == len(set(keys))
@@ -78,7 +78,7 @@ def test_config_groups_and_their_summary_groups_name_the_same_fields() -> None:
     field without its schema field (or the reverse) would crash a finished run. Caught here."""
     from dataclasses import fields
 
-    from repeatability.config import OptimConfig, QuantConfig
+    from repeatability.records.config import OptimConfig, QuantConfig
 
     def names(cls: type) -> set[str]:
         return {f.name for f in fields(cls)}
@@ -89,15 +89,16 @@ def test_config_groups_and_their_summary_groups_name_the_same_fields() -> None:
 
 
 def test_every_declared_metric_is_a_schema_field_and_each_use_reads_the_registry() -> None:
-    """One declaration per metric (repeatability.metrics): its key is in the summary schema, and
+    """One declaration per metric (repeatability.records.metrics): its key is in the summary schema, and
     the analyses' lists are derived from it, not kept beside it."""
-    from analysis import anova, compute, load, variance
-    from repeatability import metrics, tracking
+    from analysis import load
+    from analysis.compute import anova, results, variance
+    from repeatability.records import metrics, tracking
 
     documented = set(re.findall(r"^\| `([^`]+)` \|", S.markdown_table(), re.M))
     assert {m.key for m in metrics.METRICS} <= documented
     assert metrics.PRIMARY.key == "metrics.perplexity_token_weighted"
-    assert compute.PERPLEXITY_METRICS == metrics.keys("perplexity") and compute.LOSS_METRICS == metrics.keys("loss")
+    assert results.PERPLEXITY_METRICS == metrics.keys("perplexity") and results.LOSS_METRICS == metrics.keys("loss")
     assert variance.OFAT_METRICS[:2] == (("log perplexity", metrics.PRIMARY.key, True),
                                          ("perplexity", metrics.PRIMARY.key, False))
     assert anova.RESPONSES == metrics.responses("anova") and anova.RESPONSES[0][0] == "log perplexity"
@@ -107,8 +108,8 @@ def test_every_declared_metric_is_a_schema_field_and_each_use_reads_the_registry
 
 
 def test_headline_reads_the_typed_record() -> None:
-    """repeatability.record.headline words a typed Summary; the fixture run's numbers appear."""
-    from repeatability.record import headline
+    """repeatability.records.record.headline words a typed Summary; the fixture run's numbers appear."""
+    from repeatability.records.record import headline
 
     record = S.parse(base_summary(SMOL_8, 3, "s", 31.25))
     text = headline(record)

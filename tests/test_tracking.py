@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from repeatability import artifacts, tracking
+from repeatability.records import artifacts, curve_files, tracking
 from tests.conftest import run_cli, tiny_overrides
 
 CELL = "tiny__tq__paged_adamw_8bit"
@@ -30,7 +30,7 @@ def tracked(tiny_model_dir: Path, quotes_jsonl: Path, tmp_path_factory: pytest.T
 
 
 def _curve(run: Path, split: str) -> list[dict]:
-    return [r for r in artifacts.read_loss_curve(run) if r["split"] == split]
+    return [r for r in curve_files.read_loss_curve(run) if r["split"] == split]
 
 
 def _assert_series(logged: list[tuple[int, float]], rows: list[dict], key: str, **tol: float) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from analysis_fixtures import PROMPTS, seeds_for, write_run
 
-from repeatability import artifacts
+from repeatability.records import artifacts
 
 STUDY = "variance-sources"
 MODEL, DATASET = "smollm2-135m", "quotes"

@@ -1,6 +1,6 @@
 """``hydra/launcher=slurm``: submitit's SLURM launcher, but a job that ends without a result
 (cancelled, killed, failed node) is recorded as a failed run instead of aborting the sweep
-(see :mod:`repeatability.slurm`)."""
+(see :mod:`repeatability.launching.slurm`)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,6 @@ if SlurmLauncher is not None:
 
     class RepeatabilitySlurmLauncher(SlurmLauncher):  # type: ignore[misc, valid-type]
         def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[Any]:
-            from repeatability import slurm
+            from repeatability.launching import slurm
 
             return slurm.launch(self, job_overrides, initial_job_idx)

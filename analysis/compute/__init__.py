@@ -1,0 +1,1 @@
+"""Compute: every number of a report, once (:mod:`analysis.compute.results`), from the pure modules here."""

@@ -1,0 +1,185 @@
+"""Paper-shaped tables (Tables 1/2: perplexity per trial; 3: memory; 10/11: times) and
+writers to CSV (full precision), Markdown and LaTeX (formatted).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from analysis.compute.stats import PRIMARY_METRIC
+from analysis.load import FINISHED, column, optim_bits
+from repeatability.records.summary import COLUMNS as S
+
+log = logging.getLogger(__name__)
+
+# Which memory figure a table can show, best first: the paper's Table 3 is GPU allocation (%).
+MEMORY_KEYS = ((S.memory.max_allocated_pct, "GPU memory allocated (% of device)"),
+               (S.memory.max_allocated_mb, "GPU memory allocated (MB)"),
+               (S.memory.peak_rss_mb, "CPU peak RSS during the run (MB)"))
+
+
+def format_number(value: Any) -> str:
+    """Readable text for a table cell: 5 significant digits below 1e5, integers up to 1e9,
+    scientific beyond; NaN/None → "–"; non-numbers unchanged.
+    """
+    if value is None or isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return "–" if value is None else str(value)
+    if isinstance(value, numbers.Integral):
+        return str(value)
+    value = float(value)
+    if math.isnan(value):
+        return "–"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    size = abs(value)
+    if size >= 1e9:
+        return f"{value:.4e}"
+    return f"{value:.0f}" if size >= 1e5 else f"{value:.5g}"
+
+
+def format_lr(value: float) -> str:
+    """A learning rate as people write it: 0.0002 → ``2e-4``, 0.003 → ``3e-3``, 1.5e-4 →
+    ``1.5e-4``; NaN → "–"."""
+    if value is None or not math.isfinite(value):
+        return "–"
+    mantissa, exponent = f"{value:.3e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def arm_label(row: pd.Series | dict) -> str:
+    """Column label of one arm: the optimizer name, plus the variant when there is one."""
+    return f"{row['optim']}/{row['variant']}" if row.get("variant") else str(row["optim"])
+
+
+def _with_arm(runs: pd.DataFrame) -> pd.DataFrame:
+    frame = runs.copy()
+    frame["arm"] = [arm_label(r) for _, r in frame.iterrows()]
+    return frame
+
+
+def arm_order(runs: pd.DataFrame) -> list[str]:
+    """Arm labels, lower requested ``optim_bits`` first (8-bit before 32-bit, as the paper)."""
+    frame = _with_arm(runs).assign(bits=optim_bits(runs).fillna(math.inf))
+    bits = frame.groupby("arm")["bits"].min()
+    return sorted(bits.index, key=lambda arm: (bits[arm], arm))
+
+
+def _order_columns(table: pd.DataFrame, runs: pd.DataFrame, level: str) -> pd.DataFrame:
+    """Sort MultiIndex columns by model name and :func:`arm_order` on the ``level`` axis."""
+    rank = {arm: i for i, arm in enumerate(arm_order(runs))}
+    names = list(table.columns.names)
+    pos = names.index(level)
+    return table.reindex(columns=sorted(table.columns, key=lambda c: tuple(
+        rank.get(part, len(rank)) if i == pos else part for i, part in enumerate(c))))
+
+
+def perplexity_table(runs: pd.DataFrame, dataset: str,
+                     metric: str = PRIMARY_METRIC) -> pd.DataFrame:
+    """Tables 1/2: rows = Run # (trial), columns = (model, arm), values = ``metric``.
+
+    Every run with a value is shown (a diverged run shows its last number; the report lists
+    it under "What could not run as asked"); failed or missing runs are NaN.
+    """
+    rows = _with_arm(runs[runs["dataset"] == dataset])
+    numbers = pd.to_numeric(column(rows, metric), errors="coerce").astype(float)
+    rows = rows.assign(value=numbers.where(rows["status"].isin(FINISHED)))
+    table = rows.pivot_table(index="trial", columns=["model", "arm"], values="value",
+                             aggfunc="first", dropna=False)
+    table.index.name = "Run #"
+    table = _order_columns(table, rows, "arm")
+    table.columns.names = ["model", "optimizer"]
+    return table
+
+
+def memory_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """Table 3: rows = (model, dataset), columns = arm, values = mean over finished trials.
+
+    Uses the best memory figure any run recorded (:data:`MEMORY_KEYS`); returns the table and
+    that figure's label (CPU runs have no GPU allocation, so their table is peak RSS).
+    """
+    for key, label in MEMORY_KEYS:
+        values = pd.to_numeric(column(runs, key), errors="coerce")
+        if values.notna().any():
+            frame = _with_arm(runs).assign(value=values)
+            frame = frame[frame["status"].isin(FINISHED)]
+            table = frame.pivot_table(index=["model", "dataset"], columns="arm", values="value",
+                                      aggfunc="mean")
+            table.columns.name = None
+            return table[[a for a in arm_order(frame) if a in table.columns]], label
+    return pd.DataFrame(), "no memory figures recorded"
+
+
+def timing_table(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Tables 10/11: rows = Run #, columns = (arm, model, Train/Test time s).
+
+    "Train" is ``timings.train_s``; "Test" is ``timings.eval_s``, the held-out scoring (the
+    paper's test time). Runs that did not finish are NaN (their times are partial).
+    """
+    rows = _with_arm(runs[runs["dataset"] == dataset])
+    rows = rows.assign(**{k: pd.to_numeric(column(rows, k), errors="coerce").astype(float)
+                          .where(rows["status"].isin(FINISHED))
+                          for k in (S.timings.train_s, S.timings.eval_s)})
+    long = pd.concat([rows.assign(phase="Train (s)", value=column(rows, S.timings.train_s)),
+                      rows.assign(phase="Test (s)", value=column(rows, S.timings.eval_s))])
+    long["value"] = pd.to_numeric(long["value"], errors="coerce")
+    table = long.pivot_table(index="trial", columns=["arm", "model", "phase"], values="value",
+                             aggfunc="first", dropna=False)
+    table.index.name = "Run #"
+    order = {"Train (s)": 0, "Test (s)": 1}
+    rank = {arm: i for i, arm in enumerate(arm_order(rows))}
+    return table.reindex(columns=sorted(table.columns, key=lambda c: (rank[c[0]], c[1],
+                                                                      order[c[2]])))
+
+
+def _flat_columns(table: pd.DataFrame) -> pd.DataFrame:
+    flat = table.copy()
+    if isinstance(flat.columns, pd.MultiIndex):
+        flat.columns = [" / ".join(str(p) for p in col) for col in flat.columns]
+    return flat
+
+
+def _md_cell(text: str) -> str:
+    """A table cell on one line: newlines shown as ⏎, pipes escaped."""
+    return text.replace("\r", "").replace("\n", " ⏎ ").replace("|", "\\|")
+
+
+def to_markdown(table: pd.DataFrame, index: bool = True) -> str:
+    """A GitHub Markdown table with :func:`format_number` applied (needs ``tabulate``)."""
+    flat = _flat_columns(table).astype(object)
+    flat = flat.map(lambda v: _md_cell(format_number(v)))
+    if index and isinstance(flat.index, pd.MultiIndex):
+        flat.index = [" / ".join(str(p) for p in i) for i in flat.index]
+    return flat.to_markdown(index=index, disable_numparse=True)
+
+
+_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                   "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                   "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    """Plain text (with `code` spans) → LaTeX: specials escaped, code spans in \\texttt."""
+    escaped = "".join(_LATEX_SPECIALS.get(ch, ch) for ch in text)
+    return re.sub(r"`([^`]*)`", r"\\texttt{\1}", escaped)
+
+
+def write_table(table: pd.DataFrame, out_dir: Path, name: str, caption: str = "",
+                index: bool = True) -> dict[str, Path]:
+    """Write ``name.csv`` (full precision), ``name.md`` and ``name.tex`` under ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {ext: out_dir / f"{name}.{ext}" for ext in ("csv", "md", "tex")}
+    table.to_csv(paths["csv"], index=index)
+    md = (f"{caption}\n\n" if caption else "") + to_markdown(table, index) + "\n"
+    paths["md"].write_text(md)
+    latex = table.astype(object).map(format_number).to_latex(
+        index=index, caption=latex_escape(caption) or None, label=f"tab:{name}", escape=True)
+    paths["tex"].write_text(latex)
+    log.debug("wrote %s", ", ".join(str(p) for p in paths.values()))
+    return paths

@@ -1,0 +1,174 @@
+"""The report's first section: the study's answer in a few lines per comparison, then one
+figure. Every word is written from :class:`~analysis.compute.results.Results` (nothing hand-written):
+the arms and n, the verdict with its p, the geometric-mean perplexity ratio with its CI, the
+spread between identical trials, blow-ups with exact CIs, and bitwise identity; for a study with
+a learning-rate axis, the edge's answer and its figure; with ``--compare``, the other studies'
+blow-up rates beside ours. The sections after it give the evidence; setup and environment go
+last (:func:`analysis.present.sections.appendix`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from analysis.compute.equivalence import margin_text
+from analysis.compute.results import Results
+from analysis.compute.stats import PRIMARY_METRIC
+from analysis.compute.tables import format_number
+from analysis.config import AnalysisConfig
+from analysis.present import labels as L
+from analysis.present import plots, plots_edge, prose, prose_edge, sections_variance
+from analysis.present.document import Doc
+from analysis.present.sections import Tables
+from analysis.present.sections_edge import GPU_TEST
+
+MAX_LINES = 6  # comparisons spelled out in the answer; the rest are in "Arm comparisons"
+
+
+def verdict_words(row: pd.Series, config: AnalysisConfig) -> str:
+    """``equivalent within ±1% (TOST p = 0.003)`` / ``different (paired t-test p = 2e-04)`` /
+    ``inconclusive (TOST p = 0.2, paired t-test p = 0.4)``: what the pair's tests earned."""
+    if row["tost_p"] < config.alpha:
+        return f"equivalent within {margin_text(config)} (TOST p = {prose.p_text(row['tost_p'])})"
+    if row["diff_p"] < config.alpha:
+        return f"different ({row['diff_test']} p = {prose.p_text(row['diff_p'])})"
+    return (f"inconclusive at α = {config.alpha:g} (TOST p = {prose.p_text(row['tost_p'])} for "
+            f"{margin_text(config)}, {row['diff_test']} p = {prose.p_text(row['diff_p'])})")
+
+
+def _ratio(row: pd.Series, alpha: float) -> str:
+    if not math.isfinite(row["ratio_gmean"]):
+        return "geometric-mean perplexity ratio: –"
+    ci = "" if pd.isna(row["ratio_ci_low"]) else \
+        f" ({1 - alpha:.0%} CI {row['ratio_ci_low']:.4g}–{row['ratio_ci_high']:.4g})"
+    return f"geometric-mean perplexity ratio {row['ratio_gmean']:.4g}{ci}"
+
+
+def cell_facts(r: Results, cell: str) -> dict[str, str]:
+    """One cell's spread (max/min perplexity), blow-ups with CI and bitwise identity, as text."""
+    v = r.verdicts.set_index("cell").loc[cell]
+    b = r.blowup_rates.set_index("cell").loc[cell]
+    greedy = v["greedy_prompts_identical"]
+    return {"spread": format_number(v["ppl_spread"]),
+            "blowups": prose.rate_text(int(b["blowups"]), int(b["n"]), b["ci_low"], b["ci_high"]),
+            "adapters": "yes" if v["adapters_identical"] else "no",
+            "greedy": "–" if greedy.endswith("/0") else greedy}
+
+
+def comparison_line(r: Results, row: pd.Series, labels: dict[str, str]) -> str:
+    """One comparison of :attr:`Results.equivalence` in one paragraph of numbers."""
+    x, y = row["x"], row["y"]
+    fx, fy = cell_facts(r, x), cell_facts(r, y)
+    n = f"{row['n_x']} paired trials" if row["design"] == "paired" else f"{row['n_x']} + {row['n_y']} trials"
+    return (f"`{labels[x]}` vs `{labels[y]}`, {n}: {verdict_words(row, r.config)}; "
+            f"{_ratio(row, r.config.alpha)} (first / second). Spread between identical "
+            f"trials (max/min perplexity): {fx['spread']} vs {fy['spread']}. Blow-ups: "
+            f"{fx['blowups']} vs {fy['blowups']}. Adapters bitwise identical across trials: "
+            f"{fx['adapters']} / {fy['adapters']}; greedy generations identical: "
+            f"{fx['greedy']} / {fy['greedy']} prompts.")
+
+
+def cell_line(r: Results, cell: str, labels: dict[str, str]) -> str:
+    """A cell in no comparison: n, median perplexity, spread, blow-ups, bitwise identity."""
+    f, v = cell_facts(r, cell), r.verdicts.set_index("cell").loc[cell]
+    stats = r.cell_stats.get(PRIMARY_METRIC, pd.DataFrame())
+    median = stats.set_index("cell")["median"].get(cell) if len(stats) else None
+    return (f"`{labels[cell]}`, {v['n_finished']} finished trials: median perplexity "
+            f"{format_number(median)}; spread between identical trials (max/min) {f['spread']}; "
+            f"blow-ups {f['blowups']}; adapters bitwise identical: {f['adapters']}; greedy "
+            f"generations identical: {f['greedy']} prompts.")
+
+
+def compare_lines(r: Results) -> list[str]:
+    """With ``--compare``: per optimizer arm, each study's blow-ups (pooled over its models and
+    datasets) with exact CIs, ours first."""
+    if r.compare_pooled.empty:
+        return []
+    lines = []
+    for arm, group in r.compare_pooled.groupby("arm", sort=False):
+        rates = [f"{row['study']} {prose.rate_text(int(row['blowups']), int(row['n']), row['ci_low'], row['ci_high'])}"
+                 for _, row in group.iterrows()]
+        lines.append(f"Blow-ups of `{arm}`, by study: " + "; ".join(rates) + ".")
+    return lines
+
+
+def _rel(value: float) -> str:
+    return "–" if pd.isna(value) else f"{value:.2g}" if value < 0.01 else f"{value:.1%}"
+
+
+def reproducibility_lines(r: Results, labels: dict[str, str]) -> list[str]:
+    """With ``--compare``: per cell whose trials ran again with the same seeds in another study,
+    the largest relative perplexity difference beside the seed spread and the arm effect."""
+    lines = []
+    for _, row in r.cross_cells.iterrows():
+        part = "never part" if pd.isna(row["first_part_step"]) else \
+            f"first part at step {format_number(row['first_part_step'])}"
+        lines.append(
+            f"Same trials, same seeds in `{row['other']}`: `{labels.get(row['cell'], row['cell'])}`, "
+            f"{row['n_pairs']} trials: perplexity differs by at most {_rel(row['max_abs_rel_diff'])} relative "
+            f"(median {_rel(row['median_abs_rel_diff'])}), against a spread between seeds of "
+            f"{_rel(row['seed_spread'])} and an arm effect of {_rel(row['arm_effect'])}; adapters bitwise "
+            f"equal {row['adapters_equal']}; training-loss curves {part}.")
+    return lines
+
+
+def answer_labels(r: Results) -> dict[str, str]:
+    """Short labels of this study's cells and of the compared studies' (prefixed by study)."""
+    cells = list(plots.cell_order(r.study.runs))
+    own = L.short_labels(cells)
+    for other in r.others:
+        theirs = L.short_labels(plots.cell_order(other.runs))
+        own |= {f"{other.name}: {c}": f"{other.name} · {label}" for c, label in theirs.items()}
+    return own
+
+
+def _with_others(r: Results) -> pd.DataFrame:
+    frames = [r.study.runs] + [o.runs.assign(cell=o.name + ": " + o.runs["cell"]) for o in r.others]
+    return pd.concat(frames, ignore_index=True).copy() if r.others else r.study.runs
+
+
+def _edge_answer(doc: Doc, r: Results) -> None:
+    e = r.lr_edge
+    names = prose_edge.arm_labels(e.rates)
+    doc.bullets(prose_edge.answer_lines(e, names, r.config.alpha) + [GPU_TEST])
+    doc.figure("answer", plots_edge.perplexity_vs_lr(e.outcomes, e.rates, e.edges, names, r.config.blowup_k),
+               "Held-out perplexity against the learning rate, one dot per finished run (log scales); "
+               f"dashed: the base model, dotted: blow-up at {format_number(r.config.blowup_k)} × base; "
+               "vertical: each arm's edge")
+
+
+def answer(doc: Doc, r: Results) -> Tables:
+    """The Answer block and its one figure."""
+    doc.heading("Answer")
+    runs = r.study.runs
+    doc.para(f"{len(runs)} runs in {runs['cell'].nunique()} cells; " + ", ".join(
+        f"{k} {v}" for k, v in sorted(r.status_counts.items())) + ".")
+    doc.para(f"Perplexity in this answer: {plots.metric_label(PRIMARY_METRIC)}, exp(total NLL / target tokens) "
+             f"over the held-out split (`{PRIMARY_METRIC}`); what each arm really ran (optimizer state, "
+             "device, dtype) is under *Held-out perplexity*, setup in the appendix.")
+    lock = prose.lock_line(r.lock)
+    if lock and lock.startswith("WARNING"):  # runs from different locks or unlocked: said before any number
+        doc.para(lock)
+    if r.lr_edge is not None and not r.lr_edge.rates.empty:
+        _edge_answer(doc, r)
+        return {}
+    labels = answer_labels(r)
+    rows = list(r.equivalence.iterrows())
+    lines = [comparison_line(r, row, labels) for _, row in rows[:MAX_LINES]]
+    if len(rows) > MAX_LINES:
+        lines.append(f"… and {len(rows) - MAX_LINES} more comparisons under *Arm comparisons*.")
+    compared = set(r.equivalence["x"]) | set(r.equivalence["y"])
+    lines += [cell_line(r, c, labels) for c in plots.cell_order(runs) if c not in compared][:MAX_LINES]
+    if not r.ofat.empty:  # a study of the seed sources: which one moves the result, first
+        lines = prose.variance_answer(r.ofat, where=sections_variance.where(runs)) + lines
+    doc.bullets(lines + compare_lines(r) + reproducibility_lines(r, labels))
+    both = _with_others(r)
+    doc.figure("answer", plots.metric_by_cell(both, PRIMARY_METRIC, labels=labels),
+               f"{plots.metric_label(PRIMARY_METRIC)} per trial, by arm"
+               + (" (the compared studies beside)" if r.others else "")
+               + "; bar: median; grey lines join a trial's seed-matched arms")
+    legend = L.legend(labels)
+    doc.table(legend.set_index("label"), "Arm labels used in this report and the cells they stand for")
+    return {"arm_labels": (legend, "Arm labels and cells")}

@@ -1,0 +1,1 @@
+"""Launching a sweep: preflight checks, the sweep loop and its ledger, run claims, the SLURM tier, preemption, the launcher registry."""

@@ -1,0 +1,166 @@
+"""Check every job of a command line before any training starts.
+
+Composes each job's config (the sweep expanded, experiment sweeps included), validates it,
+and checks that its model and dataset can be had and its splits are not empty. The first
+problem is one line on stderr naming it and the fix; nothing has been computed yet.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from repeatability.launching import launchers, slurm
+from repeatability.records import tracking
+from repeatability.records.config import GROUPS, RunConfig, register_configs, to_run_config
+from repeatability.records.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF_DIR = ROOT / "conf"
+EXPERIMENTS_DIR = ROOT / "experiments"
+SEARCHPATH_OVERRIDE = f"hydra.searchpath=[file://{ROOT}]"  # makes experiments/*.yaml the `experiments` group
+_HYDRA_ONLY_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
+                     "--resolve", "--package", "-p", "--version", "--config-path", "-cp", "--config-name", "-cn",
+                     "--config-dir", "-cd", "--experimental-rerun"}
+
+
+SELECTOR_GROUPS = ("vary", "experiments")  # groups that only set other keys (no schema node)
+
+
+def group_choices(group: str) -> list[str]:
+    folder = EXPERIMENTS_DIR if group == "experiments" else CONF_DIR / group
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def _check_group_values(overrides: list[str]) -> None:
+    """Unknown choices of our config groups get a one-line error listing the valid ones."""
+    parser = OverridesParser.create()
+    for ov in parser.parse_overrides(overrides):
+        group = ov.key_or_group.lstrip("+~")
+        if group not in GROUPS and group not in SELECTOR_GROUPS or ov.is_delete():
+            continue
+        values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.get_value_element_as_str()]
+        known = group_choices(group)
+        for value in values:
+            if value not in known:
+                raise ConfigError(f"unknown {group} {value!r}; choose one of: {', '.join(known)}")
+
+
+def expand_jobs(overrides: list[str], multirun: bool) -> list[list[str]]:
+    """The task overrides of every job (``hydra.*`` overrides left out, as Hydra's launcher gets
+    them), expanded exactly as Hydra's basic sweeper does.
+
+    Hydra composes the sweep config in multirun mode, takes ``hydra.sweeper.params`` (an
+    experiment file's sweep) followed by the command line's task overrides (a key given on
+    both: the command line's value, in the params' place) and lets
+    ``BasicSweeper.split_arguments`` build their product; this repeats those steps with
+    Hydra's own functions (``tests/test_preflight_hydra.py`` checks it against a real
+    multirun). Call inside an initialised Hydra (:func:`compose_jobs` does).
+    """
+    if not multirun:
+        return [overrides]
+    sweep_cfg = GlobalHydra.instance().hydra.compose_config(  # type: ignore[union-attr]
+        "config", [SEARCHPATH_OVERRIDE, *overrides], run_mode=RunMode.MULTIRUN, with_log_configuration=False)
+    params = [f"{k}={v}" for k, v in (OmegaConf.select(sweep_cfg, "hydra.sweeper.params") or {}).items()]
+    task = list(OmegaConf.to_container(sweep_cfg.hydra.overrides.task, resolve=False))  # type: ignore[arg-type]
+    parsed = OverridesParser.create().parse_overrides([*params, *task])
+    [jobs] = BasicSweeper.split_arguments(parsed, None)
+    return jobs
+
+
+def compose_jobs(overrides: list[str], multirun: bool) -> list[DictConfig]:
+    """Composed config of every job (sweeps in the command line and in experiment files)."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        configs = []
+        hydra_overrides = [o for o in overrides if o.lstrip("+~").startswith(("hydra.", "hydra/"))] if multirun else []
+        for job in expand_jobs(overrides, multirun):
+            cfg = compose("config", overrides=[SEARCHPATH_OVERRIDE, *hydra_overrides, *job], return_hydra_config=True)
+            with open_dict(cfg):
+                del cfg["hydra"]
+            configs.append(cfg)
+        return configs
+
+
+def launcher_config(overrides: list[str]) -> DictConfig:
+    """``hydra.launcher`` of the command line, as Hydra will instantiate it."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            launcher_keys = [o for o in overrides if o.lstrip("+~").startswith(("hydra/launcher", "hydra.launcher"))]
+            cfg = compose("config", overrides=[SEARCHPATH_OVERRIDE, *launcher_keys], return_hydra_config=True)
+            return cfg.hydra.launcher
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _check_resources(configs: list[RunConfig], remote: bool = False) -> None:
+    """Models, data and splits; the device only where the jobs run here (not on SLURM nodes)."""
+    from repeatability.trial import data, modelling
+
+    for cfg in {c.model.name + str(c.model.path): c for c in configs}.values():
+        modelling.check_model_available(cfg.model)
+        if remote:
+            continue
+        device = modelling.resolve_device(cfg.device)
+        modelling.resolve_mixed_precision(cfg.quant, device, modelling.resolve_compute_dtype(cfg.quant, device))
+    seen: set[str] = set()
+    for cfg in configs:
+        key = repr((cfg.dataset, cfg.determinism.split_seed, cfg.train.val_examples))
+        if key in seen:
+            continue
+        seen.add(key)
+        examples = data.load_examples(cfg.dataset)
+        data.split_examples(examples, cfg.determinism.split_seed, cfg.train.val_examples, cfg.dataset.name)
+
+
+def check(overrides: list[str], multirun: bool) -> list[RunConfig]:
+    """Raise :class:`ConfigError` for the first problem; return the checked job configs."""
+    _check_group_values(overrides)
+    try:
+        composed = compose_jobs(overrides, multirun)
+    except ConfigError:
+        raise
+    except Exception as exc:  # Hydra / OmegaConf composition errors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{first} (check the spelling of the key and its type in conf/)") from None
+    finally:
+        GlobalHydra.instance().clear()
+    configs = [to_run_config(c) for c in composed]
+    for name in sorted({c.tracking.name for c in configs}):  # a missing pip extra, before any model loads
+        tracking.check_available(next(c.tracking for c in configs if c.tracking.name == name))
+    launcher = launcher_config(overrides)
+    remote = launchers.classify(launcher).remote
+    if remote:
+        slurm.check_resources(launcher, needs_gpu=any(c.device == "cuda" for c in configs))
+    _check_resources(configs, remote)
+    _warn_unlocked()
+    return configs
+
+
+def _warn_unlocked() -> None:
+    """One line when this environment is not the project's lock (a warning: runs record it)."""
+    from repeatability.records import lock
+
+    line = lock.check().line()
+    if line:
+        print(f"warning: {line}", file=sys.stderr)
+
+
+def check_argv(argv: list[str]) -> Any:
+    """Preflight for ``python -m repeatability.run ARGS``; None when Hydra flags take over."""
+    if any(a.split("=", 1)[0] in _HYDRA_ONLY_FLAGS for a in argv):
+        return None
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    overrides = [a for a in argv if not a.startswith("-")]
+    return check(overrides, multirun)

@@ -1,0 +1,40 @@
+"""A run's mid-run checkpoints: the Trainer's ``checkpoint-<step>/`` folders under ``checkpoints/``,
+each marked complete by the harness's resume state, and removed when the run finishes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from repeatability.records.artifacts import CHECKPOINTS, RESUME_STATE, read_json, write_json
+
+
+def checkpoint_root(path: Path) -> Path:
+    return path / CHECKPOINTS
+
+
+def latest_checkpoint(path: Path) -> Path | None:
+    """The newest complete checkpoint of an unfinished run (one holding ``RESUME_STATE``)."""
+    root = checkpoint_root(path)
+    if not root.is_dir():
+        return None
+    done = [c for c in root.glob("checkpoint-*") if (c / RESUME_STATE).exists() and c.name[11:].isdigit()]
+    return max(done, key=lambda c: int(c.name[11:]), default=None)
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[1])
+
+
+def write_resume_state(checkpoint: Path, state: dict[str, Any]) -> None:
+    """Mark a checkpoint complete, with what the harness needs besides the Trainer's files."""
+    write_json(checkpoint / RESUME_STATE, state)
+
+
+def read_resume_state(checkpoint: Path) -> dict[str, Any]:
+    return read_json(checkpoint / RESUME_STATE)
+
+
+def remove_checkpoints(path: Path) -> None:
+    shutil.rmtree(checkpoint_root(path), ignore_errors=True)

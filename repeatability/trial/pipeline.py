@@ -1,0 +1,272 @@
+"""One run, stage by stage: seeds → data → base → LoRA → train → score → generate → save."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from repeatability.records import adapter_files, artifacts, checkpoint_files, curve_files, integrity, tracking
+from repeatability.records import summary as S
+from repeatability.records.config import RunConfig
+from repeatability.records.environment import PeakMemory, capture_environment, cpu_model
+from repeatability.records.record import fill_results, headline
+from repeatability.trial import data, evaluate, modelling, optimtrace, train
+from repeatability.trial.determinism import apply_determinism, thread_budget
+from repeatability.trial.seeding import Seeds, resolve_seeds, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def cell_of(cfg: RunConfig) -> artifacts.CellKey:
+    """The run's cell; historical state maps always make their own cell (never mixed with today's)."""
+    optim, maps = cfg.optim.name, cfg.optim.state_maps
+    if maps != "current" and maps not in optim:
+        optim = f"{optim}-maps_{maps}"
+    return artifacts.CellKey(cfg.model.name, cfg.dataset.name, optim, cfg.variant)
+
+
+@dataclass
+class Prepared:
+    """Tokenized data of one run plus what the summary says about it."""
+
+    train_ds: data.TokenDataset
+    val_ds: data.TokenDataset
+    heldout_texts: list[str]
+    prompts: list[tuple[str, str]]
+    info: dict[str, Any]
+
+
+def prepare_data(cfg: RunConfig, tokenizer: Any, study: Path) -> Prepared:
+    """Load, split (fixed split seed), template and tokenize; store the held-out split once."""
+    examples = data.load_examples(cfg.dataset)
+    split = data.split_examples(examples, cfg.determinism.split_seed, cfg.train.val_examples, cfg.dataset.name)
+    bos = cfg.model.scoring_bos if cfg.model.scoring_bos is not None else (tokenizer.bos_token or "")
+    eos = tokenizer.eos_token or ""
+    kind, template = cfg.dataset.kind, cfg.model.template
+
+    def texts(items: list[data.Example]) -> list[str]:
+        return [data.apply_template(template, kind, e, bos, eos) for e in items]
+
+    heldout = texts(split.heldout)
+    if cfg.eval.max_examples:
+        heldout = heldout[: cfg.eval.max_examples]  # split order is already a seeded shuffle
+    sha = data.heldout_sha256(heldout)
+    split_path = artifacts.split_file(study, sha)
+    if not split_path.exists():
+        artifacts.write_jsonl(split_path, ({"index": i, "text": t} for i, t in enumerate(heldout)))
+    as_example = (lambda p: data.Example(text=p)) if kind == "text" else (lambda p: data.Example(instruction=p))
+    prompts = [(p, data.apply_template(template, kind, as_example(p), bos, eos, prompt_only=True))
+               for p in cfg.dataset.prompts]
+    info = {
+        "dataset": cfg.dataset.name, "source": cfg.dataset.source, "kind": kind,
+        "template": template if kind == "instruction" else "plain (bos + text + eos)",
+        "bos": bos, "eos": eos, "n_total": split.n_total, "n_train": len(split.train), "n_val": len(split.val),
+        "n_heldout": len(split.heldout), "n_heldout_scored": len(heldout),
+        "split_seed": cfg.determinism.split_seed, "heldout_raw_sha256": split.raw_sha256,
+        "heldout_sha256": sha, "heldout_file": str(split_path.relative_to(study)),
+        "max_length": cfg.train.max_length,
+    }
+    ml = cfg.train.max_length
+    return Prepared(
+        train_ds=data.TokenDataset(data.tokenize(tokenizer, texts(split.train), ml)),
+        val_ds=data.TokenDataset(data.tokenize(tokenizer, texts(split.val), ml)) if split.val else data.TokenDataset([]),
+        heldout_texts=heldout, prompts=prompts, info=info,
+    )
+
+
+def base_perplexity(cfg: RunConfig, model: Any, tokenizer: Any, prep: Prepared, study: Path,
+                    model_id: str, device: str, dtype: torch.dtype) -> dict[str, Any]:
+    """Base-model perplexity, computed once per (model, quant, device, held-out split) and cached."""
+    parts = [cfg.model.name, model_id, asdict(cfg.quant), str(dtype), device,
+             prep.info["heldout_sha256"], cfg.train.max_length, cfg.eval.base_repeats]
+    if cfg.eval.batching != "padded":  # padded scoring keeps the keys studies already hold
+        parts.append(cfg.eval.batching)
+    key_src = json.dumps(parts)
+    key = f"{cfg.model.name}__{cfg.dataset.name}__{hashlib.sha256(key_src.encode()).hexdigest()[:16]}"
+    file = artifacts.base_perplexity_file(study, key)
+    if file.exists():
+        return artifacts.read_json(file)
+    log.info("scoring the base model on %d held-out examples %d time(s) (once per model/dataset/split)",
+             len(prep.heldout_texts), cfg.eval.base_repeats)
+    start = time.perf_counter()
+    repeats = [evaluate.score_texts(model, tokenizer, prep.heldout_texts, cfg.train.max_length, cfg.eval.batch_size,
+                                    device, cfg.eval.batching) for _ in range(cfg.eval.base_repeats)]
+    ppl = repeats[0]
+    record = {**ppl.as_metrics("base_"), "key": json.loads(key_src), "seconds": time.perf_counter() - start,
+              "base_perplexity_repeats": [r.token_weighted for r in repeats],
+              "base_perplexity_repeat_spread": max(r.token_weighted for r in repeats) - min(r.token_weighted for r in repeats)}
+    artifacts.write_json(file, record)
+    return record
+
+
+def check_batching(cfg: RunConfig, model: Any, prep: Prepared, device: str) -> None:
+    """Before any compute: padding-free batches only where the model keeps packed examples apart."""
+    for key, batching in (("train.batching", cfg.train.batching), ("eval.batching", cfg.eval.batching)):
+        if batching == "padding_free":
+            probe = prep.train_ds.ids[:2] if len(prep.train_ds) >= 2 else [[1, 2, 3], [4, 5, 6]]
+            modelling.check_packed_attention(model, probe[0], probe[1], device, key)
+            return
+
+
+def batching_record(cfg: RunConfig, record: train.TrainLog) -> dict[str, Any]:
+    """The summary's ``batching`` group: how batches were formed, and how much was padding."""
+    return {"train": cfg.train.batching, "eval": cfg.eval.batching, "train_real_tokens": record.real_tokens,
+            "train_token_slots": record.token_slots, "real_token_efficiency": record.token_efficiency()}
+
+
+@dataclass
+class Built:
+    model: Any
+    tokenizer: Any
+    model_id: str
+    n_4bit_layers: int
+    base: dict[str, Any]
+    load_s: float
+
+
+def build_model(cfg: RunConfig, seeds: Seeds, prep_fn: Any, study: Path, device: str, dtype: torch.dtype) -> tuple[Built, Prepared]:
+    """Resolve and load the base, score it once, then seed and attach LoRA."""
+    start = time.perf_counter()
+    model_id = modelling.resolve_model(cfg.model, cfg.cache_dir)
+    tokenizer = modelling.load_tokenizer(model_id, cfg.model.revision)
+    prep = prep_fn(tokenizer)
+    base = modelling.load_base(model_id, cfg.quant, device, dtype, cfg.model.revision)
+    load_s = time.perf_counter() - start
+    check_batching(cfg, base, prep, device)
+    base_ppl = base_perplexity(cfg, base, tokenizer, prep, study, model_id, device, dtype) if cfg.eval.base_perplexity else {}
+    seed_everything(seeds.lora_init)  # LoRA A matrices are drawn from the global RNG now
+    model = modelling.add_lora(base, cfg.model, cfg.lora, cfg.quant.load_in_4bit, cfg.train.gradient_checkpointing)
+    return Built(model, tokenizer, model_id, modelling.count_4bit_layers(model), base_ppl, load_s), prep
+
+
+def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
+            resume_from: Path | None = None, guard: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Run one trial into ``path`` (already fresh, but for the checkpoint ``resume_from``, if
+    given, to continue from); return the summary written (its JSON form).
+
+    The summary is the schema's record (:class:`repeatability.records.summary.Summary`), filled group by
+    group as the run measures it: a group the schema does not declare fails where it is filled.
+    ``guard`` is called before the results are written (after training) and before the run is
+    marked done; it raises when this process no longer holds ``path`` (a lost run claim).
+    """
+    t_start = time.perf_counter()
+    record = S.Summary(study=cfg.study, trial=cfg.trial, cell=S.Cell(**asdict(cell_of(cfg))), started_at=utc_now(),
+                       resumed=S.Resumed(from_step=checkpoint_files.checkpoint_step(resume_from), checkpoint=resume_from.name)
+                       if resume_from else None)
+    study = artifacts.study_dir(cfg.results_dir, cfg.study)
+    artifacts.write_config(path, config_yaml, overrides)
+    environment = capture_environment()
+    artifacts.write_environment(path, environment)
+    record.lock = S.part(S.Lock, environment["lock"], "lock")
+    budget = thread_budget(cfg.determinism.threads, cfg.results_dir)
+    record.determinism = S.part(S.Determinism, {**apply_determinism(cfg.determinism.mode, budget["threads"]),
+                                                "thread_budget": budget}, "determinism")
+    seeds = resolve_seeds(cfg.determinism, cfg.trial)
+    record.seeds = S.part(S.Seeds, seeds.to_dict(), "seeds")
+    with tracking.tracker_run(cfg.tracking, path, study, tracking_ids(cfg)) as tracker:
+        tracker.start(yaml.safe_load(config_yaml) or {}, seeds.to_dict())
+        _train_and_score(cfg, path, study, seeds, resume_from, guard, tracker, record)
+        record.timings.total_s = time.perf_counter() - t_start
+        record.tracking = S.part(S.Tracking, tracker.record, "tracking")
+        record.finished_at = utc_now()
+        record.headline = headline(record)
+        if S.required_missing(record):  # the pipeline and the schema disagree: a bug here
+            raise RuntimeError(f"summary lacks {', '.join(S.required_missing(record))}")
+        summary = S.dump(record)
+        guard()
+        tracker.log_end(summary)
+    artifacts.write_summary(path, record)
+    if not cfg.train.keep_checkpoints:
+        checkpoint_files.remove_checkpoints(path)
+    integrity.mark_done(path)
+    return summary
+
+
+def tracking_ids(cfg: RunConfig) -> dict[str, Any]:
+    """What groups a run in an experiment tracker: study, cell (and its parts), trial."""
+    cell = cell_of(cfg)
+    return {"study": cfg.study, "cell": cell.dirname, "model": cell.model, "dataset": cell.dataset,
+            "optim": cell.optim, "variant": cell.variant, "trial": cfg.trial}
+
+
+def _train_and_score(cfg: RunConfig, path: Path, study: Path, seeds: Seeds, resume_from: Path | None,
+                     guard: Callable[[], None], tracker: tracking.TrackerRun, summary: S.Summary) -> None:
+    """Build, train, score and generate; save the adapter, loss curve and generations; fill
+    ``summary`` with everything but the total time, the tracker and the headline."""
+    device = modelling.resolve_device(cfg.device)
+    dtype = modelling.resolve_compute_dtype(cfg.quant, device)
+    mixed = modelling.resolve_mixed_precision(cfg.quant, device, dtype)
+    label = f"[{cell_of(cfg).dirname} trial {cfg.trial}]"
+    built: Built | None = None
+    try:
+        with PeakMemory(device) as memory:
+            built, prep = build_model(cfg, seeds, lambda tok: prepare_data(cfg, tok, study), study, device, dtype)
+            t_train = time.perf_counter()
+            record, effective, precision = train.train(
+                built.model, prep.train_ds, prep.val_ds, data.make_collator(cfg.train.batching, built.tokenizer.pad_token_id),
+                cfg.train, cfg.optim, seeds, device, mixed, label, checkpoint_files.checkpoint_root(path), resume_from,
+                cfg.eval.batch_size, report_to=tracker.report_to, run_name=tracker.run_name,
+                optimizer_trace=cfg.diagnostics.optimizer_trace)
+            train_s = time.perf_counter() - t_train
+            metrics, eval_s, gen_s, generations = _score_and_generate(cfg, built, prep, record, seeds, device)
+        guard()
+        adapter_sha = adapter_files.save_adapter(path, built.model)
+        fill_results(summary, cfg, built, prep, record, effective, metrics, device, _device_name(device), dtype)
+        summary.precision = S.part(S.Precision, {"compute_dtype": str(dtype).replace("torch.", ""), **precision},
+                                   "precision")
+        summary.batching = S.part(S.Batching, batching_record(cfg, record), "batching")
+    finally:  # the next job of this process starts from a clean slate, whatever happened
+        if built is not None:
+            modelling.release_weights(built.model)
+    curve_files.write_loss_curve(path, record.rows)
+    artifacts.write_generations(path, generations)
+    if record.trace is not None:
+        curve_files.write_optimizer_trace(path, record.trace.rows, optimtrace.COLUMNS)
+        summary.optimizer_trace = S.part(S.OptimizerTrace, optimtrace.summarize(record.trace.rows, record.trace.seconds),
+                                         "optimizer_trace")
+    summary.timings = S.part(S.Timings, {"model_load_s": built.load_s, "train_s": train_s, "eval_s": eval_s,
+                                         "generation_s": gen_s, "total_s": math.nan, **train.step_time_stats(record)},
+                             "timings")
+    summary.memory = S.part(S.Memory, memory.result(), "memory")
+    summary.adapter = S.Adapter(path=artifacts.ADAPTER, sha256=adapter_sha)
+    summary.checkpointing = S.part(S.Checkpointing, {"every": cfg.train.checkpoint_every, "saved": record.checkpoints,
+                                                     "kept": cfg.train.keep_checkpoints}, "checkpointing")
+
+
+def _score_and_generate(cfg: RunConfig, built: Built, prep: Prepared, record: train.TrainLog, seeds: Seeds,
+                        device: str) -> tuple[dict[str, Any], float, float, list[dict[str, Any]]]:
+    """Held-out perplexity and generations; skipped when training already produced NaN/inf."""
+    if record.divergence:
+        log.warning("training diverged at step %s: held-out scoring and generation skipped", record.divergence["step"])
+        return {"perplexity_token_weighted": math.nan, "perplexity_mean_per_sequence": math.nan}, 0.0, 0.0, []
+    start = time.perf_counter()
+    ppl = evaluate.score_texts(built.model, built.tokenizer, prep.heldout_texts, cfg.train.max_length,
+                               cfg.eval.batch_size, device, cfg.eval.batching)
+    eval_s = time.perf_counter() - start
+    start = time.perf_counter()
+    generations = evaluate.run_generations(built.model, built.tokenizer, prep.prompts, cfg.eval, seeds.generation,
+                                           cfg.dataset.multiple_choice, device)
+    return ppl.as_metrics(), eval_s, time.perf_counter() - start, generations
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return cpu_model()
+
+
