@@ -14,6 +14,7 @@ import pytest
 from repeatability.launching import preflight
 from repeatability.records.config import DatasetConfig, DeterminismConfig, RunConfig, TrainConfig, to_run_config
 from repeatability.records.errors import ConfigError
+from repeatability.trial import data
 from repeatability.trial.data import Example, apply_template, load_examples, split_examples
 
 FUSED_QKV = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
@@ -73,7 +74,9 @@ def test_bello_001_per_model_epochs_and_batch() -> None:
     for r in runs:
         assert (r.train.lr_scheduler, r.train.warmup_ratio) == ("linear", 0.1)
         assert r.model.template == "alpaca" and r.dataset.input_field == "input"
-        assert len(r.dataset.prompts) == 15 and r.dataset.prompts[0] == "What is the capital city of Australia?"
+        prompts = data.prompt_set(r)  # the preset conf/prompts/bello_questions.yaml
+        assert r.eval.prompts == "bello_questions" and len(prompts) == 15
+        assert prompts[0] == "What is the capital city of Australia?" and prompts[12].endswith("3x + 5 = 17?")
         expected = FUSED_QKV if r.model.name != "open-llama-3b" else LLAMA_ALL
         assert r.model.lora_targets_all == expected
 

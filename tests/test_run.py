@@ -41,7 +41,7 @@ def test_run_directory_has_exactly_the_contract_files(sweep: Path) -> None:
 
 def test_summary_key_fields(sweep: Path) -> None:
     s = _summary(sweep, "a", 1)
-    assert s["schema_version"] == artifacts.SCHEMA_VERSION == 4 and s["status"] == "complete" and s["trial"] == 1
+    assert s["schema_version"] == artifacts.SCHEMA_VERSION == 5 and s["status"] == "complete" and s["trial"] == 1
     # the environment against the lock, recorded in environment.json and the summary alike
     env = artifacts.read_environment(sweep / "a" / CELL / "trial-01")
     assert env["lock"] == s["lock"] and s["lock"]["file"] == "requirements/cpu.txt"

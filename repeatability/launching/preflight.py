@@ -115,6 +115,8 @@ def _check_resources(configs: list[RunConfig], remote: bool = False) -> None:
         device = modelling.resolve_device(cfg.device)
         modelling.resolve_mixed_precision(cfg.quant, device, modelling.resolve_compute_dtype(cfg.quant, device))
     seen: set[str] = set()
+    for spec in {c.eval.prompts: c for c in configs}.values():
+        data.prompt_set(spec)  # a missing preset or an empty file fails here, before any training
     for cfg in configs:
         key = repr((cfg.dataset, cfg.determinism.split_seed, cfg.train.val_examples))
         if key in seen:

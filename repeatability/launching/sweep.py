@@ -133,7 +133,7 @@ def run_one(cfg: DictConfig) -> str:
 
 
 def _run_claimed(cfg: DictConfig, started: float) -> str:
-    from repeatability import pipeline  # heavy imports torch, transformers only once a job runs
+    from repeatability.trial import pipeline  # heavy imports torch, transformers only once a job runs
 
     path: Path | None = None
     try:

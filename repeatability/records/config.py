@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -32,6 +33,10 @@ DETERMINISM_MODES = ("strict", "default", "off")
 # padding_free: a batch's examples concatenated into one row with per-example position_ids
 # (transformers' DataCollatorWithFlattening / packed-sequence masking), no padding at all
 BATCHINGS = ("padded", "padding_free")
+PROMPTS_DIR = Path(__file__).resolve().parents[2] / "conf" / "prompts"  # eval.prompts presets
+TASK_EVALUATORS = ("classification", "generation")  # repeatability.trial.tasks.EVALUATORS
+TASK_BASELINES = ("zero_shot", "few_shot")
+LABEL_SOURCES = ("category",)
 TRACKERS = ("none", "tensorboard", "mlflow", "wandb")  # repeatability.records.tracking: the Trainer's report_to
 WANDB_MODES = ("auto", "offline", "online")
 
@@ -93,6 +98,12 @@ class DatasetConfig:
     categories: List[str] = field(default_factory=list)  # fortune files / chatterbot topics
     prompts: List[str] = field(default_factory=list)  # fixed generation prompts
     multiple_choice: bool = False  # prompts are A/B/C/D questions: extract the letter
+    # classification: label_by=category turns each fortune quote into instruction_template (with
+    # {text} and {classes}) answered by its category; classes = the label names (default: the categories)
+    label_by: Optional[str] = None
+    instruction_template: str = "{text}"
+    classes: List[str] = field(default_factory=list)
+    per_class: Optional[int] = None  # a balanced selection: this many examples of each class
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -108,6 +119,13 @@ class DatasetConfig:
             raise ConfigError(f"dataset.max_examples={self.max_examples}: needs at least 2")
         if self.input_field and self.kind != "instruction":
             raise ConfigError(f"dataset {self.name}: input_field is read for kind=instruction only")
+        if self.label_by is not None:
+            _check_choice(self.label_by, LABEL_SOURCES, "dataset.label_by")
+            if self.source != "fortune" or self.kind != "instruction" or not self.categories:
+                raise ConfigError(f"dataset {self.name}: label_by=category needs source=fortune, kind=instruction "
+                                  "and dataset.categories (the fortune files that are the classes)")
+        if self.per_class is not None and self.per_class < 1:
+            raise ConfigError(f"dataset.per_class={self.per_class}: must be >= 1 (or null)")
 
 
 @dataclass
@@ -206,9 +224,14 @@ class TrainConfig:
     # padded | padding_free (see BATCHINGS); padding_free is refused at load time when the model's
     # attention does not keep packed examples apart (modelling.check_packed_attention)
     batching: str = "padded"
+    # NEFTune (Jain et al. 2023): uniform noise of scale alpha/sqrt(length*hidden) added to the input
+    # embeddings in training only (the Trainer's own neftune_noise_alpha); null = off
+    neftune_noise_alpha: Optional[float] = None
 
     def __post_init__(self) -> None:
         _check_choice(self.batching, BATCHINGS, "train.batching")
+        if self.neftune_noise_alpha is not None and self.neftune_noise_alpha <= 0:
+            raise ConfigError(f"train.neftune_noise_alpha={self.neftune_noise_alpha}: must be > 0 (or null for off)")
         if self.checkpoint_every < 0 or (self.checkpoint_every > 1 and self.checkpoint_every != int(self.checkpoint_every)):
             raise ConfigError(f"train.checkpoint_every={self.checkpoint_every}: use a step count >= 1, "
                               "a share of the run in (0, 1), or 0 for no checkpoints")
@@ -248,9 +271,31 @@ class EvalConfig:
     base_repeats: int = 1  # score the base K times: the spread must be exactly 0 (paper ablation b)
     ppl_overflow: float = 1e30  # a perplexity above this (or inf/NaN) marks the run diverged
     batching: str = "padded"  # held-out scoring: padded (length-sorted) | padding_free (packed rows)
+    # task evaluators besides perplexity (repeatability/trial/tasks.py): classification (accuracy and
+    # macro-F1, the class chosen by likelihood) | generation (exact match, ROUGE-1/2/L of greedy answers)
+    tasks: List[str] = field(default_factory=list)
+    task_examples: Optional[int] = 100  # a fixed seeded subset of the held-out split (null = all of it)
+    task_max_new_tokens: int = 32  # greedy answers of the generation evaluator
+    # the base model scored with the same evaluators once per study: zero_shot | few_shot
+    baselines: List[str] = field(default_factory=list)
+    few_shot_k: int = 3  # solved training examples before each question (few_shot baseline)
+    # a prompt set replacing dataset.prompts: a preset name (conf/prompts/<name>.yaml, e.g.
+    # bello_questions: reference 001's question set) or a file (a YAML list, or one prompt per line)
+    prompts: Optional[str] = None
 
     def __post_init__(self) -> None:
         _check_choice(self.batching, BATCHINGS, "eval.batching")
+        for name in self.tasks:
+            _check_choice(name, TASK_EVALUATORS, "eval.tasks")
+        for name in self.baselines:
+            _check_choice(name, TASK_BASELINES, "eval.baselines")
+        if self.baselines and not self.tasks:
+            raise ConfigError("eval.baselines scores the base with the task evaluators: set eval.tasks too "
+                              "(e.g. eval.tasks=[classification])")
+        if self.task_examples is not None and self.task_examples < 1:
+            raise ConfigError(f"eval.task_examples={self.task_examples}: must be >= 1 (or null for all)")
+        if self.few_shot_k < 1 or self.task_max_new_tokens < 1:
+            raise ConfigError("eval.few_shot_k and eval.task_max_new_tokens must be >= 1")
         if self.sample_repeats < 1 or self.base_repeats < 1:
             raise ConfigError("eval.sample_repeats and eval.base_repeats must be >= 1")
         if self.max_examples is not None and self.max_examples < 1:
@@ -348,6 +393,10 @@ class RunConfig:
         if not self.study or "/" in self.study:
             raise ConfigError(f"study={self.study!r}: use a plain name without '/'")
         _check_choice(self.device, ("auto", "cpu", "cuda"), "device")
+        if self.eval.tasks and self.dataset.kind != "instruction":
+            raise ConfigError(f"eval.tasks={list(self.eval.tasks)}: task evaluators score answers to prompts; dataset "
+                              f"{self.dataset.name} is kind={self.dataset.kind} (use an instruction dataset, e.g. "
+                              "dataset=qa or dataset=quote_topics)")
 
 
 GROUPS: dict[str, type] = {

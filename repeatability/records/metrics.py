@@ -11,7 +11,9 @@ A new metric = one :class:`Metric` here + where it is measured + its field in th
 - ``ofat`` / ``anova``: a response of the variance decomposition / the crossed ANOVA (on the log
   scale when ``log_scale``; the OFAT table also shows a log-scale metric as it is);
 - ``tracker``: logged to the experiment tracker at the end of a run (``heldout/<name>``);
-- ``eval``: replaced by an evaluation record (``evals/<name>.json``) in ``analysis.report --eval``.
+- ``eval``: replaced by an evaluation record (``evals/<name>.json``) in ``analysis.report --eval``;
+- ``task``: a task score (``eval.tasks``): its spread between identical trials and its arm
+  difference (TOST on the difference, with an absolute margin) in the report.
 """
 
 from __future__ import annotations
@@ -59,6 +61,14 @@ METRICS: tuple[Metric, ...] = (
        "tracker eval", log_scale=True),
     _m(M.base_perplexity_mean_per_sequence, "base-model held-out perplexity (mean of per-sequence)",
        "base mean per-sequence perplexity", "", "tracker eval", log_scale=True),
+    _m(M.accuracy, "classification accuracy (class chosen by likelihood)", "accuracy", "", "task tracker",
+       lower_is_better=False),
+    _m(M.macro_f1, "classification macro-F1", "macro-F1", "", "task tracker", lower_is_better=False),
+    _m(M.exact_match, "exact match of greedy answers (SQuAD-normalised)", "exact match", "", "task tracker",
+       lower_is_better=False),
+    _m(M.rouge1, "ROUGE-1 F-measure of greedy answers", "ROUGE-1", "", "task tracker", lower_is_better=False),
+    _m(M.rouge2, "ROUGE-2 F-measure of greedy answers", "ROUGE-2", "", "task tracker", lower_is_better=False),
+    _m(M.rougeL, "ROUGE-L F-measure of greedy answers", "ROUGE-L", "", "task tracker", lower_is_better=False),
     _m(S.timings.train_s, "training time (s)", "training time", "s", ""),
     _m(S.timings.eval_s, "held-out scoring time (s)", "scoring time", "s", ""),
 )

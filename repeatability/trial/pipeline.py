@@ -16,12 +16,13 @@ from typing import Any
 import torch
 import yaml
 
-from repeatability.records import adapter_files, artifacts, checkpoint_files, curve_files, integrity, tracking
+from repeatability.records import (adapter_files, artifacts, checkpoint_files, curve_files, eval_records, integrity,
+                                   tracking)
 from repeatability.records import summary as S
 from repeatability.records.config import RunConfig
 from repeatability.records.environment import PeakMemory, capture_environment, cpu_model
 from repeatability.records.record import fill_results, headline
-from repeatability.trial import data, evaluate, modelling, optimtrace, train
+from repeatability.trial import data, evaluate, modelling, optimtrace, tasks, train
 from repeatability.trial.determinism import apply_determinism, thread_budget
 from repeatability.trial.seeding import Seeds, resolve_seeds, seed_everything
 
@@ -49,6 +50,7 @@ class Prepared:
     heldout_texts: list[str]
     prompts: list[tuple[str, str]]
     info: dict[str, Any]
+    tasks: tasks.TaskInputs | None = None  # the task evaluators' fixed subset (eval.tasks)
 
 
 def prepare_data(cfg: RunConfig, tokenizer: Any, study: Path) -> Prepared:
@@ -71,7 +73,7 @@ def prepare_data(cfg: RunConfig, tokenizer: Any, study: Path) -> Prepared:
         artifacts.write_jsonl(split_path, ({"index": i, "text": t} for i, t in enumerate(heldout)))
     as_example = (lambda p: data.Example(text=p)) if kind == "text" else (lambda p: data.Example(instruction=p))
     prompts = [(p, data.apply_template(template, kind, as_example(p), bos, eos, prompt_only=True))
-               for p in cfg.dataset.prompts]
+               for p in data.prompt_set(cfg)]
     info = {
         "dataset": cfg.dataset.name, "source": cfg.dataset.source, "kind": kind,
         "template": template if kind == "instruction" else "plain (bos + text + eos)",
@@ -82,10 +84,16 @@ def prepare_data(cfg: RunConfig, tokenizer: Any, study: Path) -> Prepared:
         "max_length": cfg.train.max_length,
     }
     ml = cfg.train.max_length
+    task_inputs = None
+    if cfg.eval.tasks:
+        task_inputs = tasks.build_inputs(
+            split.heldout, split.train, lambda e, prompt_only: data.apply_template(template, kind, e, bos, eos, prompt_only),
+            data.task_classes(cfg, split) if "classification" in cfg.eval.tasks else [], cfg.eval.task_examples,
+            cfg.eval.few_shot_k, cfg.determinism.split_seed)
     return Prepared(
         train_ds=data.TokenDataset(data.tokenize(tokenizer, texts(split.train), ml)),
         val_ds=data.TokenDataset(data.tokenize(tokenizer, texts(split.val), ml)) if split.val else data.TokenDataset([]),
-        heldout_texts=heldout, prompts=prompts, info=info,
+        heldout_texts=heldout, prompts=prompts, info=info, tasks=task_inputs,
     )
 
 
@@ -137,6 +145,7 @@ class Built:
     n_4bit_layers: int
     base: dict[str, Any]
     load_s: float
+    base_tasks: dict[str, Any]  # the base model's task scores (eval.baselines), once per study
 
 
 def build_model(cfg: RunConfig, seeds: Seeds, prep_fn: Any, study: Path, device: str, dtype: torch.dtype) -> tuple[Built, Prepared]:
@@ -149,9 +158,16 @@ def build_model(cfg: RunConfig, seeds: Seeds, prep_fn: Any, study: Path, device:
     load_s = time.perf_counter() - start
     check_batching(cfg, base, prep, device)
     base_ppl = base_perplexity(cfg, base, tokenizer, prep, study, model_id, device, dtype) if cfg.eval.base_perplexity else {}
+    base_tasks = {}
+    if cfg.eval.baselines and prep.tasks is not None:
+        key = json.dumps([cfg.model.name, model_id, asdict(cfg.quant), str(dtype), device, asdict(cfg.eval),
+                          tasks.subset_sha256(prep.tasks.examples), tasks.subset_sha256(prep.tasks.shots)])
+        cache = artifacts.base_perplexity_file(study, f"{cfg.model.name}__{cfg.dataset.name}__tasks__"
+                                                      f"{hashlib.sha256(key.encode()).hexdigest()[:16]}")
+        base_tasks = tasks.baselines(cfg, base, tokenizer, prep.tasks, cache, device)
     seed_everything(seeds.lora_init)  # LoRA A matrices are drawn from the global RNG now
     model = modelling.add_lora(base, cfg.model, cfg.lora, cfg.quant.load_in_4bit, cfg.train.gradient_checkpointing)
-    return Built(model, tokenizer, model_id, modelling.count_4bit_layers(model), base_ppl, load_s), prep
+    return Built(model, tokenizer, model_id, modelling.count_4bit_layers(model), base_ppl, load_s, base_tasks), prep
 
 
 def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
@@ -224,6 +240,8 @@ def _train_and_score(cfg: RunConfig, path: Path, study: Path, seeds: Seeds, resu
                 optimizer_trace=cfg.diagnostics.optimizer_trace)
             train_s = time.perf_counter() - t_train
             metrics, eval_s, gen_s, generations = _score_and_generate(cfg, built, prep, record, seeds, device)
+            task_scores, task_record, tasks_s = _run_tasks(cfg, built, prep, record, device)
+        metrics.update(task_scores)
         guard()
         adapter_sha = adapter_files.save_adapter(path, built.model)
         fill_results(summary, cfg, built, prep, record, effective, metrics, device, _device_name(device), dtype)
@@ -235,17 +253,35 @@ def _train_and_score(cfg: RunConfig, path: Path, study: Path, seeds: Seeds, resu
             modelling.release_weights(built.model)
     curve_files.write_loss_curve(path, record.rows)
     artifacts.write_generations(path, generations)
+    if task_record is not None:
+        eval_records.write_run_tasks(path, {"metrics": task_scores, **task_record})
+        summary.tasks = S.part(S.Tasks, tasks.summary_group(cfg, prep.tasks, task_record, built.base_tasks), "tasks")
+    if cfg.train.neftune_noise_alpha is not None:
+        summary.neftune = S.Neftune(noise_alpha=cfg.train.neftune_noise_alpha, scope=train.NEFTUNE_SCOPE)
     if record.trace is not None:
         curve_files.write_optimizer_trace(path, record.trace.rows, optimtrace.COLUMNS)
         summary.optimizer_trace = S.part(S.OptimizerTrace, optimtrace.summarize(record.trace.rows, record.trace.seconds),
                                          "optimizer_trace")
     summary.timings = S.part(S.Timings, {"model_load_s": built.load_s, "train_s": train_s, "eval_s": eval_s,
-                                         "generation_s": gen_s, "total_s": math.nan, **train.step_time_stats(record)},
+                                         "generation_s": gen_s, "total_s": math.nan, **train.step_time_stats(record),
+                                         **({"tasks_s": tasks_s} if task_record is not None else {})},
                              "timings")
     summary.memory = S.part(S.Memory, memory.result(), "memory")
     summary.adapter = S.Adapter(path=artifacts.ADAPTER, sha256=adapter_sha)
     summary.checkpointing = S.part(S.Checkpointing, {"every": cfg.train.checkpoint_every, "saved": record.checkpoints,
                                                      "kept": cfg.train.keep_checkpoints}, "checkpointing")
+
+
+def _run_tasks(cfg: RunConfig, built: Built, prep: Prepared, record: train.TrainLog,
+               device: str) -> tuple[dict[str, float], dict[str, Any] | None, float]:
+    """The task evaluators on the fine-tuned model (none when not asked for, or after a blow-up
+    that left NaN weights: their scores stay absent)."""
+    if prep.tasks is None or record.divergence:
+        return {}, None, 0.0
+    start = time.perf_counter()
+    scores, task_record = tasks.run_tasks(built.model, built.tokenizer, list(cfg.eval.tasks), prep.tasks, device=device,
+                                          max_new_tokens=cfg.eval.task_max_new_tokens, batch_size=cfg.eval.batch_size)
+    return scores, task_record, time.perf_counter() - start
 
 
 def _score_and_generate(cfg: RunConfig, built: Built, prep: Prepared, record: train.TrainLog, seeds: Seeds,

@@ -23,6 +23,11 @@ from repeatability.trial.seeding import Seeds
 
 log = logging.getLogger(__name__)
 
+# what the summary's `neftune.scope` says (transformers.integrations.neftune: noise only when module.training)
+NEFTUNE_SCOPE = ("training steps only: the Trainer adds the noise through a forward hook on the input embeddings "
+                 "that acts in train mode and removes it when training ends; validation, held-out scoring, "
+                 "tasks and generations see none")
+
 
 def optimizer_class_and_kwargs(cfg: OptimConfig, lr: float) -> tuple[type, dict[str, Any]]:
     """The real optimizer class and its arguments (bitsandbytes AdamW, or torch AdamW)."""
@@ -262,6 +267,8 @@ def _training_args(cfg: TrainConfig, seeds: Seeds, device: str, mixed: str, chec
         use_cpu=device == "cpu", fp16=mixed == "fp16", bf16=mixed == "bf16",
         dataloader_num_workers=0, remove_unused_columns=False,
         **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}),
+        # NEFTune: the Trainer's own hook on the input embeddings, active in train mode only
+        **({"neftune_noise_alpha": cfg.neftune_noise_alpha} if cfg.neftune_noise_alpha is not None else {}),
     )
 
 
