@@ -24,6 +24,8 @@ class AnalysisConfig:
             consecutive sorted values are more than this many decades (powers of 10) apart.
         alpha: significance level of every test whose p-value the report turns into words.
         n_resamples: bootstrap resamples (P(X > Y) CI).
+        task_margin: equivalence margin of task scores (accuracy, F1, exact match, ROUGE: in [0, 1]),
+            absolute: 0.01 = ±1 point (:mod:`analysis.compute.task_scores`).
         seed: seed of the bootstrap generator (same seed, same CI).
     """
 
@@ -33,14 +35,16 @@ class AnalysisConfig:
     alpha: float = 0.05
     n_resamples: int = 9999
     seed: int = 0
+    task_margin: float = 0.01
 
     def __post_init__(self) -> None:
         checks = {"margin": 0 < self.margin < 1, "blowup_k": self.blowup_k > 1,
                   "gap_decades": self.gap_decades > 0, "alpha": 0 < self.alpha < 1,
-                  "n_resamples": self.n_resamples >= 100}
+                  "n_resamples": self.n_resamples >= 100, "task_margin": 0 < self.task_margin < 1}
         wanted = {"margin": "a fraction in (0, 1), e.g. 0.01 for ±1%",
                   "blowup_k": "a factor above 1, e.g. 10", "gap_decades": "positive, e.g. 1",
-                  "alpha": "in (0, 1), e.g. 0.05", "n_resamples": "at least 100"}
+                  "alpha": "in (0, 1), e.g. 0.05", "n_resamples": "at least 100",
+                  "task_margin": "a score difference in (0, 1), e.g. 0.01 for ±1 point"}
         for name, ok in checks.items():
             value = getattr(self, name)
             if not ok or (isinstance(value, float) and not math.isfinite(value)):

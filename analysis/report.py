@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.compute import task_scores
 from analysis.compute.results import Results, compute
 from analysis.compute.tables import write_table
 from analysis.config import AnalysisConfig
@@ -40,6 +41,7 @@ from analysis.present import (
     sections_blowups,
     sections_edge,
     sections_runs,
+    sections_tasks,
     sections_variance,
 )
 from analysis.present.document import Doc, render_html, render_markdown, write_figures
@@ -53,7 +55,7 @@ Section = Callable[[Doc, Results], sections.Tables]
 # answer and its one figure come first; the learning-rate edge (present only when the study has
 # an LR axis) next; setup and environment last, as an appendix.
 SECTIONS: tuple[Section, ...] = (
-    sections_answer.answer, sections_edge.lr_edge, sections.verdicts, sections.perplexity,
+    sections_answer.answer, sections_edge.lr_edge, sections.verdicts, sections.perplexity, sections_tasks.tasks,
     sections_variance.variance_sources, sections_variance.adapter_distance,
     sections.comparisons, sections_blowups.blowups_equivalence, sections_blowups.side_by_side,
     sections_variance.trials_needed, sections_runs.loss, sections_runs.generation,
@@ -79,7 +81,8 @@ def build(study: Study, config: AnalysisConfig | None = None,
     # provenance goes last: how the report was made, then what the runs were installed from
     doc.para(f"Generated {stamp} by `python -m analysis.report`. Declared before the analysis: "
              f"equivalence margin ±{config.margin * 100:g}%, blow-up factor k = "
-             f"{config.blowup_k:g}, α = {config.alpha:g}.")
+             f"{config.blowup_k:g}, α = {config.alpha:g}"
+             + (f", task-score margin {task_scores.margin_text(config)}." if len(results.task_spreads) else "."))
     lock_line = prose.lock_line(results.lock)
     if lock_line and not lock_line.startswith("WARNING"):  # a warning is in the Answer instead
         doc.para(lock_line)
@@ -135,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                         "study's (e.g. the paper's imported tables); repeatable")
     parser.add_argument("--margin", type=float, default=AnalysisConfig.margin,
                         help="equivalence margin, relative (default 0.01 = ±1%%)")
+    parser.add_argument("--task-margin", type=float, default=AnalysisConfig.task_margin,
+                        help="equivalence margin of task scores, absolute (default 0.01 = ±1 point)")
     parser.add_argument("--blowup-k", type=float, default=AnalysisConfig.blowup_k,
                         help="a run blew up above k × the reference perplexity (default 10)")
     parser.add_argument("--eval", dest="eval_name", metavar="NAME",
@@ -145,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", force=True)
     try:
-        config = AnalysisConfig(margin=args.margin, blowup_k=args.blowup_k)
+        config = AnalysisConfig(margin=args.margin, blowup_k=args.blowup_k, task_margin=args.task_margin)
     except ValueError as exc:  # a setting out of range, e.g. --margin 0
         parser.exit(2, f"error: {exc}\n")
     try:

@@ -33,6 +33,7 @@ from analysis.compute import (
     reproducibility,
     stats,
     tables,
+    task_scores,
     variance,
     verdict,
 )
@@ -110,6 +111,8 @@ class Results:
         cross_trials, cross_cells: the same trials with the same seeds in this study and in
             ``others`` (:func:`analysis.compute.reproducibility.trial_pairs`, ``cell_summary``); empty
             without others or without such trials.
+        task_spreads, task_baselines, task_comparisons: :mod:`analysis.compute.task_scores` (empty
+            frames when no run recorded a task score).
         trials_needed: :func:`analysis.compute.power.trials_needed`.
         final_loss_stats: :func:`analysis.compute.stats.stats_table` of the final losses.
         parting: where the trials of a cell part (:func:`analysis.compute.curves.within_cell_parting`
@@ -157,6 +160,9 @@ class Results:
     compare_pooled: pd.DataFrame
     cross_trials: pd.DataFrame
     cross_cells: pd.DataFrame
+    task_spreads: pd.DataFrame
+    task_baselines: pd.DataFrame
+    task_comparisons: pd.DataFrame
     trials_needed: pd.DataFrame
     final_loss_stats: pd.DataFrame
     parting: pd.DataFrame
@@ -191,6 +197,8 @@ def compute(study: Study, config: AnalysisConfig | None = None,
                    seed_matched=matched, comparisons=stats.compare_all(runs),
                    ofat=variance.decompose(runs, pairs), anova=anova.crossed_anova(runs),
                    trials_needed=power.trials_needed(runs), lr_edge=compute_edge(study, config),
+                   task_spreads=task_scores.spreads(runs), task_baselines=task_scores.baselines(runs),
+                   task_comparisons=task_scores.compare(runs, config),
                    **cells, **_perplexity(runs), **_adapters(study, pairs, matched),
                    **blow, **_cross(study, others, cells["verdicts"], blow["equivalence"]),
                    **_loss(study, within, matched),

@@ -19,7 +19,7 @@ from analysis.compute.stats import PRIMARY_METRIC
 from analysis.compute.tables import format_number
 from analysis.config import AnalysisConfig
 from analysis.present import labels as L
-from analysis.present import plots, plots_edge, prose, prose_edge, sections_variance
+from analysis.present import plots, plots_edge, prose, prose_edge, sections_tasks, sections_variance
 from analysis.present.document import Doc
 from analysis.present.sections import Tables
 from analysis.present.sections_edge import GPU_TEST
@@ -161,6 +161,7 @@ def answer(doc: Doc, r: Results) -> Tables:
         lines.append(f"… and {len(rows) - MAX_LINES} more comparisons under *Arm comparisons*.")
     compared = set(r.equivalence["x"]) | set(r.equivalence["y"])
     lines += [cell_line(r, c, labels) for c in plots.cell_order(runs) if c not in compared][:MAX_LINES]
+    lines += sections_tasks.answer_lines(r, labels)[:MAX_LINES]  # task scores (eval.tasks), when recorded
     if not r.ofat.empty:  # a study of the seed sources: which one moves the result, first
         lines = prose.variance_answer(r.ofat, where=sections_variance.where(runs)) + lines
     doc.bullets(lines + compare_lines(r) + reproducibility_lines(r, labels))

@@ -1,0 +1,69 @@
+"""Task scores in the report (analysis.compute.task_scores, analysis.present.sections_tasks) on a
+synthetic study whose numbers are known: spreads, baselines, TOST on the difference, the Answer."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from analysis import report
+from analysis.compute import task_scores
+from analysis.config import AnalysisConfig
+from analysis.load import load_study
+from tests.analysis_fixtures import SMOL_8, SMOL_32, write_run
+
+ACC_8 = [0.60, 0.62, 0.61, 0.63, 0.64]
+ACC_32 = [0.61, 0.62, 0.62, 0.63, 0.64]  # paired differences -0.01, 0, -0.01, 0, 0
+BASE = {"zero_shot": {"accuracy": 0.25}, "few_shot": {"accuracy": 0.31}, "few_shot_k": 3}
+
+
+def _study(tmp_path, acc_8=ACC_8, acc_32=ACC_32):
+    for cell, accs in ((SMOL_8, acc_8), (SMOL_32, acc_32)):
+        for trial, acc in enumerate(accs, 1):
+            write_run(tmp_path, "tasks", cell, trial, ppl=50.0 + trial, summary={
+                "metrics": {"accuracy": acc, "macro_f1": acc - 0.05},
+                "tasks": {"evaluators": ["classification"], "n_examples": 100, "subset_sha256": "ab" * 32,
+                          "outputs": "evals/tasks.json", "classes": ["a", "b"], **BASE}})
+    return load_study(tmp_path / "tasks")
+
+
+def test_spreads_baselines_and_equivalence(tmp_path) -> None:
+    study = _study(tmp_path)
+    spreads = task_scores.spreads(study.runs).set_index(["cell", "metric"])
+    row = spreads.loc[(SMOL_8.dirname, "metrics.accuracy")]
+    assert row["n"] == 5 and row["spread"] == pytest.approx(0.04) and row["mean"] == pytest.approx(0.62)
+    assert row["ppl_spread"] == pytest.approx(55 / 51)
+    base = task_scores.baselines(study.runs).set_index(["baseline", "metric"])["value"]
+    assert base[("zero_shot", "metrics.accuracy")] == 0.25 and base[("few_shot", "metrics.accuracy")] == 0.31
+    comp = task_scores.compare(study.runs, AnalysisConfig(task_margin=0.02)).set_index("metric")
+    acc = comp.loc["metrics.accuracy"]
+    assert acc["design"] == "paired" and acc["mean_diff"] == pytest.approx(-0.004)
+    assert acc["tost_p"] < 0.05 and acc["verdict"].startswith("equivalent within ±2 points")
+    # at ±1 point the same five pairs are not enough: inconclusive, never "no difference"
+    tight = task_scores.compare(study.runs, AnalysisConfig(task_margin=0.001)).set_index("metric")
+    assert tight.loc["metrics.accuracy", "verdict"].startswith("inconclusive with 5 paired trials")
+
+
+def test_a_clear_difference_is_called_different(tmp_path) -> None:
+    study = _study(tmp_path, acc_8=[0.40, 0.42, 0.41, 0.43, 0.44])
+    acc = task_scores.compare(study.runs).set_index("metric").loc["metrics.accuracy"]
+    assert acc["mean_diff"] == pytest.approx(0.42 - 0.624) and acc["verdict"].startswith("different")
+
+
+def test_report_answers_with_task_scores_and_keeps_other_reports_unchanged(tmp_path) -> None:
+    _study(tmp_path)
+    md = report.write_report(tmp_path / "tasks").read_text()
+    answer = md.split("## Answer", 1)[1].split("\n## ", 1)[0]
+    assert "accuracy (points), `8-bit` vs `32-bit`: mean 62.0 vs 62.4" in answer
+    assert "base zero-shot 25.0; base few-shot (k = 3) 31.0" in answer
+    assert "## Task scores" in md and "task-score margin ±1 point" in md
+    tables = tmp_path / "tasks" / "_report" / "tables"
+    assert pd.read_csv(tables / "task_spreads.csv").shape[0] == 4  # 2 cells x (accuracy, macro-F1)
+    assert (tmp_path / "tasks" / "_report" / "figures" / "task_accuracy.png").exists()
+
+
+def test_no_task_scores_no_task_section(tmp_path) -> None:
+    for trial in (1, 2):
+        write_run(tmp_path, "plain", SMOL_8, trial)
+    md = report.write_report(tmp_path / "plain").read_text()
+    assert "Task scores" not in md and "task-score margin" not in md
