@@ -20,7 +20,7 @@ STUDY_ARGS ?= -m trial=1,2,3,4,5,6,7 optim=paged_adamw_8bit,paged_adamw_32bit
 PAPER_TABLES := paper-tables-1-2
 PAPER_CITATION := S. S. Alahmari, L. O. Hall, P. R. Mouton, D. B. Goldgof, Repeatability of Fine-Tuning Large Language Models Illustrated Using QLoRA, IEEE Access 12 (2024) 153221-153231, doi:10.1109/ACCESS.2024.3470850
 
-.PHONY: setup lock slurm-packages browser-packages test-browser study variance-study explain-study explain-edge report test test-fast test-gpu test-slurm bench bench-extra clean
+.PHONY: setup lock slurm-packages browser-packages test-browser study variance-study explain-study explain-edge task-study report test test-fast test-gpu test-slurm bench bench-extra clean
 
 setup: $(STAMP)
 
@@ -104,6 +104,13 @@ explain-study: setup
 # 3 paired trials, optimizer trace on (experiments/explain_edge.yaml: 3–5.5 h on the 2-core EPYC),
 # then one 1,000-step pair at LR 2e-4 (explain_edge_horizon.yaml: 55 min), then the report with
 # the learning-rate edge. The committed runs are skipped; re-running continues a stopped sweep.
+# Task scores at CPU scale: SmolLM2 x {quote topics (accuracy, macro-F1), chatterbot QA (exact match,
+# ROUGE)} x paged AdamW 8/32-bit x 5 paired trials, with zero-/few-shot baselines, then the report
+task-study: setup
+	$(PY) -m repeatability.run -m experiments=tasks_cpu_topics
+	$(PY) -m repeatability.run -m experiments=tasks_cpu_qa
+	$(PY) -m analysis.report results/tasks-cpu
+
 explain-edge: setup
 	$(PY) -m repeatability.run -m experiments=explain_edge
 	$(PY) -m repeatability.run -m experiments=explain_edge_horizon

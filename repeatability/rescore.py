@@ -6,7 +6,8 @@ loaded base by swapping PEFT named adapters (``load_adapter`` / ``set_adapter`` 
 ``delete_adapter``), as LoRA Land evaluates many adapters on one base. Each run is scored with
 its own stored ``config.yaml``, changed by the overrides: dotted keys (``eval.batching=
 padding_free``, ``eval.max_examples=null``, ``train.max_length=128``) or a config group choice
-(``dataset=qa``, ``eval=full``). The result is one evaluation record per run,
+(``dataset=qa``, ``eval=full``); ``eval.tasks=[classification]`` (or ``[generation]``) adds the task
+scores of :mod:`repeatability.trial.tasks` and their per-example outputs. The result is one evaluation record per run,
 ``<run>/evals/<NAME>.json`` (docs/run-directory.md); the training summary is never rewritten.
 The base model is scored too (cached in ``_base/`` like the training sweep does).
 
@@ -141,7 +142,7 @@ def _swap_in(model: Any, base: Any, job: Job, index: int) -> Any:
 
 def score_group(jobs: list[Job], study: Path, name: str, overrides: list[str], force: bool) -> list[Path]:
     """Load the shared base once, score it (cached), then every job's adapter on it."""
-    from repeatability.trial import evaluate, modelling, pipeline
+    from repeatability.trial import evaluate, modelling, pipeline, tasks
 
     first = jobs[0].cfg
     device = modelling.resolve_device(first.device)
@@ -172,6 +173,14 @@ def score_group(jobs: list[Job], study: Path, name: str, overrides: list[str], f
                                    job.cfg.eval.batch_size, device, job.cfg.eval.batching)
         timings = {"base_load_s": base_load_s, "adapter_load_s": t1 - t0, "score_s": time.perf_counter() - t1}
         record = _record(job, ppl, bases.get(job.run, {}), prep, overrides, device, dtype, timings, len(jobs))
+        if prep.tasks is not None:  # eval.tasks (the run's own, or an override): task scores of this adapter
+            t2 = time.perf_counter()
+            scores, per_example = tasks.run_tasks(model, tokenizer, list(job.cfg.eval.tasks), prep.tasks, device=device,
+                                                  max_new_tokens=job.cfg.eval.task_max_new_tokens,
+                                                  batch_size=job.cfg.eval.batch_size)
+            record["metrics"] |= scores
+            record["tasks"] = per_example
+            record["timings"]["tasks_s"] = time.perf_counter() - t2
         written.append(eval_records.write_eval(job.run, name, record, force))
         log.info("%s: perplexity %.6g (%s)", job.run.relative_to(study), ppl.token_weighted, name)
     if model is not None:

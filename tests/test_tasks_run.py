@@ -135,3 +135,15 @@ def test_build_inputs_fixes_subset_options_stop_and_shots() -> None:
     assert first.prompt.endswith("<|im_start|>assistant\n") and first.options[1] == first.prompt + "beta<|im_end|>"
     assert inputs.stop == "<|im_end|>" and len(inputs.shots) == 2
     assert inputs.prefix(2) == "".join(e.solved + "\n" for e in inputs.shots) and inputs.prefix(0) == ""
+
+
+@pytest.mark.slow
+def test_rescore_computes_the_same_task_scores_for_a_finished_run(task_run) -> None:
+    from repeatability import rescore
+
+    [written] = rescore.rescore(task_run.parent.parent, "again", [])
+    again = json.loads(written.read_text())
+    summary = artifacts.read_summary(task_run)["metrics"]
+    for key in ("accuracy", "macro_f1", "exact_match", "rouge1", "rougeL"):
+        assert again["metrics"][key] == pytest.approx(summary[key], abs=1e-9), key
+    assert again["tasks"]["subset_sha256"] == artifacts.read_summary(task_run)["tasks"]["subset_sha256"]
