@@ -17,6 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDIES = sorted(p.parent.parent for p in ROOT.glob("results/*/_report/report.md")
                  if any(p.parent.parent.glob("*/trial-*/summary.json")))
 STAMP = re.compile(r"Generated \d{4}-\d\d-\d\d \d\d:\d\d UTC")
+# a report built with --compare names each compared study: "This study (`x`) next to `y` (results/y)."
+COMPARED = re.compile(r"^This study \(`[^`]+`\) next to (.*?)\. Each study", re.M)
+
+
+def compared_studies(report_md: str) -> list[str]:
+    """The --compare paths a committed report was built with (as it names them)."""
+    found = COMPARED.search(report_md)
+    return re.findall(r"`[^`]+` \(([^)]+)\)", found.group(1)) if found else []
 
 
 def test_a_committed_study_with_run_records_exists():
@@ -27,7 +35,8 @@ def test_a_committed_study_with_run_records_exists():
 def test_committed_study_rebuilds_to_its_committed_report(study, tmp_path, monkeypatch):
     committed = study / "_report"
     monkeypatch.chdir(ROOT)  # the report names its study as it was given: results/<study>
-    md = report.write_report(Path("results") / study.name, tmp_path)
+    md = report.write_report(Path("results") / study.name, tmp_path,
+                             compare=compared_studies((committed / "report.md").read_text()))
     rebuilt = {p.name for p in (tmp_path / "tables").iterdir()}
     assert rebuilt == {p.name for p in (committed / "tables").iterdir()}
     for name in sorted(rebuilt):
