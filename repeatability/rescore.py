@@ -69,7 +69,7 @@ def run_config(run: Path, overrides: list[str]) -> RunConfig:
     groups = [o for o in overrides if o.split("=", 1)[0] in GROUPS]
     keys = [o for o in overrides if o not in groups]
     if groups:
-        preflight._check_group_values(groups)
+        preflight.check_group_values(groups)
         composed = preflight.compose_jobs(groups, multirun=False)[0]
         for o in groups:
             group = o.split("=", 1)[0]

@@ -285,3 +285,21 @@ def write_default_like_study(results: Path, study: str = "default", schema1: boo
                   losses=[3.0 - 0.1 * i + 0.001 * trial * i for i in range(9)] + [2.05],
                   completions=[f"not protect you {trial % 3}", "busy"], schema1=schema1)
     return artifacts.study_dir(results, study)
+
+
+TASK_ACC_8 = [0.60, 0.62, 0.61, 0.63, 0.64]
+TASK_ACC_32 = [0.61, 0.62, 0.62, 0.63, 0.64]  # paired differences -0.01, 0, -0.01, 0, 0
+TASK_BASELINES = {"zero_shot": {"accuracy": 0.25}, "few_shot": {"accuracy": 0.31}, "few_shot_k": 3}
+
+
+def write_task_study(results: Path, study: str = "tasks", acc_8: list[float] = TASK_ACC_8,
+                     acc_32: list[float] = TASK_ACC_32) -> Path:
+    """Two seed-matched arms x 5 trials with classification scores (accuracy, macro-F1 = accuracy
+    − 0.05) and the base model's zero-/few-shot baselines; perplexity 50 + trial in both arms."""
+    for cell, accs in ((SMOL_8, acc_8), (SMOL_32, acc_32)):
+        for trial, acc in enumerate(accs, 1):
+            write_run(results, study, cell, trial, ppl=50.0 + trial, summary={
+                "metrics": {"accuracy": acc, "macro_f1": acc - 0.05},
+                "tasks": {"evaluators": ["classification"], "n_examples": 100, "subset_sha256": "ab" * 32,
+                          "outputs": "evals/tasks.json", "classes": ["a", "b"], **TASK_BASELINES}})
+    return results / study

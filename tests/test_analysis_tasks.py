@@ -10,21 +10,10 @@ from analysis import report
 from analysis.compute import task_scores
 from analysis.config import AnalysisConfig
 from analysis.load import load_study
-from tests.analysis_fixtures import SMOL_8, SMOL_32, write_run
+from tests.analysis_fixtures import SMOL_8, write_run, write_task_study
 
-ACC_8 = [0.60, 0.62, 0.61, 0.63, 0.64]
-ACC_32 = [0.61, 0.62, 0.62, 0.63, 0.64]  # paired differences -0.01, 0, -0.01, 0, 0
-BASE = {"zero_shot": {"accuracy": 0.25}, "few_shot": {"accuracy": 0.31}, "few_shot_k": 3}
-
-
-def _study(tmp_path, acc_8=ACC_8, acc_32=ACC_32):
-    for cell, accs in ((SMOL_8, acc_8), (SMOL_32, acc_32)):
-        for trial, acc in enumerate(accs, 1):
-            write_run(tmp_path, "tasks", cell, trial, ppl=50.0 + trial, summary={
-                "metrics": {"accuracy": acc, "macro_f1": acc - 0.05},
-                "tasks": {"evaluators": ["classification"], "n_examples": 100, "subset_sha256": "ab" * 32,
-                          "outputs": "evals/tasks.json", "classes": ["a", "b"], **BASE}})
-    return load_study(tmp_path / "tasks")
+def _study(tmp_path, **kw):
+    return load_study(write_task_study(tmp_path, **kw))
 
 
 def test_spreads_baselines_and_equivalence(tmp_path) -> None:
@@ -51,7 +40,7 @@ def test_a_clear_difference_is_called_different(tmp_path) -> None:
 
 
 def test_report_answers_with_task_scores_and_keeps_other_reports_unchanged(tmp_path) -> None:
-    _study(tmp_path)
+    write_task_study(tmp_path)
     md = report.write_report(tmp_path / "tasks").read_text()
     answer = md.split("## Answer", 1)[1].split("\n## ", 1)[0]
     assert "accuracy (points), `8-bit` vs `32-bit`: mean 62.0 vs 62.4" in answer

@@ -1,6 +1,6 @@
 """The browser tier: reports opened in Debian's headless Chromium at 1280×900 (tests/browser.py).
 
-On fixture studies (the paper's 8 cells, every kind of run, the default study's shape) and on
+On fixture studies (the paper's 8 cells, every kind of run, the default study's shape, task scores) and on
 every committed report: no sideways scroll (also with the appendix and every collapsed table
 open), the Answer block in the first viewport, every image loaded, every internal link
 resolving, no console error. Screenshots are kept under pytest's tmp dir.
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from analysis_fixtures import write_default_like_study, write_mixed_study, write_paper_study
+from analysis_fixtures import write_default_like_study, write_mixed_study, write_paper_study, write_task_study
 from browser import available, inspect_report
 
 from analysis import report
@@ -19,7 +19,8 @@ from analysis import report
 pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = sorted(ROOT.glob("results/*/_report/report.html"))
-FIXTURES = {"paper": write_paper_study, "mixed": write_mixed_study, "default": write_default_like_study}
+FIXTURES = {"paper": write_paper_study, "mixed": write_mixed_study, "default": write_default_like_study,
+            "tasks": write_task_study}
 
 
 @pytest.fixture(scope="module", autouse=True)

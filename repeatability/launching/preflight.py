@@ -40,7 +40,7 @@ def group_choices(group: str) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
-def _check_group_values(overrides: list[str]) -> None:
+def check_group_values(overrides: list[str]) -> None:
     """Unknown choices of our config groups get a one-line error listing the valid ones."""
     parser = OverridesParser.create()
     for ov in parser.parse_overrides(overrides):
@@ -128,7 +128,7 @@ def _check_resources(configs: list[RunConfig], remote: bool = False) -> None:
 
 def check(overrides: list[str], multirun: bool) -> list[RunConfig]:
     """Raise :class:`ConfigError` for the first problem; return the checked job configs."""
-    _check_group_values(overrides)
+    check_group_values(overrides)
     try:
         composed = compose_jobs(overrides, multirun)
     except ConfigError:
