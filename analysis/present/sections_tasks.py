@@ -62,9 +62,17 @@ def tasks(doc: Doc, r: Results) -> Tables:
              f"equivalence: TOST on the difference with margin {task_scores.margin_text(r.config)}.")
     labels = L.short_labels(list(plots.cell_order(r.study.runs)))
     for metric in task_scores.recorded(r.study.runs):
-        doc.figure(f"task_{_short(metric).replace(' ', '_').replace('-', '').lower()}",
-                   plots.metric_by_cell(r.study.runs, metric, labels=labels),
-                   f"{plots.metric_label(metric)} per trial, by arm; bar: median")
+        fig = plots.metric_by_cell(r.study.runs, metric, labels=labels)
+        base = r.task_baselines[r.task_baselines["metric"] == metric]
+        ax = fig.axes[0]
+        for (_, b), style in zip(base.iterrows(), ("--", ":")):
+            ax.axhline(b["value"], color="0.35", ls=style, lw=1,
+                       label=f"base {b['baseline'].replace('_', '-')} ({b['dataset']})")
+        if len(base):
+            ax.legend(loc="best", fontsize=8)
+        doc.figure(f"task_{_short(metric).replace(' ', '_').replace('-', '').lower()}", fig,
+                   f"{plots.metric_label(metric)} per trial, by arm; bar: median"
+                   + ("; dashed / dotted: the base model zero-shot / few-shot" if len(base) else ""))
     spreads = r.task_spreads.assign(arm=r.task_spreads["cell"].map(lambda c: labels.get(c, c)),
                                     score=r.task_spreads["metric"].map(_short))
     shown = spreads[["arm", "score", "n", "mean", "std", "min", "max", "spread", "ppl_spread"]]
