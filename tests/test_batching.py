@@ -4,6 +4,7 @@ are refused where the attention would not keep examples apart."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 from pathlib import Path
@@ -181,3 +182,14 @@ def test_a_run_made_before_the_batching_keys_existed_is_still_recognised(
     assert "1 runs (1 skipped)" in capsys.readouterr().out
     assert run_cli([a for a in args if not a.startswith("train.batching")]) == 1  # the preset's padding_free
     assert "different config (train.batching)" in capsys.readouterr().out
+
+
+def test_half_precision_rounding_is_not_taken_for_leaking(tiny: tuple[Any, list[list[int]]]) -> None:
+    """fp16 logits round coarser than any fixed tolerance (SmolLM2: 0.10 packed vs alone), but leaking
+    changes them far more (19.1): the probe judges half precision against a leaky reading of the row."""
+    model, ids = tiny
+    half = copy.deepcopy(model).to(torch.float16)
+    modelling.check_packed_attention(half, ids[0], ids[1], "cpu", "train.batching")  # no error
+    leaky = _LeakyLM().to(torch.float16)
+    with pytest.raises(ConfigError, match=r"beyond 5% of the .* that leaking changes"):
+        modelling.check_packed_attention(leaky, [5, 6, 7], [8, 9, 10], "cpu", "train.batching")

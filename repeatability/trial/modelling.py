@@ -275,6 +275,11 @@ def release_weights(model: Any) -> None:
 PACKING_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
 
 
+# half-precision packing passes when packed logits differ from unpacked by at most this share of what
+# attending across the boundary changes (SmolLM2 in fp16: 0.10 vs 19.1; fp32: 4.5e-5)
+LEAK_SHARE = 0.05
+
+
 @torch.no_grad()
 def check_packed_attention(model: Any, first: list[int], second: list[int], device: str, key: str) -> None:
     """Refuse padding-free batches unless the loaded model keeps packed examples apart.
@@ -302,11 +307,16 @@ def check_packed_attention(model: Any, first: list[int], second: list[int], devi
         pos = torch.tensor([list(range(len(first))) + list(range(len(second)))], device=device)
         packed = model(input_ids=ids, position_ids=pos).logits[0, len(first):]
         alone = model(input_ids=torch.tensor([second], device=device)).logits[0]
+        # what leaking looks like: the same row read as one sequence (positions go on, no mask)
+        leaky = model(input_ids=ids).logits[0, len(first):] if packed.dtype != torch.float32 else None
     finally:
         model.train(was_training)
-    tol = 1e-3 if packed.dtype == torch.float32 else 5e-2  # bf16/fp16 logits round coarser
-    packed, alone = packed.float(), alone.float()
-    if not torch.allclose(packed, alone, rtol=tol, atol=tol):
-        diff = (packed - alone).abs().max().item()
+    diff = (packed.float() - alone.float()).abs().max().item()
+    if packed.dtype == torch.float32:
+        ok, reference = torch.allclose(packed, alone, rtol=1e-3, atol=1e-3), "float32 tolerance 1e-3"
+    else:  # bf16/fp16 logits round to ~0.1 at their scale: judge against what leaking changes
+        leak = (leaky.float() - alone.float()).abs().max().item()
+        ok, reference = diff <= LEAK_SHARE * leak, f"{LEAK_SHARE:.0%} of the {leak:.3g} that leaking changes"
+    if not ok:
         raise ConfigError(f"{key}=padding_free: {type(model).__name__} with {impl} attention lets packed examples "
-                          f"see each other (logits differ by {diff:.3g}); {fix}")
+                          f"see each other (logits differ by {diff:.3g}, beyond {reference}); {fix}")
