@@ -163,16 +163,17 @@ def class_logprobs(model: Any, tokenizer: Any, prompts: list[str], answers: list
     from repeatability.trial.evaluate import sequence_nll
 
     seqs: list[list[int]] = []
-    contexts: list[list[int]] = []
+    context_of: list[int] = []  # each answer's context, scored once however many answers share it
+    contexts: dict[tuple[int, ...], int] = {}
     for prompt, options in zip(prompts, answers):
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         for text in options:
             full = tokenizer(text, add_special_tokens=False)["input_ids"]
             seqs.append(full)
-            contexts.append(full[: max(1, _common_prefix(p_ids, full))])
+            context_of.append(contexts.setdefault(tuple(full[: max(1, _common_prefix(p_ids, full))]), len(contexts)))
     full_nll = sequence_nll(model, seqs, tokenizer.pad_token_id, batch_size, device)
-    ctx_nll = sequence_nll(model, contexts, tokenizer.pad_token_id, batch_size, device)
-    scores = np.array([c[0] - f[0] for f, c in zip(full_nll, ctx_nll)], dtype=np.float64)
+    ctx_nll = sequence_nll(model, [list(c) for c in contexts], tokenizer.pad_token_id, batch_size, device)
+    scores = np.array([ctx_nll[c][0] - f[0] for f, c in zip(full_nll, context_of)], dtype=np.float64)
     n_classes = len(answers[0]) if answers else 0
     return scores.reshape(len(prompts), n_classes)
 
