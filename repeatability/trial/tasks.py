@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import re
 import string
@@ -30,6 +31,8 @@ CLASS_SCORING = ("sum of the natural-log probabilities of the class name's token
 EXACT_MATCH_RULE = ("exact match after SQuAD normalisation: lower case, punctuation and the articles "
                     "a/an/the removed, whitespace collapsed")
 ROUGE_RULE = "ROUGE-1/2/L F-measure (rouge-score, Porter stemmer), mean over examples"
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- scores (pure)
@@ -253,6 +256,8 @@ def baselines(cfg: Any, model: Any, tokenizer: Any, inputs: TaskInputs, cache: A
     out: dict[str, Any] = {}
     for kind in cfg.eval.baselines:
         shots = cfg.eval.few_shot_k if kind == "few_shot" else 0
+        log.info("scoring the base model %s (%d shots) on %d task examples (once per study)", kind, shots,
+                 len(inputs.examples))
         start = time.perf_counter()
         scores, record = run_tasks(model, tokenizer, list(cfg.eval.tasks), inputs, shots=shots, device=device,
                                    max_new_tokens=cfg.eval.task_max_new_tokens, batch_size=cfg.eval.batch_size)
