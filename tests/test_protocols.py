@@ -99,6 +99,18 @@ def test_zephyr_004_rank_per_task_and_target_arms() -> None:
     assert len(runs) == 2 * 2 * 7 * 2
 
 
+def test_zephyr_004_neftune_arm_is_recorded_and_scored() -> None:
+    runs = _experiment("zephyr_tasks_neftune")
+    assert len(runs) == 2 * 2 * 7 * 2 and {r.train.neftune_noise_alpha for r in runs} == {5.0}
+    assert {r.variant for r in runs} == {"lora-attention-neftune", "lora-all_linear-neftune"}
+    [newsgroups] = preflight.compose_jobs(["experiments=zephyr_tasks_neftune", "dataset=newsgroups",
+                                           "eval.tasks=[classification]", "eval.baselines=[zero_shot,few_shot]"],
+                                          multirun=False)
+    cfg = to_run_config(newsgroups)
+    assert cfg.eval.tasks == ["classification"] and cfg.eval.baselines == ["zero_shot", "few_shot"]
+    assert cfg.lora.r == 8 and cfg.eval.task_examples == 1000
+
+
 # --------------------------------------------------------------------------- checks of the new fields
 
 
