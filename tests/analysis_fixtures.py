@@ -17,6 +17,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from repeatability.records import adapter_files, artifacts, curve_files, integrity
+from repeatability.records import run_setup as R
 from repeatability.records import summary as S
 from repeatability.records.schema import from_dict
 
@@ -56,15 +57,15 @@ def seeds_for(trial: int, paired: bool = True, optim: str = "") -> dict[str, Any
                                              "dropout": "trial", "generation": "trial"}}
 
 
-def optimizer_record(optim: str, device: str = "cpu") -> S.Optimizer:
+def optimizer_record(optim: str, device: str = "cpu") -> R.Optimizer:
     """``summary.optimizer`` of a bitsandbytes arm, as the pipeline writes it."""
     bits = 8 if "8bit" in optim else 32
     paged = optim.startswith("paged")
-    record = S.Optimizer(
-        requested=S.OptimRequested(name=optim, impl="bnb_adamw", optim_bits=bits, is_paged=paged,
+    record = R.Optimizer(
+        requested=R.OptimRequested(name=optim, impl="bnb_adamw", optim_bits=bits, is_paged=paged,
                                    min_8bit_size=4096, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.0,
                                    state_maps="current", lr=2e-4),
-        effective=S.OptimEffective(
+        effective=R.OptimEffective(
             class_="bitsandbytes.optim.adamw.AdamW", bits=bits, paging_requested=paged,
             paging_effective=paged and device == "cuda",
             paging_note="paging requested but not in effect: bitsandbytes does not page on CPU"
@@ -72,7 +73,7 @@ def optimizer_record(optim: str, device: str = "cpu") -> S.Optimizer:
             state_8bit_tensors=420 if bits == 8 else 0, state_8bit_params=2441216 if bits == 8 else 0,
             state_8bit_param_fraction=1.0 if bits == 8 else 0.0,
             state_dtypes={"uint8" if bits == 8 else "float32": 840}),
-        state_maps=S.StateMaps(requested="current", name="current" if bits == 8 else "none (no 8-bit state)",
+        state_maps=R.StateMaps(requested="current", name="current" if bits == 8 else "none (no 8-bit state)",
                                maps={}),
     )
     return record
@@ -83,24 +84,24 @@ def base_summary(cell: artifacts.CellKey, trial: int, study: str, ppl: float) ->
     record = S.Summary(
         schema_version=S.SCHEMA_VERSION, headline=f"Trial {trial} of {cell.dirname}: complete after 10 steps.",
         status="complete", study=study, trial=trial,
-        cell=S.Cell(model=cell.model, dataset=cell.dataset, optim=cell.optim, variant=cell.variant),
-        seeds=from_dict(S.Seeds, seeds_for(trial)),
-        determinism=S.Determinism(
+        cell=R.Cell(model=cell.model, dataset=cell.dataset, optim=cell.optim, variant=cell.variant),
+        seeds=from_dict(R.Seeds, seeds_for(trial)),
+        determinism=R.Determinism(
             mode="default", use_deterministic_algorithms=False, cudnn_deterministic=True, cudnn_benchmark=False,
             CUBLAS_WORKSPACE_CONFIG=None, FLASH_ATTENTION_DETERMINISTIC=None, cuda_initialised_before_flags=False,
-            torch_num_threads=2, thread_budget=S.ThreadBudget(threads=2, cores=2, parallel_jobs=1, source="machine")),
+            torch_num_threads=2, thread_budget=R.ThreadBudget(threads=2, cores=2, parallel_jobs=1, source="machine")),
         optimizer=optimizer_record(cell.optim),
-        precision=S.Precision(compute_dtype="float32", mixed_precision="no", autocast=False, grad_scaler=False,
+        precision=R.Precision(compute_dtype="float32", mixed_precision="no", autocast=False, grad_scaler=False,
                               scaler_skipped_steps=0, scaler_skipped_at=[], final_loss_scale=None),
-        device=S.Device(type="cpu", name="AMD EPYC", compute_dtype="float32",
-                        quantization=S.Quantization(name="nf4", load_in_4bit=True, quant_type="nf4",
+        device=R.Device(type="cpu", name="AMD EPYC", compute_dtype="float32",
+                        quantization=R.Quantization(name="nf4", load_in_4bit=True, quant_type="nf4",
                                                     double_quant=True, mixed_precision="auto"),
                         n_4bit_layers=210, bnb_cpu_inference_repack="disabled"),
-        model=S.Model(name=cell.model, source="gguf_package", resolved="/cache/x", architecture="llama",
+        model=R.Model(name=cell.model, source="gguf_package", resolved="/cache/x", architecture="llama",
                       n_params=134515008, n_params_note="as stored", n_trainable_params=2441216,
-                      lora=S.Lora(r=8, alpha=32, dropout=0.05, targets="all_linear",
+                      lora=R.Lora(r=8, alpha=32, dropout=0.05, targets="all_linear",
                                   target_modules=["q_proj", "v_proj"])),
-        data=S.Data(dataset=cell.dataset, source="fortune", kind="text", template="plain (bos + text + eos)",
+        data=R.Data(dataset=cell.dataset, source="fortune", kind="text", template="plain (bos + text + eos)",
                     bos="<s>", eos="</s>", n_total=400, n_train=288, n_val=32, n_heldout=80, n_heldout_scored=80,
                     split_seed=42, heldout_raw_sha256="cd" * 32, heldout_sha256="ab" * 32,
                     heldout_file="_splits/abab.jsonl", max_length=64),

@@ -12,6 +12,7 @@ from analysis.config import AnalysisConfig
 from analysis.load import load_study
 from tests.analysis_fixtures import SMOL_8, write_run, write_task_study
 
+
 def _study(tmp_path, **kw):
     return load_study(write_task_study(tmp_path, **kw))
 

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from repeatability.records.config import DatasetConfig
+from repeatability.records.config_cell import DatasetConfig
 from repeatability.trial.data import Example, PadCollator, apply_template, load_examples, split_examples
 
 

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from repeatability.launching import preflight
-from repeatability.records.config import DatasetConfig, DeterminismConfig, RunConfig, TrainConfig, to_run_config
+from repeatability.records.config import DeterminismConfig, RunConfig, TrainConfig, to_run_config
+from repeatability.records.config_cell import DatasetConfig
 from repeatability.records.errors import ConfigError
 from repeatability.trial import data
 from repeatability.trial.data import Example, apply_template, load_examples, split_examples

@@ -141,7 +141,7 @@ def test_paper_cells_compose_with_fp16_and_three_arms() -> None:
 
 
 def test_mixed_precision_follows_the_compute_dtype() -> None:
-    from repeatability.records.config import QuantConfig
+    from repeatability.records.config_cell import QuantConfig
     from repeatability.trial import modelling
 
     mp = modelling.resolve_mixed_precision

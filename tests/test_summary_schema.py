@@ -3,6 +3,7 @@ the reader loads; schema-1 summaries still load."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from analysis.load import load_study
 from repeatability.records import artifacts
+from repeatability.records import run_setup as R
 from repeatability.records import summary as S
 from repeatability.records.errors import RunDirError
 from tests.analysis_fixtures import SMOL_8, base_summary, write_default_like_study, write_run
@@ -78,14 +80,14 @@ def test_config_groups_and_their_summary_groups_name_the_same_fields() -> None:
     field without its schema field (or the reverse) would crash a finished run. Caught here."""
     from dataclasses import fields
 
-    from repeatability.records.config import OptimConfig, QuantConfig
+    from repeatability.records.config_cell import OptimConfig, QuantConfig
 
     def names(cls: type) -> set[str]:
         return {f.name for f in fields(cls)}
 
-    assert names(S.OptimRequested) == names(OptimConfig) | {"lr"}, "mirror the optim config in summary.OptimRequested"
-    assert names(S.Quantization) == names(QuantConfig) - {"compute_dtype"}, \
-        "mirror the quant config in summary.Quantization (compute_dtype is recorded under device)"
+    assert names(R.OptimRequested) == names(OptimConfig) | {"lr"}, "mirror the optim config in run_setup.OptimRequested"
+    assert names(R.Quantization) == names(QuantConfig) - {"compute_dtype"}, \
+        "mirror the quant config in run_setup.Quantization (compute_dtype is recorded under device)"
 
 
 def test_every_declared_metric_is_a_schema_field_and_each_use_reads_the_registry() -> None:
@@ -115,3 +117,14 @@ def test_headline_reads_the_typed_record() -> None:
     text = headline(record)
     assert text.startswith(f"Trial 3 of {SMOL_8.model} x {SMOL_8.dataset} x {SMOL_8.optim}: complete after ")
     assert "Held-out perplexity 31.25 (token-weighted;" in text and "32-bit Adam state" not in text
+
+
+def test_task_scores_are_the_registry_task_metrics_declared_once():
+    """A baseline's scores (tasks.zero_shot/few_shot) are Metrics' task fields, derived, not re-declared."""
+    from repeatability.records import metrics
+
+    assert metrics.names("task") == S.TASK_SCORES
+    metric_fields = {f.name: f for f in dataclasses.fields(S.Metrics)}
+    for f in dataclasses.fields(S.TaskScores):
+        assert f.metadata["doc"] == metric_fields[f.name].metadata["doc"]
+    assert S.parse({"tasks": {"zero_shot": {"accuracy": 0.25}}}).tasks.zero_shot.accuracy == 0.25

@@ -35,6 +35,14 @@ def test_generation_scores_average_over_examples() -> None:
     assert all(math.isnan(v) for v in tasks.generation_scores([], []).values())
 
 
+def test_per_example_scores_are_the_ones_averaged() -> None:
+    """Each example is scored once; the run's means are the means of the kept per-example scores."""
+    per = tasks.generation_per_example(["the cat sat", "dogs run fast"], ["the cat sat on the mat", "dogs run"])
+    assert per[0] == pytest.approx({"exact_match": 0.0, "rouge1": 2 / 3, "rouge2": 0.8 / 1.4, "rougeL": 2 / 3})
+    assert per[1]["rouge1"] == pytest.approx(0.8)  # 2 of 3 predicted, 2 of 2 reference unigrams
+    assert tasks.mean_generation_scores(per)["rougeL"] == pytest.approx((2 / 3 + 0.8) / 2)
+
+
 def test_classification_scores_perfect_wrong_and_partial() -> None:
     classes = ["art", "food", "work"]
     gold = ["art", "food", "work", "work"]

@@ -11,7 +11,8 @@ from conftest import run_cli, tiny_overrides
 
 from repeatability.launching import preflight
 from repeatability.records import artifacts, eval_records, integrity
-from repeatability.records.config import DatasetConfig, EvalConfig, to_run_config
+from repeatability.records.config import EvalConfig, to_run_config
+from repeatability.records.config_cell import DatasetConfig
 from repeatability.records.errors import ConfigError
 from repeatability.trial import data, tasks
 

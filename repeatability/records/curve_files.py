@@ -8,7 +8,7 @@ import csv
 import io
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from repeatability.records.artifacts import LOSS_COLUMNS, LOSS_CURVE, OPTIMIZER_TRACE, as_float, write_text
 from repeatability.records.errors import RunDirError
@@ -32,37 +32,42 @@ def write_optimizer_trace(path: Path, rows: list[dict[str, Any]], columns: tuple
     write_text(path / OPTIMIZER_TRACE, buf.getvalue())
 
 
-def read_optimizer_trace(path: Path) -> list[dict[str, Any]]:
-    """Rows of ``optimizer_trace.csv`` with numbers parsed; ``[]`` when the run has none."""
-    file = path / OPTIMIZER_TRACE
+def _read_rows(file: Path, parse: Callable[[dict[str, str]], dict[str, Any]], what: str) -> list[dict[str, Any]]:
+    """Rows of a per-step CSV, each through ``parse``; ``[]`` when the file is absent; a row that
+    does not parse is named with its line."""
     if not file.exists():
         return []
     rows = []
     with open(file, newline="") as fh:
         for line, row in enumerate(csv.DictReader(fh), 2):
             try:
-                rows.append({k: v if k == "module_kind" else (int(v) if k in ("step", "optimizer_step", "n_params", "n_8bit_params") else as_float(v))
-                             for k, v in row.items()})
-            except (TypeError, ValueError):
-                raise RunDirError(f"{file}:{line}: corrupted optimizer-trace row; re-run this trial") from None
+                rows.append(parse(row))
+            except (KeyError, ValueError, TypeError):
+                raise RunDirError(f"{file}:{line}: corrupted {what} row; re-run this trial") from None
     return rows
+
+
+_TRACE_INTS = ("step", "optimizer_step", "n_params", "n_8bit_params")
+
+
+def _trace_row(row: dict[str, str]) -> dict[str, Any]:
+    return {k: v if k == "module_kind" else (int(v) if k in _TRACE_INTS else as_float(v)) for k, v in row.items()}
+
+
+def _loss_row(row: dict[str, str]) -> dict[str, Any]:
+    parsed: dict[str, Any] = {"split": row["split"]}
+    for key in LOSS_COLUMNS:
+        if key != "split":
+            parsed[key] = float(row[key]) if row[key] not in ("", None) else math.nan
+    parsed["step"] = int(parsed["step"])
+    return parsed
+
+
+def read_optimizer_trace(path: Path) -> list[dict[str, Any]]:
+    """Rows of ``optimizer_trace.csv`` with numbers parsed; ``[]`` when the run has none."""
+    return _read_rows(path / OPTIMIZER_TRACE, _trace_row, "optimizer-trace")
 
 
 def read_loss_curve(path: Path) -> list[dict[str, Any]]:
     """Rows of ``loss_curve.csv`` with numbers parsed (empty cells become NaN)."""
-    file = path / LOSS_CURVE
-    if not file.exists():
-        return []
-    rows = []
-    with open(file, newline="") as fh:
-        for line, row in enumerate(csv.DictReader(fh), 2):
-            try:
-                parsed: dict[str, Any] = {"split": row["split"]}
-                for key in LOSS_COLUMNS:
-                    if key != "split":
-                        parsed[key] = float(row[key]) if row[key] not in ("", None) else math.nan
-                parsed["step"] = int(parsed["step"])
-            except (KeyError, ValueError, TypeError):
-                raise RunDirError(f"{file}:{line}: corrupted loss-curve row; re-run this trial") from None
-            rows.append(parsed)
-    return rows
+    return _read_rows(path / LOSS_CURVE, _loss_row, "loss-curve")

@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from repeatability.records import run_setup as R
 from repeatability.records import summary as S
 from repeatability.records.config import RunConfig
 from repeatability.trial.evaluate import PERPLEXITY_DEFINITION
@@ -65,19 +66,19 @@ def fill_results(summary: S.Summary, cfg: RunConfig, built: Built, prep: Prepare
     summary.status = "diverged" if divergence else "complete"
     summary.divergence = S.part(S.Divergence, divergence, "divergence")
     summary.error = None
-    summary.optimizer = S.part(S.Optimizer, {
+    summary.optimizer = S.part(R.Optimizer, {
         "requested": {**asdict(cfg.optim), "lr": cfg.train.lr},
         "effective": {k: v for k, v in effective.items() if k != "state_maps"},
         "state_maps": effective.get("state_maps")}, "optimizer")
-    summary.device = S.part(S.Device, {
+    summary.device = S.part(R.Device, {
         "type": device, "name": device_name, "compute_dtype": str(dtype).replace("torch.", ""),
         "quantization": {k: v for k, v in asdict(cfg.quant).items() if k != "compute_dtype"},
         "n_4bit_layers": built.n_4bit_layers,
         "bnb_cpu_inference_repack": ("disabled: bitsandbytes' AVX512-BF16 repack breaks LoRA gradients after "
                                      "an eval pass; one fp32 dequantize path for training and scoring")
         if device == "cpu" and cfg.quant.load_in_4bit else "not applicable"}, "device")
-    summary.model = S.part(S.Model, _model_info(cfg, built), "model")
-    summary.data = S.part(S.Data, prep.info, "data")
+    summary.model = S.part(R.Model, _model_info(cfg, built), "model")
+    summary.data = S.part(R.Data, prep.info, "data")
     summary.metrics = S.part(S.Metrics, {
         **metrics, **{k: v for k, v in built.base.items() if k.startswith("base_perplexity")},
         "final_train_loss": _last(record.rows, "train"), "final_val_loss": _last(record.rows, "val"),

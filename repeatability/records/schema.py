@@ -55,6 +55,11 @@ def json_key(f: dataclasses.Field) -> str:
     return f.metadata.get("key") or f.name
 
 
+def _source(cls: type) -> str:
+    """The file that declares record ``cls`` (for error messages)."""
+    return cls.__module__.replace(".", "/") + ".py"
+
+
 def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -99,7 +104,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise RunDirError(f"summary key {where + '.' if where else ''}{unknown[0]} is not in the summary schema "
-                          f"(repeatability/records/summary.py, {cls.__name__}); add it there and to docs/run-directory.md")
+                          f"({_source(cls)}, {cls.__name__}); add it there and to docs/run-directory.md")
     hints = _hints(cls)
     values = {}
     for key, value in data.items():
@@ -187,7 +192,7 @@ class Columns(str):
                 inner, _ = _strip_optional(_hints(record)[f.name])
                 path = f"{str(self)}.{json_key(f)}" if str(self) else json_key(f)
                 return Columns.of(inner if _is_record(inner) else None, path)
-        raise AttributeError(f"{record.__name__} has no field {name!r} (repeatability/records/summary.py)")
+        raise AttributeError(f"{record.__name__} has no field {name!r} ({_source(record)})")
 
 
 def _type_name(hint: Any) -> str:

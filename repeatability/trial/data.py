@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import yaml
 
-from repeatability.records.config import PROMPTS_DIR, DatasetConfig, RunConfig
+from repeatability.records.config import PROMPTS_DIR, RunConfig
+from repeatability.records.config_cell import DatasetConfig
 from repeatability.records.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from repeatability.records.config import LoraConfig, ModelConfig, QuantConfig
+from repeatability.records.config_cell import LoraConfig, ModelConfig, QuantConfig
 from repeatability.records.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ def _hub_available(cfg: ModelConfig) -> None:
     cached = try_to_load_from_cache(repo, "config.json", revision=cfg.revision)
     if isinstance(cached, str):
         return
-    hint = f"run on a machine with hub access (and `hf auth login` for gated models), or set model.path=/local/copy"
+    hint = "run on a machine with hub access (and `hf auth login` for gated models), or set model.path=/local/copy"
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ConfigError(f"model {cfg.name}: {repo} is not in the local HF cache and HF_HUB_OFFLINE=1; {hint}")
     from huggingface_hub import HfApi

@@ -16,8 +16,16 @@ from typing import Any
 import torch
 import yaml
 
-from repeatability.records import (adapter_files, artifacts, checkpoint_files, curve_files, eval_records, integrity,
-                                   tracking)
+from repeatability.records import (
+    adapter_files,
+    artifacts,
+    checkpoint_files,
+    curve_files,
+    eval_records,
+    integrity,
+    tracking,
+)
+from repeatability.records import run_setup as R
 from repeatability.records import summary as S
 from repeatability.records.config import RunConfig
 from repeatability.records.environment import PeakMemory, capture_environment, cpu_model
@@ -181,24 +189,24 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
     marked done; it raises when this process no longer holds ``path`` (a lost run claim).
     """
     t_start = time.perf_counter()
-    record = S.Summary(study=cfg.study, trial=cfg.trial, cell=S.Cell(**asdict(cell_of(cfg))), started_at=utc_now(),
+    record = S.Summary(study=cfg.study, trial=cfg.trial, cell=R.Cell(**asdict(cell_of(cfg))), started_at=utc_now(),
                        resumed=S.Resumed(from_step=checkpoint_files.checkpoint_step(resume_from), checkpoint=resume_from.name)
                        if resume_from else None)
     study = artifacts.study_dir(cfg.results_dir, cfg.study)
     artifacts.write_config(path, config_yaml, overrides)
     environment = capture_environment()
     artifacts.write_environment(path, environment)
-    record.lock = S.part(S.Lock, environment["lock"], "lock")
+    record.lock = S.part(R.Lock, environment["lock"], "lock")
     budget = thread_budget(cfg.determinism.threads, cfg.results_dir)
-    record.determinism = S.part(S.Determinism, {**apply_determinism(cfg.determinism.mode, budget["threads"]),
+    record.determinism = S.part(R.Determinism, {**apply_determinism(cfg.determinism.mode, budget["threads"]),
                                                 "thread_budget": budget}, "determinism")
     seeds = resolve_seeds(cfg.determinism, cfg.trial)
-    record.seeds = S.part(S.Seeds, seeds.to_dict(), "seeds")
+    record.seeds = S.part(R.Seeds, seeds.to_dict(), "seeds")
     with tracking.tracker_run(cfg.tracking, path, study, tracking_ids(cfg)) as tracker:
         tracker.start(yaml.safe_load(config_yaml) or {}, seeds.to_dict())
         _train_and_score(cfg, path, study, seeds, resume_from, guard, tracker, record)
         record.timings.total_s = time.perf_counter() - t_start
-        record.tracking = S.part(S.Tracking, tracker.record, "tracking")
+        record.tracking = S.part(R.Tracking, tracker.record, "tracking")
         record.finished_at = utc_now()
         record.headline = headline(record)
         if S.required_missing(record):  # the pipeline and the schema disagree: a bug here
@@ -245,9 +253,9 @@ def _train_and_score(cfg: RunConfig, path: Path, study: Path, seeds: Seeds, resu
         guard()
         adapter_sha = adapter_files.save_adapter(path, built.model)
         fill_results(summary, cfg, built, prep, record, effective, metrics, device, _device_name(device), dtype)
-        summary.precision = S.part(S.Precision, {"compute_dtype": str(dtype).replace("torch.", ""), **precision},
+        summary.precision = S.part(R.Precision, {"compute_dtype": str(dtype).replace("torch.", ""), **precision},
                                    "precision")
-        summary.batching = S.part(S.Batching, batching_record(cfg, record), "batching")
+        summary.batching = S.part(R.Batching, batching_record(cfg, record), "batching")
     finally:  # the next job of this process starts from a clean slate, whatever happened
         if built is not None:
             modelling.release_weights(built.model)

@@ -57,26 +57,33 @@ def classification_scores(predicted: list[str], gold: list[str], classes: list[s
             "macro_f1": float(f1_score(gold, predicted, labels=classes, average="macro", zero_division=0))}
 
 
+GENERATION_SCORES = ("exact_match", "rouge1", "rouge2", "rougeL")
+PER_EXAMPLE_KEPT = ("exact_match", "rougeL")  # what evals/tasks.json keeps per example
+
+
+def generation_per_example(predictions: list[str], references: list[str]) -> list[dict[str, float]]:
+    """Each example's exact match and ROUGE-1/2/L F-measure, scored once (one ``RougeScorer``)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    out = []
+    for pred, ref in zip(predictions, references):
+        rouge = scorer.score(ref, pred)
+        out.append({"exact_match": float(normalize_answer(pred) == normalize_answer(ref)),
+                    **{k: float(rouge[k].fmeasure) for k in GENERATION_SCORES[1:]}})
+    return out
+
+
+def mean_generation_scores(per_example: list[dict[str, float]]) -> dict[str, float]:
+    """Means over examples of :func:`generation_per_example` (NaN without examples)."""
+    if not per_example:
+        return {k: float("nan") for k in GENERATION_SCORES}
+    return {k: float(np.mean([e[k] for e in per_example])) for k in GENERATION_SCORES}
+
+
 def generation_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
     """Exact match and ROUGE-1/2/L F-measure (means over examples) of generated answers."""
-    from rouge_score import rouge_scorer
-
-    if not references:
-        return {k: float("nan") for k in ("exact_match", "rouge1", "rouge2", "rougeL")}
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-    per = [scorer.score(ref, pred) for pred, ref in zip(predictions, references)]
-    em = [float(normalize_answer(p) == normalize_answer(r)) for p, r in zip(predictions, references)]
-    return {"exact_match": float(np.mean(em)),
-            **{k: float(np.mean([s[k].fmeasure for s in per])) for k in ("rouge1", "rouge2", "rougeL")}}
-
-
-def per_example_generation(prediction: str, reference: str) -> dict[str, float]:
-    """One example's exact match and ROUGE-L (kept in the per-example outputs)."""
-    from rouge_score import rouge_scorer
-
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return {"exact_match": float(normalize_answer(prediction) == normalize_answer(reference)),
-            "rougeL": float(scorer.score(reference, prediction)["rougeL"].fmeasure)}
+    return mean_generation_scores(generation_per_example(predictions, references))
 
 
 # --------------------------------------------------------------------------- the fixed subset
@@ -231,14 +238,15 @@ def run_tasks(model: Any, tokenizer: Any, evaluators: list[str], inputs: TaskInp
     if "generation" in evaluators:
         start = time.perf_counter()
         predictions = greedy_answers(model, tokenizer, prompts, max_new_tokens, stop, device)
-        scores.update(generation_scores(predictions, [e.reference for e in examples]))
+        per_example = generation_per_example(predictions, [e.reference for e in examples])
+        scores.update(mean_generation_scores(per_example))
         record["generation"] = {
             "decoding": "greedy", "max_new_tokens": max_new_tokens, "stop": stop,
             "exact_match_rule": EXACT_MATCH_RULE, "rouge_rule": ROUGE_RULE,
             "seconds": round(time.perf_counter() - start, 3),
             "examples": [{"index": e.index, "prompt": e.prompt, "reference": e.reference, "prediction": p,
-                          **per_example_generation(p, e.reference)}
-                         for e, p in zip(examples, predictions)]}
+                          **{k: scored[k] for k in PER_EXAMPLE_KEPT}}
+                         for e, p, scored in zip(examples, predictions, per_example)]}
     return scores, record
 
 

@@ -17,7 +17,8 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 
 from repeatability.launching import preemption
 from repeatability.records import artifacts, checkpoint_files
-from repeatability.records.config import OptimConfig, TrainConfig
+from repeatability.records.config import TrainConfig
+from repeatability.records.config_cell import OptimConfig
 from repeatability.trial import data, optimtrace, qmaps
 from repeatability.trial.seeding import Seeds
 
