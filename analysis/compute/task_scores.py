@@ -98,8 +98,13 @@ def _test(x: np.ndarray, y: np.ndarray, margin: float, paired: bool, confidence:
     return out | {"tost_p": float(p), "diff_p": float(test.pvalue), "ci_low": float(low), "ci_high": float(high)}
 
 
-def verdict(tost_p: float, diff_p: float, trials: str, config: AnalysisConfig = DEFAULT) -> str:
-    """The words the pair has earned on one task score."""
+def verdict(tost_p: float, diff_p: float, trials: str, config: AnalysisConfig = DEFAULT,
+            all_equal: bool = False) -> str:
+    """The words the pair has earned on one task score. ``all_equal``: every paired difference is
+    exactly 0, where the t-based tests degenerate (zero variance), so no p is quoted."""
+    if all_equal:
+        return (f"identical in all {trials} (every difference exactly 0; the t-based TOST is degenerate at "
+                "zero variance, so no p is given)")
     if tost_p < config.alpha:
         return f"equivalent within {margin_text(config)} (TOST p = {tost_p:.2g})"
     if diff_p < config.alpha:
@@ -122,8 +127,9 @@ def compare(runs: pd.DataFrame, config: AnalysisConfig = DEFAULT) -> pd.DataFram
                 vx, vy = vx.loc[trials], vy.loc[trials]
             words = f"{len(trials)} paired trials" if paired else f"{len(vx)} + {len(vy)} trials"
             test = _test(vx.to_numpy(float), vy.to_numpy(float), config.task_margin, paired, 1 - config.alpha)
+            all_equal = paired and len(trials) >= 2 and bool((vx.to_numpy(float) == vy.to_numpy(float)).all())
             rows.append({"x": x, "y": y, "metric": metric, "design": "paired" if paired else "unpaired",
                          "n_x": len(vx), "n_y": len(vy), "mean_x": float(vx.mean()), "mean_y": float(vy.mean()),
                          "mean_diff": float(vx.mean() - vy.mean()), **test,
-                         "verdict": verdict(float(test["tost_p"]), float(test["diff_p"]), words, config)})
+                         "verdict": verdict(float(test["tost_p"]), float(test["diff_p"]), words, config, all_equal)})
     return pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
