@@ -28,10 +28,10 @@ import numpy as np
 from analysis_fixtures import PROMPTS, seeds_for, write_run
 
 from repeatability.records import artifacts
+from repeatability.records.run_setup import SEED_SOURCES
 
 STUDY = "variance-sources"
 MODEL, DATASET = "smollm2-135m", "quotes"
-SOURCES = ("lora_init", "data_order", "dropout", "generation")
 OFAT = {  # variant: (varied source or None, log-ppl offsets, train losses, θ in degrees)
     "vary-nothing": (None, [0, 0, 0], [3.0, 3.0, 3.0], [0, 0, 0]),
     "vary-lora-init": ("lora_init", [-0.1, 0, 0.1], [3.0, 3.1, 3.2], [0, 60, 120]),
@@ -48,11 +48,11 @@ V_KEY = "base_model.model.model.layers.1.self_attn.v_proj"
 
 def ofat_seeds(source: str | None, trial: int) -> dict[str, Any]:
     """conf/vary: policy fixed; the varied source follows the trial, others one fixed seed."""
-    values = {s: 11 + i for i, s in enumerate(SOURCES)}
+    values = {s: 11 + i for i, s in enumerate(SEED_SOURCES)}
     if source:
         values[source] = 500 + trial
     return {**values, "split": 42, "policy": "fixed",
-            "rules": {s: "trial" if s == source else "fixed" for s in SOURCES}}
+            "rules": {s: "trial" if s == source else "fixed" for s in SEED_SOURCES}}
 
 
 def lora_tensors(theta_deg: float, dim: int = 6) -> dict[str, np.ndarray]:

@@ -32,6 +32,7 @@ from scipy import stats as sps
 from analysis.compute.stats import PRIMARY_METRIC, metric_values, paired_trials
 from analysis.load import FINISHED
 from repeatability.records import metrics as registry
+from repeatability.records.run_setup import TRAINING_SEED_SOURCES
 from repeatability.records.summary import COLUMNS as S
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def _design(runs: pd.DataFrame, group: str, cells: list[str]) -> Design | None:
         return None
     done = runs[runs["cell"].isin(cells) & runs["status"].isin(FINISHED)]
     blocked = any(done.groupby("cell")[getattr(S.seeds, s)].nunique().gt(1).any()
-                  for s in ("lora_init", "data_order", "dropout") if getattr(S.seeds, s) in done)
+                  for s in TRAINING_SEED_SOURCES if getattr(S.seeds, s) in done)
     return Design(group, tuple(cells), factors, tuple(trials), blocked)
 
 

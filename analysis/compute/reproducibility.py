@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from analysis.compute.curves import first_parting_step
-from analysis.compute.stats import PRIMARY_METRIC, SEED_SOURCES
+from analysis.compute.stats import PRIMARY_METRIC
 from analysis.load import FINISHED, Study, column
+from repeatability.records.run_setup import TRAINING_SEED_SOURCES
 from repeatability.records.summary import COLUMNS as S
 
 PAIR_COLUMNS = ("other", "cell", "trial", "perplexity", "perplexity_other", "rel_diff", "adapter_equal",
@@ -33,7 +34,7 @@ def _finished(study: Study, cell: str) -> pd.DataFrame:
 
 
 def _seeds(rows: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({s: column(rows, getattr(S.seeds, s)) for s in SEED_SOURCES}, index=rows.index)
+    return pd.DataFrame({s: column(rows, getattr(S.seeds, s)) for s in TRAINING_SEED_SOURCES}, index=rows.index)
 
 
 def _curve(study: Study, cell: str, trial: int) -> pd.DataFrame:

@@ -19,12 +19,12 @@ from scipy import stats as sps
 
 from analysis.load import FINISHED, column, finite, optim_bits
 from repeatability.records import metrics as registry
+from repeatability.records.run_setup import TRAINING_SEED_SOURCES
 from repeatability.records.summary import COLUMNS as S
 
 log = logging.getLogger(__name__)
 
 PRIMARY_METRIC = registry.PRIMARY.key  # repeatability.records.metrics
-SEED_SOURCES = ("lora_init", "data_order", "dropout")  # what makes two trials a matched pair
 STATUS_COUNTS = ("complete", "diverged", "failed", "incomplete", "unreadable", "corrupted")
 
 
@@ -131,7 +131,7 @@ def paired_trials(runs: pd.DataFrame, cell_a: str, cell_b: str) -> list[int]:
     """
     def seeds(cell: str) -> dict[int, tuple]:
         rows = runs[(runs["cell"] == cell) & runs["status"].isin(FINISHED)]
-        cols = [column(rows, getattr(S.seeds, s)) for s in SEED_SOURCES]
+        cols = [column(rows, getattr(S.seeds, s)) for s in TRAINING_SEED_SOURCES]
         return {int(t): tuple(c.loc[i] for c in cols) for i, t in rows["trial"].items()}
 
     a, b = seeds(cell_a), seeds(cell_b)

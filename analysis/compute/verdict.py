@@ -14,21 +14,21 @@ from analysis.compute.curves import within_cell_parting
 from analysis.compute.stats import PRIMARY_METRIC, describe, metric_values
 from analysis.compute.tables import format_number
 from analysis.load import FINISHED, column, is_imported
+from repeatability.records.run_setup import SEED_SOURCES
 from repeatability.records.summary import COLUMNS as S
 
-SEED_KEYS = ("lora_init", "data_order", "dropout", "generation")
 VARYING_RULES = ("trial", "entropy")  # seed rules that give each trial its own seed
 
 
 def varying_seeds(rows: pd.DataFrame) -> list[str]:
     """Seed sources whose value differs between the given runs (``seeds.<source>``)."""
-    return [s for s in SEED_KEYS if column(rows, getattr(S.seeds, s)).dropna().nunique() > 1]
+    return [s for s in SEED_SOURCES if column(rows, getattr(S.seeds, s)).dropna().nunique() > 1]
 
 
 def varied_sources(rows: pd.DataFrame) -> list[str]:
     """Seed sources that vary across the given runs by design (rule ``trial``/``entropy`` in
     ``seeds.rules``); runs recorded without rules: the sources whose seed values differ."""
-    rules = {s: column(rows, getattr(S.seeds.rules, s)) for s in SEED_KEYS}
+    rules = {s: column(rows, getattr(S.seeds.rules, s)) for s in SEED_SOURCES}
     if not any(r.notna().any() for r in rules.values()):
         return varying_seeds(rows)
     return [s for s, r in rules.items() if r.isin(VARYING_RULES).any()]
@@ -48,7 +48,7 @@ UNKNOWN = "unknown (no adapters or seeds recorded)"
 
 def recorded_seeds(rows: pd.DataFrame) -> bool:
     """Whether any of the runs recorded a seed of a training source (imported runs: never)."""
-    return any(column(rows, getattr(S.seeds, s)).notna().any() for s in SEED_KEYS)
+    return any(column(rows, getattr(S.seeds, s)).notna().any() for s in SEED_SOURCES)
 
 
 def _verdict_text(n: int, adapters: int, same_greedy: int, n_prompts: int, spread: float,

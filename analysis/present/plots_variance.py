@@ -13,8 +13,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from analysis.compute.variance import BASELINE, WEIGHTS
-from analysis.compute.verdict import SEED_KEYS
 from analysis.present.plots import new_figure
+from repeatability.records.run_setup import SEED_SOURCES
 
 SHARE_METRICS = ("log perplexity", "final val loss", "final train loss", WEIGHTS)
 FLOOR_COLOR = "0.55"
@@ -22,7 +22,7 @@ FLOOR_COLOR = "0.55"
 
 def _ordered(sources: list[str]) -> list[str]:
     """The floor first, then the seed sources in their usual order, then anything else."""
-    rank = {BASELINE: -1} | {s: i for i, s in enumerate(SEED_KEYS)}
+    rank = {BASELINE: -1} | {s: i for i, s in enumerate(SEED_SOURCES)}
     return sorted(dict.fromkeys(sources), key=lambda s: (rank.get(s, len(rank)), s))
 
 

@@ -20,6 +20,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from repeatability.records.config_cell import (DatasetConfig, LoraConfig, ModelConfig, OptimConfig, QuantConfig,
                                                check_choice)
 from repeatability.records.errors import ConfigError
+from repeatability.records.run_setup import SEED_SOURCES
 
 SEED_POLICIES = ("per_trial", "fixed", "paper")
 DETERMINISM_MODES = ("strict", "default", "off")
@@ -156,7 +157,7 @@ class DeterminismConfig:
     def __post_init__(self) -> None:
         check_choice(self.mode, DETERMINISM_MODES, "determinism.mode")
         check_choice(self.seed_policy, SEED_POLICIES, "determinism.seed_policy")
-        for key in ("lora_init", "data_order", "dropout", "generation"):
+        for key in SEED_SOURCES:
             value = getattr(self, key)
             if value is not None:
                 check_choice(value, ("trial", "fixed"), f"determinism.{key}")

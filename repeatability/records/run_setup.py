@@ -7,6 +7,7 @@ the schema. Every field is documented with :func:`~repeatability.records.schema.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -32,6 +33,12 @@ class SeedRules:
     data_order: str = doc("rule of the data-order seed")
     dropout: str = doc("rule of the dropout seed")
     generation: str = doc("rule of the generation seed")
+
+
+# Every seeded source of a run (one vocabulary for the trial side, the config and the analysis), and
+# the ones that shape training: two trials with equal training seeds are a matched pair.
+SEED_SOURCES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SeedRules))
+TRAINING_SEED_SOURCES: tuple[str, ...] = tuple(s for s in SEED_SOURCES if s != "generation")
 
 
 @dataclass

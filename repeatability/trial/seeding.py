@@ -22,16 +22,15 @@ import numpy as np
 import torch
 
 from repeatability.records.config import DeterminismConfig
-
-SOURCES = ("lora_init", "data_order", "dropout", "generation")
+from repeatability.records.run_setup import SEED_SOURCES
 
 # What each policy does with each source when the per-source knob is left null.
 # "paper" mirrors a script like the paper's: the Trainer seed (data order, dropout) is the
 # Trainer default 42 in every trial, and LoRA A matrices are drawn from whatever state the global
 # RNG is in (unseeded); we draw that seed from OS entropy and record it so the run can be replayed.
 _POLICY: dict[str, dict[str, str]] = {
-    "per_trial": {s: "trial" for s in SOURCES},
-    "fixed": {s: "fixed" for s in SOURCES},
+    "per_trial": {s: "trial" for s in SEED_SOURCES},
+    "fixed": {s: "fixed" for s in SEED_SOURCES},
     "paper": {"lora_init": "entropy", "data_order": "hf42", "dropout": "hf42", "generation": "fixed"},
 }
 
@@ -61,7 +60,7 @@ def _derive(base: int, source: str, trial: int) -> int:
 def resolve_seeds(cfg: DeterminismConfig, trial: int) -> Seeds:
     """Apply the seed policy and per-source overrides for one trial."""
     rules = dict(_POLICY[cfg.seed_policy])
-    for source in SOURCES:
+    for source in SEED_SOURCES:
         override = getattr(cfg, source)
         if override is not None:
             rules[source] = override
