@@ -14,7 +14,7 @@ from scipy import stats as sps
 
 from analysis import report
 from analysis.load import load_study
-from analysis.present import labels
+from analysis.present import labels, sections_answer
 from analysis.present.document import SHOWN_ROWS, Doc, anchor, render_html, render_markdown
 
 
@@ -55,12 +55,23 @@ def test_answer_opens_the_report_with_the_comparison_in_numbers(default_doc):
     low, high = sps.ttest_rel(np.log(x), np.log(y)).confidence_interval(0.95)
     line = next(b for b in answer.split("\n") if b.startswith("- `8-bit` vs `32-bit`"))
     assert line.startswith("- `8-bit` vs `32-bit`, 7 paired trials: equivalent within ±1% (TOST p = ")
-    assert (f"geometric-mean perplexity ratio {math.exp(diff.mean()):.4g} "
-            f"(95% CI {math.exp(low):.4g}–{math.exp(high):.4g}) (first / second)") in line
+    d = max(3, -math.floor(math.log10(float(f"{math.exp(high) - math.exp(low):.1g}"))) + 1)
+    assert (f"geometric-mean perplexity ratio {math.exp(diff.mean()):.{d}f} "
+            f"(95% CI {math.exp(low):.{d}f}–{math.exp(high):.{d}f}) (first / second)") in line
     assert f"(max/min perplexity): {x.max() / x.min():.5g} vs {y.max() / y.min():.5g}" in line
     assert "Blow-ups: 0/7 = 0% [0%, 41%] vs 0/7 = 0% [0%, 41%]" in line
     assert "Adapters bitwise identical across trials: no / no; greedy generations identical: 1/2 / 1/2" in line
     assert "figures/answer.png" in answer and "| 8-bit   | smollm2-135m__quotes__paged_adamw_8bit" in answer
+
+
+@pytest.mark.parametrize("ratio, low, high, text", [
+    (0.7696, 0.7284, 0.8132, "0.770 (95% CI 0.728–0.813)"),  # explain-8bit: 0.41.0 maps vs today's
+    (1.0002, 1.00015, 1.00025, "1.00020 (95% CI 1.00015–1.00025)"),  # default, was "1 (95% CI 1–1)"
+    (0.99992, 0.99981, 1.00003, "0.99992 (95% CI 0.99981–1.00003)"),
+])
+def test_a_ratio_keeps_its_ci_bounds_apart(ratio, low, high, text):
+    row = pd.Series({"ratio_gmean": ratio, "ratio_ci_low": low, "ratio_ci_high": high})
+    assert sections_answer._ratio(row, 0.05) == f"geometric-mean perplexity ratio {text}"
 
 
 def test_setup_and_provenance_come_last(default_doc):

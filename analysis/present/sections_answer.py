@@ -38,12 +38,25 @@ def verdict_words(row: pd.Series, config: AnalysisConfig) -> str:
             f"{margin_text(config)}, {row['diff_test']} p = {prose.p_text(row['diff_p'])})")
 
 
+def ratio_decimals(low: float, high: float) -> int:
+    """Decimals that keep a ratio's CI bounds apart: one more than the CI width's first digit
+    (0.7696 (0.7284–0.8132) → 3; 1.0002 (1.00015–1.00025) → 5), at least 3, at most 8. A ratio
+    of 1.0002 printed to 4 significant digits reads "1 (95% CI 1–1)", which says nothing."""
+    width = abs(high - low)
+    if not math.isfinite(width) or width == 0:
+        return 4
+    first_digit = -math.floor(math.log10(float(f"{width:.1g}")))  # 0.085 → 2, 1e-4 → 4
+    return min(8, max(3, first_digit + 1))
+
+
 def _ratio(row: pd.Series, alpha: float) -> str:
     if not math.isfinite(row["ratio_gmean"]):
         return "geometric-mean perplexity ratio: –"
-    ci = "" if pd.isna(row["ratio_ci_low"]) else \
-        f" ({1 - alpha:.0%} CI {row['ratio_ci_low']:.4g}–{row['ratio_ci_high']:.4g})"
-    return f"geometric-mean perplexity ratio {row['ratio_gmean']:.4g}{ci}"
+    if pd.isna(row["ratio_ci_low"]):
+        return f"geometric-mean perplexity ratio {row['ratio_gmean']:.4f}"
+    d = ratio_decimals(row["ratio_ci_low"], row["ratio_ci_high"])
+    return (f"geometric-mean perplexity ratio {row['ratio_gmean']:.{d}f} ({1 - alpha:.0%} CI "
+            f"{row['ratio_ci_low']:.{d}f}–{row['ratio_ci_high']:.{d}f})")
 
 
 def cell_facts(r: Results, cell: str) -> dict[str, str]:
