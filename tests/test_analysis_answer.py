@@ -30,6 +30,16 @@ def test_short_labels_keep_only_what_differs():
     assert labels.short_labels([SMOL_8.dirname]) == {SMOL_8.dirname: "8-bit"}  # the optimizer stays
 
 
+@pytest.mark.parametrize("variant, words", [
+    ("vary-data-order", "vary data_order"), ("vary-lora-init", "vary lora_init"),
+    ("vary-nothing", "vary nothing"), ("quant-nf4", "quant nf4"),
+    ("lora-all-neftune", "lora all · neftune"), ("horizon-lr0.0002", "horizon · lr 2e-4"),
+    ("lr1e-05", "lr 1e-5"), ("fp16", "fp16"), ("", ""),
+])
+def test_a_variant_reads_key_then_value(variant, words):
+    assert labels.variant_words(variant) == words
+
+
 def test_short_labels_fall_back_when_words_collide():
     cells = ["m__d__adamw_8bit", "m__d__paged_adamw_8bit"]  # both "8-bit" in words
     assert labels.short_labels(cells) == {cells[0]: "adamw_8bit", cells[1]: "paged_adamw_8bit"}

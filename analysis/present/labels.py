@@ -4,7 +4,8 @@ figures fit a 1280 px page; one legend maps each short name back to the full cel
 A cell is ``model__dataset__optim__variant`` (:mod:`repeatability.records.artifacts`). Only the fields
 that differ between the cells shown are kept, in that order, joined by `` · ``; the optimizer is
 written in words (``paged_adamw_8bit-maps_bnb_0.41.0`` → ``8-bit · 0.41.0 maps``) and a
-learning-rate variant in powers of ten (``lr0.001`` → ``lr 1e-3``).
+learning-rate variant in powers of ten (``lr0.001`` → ``lr 1e-3``), a ``key-value`` part as
+``key value`` (``vary-data-order`` → ``vary data_order``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterable
 import pandas as pd
 
 from analysis.compute.tables import format_lr
+from repeatability.records.run_setup import SEED_SOURCES
 
 FIELDS = ("model", "dataset", "optim", "variant")
 SEP = " · "
@@ -31,12 +33,38 @@ def optim_words(optim: str) -> str:
     return words
 
 
+# Variant parts written `key-value` (conf/vary, experiments/*.yaml): the value reads after its key.
+# A `vary-…` value is a seed source (hyphens for underscores, conf/vary/*.yaml), so it may hold hyphens.
+VARIED = (*SEED_SOURCES, "nothing", "everything")
+KEYED = ("quant", "lora")
+
+
+def _value(key: str, rest: list[str]) -> tuple[str, int]:
+    """The value after ``key`` and how many parts it spans."""
+    if key == "vary":
+        joined = "-".join(rest)
+        for source in sorted(VARIED, key=len, reverse=True):
+            if joined == (h := source.replace("_", "-")) or joined.startswith(h + "-"):
+                return source, h.count("-") + 1
+    return rest[0], 1
+
+
 def variant_words(variant: str) -> str:
-    """``lr0.001`` → ``lr 1e-3``; ``horizon-lr0.0002`` → ``horizon · lr 2e-4``; others as they are."""
-    def one(part: str) -> str:
+    """``lr0.001`` → ``lr 1e-3``; ``horizon-lr0.0002`` → ``horizon · lr 2e-4``; ``vary-data-order``
+    → ``vary data_order``; ``quant-nf4`` → ``quant nf4``; other parts as they are."""
+    parts, words = re.split(r"(?<![eE])-", variant) if variant else [], []
+    while parts:
+        part, parts = parts[0], parts[1:]
         lr = re.fullmatch(r"lr([0-9.eE+-]+)", part)
-        return f"lr {format_lr(float(lr.group(1)))}" if lr else part
-    return SEP.join(one(p) for p in re.split(r"(?<![eE])-", variant)) if variant else ""
+        if lr:
+            words.append(f"lr {format_lr(float(lr.group(1)))}")
+        elif part in ("vary", *KEYED) and parts:
+            value, n = _value(part, parts)
+            words.append(f"{part} {value}")
+            parts = parts[n:]
+        else:
+            words.append(part)
+    return SEP.join(words)
 
 
 def _fields(cell: str) -> dict[str, str]:
