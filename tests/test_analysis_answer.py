@@ -144,6 +144,8 @@ def test_same_seeds_on_another_machine_beside_the_seed_spread(tmp_path):
     """--compare pairs the same trials (same cell, trial and seeds) of two studies: the
     reproducibility gap per trial beside the seed spread and the arm effect (issue 16's example:
     the default study on an EPYC and on a Xeon differ by ~1e-5 relative, with other adapter bits)."""
+    import dataclasses
+
     from analysis_fixtures import write_run
 
     from analysis.compute.results import compute
@@ -170,8 +172,15 @@ def test_same_seeds_on_another_machine_beside_the_seed_spread(tmp_path):
     assert cells.loc[SMOL_8.dirname, "arm_effect"] == pytest.approx(math.exp((x - y).mean()) - 1)
     [line] = [ln for ln in sections_answer.reproducibility_lines(r, {SMOL_8.dirname: "8-bit"}) if "`8-bit`" in ln]
     assert line.startswith("Same trials, same seeds in `xeon`: `8-bit`, 7 trials: perplexity differs by at "
-                           "most 1e-05 relative (median 5.7e-06), against a spread between seeds of 7.3%")
+                           "most 0.001% (median 0.00057%), against a spread between seeds of 7.3% and an "
+                           f"arm effect of {(math.exp((x - y).mean()) - 1) * 100:.2g}%")
     assert line.endswith("adapters bitwise equal 0/7; training-loss curves first part at step 4.")
+    same = r.cross_cells.assign(max_abs_rel_diff=0.0, median_abs_rel_diff=0.0, adapters_equal="7/7",
+                                first_part_step=float("nan"))
+    [line] = [ln for ln in sections_answer.reproducibility_lines(dataclasses.replace(r, cross_cells=same),
+                                                                 {SMOL_8.dirname: "8-bit"}) if "`8-bit`" in ln]
+    assert "7 trials: perplexity identical in every trial, against a spread between seeds of 7.3%" in line
+    assert line.endswith("adapters bitwise equal 7/7; training-loss curves never part.")
 
 
 def test_the_answer_warns_when_runs_came_from_different_locks(tmp_path):

@@ -108,7 +108,15 @@ def compare_lines(r: Results) -> list[str]:
 
 
 def _rel(value: float) -> str:
-    return "–" if pd.isna(value) else f"{value:.2g}" if value < 0.01 else f"{value:.1%}"
+    """A relative difference in percent: 2 significant digits below 1% (1e-5 → 0.001%)."""
+    return "–" if pd.isna(value) else f"{value * 100:.2g}%" if value < 0.01 else f"{value:.1%}"
+
+
+def _gap(row: pd.Series) -> str:
+    if row["max_abs_rel_diff"] == 0:
+        return "perplexity identical in every trial"
+    return (f"perplexity differs by at most {_rel(row['max_abs_rel_diff'])} "
+            f"(median {_rel(row['median_abs_rel_diff'])})")
 
 
 def reproducibility_lines(r: Results, labels: dict[str, str]) -> list[str]:
@@ -120,8 +128,7 @@ def reproducibility_lines(r: Results, labels: dict[str, str]) -> list[str]:
             f"first part at step {format_number(row['first_part_step'])}"
         lines.append(
             f"Same trials, same seeds in `{row['other']}`: `{labels.get(row['cell'], row['cell'])}`, "
-            f"{row['n_pairs']} trials: perplexity differs by at most {_rel(row['max_abs_rel_diff'])} relative "
-            f"(median {_rel(row['median_abs_rel_diff'])}), against a spread between seeds of "
+            f"{row['n_pairs']} trials: {_gap(row)}, against a spread between seeds of "
             f"{_rel(row['seed_spread'])} and an arm effect of {_rel(row['arm_effect'])}; adapters bitwise "
             f"equal {row['adapters_equal']}; training-loss curves {part}.")
     return lines
