@@ -108,6 +108,7 @@ def test_document_contents_appendix_long_tables_and_csv_links():
     doc = Doc("T")
     doc.heading("Answer")
     doc.para("yes")
+    doc.para("is under *Held-out perplexity*, `a*b` stays code, 2 * 3 * 4 stays")
     doc.heading("Big table: it's long")
     big = pd.DataFrame({"n": range(SHOWN_ROWS + 5)})
     doc.table(big, "all the rows")
@@ -120,7 +121,8 @@ def test_document_contents_appendix_long_tables_and_csv_links():
            "[Appendix: setup](#appendix-setup)" in md
     assert "*all the rows* ([CSV](tables/big.csv))" in md and md.count("\n| ") >= SHOWN_ROWS + 5  # whole in MD
     assert "## Appendix: setup" in md
-    assert '<section id="answer">\n<h2>Answer</h2>\n<p>yes</p>\n</section>' in page
+    assert '<section id="answer">\n<h2>Answer</h2>\n<p>yes</p>\n<p>is under <em>Held-out perplexity</em>, ' \
+           '<code>a*b</code> stays code, 2 * 3 * 4 stays</p>\n</section>' in page
     assert '<h2 id="big-table-its-long">' in page and '<a href="#big-table-its-long">' in page
     assert f"<details><summary>all {SHOWN_ROWS + 5} rows</summary>" in page
     assert '<a href="tables/big.csv">CSV</a>' in page

@@ -114,9 +114,15 @@ def render_markdown(doc: Doc, figures: bool = True) -> str:
             + "\n")
 
 
+_CODE = re.compile(r"(`[^`]+`)")
+_EM = re.compile(r"(?<![\w*])\*([^*\s](?:[^*]*[^*\s])?)\*(?![\w*])")
+
+
 def _inline(text: str) -> str:
-    """Escape for HTML, then turn `code` spans into <code>."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+    """Escape for HTML, then turn `code` spans into <code> and *emphasis* outside them into <em>
+    (the Markdown the prose writes, so a page does not show its asterisks)."""
+    return "".join(f"<code>{html.escape(part[1:-1])}</code>" if _CODE.fullmatch(part)
+                   else _EM.sub(r"<em>\1</em>", html.escape(part)) for part in _CODE.split(text))
 
 
 def _html_table(table: pd.DataFrame, index: bool) -> str:
