@@ -20,7 +20,7 @@ STUDY_ARGS ?= -m trial=1,2,3,4,5,6,7 optim=paged_adamw_8bit,paged_adamw_32bit
 PAPER_TABLES := paper-tables-1-2
 PAPER_CITATION := S. S. Alahmari, L. O. Hall, P. R. Mouton, D. B. Goldgof, Repeatability of Fine-Tuning Large Language Models Illustrated Using QLoRA, IEEE Access 12 (2024) 153221-153231, doi:10.1109/ACCESS.2024.3470850
 
-.PHONY: setup lock slurm-packages browser-packages test-browser study variance-study explain-study explain-edge task-study report test test-fast test-gpu test-slurm bench bench-extra clean
+.PHONY: setup lock slurm-packages browser-packages test-browser study variance-study explain-study explain-edge explain-horizon task-study report test test-fast test-gpu test-slurm bench bench-extra clean
 
 setup: $(STAMP)
 
@@ -115,6 +115,14 @@ explain-edge: setup
 	$(PY) -m repeatability.run -m experiments=explain_edge
 	$(PY) -m repeatability.run -m experiments=explain_edge_horizon
 	$(PY) -m analysis.report results/explain-edge
+
+# The paper's blow-up rate at its LR 2e-4: 7 paired trials x {0.41.0 maps, today's 8-bit} + 3 x 32-bit over
+# 1,000 steps, optimizer trace every 10th step (experiments/explain_horizon*.yaml: ~16 min per run, ~4.5 h on
+# the 2-core EPYC); time to blow-up and Kaplan-Meier curves in the report
+explain-horizon: setup
+	$(PY) -m repeatability.run -m experiments=explain_horizon
+	$(PY) -m repeatability.run -m experiments=explain_horizon_32bit
+	$(PY) -m analysis.report results/explain-horizon
 
 report: setup
 	$(PY) -m analysis.report results/$(STUDY)

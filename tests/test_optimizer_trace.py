@@ -31,7 +31,7 @@ def _params() -> list[tuple[str, torch.nn.Parameter]]:
 
 
 def _traced_steps(optimizer_bits: int, maps: str = "current", steps: int = 30,
-                  torch_adamw: bool = False) -> optimtrace.OptimizerTrace:
+                  torch_adamw: bool = False, every: int = 1) -> optimtrace.OptimizerTrace:
     import bitsandbytes as bnb
 
     named = _params()
@@ -42,7 +42,7 @@ def _traced_steps(optimizer_bits: int, maps: str = "current", steps: int = 30,
         opt = bnb.optim.AdamW(params, lr=1e-3, optim_bits=optimizer_bits, weight_decay=0.01)
         if maps != "current":
             qmaps.install_maps(opt, maps)
-    trace = optimtrace.OptimizerTrace(named)
+    trace = optimtrace.OptimizerTrace(named, every)
     trace.attach(opt)
     gen = torch.Generator().manual_seed(1)
     for step in range(steps):
@@ -110,6 +110,20 @@ def test_state_dict_continues_the_trace_exactly() -> None:
     assert resumed.t == 3 and resumed.rows == whole.rows[:9]
     for p, name in zip(resumed.by_name.values(), NAMES):
         assert torch.equal(resumed.v[p], first.v[first.by_name[name]])
+
+
+def test_tracing_every_kth_step_gives_the_same_rows_at_those_steps() -> None:
+    """optimizer_trace_every=k: rows at step 1 and every k-th step only, each equal to k=1's row at
+    that step (the shadow's moments still take every gradient); the parameters move the same."""
+    whole = _traced_steps(8, maps="bnb_0.41.0", steps=12)
+    sparse = _traced_steps(8, maps="bnb_0.41.0", steps=12, every=5)
+    assert sorted({r["optimizer_step"] for r in sparse.rows}) == [1, 5, 10]
+    assert sparse.rows == [r for r in whole.rows if r["optimizer_step"] in (1, 5, 10)]
+    assert sparse.t == whole.t == 12
+    for p, name in zip(sparse.by_name.values(), NAMES):
+        assert torch.equal(sparse.v[p], whole.v[whole.by_name[name]])
+        assert torch.equal(p, whole.by_name[name])
+    assert optimtrace.summarize(sparse.rows, 0.0, 5)["every"] == 5
 
 
 def test_summary_of_the_rows() -> None:

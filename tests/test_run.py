@@ -41,7 +41,7 @@ def test_run_directory_has_exactly_the_contract_files(sweep: Path) -> None:
 
 def test_summary_key_fields(sweep: Path) -> None:
     s = _summary(sweep, "a", 1)
-    assert s["schema_version"] == artifacts.SCHEMA_VERSION == 5 and s["status"] == "complete" and s["trial"] == 1
+    assert s["schema_version"] == artifacts.SCHEMA_VERSION == 6 and s["status"] == "complete" and s["trial"] == 1
     # the environment against the lock, recorded in environment.json and the summary alike
     env = artifacts.read_environment(sweep / "a" / CELL / "trial-01")
     assert env["lock"] == s["lock"] and s["lock"]["file"] == "requirements/cpu.txt"
@@ -200,3 +200,14 @@ def test_sweep_line_counts_runs_not_ledger_lines() -> None:
     line, bad = summarize(entries, 90.0)
     assert line == "sweep finished: 4 runs (2 complete, 1 failed, 1 preempted; 1 preemption(s) resumed) in 1.5 min"
     assert bad == ["failed: job 7 CANCELLED"]
+
+
+def test_a_run_without_base_scoring_completes_and_says_so(tiny_model_dir: Path, quotes_jsonl: Path, tmp_path: Path) -> None:
+    """eval.base_perplexity=false: the run finishes (its headline once crashed formatting the absent
+    base perplexity, after all the training) and the headline says the base was not scored."""
+    args = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path, **{"train.max_steps": 2, "eval.base_perplexity": "false"})
+    assert run_cli(["trial=1", "study=nobase", *args]) == 0
+    [run] = list(artifacts.iter_run_dirs(tmp_path / "nobase"))
+    s = artifacts.read_summary(run)
+    assert s["status"] == "complete" and "base_perplexity_token_weighted" not in s["metrics"]
+    assert "(base model not scored: eval.base_perplexity=false)" in s["headline"]

@@ -193,6 +193,14 @@ class DiagnosticsConfig:
     # a 32-bit shadow of AdamW fed the optimizer's own gradients, per step and module kind:
     # update inflation, stored/exact second moment, 8-bit top-code share (repeatability/trial/optimtrace.py)
     optimizer_trace: bool = False
+    # trace every k-th optimizer step (and the first): the shadow AdamW still takes every gradient, so a
+    # traced step's row is what k=1 gives for it; only the rows between are not computed
+    optimizer_trace_every: int = 1
+
+    def __post_init__(self) -> None:
+        if self.optimizer_trace_every < 1:
+            raise ConfigError(f"diagnostics.optimizer_trace_every={self.optimizer_trace_every}: must be >= 1 "
+                              "(1 traces every step)")
 
 
 @dataclass

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from repeatability.records import run_setup as R
 from repeatability.records import summary as S
 from repeatability.records.config import RunConfig
+from repeatability.records.schema import ABSENT
 from repeatability.trial.evaluate import PERPLEXITY_DEFINITION
 
 if TYPE_CHECKING:  # the trial's live objects, read here and never kept
@@ -20,7 +21,14 @@ if TYPE_CHECKING:  # the trial's live objects, read here and never kept
 
 
 def _g(value: float | None) -> str:
-    return f"{math.nan if value is None else value:.4g}"
+    """A number for the headline; absent (e.g. ``eval.base_perplexity=false``) or null reads ``nan``."""
+    return f"{math.nan if value is None or value is ABSENT else value:.4g}"
+
+
+def _base_words(base: float | None) -> str:
+    if base is None or base is ABSENT:
+        return "(base model not scored: eval.base_perplexity=false)"
+    return f"vs {_g(base)} for the base model"
 
 
 def _state(s: S.Summary) -> str:
@@ -50,7 +58,7 @@ def headline(s: S.Summary) -> str:
             f"{' (' + cell.variant + ')' if cell.variant else ''}: {s.status} after {m.steps} steps. "
             f"Held-out perplexity {_g(m.perplexity_token_weighted)} (token-weighted; "
             f"{_g(m.perplexity_mean_per_sequence)} as the mean of per-sequence perplexities) "
-            f"vs {_g(m.base_perplexity_token_weighted)} for the base model, on "
+            f"{_base_words(m.base_perplexity_token_weighted)}, on "
             f"{m.heldout_sequences or 0} held-out examples. Optimizer {eff.class_.rsplit('.', 1)[-1]} "
             f"({eff.class_.split('.')[0]}) with {_state(s)}, {paging}. {dev.type.upper()} ({dev.name}), "
             f"{dev.compute_dtype} compute, {_precision(s)}, {quant}. Seeds: LoRA init {s.seeds.lora_init}, data order "

@@ -225,6 +225,22 @@ class Lock:
 
 
 @dataclass
+class Numerics:
+    """The run's numerics fingerprint (schema 6): the base model's loss on a fixed canary batch
+    before the first update. LoRA's B matrices start at zero, so it depends only on the weights, the
+    data pipeline, the code and the kernels, not on the trial's seeds: equal in every trial of a cell
+    run with the same code on the same machine, and different when the forward changes."""
+
+    canary_loss: float = doc("mean NLL per target token of the canary batch (natural log), in eval mode, before training")
+    canary_loss_hex: str = doc("the same float, exactly (`float.hex()`): what runs are grouped by")
+    canary_sequences: int = doc("held-out sequences in the canary batch (the first ones of the scored split)")
+    canary_tokens: int = doc("target tokens in the canary batch")
+    canary_ids_sha256: str = doc("SHA-256 of the canary batch's token ids")
+    commit: Optional[str] = doc("the project's git commit the run executed (null outside a git checkout)")
+    dirty: Optional[bool] = doc("tracked files differed from that commit when the run started")
+
+
+@dataclass
 class Tracking:
     """The experiment-tracker run of this run (`tracking=`; repeatability/records/tracking.py)."""
 

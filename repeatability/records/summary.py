@@ -16,8 +16,9 @@ regenerate the docs table. A key not declared here is refused when written and r
 Schema versions: 1 — the first; 2 — adds ``tracking`` and ``batching``; 3 — adds
 ``optimizer_trace`` (present only with ``diagnostics.optimizer_trace=true``); 4 — adds ``lock``
 (the environment against the project's lock file); 5 — adds ``tasks``, ``neftune`` and the task
-scores in ``metrics`` (present only with ``eval.tasks`` / ``train.neftune_noise_alpha``). Older
-summaries read as version 5 with the newer groups absent.
+scores in ``metrics`` (present only with ``eval.tasks`` / ``train.neftune_noise_alpha``); 6 — adds
+``numerics`` (the canary-batch fingerprint, with the commit and dirty flag). Older summaries read as
+version 6 with the newer groups absent.
 """
 
 from __future__ import annotations
@@ -26,12 +27,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from repeatability.records.run_setup import (Batching, Cell, Data, Determinism, Device, Lock, Model, Optimizer,
-                                             Precision, Seeds, Tracking)
+from repeatability.records.run_setup import (Batching, Cell, Data, Determinism, Device, Lock, Model, Numerics,
+                                             Optimizer, Precision, Seeds, Tracking)
 from repeatability.records.schema import ABSENT, Columns, doc, from_dict, markdown_rows, missing, to_dict
 
-SCHEMA_VERSION = 5
-SUPPORTED_SCHEMA_VERSIONS = (1, 2, 3, 4, 5)
+SCHEMA_VERSION = 6
+SUPPORTED_SCHEMA_VERSIONS = (1, 2, 3, 4, 5, 6)
 STATUSES = ("complete", "diverged", "failed")
 
 
@@ -171,6 +172,7 @@ class OptimizerTrace:
     v_ratio_median_last: float = doc("median over elements of stored / exact second moment at the last step")
     v_top_code_fraction_last: float = doc("share of 8-bit second-moment codes at the map's top value at the last step (NaN for 32-bit state)")
     seconds: float = doc("time the trace itself took (inside `timings.train_s`)")
+    every: int = doc("rows at the first and every k-th optimizer step (`diagnostics.optimizer_trace_every`; schema 6, absent = 1)", optional=True)
 
 
 @dataclass
@@ -211,6 +213,7 @@ class Summary:
     lock: Lock = doc("the environment against the project's lock file (schema 4; absent before)", optional=True)
     tasks: Tasks = doc("the task evaluators' subset, decoding and base-model baselines (schema 5; only with `eval.tasks`)", optional=True)
     neftune: Neftune = doc("NEFTune's noise (schema 5; only with `train.neftune_noise_alpha`)", optional=True)
+    numerics: Numerics = doc("the numerics fingerprint: the base model's loss on a fixed canary batch before the first update, with the commit and dirty flag (schema 6; absent before)", optional=True)
     batching: Batching = doc("how batches were formed and how much of the computed tokens were padding (schema 2; absent before)", optional=True)
     started_at: str = doc("ISO-8601 UTC")
     finished_at: str = doc("ISO-8601 UTC")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import re
@@ -119,6 +121,23 @@ def score_texts(model: Any, tokenizer: Any, texts: list[str], max_length: int, b
     """Perplexity of ``texts`` (already templated) under ``model``; usable from outside scripts."""
     enc = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
     return perplexity(sequence_nll(model, enc, tokenizer.pad_token_id, batch_size, device, batching))
+
+
+CANARY_SEQUENCES = 8  # the first held-out sequences: fixed by the split seed, the same in every trial
+
+
+def canary_fingerprint(model: Any, tokenizer: Any, texts: list[str], max_length: int, device: str,
+                       n: int = CANARY_SEQUENCES) -> dict[str, Any]:
+    """The numerics fingerprint: mean NLL per target token of the first ``n`` of ``texts`` in one
+    padded batch, in eval mode. Called before the first update, when LoRA's B matrices are zero, it
+    depends on the weights, tokenizer, code and kernels but on none of the trial's seeds."""
+    ids = tokenizer(texts[:n], add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+    per_sequence = sequence_nll(model, ids, tokenizer.pad_token_id, max(len(ids), 1), device)
+    tokens = sum(count for _, count in per_sequence)
+    loss = sum(total for total, _ in per_sequence) / tokens if tokens else math.nan
+    digest = hashlib.sha256(json.dumps(ids).encode()).hexdigest()
+    return {"canary_loss": loss, "canary_loss_hex": float(loss).hex(), "canary_sequences": len(ids),
+            "canary_tokens": tokens, "canary_ids_sha256": digest}
 
 
 # --------------------------------------------------------------------------- generations

@@ -18,6 +18,9 @@ reaches them. The shadow is never applied. Per step and per module kind (``q_pro
 - ``v_top_code_fraction``: share of 8-bit second-moment codes at the map's largest value
   (empty for 32-bit state).
 
+With ``diagnostics.optimizer_trace_every=k`` a row is written at the first optimizer step and every
+k-th; the shadow's moments still take every gradient, so a traced step's row equals k=1's.
+
 The shadow's moments and the rows so far travel in checkpoints, so a resumed run's trace is the
 uninterrupted run's (``state_dict``/``load_state_dict``).
 """
@@ -81,7 +84,7 @@ def stored_second_moment(state: dict[str, Any]) -> tuple[torch.Tensor | None, in
 class OptimizerTrace:
     """The shadow AdamW and the per-step rows; :meth:`attach` hooks it onto an optimizer."""
 
-    def __init__(self, named_params: list[tuple[str, torch.Tensor]]):
+    def __init__(self, named_params: list[tuple[str, torch.Tensor]], every: int = 1):
         self.kind = {p: module_kind(n) for n, p in named_params if p.requires_grad}
         self.kinds = sorted(set(self.kind.values()))
         self.order = [n for n, p in named_params if p.requires_grad]
@@ -89,6 +92,7 @@ class OptimizerTrace:
         self.m: dict[torch.Tensor, torch.Tensor] = {}
         self.v: dict[torch.Tensor, torch.Tensor] = {}
         self.t = 0
+        self.every = every  # a row every k-th optimizer step and at the first; the shadow takes every step
         self.rows: list[dict[str, Any]] = []
         self.global_step = 0
         self.seconds = 0.0
@@ -99,20 +103,30 @@ class OptimizerTrace:
         inner.register_step_pre_hook(lambda opt, args, kwargs: self._before_step(opt))
         inner.register_step_post_hook(lambda opt, args, kwargs: self._after_step(opt))
 
+    def traced(self, t: int) -> bool:
+        """Whether optimizer step ``t`` (1-based) gets a row."""
+        return t == 1 or t % self.every == 0
+
+    @torch.no_grad()
     def _before_step(self, opt: Any) -> None:
         start = time.perf_counter()
         self._before = {}
+        self.t += 1
         for group in opt.param_groups:
             hyper = {k: group[k] for k in ("lr", "betas", "eps", "weight_decay")}
             for p in group["params"]:
                 if p in self.kind and p.grad is not None:
-                    self._before[p] = (p.detach().float().clone(), p.grad.detach().float().clone(), hyper)
+                    if self.traced(self.t):
+                        self._before[p] = (p.detach().float().clone(), p.grad.detach().float().clone(), hyper)
+                    else:  # an untraced step: the shadow's moments take the gradient, nothing else is computed
+                        self._shadow_moments(p, p.grad.detach().float(), *hyper["betas"][:2])
         self.seconds += time.perf_counter() - start
 
     @torch.no_grad()
     def _after_step(self, opt: Any) -> None:
+        if not self._before:
+            return
         start = time.perf_counter()
-        self.t += 1
         tallies = {k: _Tally() for k in [*self.kinds, ALL]}
         lr = bc2 = math.nan
         for p, (before, grad, hyper) in self._before.items():
@@ -145,15 +159,21 @@ class OptimizerTrace:
     def _shadow_update(self, p: torch.Tensor, before: torch.Tensor, grad: torch.Tensor, lr: float,
                        beta1: float, beta2: float, eps: float, weight_decay: float) -> torch.Tensor:
         """One step of exact AdamW on the shadow moments; returns the update it would apply."""
-        m = self.m.setdefault(p, torch.zeros_like(before))
-        v = self.v.setdefault(p, torch.zeros_like(before))
-        m.mul_(beta1).add_(grad, alpha=1.0 - beta1)
-        v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        m, v = self._shadow_moments(p, grad, beta1, beta2)
         denom = (v / (1.0 - beta2 ** self.t)).sqrt_().add_(eps)
         update = (m / (1.0 - beta1 ** self.t)).div_(denom).mul_(-lr)
         if weight_decay:
             update.add_(before, alpha=-lr * weight_decay)
         return update
+
+    def _shadow_moments(self, p: torch.Tensor, grad: torch.Tensor, beta1: float,
+                        beta2: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact AdamW's moments after this step's gradient."""
+        m = self.m.setdefault(p, torch.zeros_like(grad))
+        v = self.v.setdefault(p, torch.zeros_like(grad))
+        m.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+        v.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        return m, v
 
     def _row(self, kind: str, tally: _Tally, lr: float, bc2: float) -> dict[str, Any]:
         applied, shadow = math.sqrt(tally.applied_sq), math.sqrt(tally.shadow_sq)
@@ -179,7 +199,7 @@ class OptimizerTrace:
         self.v = {self.by_name[n]: t.float() for n, t in state["v"].items()}
 
 
-def summarize(rows: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+def summarize(rows: list[dict[str, Any]], seconds: float, every: int = 1) -> dict[str, Any]:
     """The summary's ``optimizer_trace`` group: the overall rows at the first, last and worst step."""
     overall = [r for r in rows if r["module_kind"] == ALL]
     finite = [r["update_inflation"] for r in overall if math.isfinite(r["update_inflation"])]
@@ -191,7 +211,7 @@ def summarize(rows: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
             "update_inflation_median": float(np.median(finite)) if finite else math.nan,
             "v_ratio_median_last": last.get("v_ratio_median", math.nan),
             "v_top_code_fraction_last": last.get("v_top_code_fraction", math.nan),
-            "seconds": seconds}
+            "seconds": seconds, "every": every}
 
 
 STATE_FILE = "optimizer_trace_state.pt"  # in a checkpoint folder, written before its resume state
@@ -204,13 +224,14 @@ class TraceCallback(TrainerCallback):
     the trace's state is then already in it.
     """
 
-    def __init__(self, resume_from: Path | None = None):
+    def __init__(self, resume_from: Path | None = None, every: int = 1):
         self.trace: OptimizerTrace | None = None
         self.resume_from = resume_from
+        self.every = every
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:
-        self.trace = OptimizerTrace(list(model.named_parameters()))
+        self.trace = OptimizerTrace(list(model.named_parameters()), self.every)
         if self.resume_from is not None:
             self.trace.load_state_dict(torch.load(self.resume_from / STATE_FILE, weights_only=True))
         self.trace.attach(optimizer)

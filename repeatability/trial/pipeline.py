@@ -154,6 +154,7 @@ class Built:
     base: dict[str, Any]
     load_s: float
     base_tasks: dict[str, Any]  # the base model's task scores (eval.baselines), once per study
+    fingerprint: dict[str, Any]  # the canary-batch loss before the first update (evaluate.canary_fingerprint)
 
 
 def build_model(cfg: RunConfig, seeds: Seeds, prep_fn: Any, study: Path, device: str, dtype: torch.dtype) -> tuple[Built, Prepared]:
@@ -175,7 +176,9 @@ def build_model(cfg: RunConfig, seeds: Seeds, prep_fn: Any, study: Path, device:
         base_tasks = tasks.baselines(cfg, base, tokenizer, prep.tasks, cache, device)
     seed_everything(seeds.lora_init)  # LoRA A matrices are drawn from the global RNG now
     model = modelling.add_lora(base, cfg.model, cfg.lora, cfg.quant.load_in_4bit, cfg.train.gradient_checkpointing)
-    return Built(model, tokenizer, model_id, modelling.count_4bit_layers(model), base_ppl, load_s, base_tasks), prep
+    fingerprint = evaluate.canary_fingerprint(model, tokenizer, prep.heldout_texts, cfg.train.max_length, device)
+    return Built(model, tokenizer, model_id, modelling.count_4bit_layers(model), base_ppl, load_s, base_tasks,
+                 fingerprint), prep
 
 
 def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
@@ -204,7 +207,7 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
     record.seeds = S.part(R.Seeds, seeds.to_dict(), "seeds")
     with tracking.tracker_run(cfg.tracking, path, study, tracking_ids(cfg)) as tracker:
         tracker.start(yaml.safe_load(config_yaml) or {}, seeds.to_dict())
-        _train_and_score(cfg, path, study, seeds, resume_from, guard, tracker, record)
+        _train_and_score(cfg, path, study, seeds, resume_from, guard, tracker, record, environment["git"])
         record.timings.total_s = time.perf_counter() - t_start
         record.tracking = S.part(R.Tracking, tracker.record, "tracking")
         record.finished_at = utc_now()
@@ -229,7 +232,8 @@ def tracking_ids(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _train_and_score(cfg: RunConfig, path: Path, study: Path, seeds: Seeds, resume_from: Path | None,
-                     guard: Callable[[], None], tracker: tracking.TrackerRun, summary: S.Summary) -> None:
+                     guard: Callable[[], None], tracker: tracking.TrackerRun, summary: S.Summary,
+                     git: dict[str, Any]) -> None:
     """Build, train, score and generate; save the adapter, loss curve and generations; fill
     ``summary`` with everything but the total time, the tracker and the headline."""
     device = modelling.resolve_device(cfg.device)
@@ -245,7 +249,7 @@ def _train_and_score(cfg: RunConfig, path: Path, study: Path, seeds: Seeds, resu
                 built.model, prep.train_ds, prep.val_ds, data.make_collator(cfg.train.batching, built.tokenizer.pad_token_id),
                 cfg.train, cfg.optim, seeds, device, mixed, label, checkpoint_files.checkpoint_root(path), resume_from,
                 cfg.eval.batch_size, report_to=tracker.report_to, run_name=tracker.run_name,
-                optimizer_trace=cfg.diagnostics.optimizer_trace)
+                optimizer_trace=cfg.diagnostics.optimizer_trace_every if cfg.diagnostics.optimizer_trace else 0)
             train_s = time.perf_counter() - t_train
             metrics, eval_s, gen_s, generations = _score_and_generate(cfg, built, prep, record, seeds, device)
             task_scores, task_record, tasks_s = _run_tasks(cfg, built, prep, record, device)
@@ -256,6 +260,7 @@ def _train_and_score(cfg: RunConfig, path: Path, study: Path, seeds: Seeds, resu
         summary.precision = S.part(R.Precision, {"compute_dtype": str(dtype).replace("torch.", ""), **precision},
                                    "precision")
         summary.batching = S.part(R.Batching, batching_record(cfg, record), "batching")
+        summary.numerics = S.part(R.Numerics, {**built.fingerprint, **git}, "numerics")
     finally:  # the next job of this process starts from a clean slate, whatever happened
         if built is not None:
             modelling.release_weights(built.model)
@@ -268,7 +273,8 @@ def _train_and_score(cfg: RunConfig, path: Path, study: Path, seeds: Seeds, resu
         summary.neftune = S.Neftune(noise_alpha=cfg.train.neftune_noise_alpha, scope=train.NEFTUNE_SCOPE)
     if record.trace is not None:
         curve_files.write_optimizer_trace(path, record.trace.rows, optimtrace.COLUMNS)
-        summary.optimizer_trace = S.part(S.OptimizerTrace, optimtrace.summarize(record.trace.rows, record.trace.seconds),
+        summary.optimizer_trace = S.part(S.OptimizerTrace, optimtrace.summarize(record.trace.rows, record.trace.seconds,
+                                                                                record.trace.every),
                                          "optimizer_trace")
     summary.timings = S.part(S.Timings, {"model_load_s": built.load_s, "train_s": train_s, "eval_s": eval_s,
                                          "generation_s": gen_s, "total_s": math.nan, **train.step_time_stats(record),

@@ -276,15 +276,15 @@ def _training_args(cfg: TrainConfig, seeds: Seeds, device: str, mixed: str, chec
 def train(model: Any, train_ds: Any, val_ds: Any, collator: Any, cfg: TrainConfig, optim: OptimConfig,
           seeds: Seeds, device: str, mixed: str, label: str, checkpoints: Path,
           resume_from: Path | None = None, eval_batch_size: int = 8, report_to: list[str] | None = None,
-          run_name: str | None = None, optimizer_trace: bool = False) -> tuple[TrainLog, dict[str, Any], dict[str, Any]]:
+          run_name: str | None = None, optimizer_trace: int = 0) -> tuple[TrainLog, dict[str, Any], dict[str, Any]]:
     """Fine-tune ``model`` in place, checkpointing into ``checkpoints`` and continuing from
-    ``resume_from`` if given; return the training record (with its optimizer trace when
-    ``optimizer_trace``), the effective optimizer (with the 8-bit maps read back from its state)
+    ``resume_from`` if given; return the training record (with its optimizer trace, a row every
+    ``optimizer_trace`` optimizer steps, when that is not 0), the effective optimizer (with the 8-bit maps read back from its state)
     and the precision that ran."""
     record = TrainLog.from_resume_state(checkpoint_files.read_resume_state(resume_from)) if resume_from else TrainLog()
     args = _training_args(cfg, seeds, device, mixed, checkpoints, eval_batch_size, len(val_ds) > 0,
                           report_to or [], run_name)
-    tracer = [optimtrace.TraceCallback(resume_from)] if optimizer_trace else []  # before the logger: see its doc
+    tracer = [optimtrace.TraceCallback(resume_from, optimizer_trace)] if optimizer_trace else []  # before the logger: see its doc
     trainer = TallyTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds if len(val_ds) else None,
         data_collator=collator,
