@@ -117,11 +117,12 @@ explain-edge: setup
 	$(PY) -m analysis.report results/explain-edge
 
 # The paper's blow-up rate at its LR 2e-4: 7 paired trials x {0.41.0 maps, today's 8-bit} + 3 x 32-bit over
-# 1,000 steps, optimizer trace every 10th step (experiments/explain_horizon*.yaml: ~16 min per run, ~4.5 h on
-# the 2-core EPYC); time to blow-up and Kaplan-Meier curves in the report
+# 1,000 steps, optimizer trace every 10th step (experiments/explain_horizon*.yaml: ~20 min per run, two runs
+# side by side with 1 thread each, ~3 h on the 2-core EPYC); time to blow-up and Kaplan-Meier curves in the report
+HORIZON_LAYOUT ?= hydra/launcher=local_parallel hydra.launcher.n_jobs=2
 explain-horizon: setup
-	$(PY) -m repeatability.run -m experiments=explain_horizon
-	$(PY) -m repeatability.run -m experiments=explain_horizon_32bit
+	$(PY) -m repeatability.run -m experiments=explain_horizon $(HORIZON_LAYOUT)
+	$(PY) -m repeatability.run -m experiments=explain_horizon_32bit $(HORIZON_LAYOUT)
 	$(PY) -m analysis.report results/explain-horizon
 
 report: setup
