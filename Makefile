@@ -20,7 +20,7 @@ STUDY_ARGS ?= -m trial=1,2,3,4,5,6,7 optim=paged_adamw_8bit,paged_adamw_32bit
 PAPER_TABLES := paper-tables-1-2
 PAPER_CITATION := S. S. Alahmari, L. O. Hall, P. R. Mouton, D. B. Goldgof, Repeatability of Fine-Tuning Large Language Models Illustrated Using QLoRA, IEEE Access 12 (2024) 153221-153231, doi:10.1109/ACCESS.2024.3470850
 
-.PHONY: setup lock slurm-packages browser-packages test-browser study variance-study explain-study explain-edge explain-horizon task-study report test test-fast test-gpu test-slurm bench bench-extra clean
+.PHONY: setup lock slurm-packages browser-packages test-browser study reproduce variance-study explain-study explain-edge explain-horizon task-study report test test-fast test-gpu test-slurm bench bench-extra clean
 
 setup: $(STAMP)
 
@@ -80,15 +80,24 @@ browser-packages:
 	    $(BROWSER_DEBS) >/dev/null) || echo "could not install $(BROWSER_DEBS): the browser tier will skip"; \
 	else echo "not root or no apt-get: the browser test tier will skip (needs $(BROWSER_DEBS))"; fi
 
+# A user's runs go to runs/ (git ignores it); the published studies in results/ are references that
+# nothing here writes into. The report of runs/<study> compares itself with results/<study>, seed for seed.
+RUNS := runs
 study: setup
 	$(PY) -m repeatability.run $(STUDY_ARGS) study=$(STUDY)
-	$(PY) -m analysis.report results/$(STUDY)
+	$(PY) -m analysis.report $(RUNS)/$(STUDY)
+
+# Re-run a published study (or some trials / cells of it) on this machine into runs/<study>, each run
+# with its recorded overrides, then its report compared with results/<study>:
+#   make reproduce STUDY=default TRIALS=1      make reproduce STUDY=explain-edge TRIALS=1 CELLS=<cell>
+reproduce: setup
+	$(PY) -m repeatability.reproduce results/$(STUDY) $(if $(TRIALS),--trials $(TRIALS)) $(if $(CELLS),--cells $(CELLS))
 
 # Where does the variance come from? (one seed source at a time, then quantization x optimizer)
 variance-study: setup
 	$(PY) -m repeatability.run -m experiments=variance_sources
 	$(PY) -m repeatability.run -m experiments=variance_sources_crossed
-	$(PY) -m analysis.report results/variance-sources
+	$(PY) -m analysis.report $(RUNS)/variance-sources
 
 # Why did the paper's 8-bit arm blow up? Today's vs bitsandbytes 0.41.0's 8-bit state maps vs
 # 32-bit, in fp32 and in the paper's fp16 (7 paired trials per arm)
@@ -98,23 +107,24 @@ explain-study: setup
 	test -d results/$(PAPER_TABLES) || $(PY) -m analysis.import_table experiments/paper_tables_1_2.csv \
 	  --study $(PAPER_TABLES) --source "Alahmari et al. 2024, Tables 1-2 (experiments/paper_tables_1_2.csv)" \
 	  --citation "$(PAPER_CITATION)"
-	$(PY) -m analysis.report results/explain-8bit --compare results/$(PAPER_TABLES)
+	$(PY) -m analysis.report $(RUNS)/explain-8bit --compare results/$(PAPER_TABLES)
 
-# Where does 8-bit training tip over? A learning-rate grid x {today's maps, 0.41.0 maps, 32-bit} x
-# 3 paired trials, optimizer trace on (experiments/explain_edge.yaml: 3–5.5 h on the 2-core EPYC),
-# then one 1,000-step pair at LR 2e-4 (explain_edge_horizon.yaml: 55 min), then the report with
-# the learning-rate edge. The committed runs are skipped; re-running continues a stopped sweep.
 # Task scores at CPU scale: SmolLM2 x {quote topics (accuracy, macro-F1), chatterbot QA (exact match,
 # ROUGE)} x paged AdamW 8/32-bit x 5 paired trials, with zero-/few-shot baselines, then the report
 task-study: setup
 	$(PY) -m repeatability.run -m experiments=tasks_cpu_topics
 	$(PY) -m repeatability.run -m experiments=tasks_cpu_qa
-	$(PY) -m analysis.report results/tasks-cpu
+	$(PY) -m analysis.report $(RUNS)/tasks-cpu
 
+# Where does 8-bit training tip over? A learning-rate grid x {today's maps, 0.41.0 maps, 32-bit} x
+# 3 paired trials, optimizer trace on (experiments/explain_edge.yaml: 3–5.5 h on the 2-core EPYC),
+# then one 1,000-step pair at LR 2e-4 (explain_edge_horizon.yaml: 55 min), then the report with
+# the learning-rate edge, compared with the published results/explain-edge. Re-running the target
+# skips the finished runs in runs/explain-edge and continues a stopped sweep.
 explain-edge: setup
 	$(PY) -m repeatability.run -m experiments=explain_edge
 	$(PY) -m repeatability.run -m experiments=explain_edge_horizon
-	$(PY) -m analysis.report results/explain-edge
+	$(PY) -m analysis.report $(RUNS)/explain-edge
 
 # The paper's blow-up rate at its LR 2e-4: 7 paired trials x {0.41.0 maps, today's 8-bit} + 3 x 32-bit over
 # 1,000 steps, optimizer trace every 10th step (experiments/explain_horizon*.yaml: ~20 min per run, two runs
@@ -123,10 +133,10 @@ HORIZON_LAYOUT ?= hydra/launcher=local_parallel hydra.launcher.n_jobs=2
 explain-horizon: setup
 	$(PY) -m repeatability.run -m experiments=explain_horizon $(HORIZON_LAYOUT)
 	$(PY) -m repeatability.run -m experiments=explain_horizon_32bit $(HORIZON_LAYOUT)
-	$(PY) -m analysis.report results/explain-horizon
+	$(PY) -m analysis.report $(RUNS)/explain-horizon
 
 report: setup
-	$(PY) -m analysis.report results/$(STUDY)
+	$(PY) -m analysis.report $(RUNS)/$(STUDY)
 
 # CI's command: the fast, slow, browser and gpu tiers (gpu skips without CUDA) on 2 pytest-xdist workers, each
 # pinned to its own cores (tests/conftest.py), files kept whole per worker; then the slurm tier (a

@@ -10,7 +10,6 @@ import logging
 import os
 import sys
 import time
-import warnings
 
 import hydra
 from omegaconf import DictConfig
@@ -30,8 +29,7 @@ def _hydra_main(cfg: DictConfig) -> str:
 def main() -> None:
     """Preflight, then Hydra."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
-    # transformers 5 renamed gradient checkpointing; peft still calls the old name (harmless)
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    # library notices (and the harmless peft FutureWarning) are handled per job: sweep.run_one
     try:
         jobs = preflight.check_argv(sys.argv[1:])
     except ConfigError as exc:

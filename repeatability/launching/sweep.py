@@ -26,7 +26,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from repeatability.launching import claims, preemption
+from repeatability.launching import claims, notices, preemption
 from repeatability.records import artifacts, checkpoint_files, integrity
 from repeatability.records.config import RunConfig, to_run_config
 from repeatability.records.errors import ConfigError, RunDirError
@@ -39,11 +39,17 @@ _NEUTRAL_KEYS = ("results_dir", "cache_dir", "claim_heartbeat_s", "claim_stale_a
 BAD_STATUSES = ("failed", "invalid", "claim_lost")  # runs that fail the command
 
 
-def _ledger_path() -> Path | None:
+def _sweep_dir() -> Path | None:
+    """The sweep's folder (``_sweeps/<time>_<pid>``, one per command): ledger and notice markers."""
     try:
-        return Path(HydraConfig.get().runtime.output_dir).parent / LEDGER
+        return Path(HydraConfig.get().runtime.output_dir).parent
     except ValueError:  # not under Hydra (tests calling run_one directly)
         return None
+
+
+def _ledger_path() -> Path | None:
+    sweep_dir = _sweep_dir()
+    return sweep_dir / LEDGER if sweep_dir else None
 
 
 def append_ledger(entry: dict[str, Any], path: Path | None = None) -> None:
@@ -121,6 +127,7 @@ def run_one(cfg: DictConfig) -> str:
     running_elsewhere | claim_lost | invalid). A preempted SLURM job does not return: it leaves
     a checkpoint, a ``preempted`` ledger line, and is requeued (:mod:`repeatability.launching.preemption`)."""
     started = time.perf_counter()
+    notices.install(_sweep_dir())  # here, not in main: joblib workers are fresh processes
     preemption.install()  # inside a submitit SLURM job: checkpoint before requeueing
     try:
         return _run_claimed(cfg, started)

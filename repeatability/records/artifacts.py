@@ -1,8 +1,14 @@
 """The run-directory contract: the one module that knows file names, schema and atomic writes.
 
-Layout (``docs/run-directory.md`` documents every file and key)::
+Two roots (:data:`RUNS_ROOT`, :data:`PUBLISHED_ROOT`): a user's runs go to ``runs/<study>/`` (the
+config's ``results_dir``, ignored by git); published studies — run records and report committed
+so anyone can rebuild them — live in ``results/<study>/`` and nothing a user runs writes there
+(a study is published by running it with ``results_dir=results`` from a clean commit).
+:func:`published_reference` finds the published study a user's study is compared with.
 
-    results/<study>/
+Layout of a study (``docs/run-directory.md`` documents every file and key)::
+
+    runs/<study>/  or  results/<study>/
       <model>__<dataset>__<optim>[__<variant>]/trial-<NN>/   one run
         summary.json        status, seeds, optimizer requested/effective, metrics, timings ...
         loss_curve.csv      one row per logged step (train) and per validation evaluation (val)
@@ -118,6 +124,25 @@ def claim_file(run: Path) -> Path:
 def claims_lock_file(run: Path) -> Path:
     """``<cell>/.claims.lock``: the lock held while a claim of the cell is created, changed or removed."""
     return run.parent / CLAIMS_LOCK
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+RUNS_ROOT = "runs"  # the config's default results_dir: a user's runs (git ignores it)
+PUBLISHED_ROOT = "results"  # published studies, committed with their run records and report
+
+
+def published_study(name: str, root: Path = PROJECT_ROOT) -> Path:
+    """Where the published study ``name`` lives: ``<project>/results/<name>``."""
+    return root / PUBLISHED_ROOT / name
+
+
+def published_reference(study: Path, root: Path = PROJECT_ROOT) -> Path | None:
+    """The published study of the same name as ``study``, when there is one holding runs and it is
+    not ``study`` itself: what a user's study is compared with seed for seed (``make study``)."""
+    reference = published_study(study.resolve().name, root)
+    if not reference.is_dir() or reference.resolve() == study.resolve():
+        return None
+    return reference if any(True for _ in iter_run_dirs(reference)) else None
 
 
 def study_dir(results_dir: str | Path, study: str) -> Path:

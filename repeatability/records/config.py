@@ -220,7 +220,7 @@ class RunConfig:
     study: str = "default"
     trial: int = 1
     variant: str = ""  # extra cell label (experiments that vary something besides model/data/optim)
-    results_dir: str = "results"
+    results_dir: str = "runs"  # a user's runs; published studies live in results/ (artifacts.PUBLISHED_ROOT)
     cache_dir: str = "${oc.env:REPEATABILITY_CACHE,${oc.env:HOME}/.cache/repeatability}"
     device: str = "auto"  # auto | cpu | cuda
     # run claims (repeatability.launching.claims): how often a running launcher refreshes its claim's

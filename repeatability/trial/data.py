@@ -8,11 +8,16 @@ the same schema can stand in via ``dataset.hub_id=/path``).
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import importlib.util
+import io
+import json
 import logging
 import random
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,6 +174,11 @@ def _load_chatterbot(cfg: DatasetConfig) -> list[Example]:
     return pairs
 
 
+_LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+# datasets' builders log a parse error (to their own stderr handler and the root) before raising it
+_BUILDER_LOGGERS = ("datasets.packaged_modules.json.json", "datasets.packaged_modules.csv.csv")
+
+
 def _load_with_datasets(cfg: DatasetConfig) -> list[dict[str, Any]]:
     """``datasets.load_dataset`` for hub ids, local folders and JSONL/CSV/parquet files."""
     import datasets
@@ -181,18 +191,19 @@ def _load_with_datasets(cfg: DatasetConfig) -> list[dict[str, Any]]:
             path = Path(target)
             if not path.exists():
                 raise ConfigError(f"dataset {cfg.name}: file {path} does not exist; fix dataset.path")
-            builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(
-                path.suffix.lower()
-            )
+            builder = _LOCAL_BUILDERS.get(path.suffix.lower())
             if builder is None:
                 raise ConfigError(f"dataset {cfg.name}: {path.suffix} files are not read; use .jsonl, .csv or .parquet")
-            ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+            with _quiet_builder_errors():  # the parse error becomes this harness's one line
+                ds = datasets.load_dataset(builder, data_files=str(path), split="train")
         else:
             ds = datasets.load_dataset(target, split=cfg.hub_split)
         names = _class_label_names(ds)
     except ConfigError:
         raise
     except Exception as exc:  # hub unreachable, not cached, malformed file
+        if cfg.source == "local":
+            raise _malformed_local(cfg.name, Path(target), exc) from None
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
         raise ConfigError(
             f"dataset {cfg.name}: cannot load {target!r} ({reason}); run where the hub is reachable "
@@ -202,6 +213,98 @@ def _load_with_datasets(cfg: DatasetConfig) -> list[dict[str, Any]]:
     if names:
         rows = [{**r, **{c: _label_name(n, r[c]) for c, n in names.items()}} for r in rows]
     return rows
+
+
+class _DropLoadFailures(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to ")
+
+
+@contextmanager
+def _quiet_builder_errors() -> Iterator[None]:
+    """Drop datasets' "Failed to load/read file" records while a local file loads: the exception
+    that follows carries the same facts, and :func:`_malformed_local` says them in one line."""
+    drop = _DropLoadFailures()
+    loggers = [logging.getLogger(name) for name in _BUILDER_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(drop)
+
+
+def _malformed_local(name: str, path: Path, exc: Exception) -> ConfigError:
+    """One line for a local file datasets could not read: the line and what is wrong with it
+    when the file is JSON/JSONL/CSV (found by reading it here: datasets' messages count rows
+    from 0 or give byte positions), else datasets' own reason."""
+    try:
+        where = _json_problem(path) if path.suffix.lower() in (".jsonl", ".json") else (
+            _csv_problem(path) if path.suffix.lower() == ".csv" else None)
+    except OSError as read_error:
+        where = f"cannot be read ({read_error.strerror})"
+    if where:
+        return ConfigError(f"dataset {name}: {path} {where}; fix or remove that line in dataset.path")
+    cause = exc.__cause__ or exc.__context__ or exc  # datasets wraps the parser's error
+    reason = f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}"[:200]
+    return ConfigError(f"dataset {name}: cannot read {path} ({reason}); .jsonl needs one JSON object per line, "
+                       f".csv a header row, .parquet a table; fix dataset.path")
+
+
+def _decode(path: Path) -> str | tuple[int, str]:
+    """The file as UTF-8 text, or (line, problem) where it is not UTF-8."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return raw[: exc.start].count(b"\n") + 1, f"is not UTF-8 text (byte 0x{raw[exc.start]:02x})"
+
+
+def _json_problem(path: Path) -> str | None:
+    """``line N is not valid JSON (parser message, column C)`` for the first bad line, else None.
+
+    A ``.json`` file may be one JSON document or JSON Lines, as datasets' json builder reads both.
+    """
+    text = _decode(path)
+    if isinstance(text, tuple):
+        return f"line {text[0]} {text[1]}"
+    if path.suffix.lower() == ".json":
+        try:
+            json.loads(text)
+            return None
+        except json.JSONDecodeError as exc:
+            if exc.msg != "Extra data":  # "Extra data": a second document follows, i.e. JSON Lines
+                return f"line {exc.lineno} is not valid JSON ({exc.msg}, column {exc.colno})"
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return f"line {number} is not valid JSON ({exc.msg}, column {exc.colno})"
+        if not isinstance(value, dict):
+            return f"line {number} is a JSON {type(value).__name__}, not an object ({{\"text\": ...}})"
+    return None
+
+
+def _csv_problem(path: Path) -> str | None:
+    """The first CSV row with more fields than the header (quote fields with commas), else None.
+
+    Rows with fewer fields are read with empty values, as pandas (datasets' CSV parser) does."""
+    text = _decode(path)
+    if isinstance(text, tuple):
+        return f"line {text[0]} {text[1]}"
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader, [])
+        for row in reader:
+            if len(row) > len(header):
+                return (f"line {reader.line_num} has {len(row)} fields where the header has {len(header)} "
+                        f"(quote a field that holds a comma: \"a, b\")")
+    except csv.Error as exc:
+        return f"line {reader.line_num} is not valid CSV ({exc})"
+    return None
 
 
 def _class_label_names(ds: Any) -> dict[str, list[str]]:
