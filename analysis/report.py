@@ -1,7 +1,9 @@
 """``python -m analysis.report results/<study> [--compare results/<other>] [--margin 0.01]
 [--blowup-k 10] [--eval NAME]``: the study's report.
 
-``--compare`` (repeatable) adds a section with the other studies' cells next to this one's
+A study outside ``results/`` (a user's, e.g. ``runs/default``) whose name a published study
+``results/<name>`` shares is compared with it automatically, seed for seed (``--no-reference``:
+not); ``--compare`` (repeatable) adds a section with the other studies' cells next to this one's
 (e.g. the paper's Tables 1–2, imported with ``python -m analysis.import_table``); ``--margin``
 and ``--blowup-k`` set the equivalence margin and the blow-up factor
 (:class:`analysis.config.AnalysisConfig`); ``--eval NAME`` reports each run's evaluation record
@@ -41,6 +43,7 @@ from analysis.present import (
     sections_blowups,
     sections_edge,
     sections_runs,
+    sections_survival,
     sections_tasks,
     sections_variance,
 )
@@ -53,9 +56,11 @@ Section = Callable[[Doc, Results], sections.Tables]
 
 # The report's sections in order: each presents the study's Results and computes nothing. The
 # answer and its one figure come first; the learning-rate edge (present only when the study has
-# an LR axis) next; setup and environment last, as an appendix.
+# an LR axis) and the time to blow-up (only in a horizon study) next; setup and environment last,
+# as an appendix.
 SECTIONS: tuple[Section, ...] = (
-    sections_answer.answer, sections_edge.lr_edge, sections.verdicts, sections.perplexity, sections_tasks.tasks,
+    sections_answer.answer, sections_edge.lr_edge, sections_survival.survival,
+    sections.verdicts, sections.perplexity, sections_tasks.tasks,
     sections_variance.variance_sources, sections_variance.adapter_distance,
     sections.comparisons, sections_blowups.blowups_equivalence, sections_blowups.side_by_side,
     sections_variance.trials_needed, sections_runs.loss, sections_runs.generation,
@@ -136,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", action="append", default=[], metavar="STUDY",
                         help="another study directory whose cells are shown next to this "
                         "study's (e.g. the paper's imported tables); repeatable")
+    parser.add_argument("--no-reference", action="store_true",
+                        help="do not compare with the published study of the same name (results/<name>)")
     parser.add_argument("--margin", type=float, default=AnalysisConfig.margin,
                         help="equivalence margin, relative (default 0.01 = ±1%%)")
     parser.add_argument("--task-margin", type=float, default=AnalysisConfig.task_margin,
@@ -153,8 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         config = AnalysisConfig(margin=args.margin, blowup_k=args.blowup_k, task_margin=args.task_margin)
     except ValueError as exc:  # a setting out of range, e.g. --margin 0
         parser.exit(2, f"error: {exc}\n")
+    compare = list(args.compare)
+    reference = None if args.no_reference else artifacts.published_reference(Path(args.study))
+    if reference is not None and all(Path(c).resolve() != reference.resolve() for c in compare):
+        compare.insert(0, str(reference))
+        print(f"compared with the published study {reference}", file=sys.stderr)
     try:
-        path = write_report(args.study, args.out, config, args.compare, args.eval_name)
+        path = write_report(args.study, args.out, config, compare, args.eval_name)
     except StudyError as exc:
         parser.exit(2, f"error: {exc}\n")
     print(path)  # the one line of stdout: where the report is

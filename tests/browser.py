@@ -28,6 +28,9 @@ return {scroll_width: doc.scrollWidth, inner_width: window.innerWidth,
         inner_height: window.innerHeight,
         answer_top: answer ? answer.getBoundingClientRect().top + window.scrollY : null,
         answer_first_bottom: first ? first.getBoundingClientRect().bottom + window.scrollY : null,
+        headline: answer && answer.querySelector('p') ? answer.querySelector('p').textContent : null,
+        figure_top: answer && answer.querySelector('img') ?
+                    answer.querySelector('img').getBoundingClientRect().top + window.scrollY : null,
         images: document.images.length,
         broken_images: [...document.images].filter(i => !(i.complete && i.naturalWidth > 0))
                            .map(i => i.alt),
@@ -48,6 +51,8 @@ class Inspection:
     scroll_width_open: int  # with every <details> open
     answer_top: float | None
     answer_first_bottom: float | None
+    headline: str | None  # the Answer's first paragraph
+    figure_top: float | None  # top of the Answer's first image
     images: int
     broken_images: list[str]
     broken_links: list[str]
@@ -123,6 +128,7 @@ def inspect_report(page: Path, out_dir: Path) -> Inspection:
         scroll_width=seen["scroll_width"], inner_width=seen["inner_width"],
         inner_height=seen["inner_height"], scroll_width_open=opened["scroll_width"],
         answer_top=seen["answer_top"], answer_first_bottom=seen["answer_first_bottom"],
+        headline=seen["headline"], figure_top=seen["figure_top"],
         images=seen["images"], broken_images=seen["broken_images"],
         broken_links=_broken_links(page, seen["links"], ids), wide=opened["wide"],
         console_errors=errors, screenshots=[str(first), str(full)])

@@ -197,6 +197,40 @@ def test_the_answer_warns_when_runs_came_from_different_locks(tmp_path):
                                                    unlocked=0, unrecorded=0))
     doc = Doc("T")
     sections_answer.answer(doc, mixed)
-    assert doc.blocks[3] == ("para", "WARNING: the runs came from different locks: 7 run(s) from requirements/cpu.txt "
+    warnings = [b for b in doc.blocks if b[0] == "para" and str(b[1]).startswith("WARNING")]
+    assert warnings[0] == ("para", "WARNING: the runs came from different locks: 7 run(s) from requirements/cpu.txt "
                              "aaaa; 7 run(s) from requirements/cpu.txt bbbb (14 of 14 exactly locked). Differences "
                              "between them may be the software's, not the seeds'.")
+
+
+def test_the_answer_warns_when_runs_mix_commits_dirty_trees_or_fingerprints(tmp_path):
+    """Two commits, one run on a dirty tree, and one cell whose trials recorded two fingerprints:
+    the Answer names them; the appendix groups each cell's runs by fingerprint."""
+    from analysis.compute.results import compute
+    from analysis.present import sections_answer
+    from tests.analysis_fixtures import SMOL_8, SMOL_32, write_run
+
+    def numerics(hex_: str) -> dict:
+        return {"numerics": {"canary_loss": float.fromhex(hex_), "canary_loss_hex": hex_, "canary_sequences": 8,
+                             "canary_tokens": 100, "canary_ids_sha256": "0" * 64, "commit": None, "dirty": None}}
+
+    for trial in (1, 2):
+        write_run(tmp_path, "mix", SMOL_8, trial, ppl=30.0 + trial, env={"git": {"commit": "a" * 40, "dirty": trial == 2}},
+                  summary=numerics("0x1.9p+1"))
+        write_run(tmp_path, "mix", SMOL_32, trial, ppl=30.5 + trial, env={"git": {"commit": "b" * 40, "dirty": False}},
+                  summary=numerics("0x1.9p+1" if trial == 1 else "0x1.8p+1"))
+    r = compute(load_study(tmp_path / "mix"))
+    assert sections_answer.provenance_warning(r) == (
+        "WARNING: the runs mix 2 commits (aaaaaaaaa: 2, bbbbbbbbb: 2 runs); 1 run(s) started on a dirty tree "
+        "(`8-bit` t2); cells whose numerics fingerprints differ between trials: `32-bit` (2 fingerprints). The same "
+        "seeds may give other numbers under another commit or an edited tree: compare runs within one commit and "
+        "fingerprint (appendix).")
+    _, tables = report_tables(tmp_path / "mix")
+    assert tables["fingerprints"][0]["runs"].tolist() == [1, 1, 2]
+
+
+def report_tables(study):
+    from analysis import report
+    from analysis.load import load_study as load
+
+    return report.build(load(study))

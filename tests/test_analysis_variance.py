@@ -92,9 +92,13 @@ def test_decompose_the_synthetic_study(vs_study):
         {variance.BASELINE: 0.0, "lora_init": 0.1, "data_order": 0.05, "dropout": 0.02})
     total = 0.01 + 0.0025 + 0.0004
     assert log_ppl.loc["lora_init", "share"] == pytest.approx(0.01 / total)
-    # 3 trials (−.1, 0, .1): a resample's std is at most 0.1155 and is 0 for 3/27 resamples
+    # 3 trials, s = 0.1: the χ² interval on 2 df, sqrt(2 s² / χ²(0.975; 2) = 7.3778) to sqrt(2 s² / 0.050636)
     assert (log_ppl.loc["lora_init", "std_ci_low"], log_ppl.loc["lora_init", "std_ci_high"]) \
-        == pytest.approx((0.0, 0.2 / math.sqrt(3)))
+        == pytest.approx((math.sqrt(0.02 / 7.377759), math.sqrt(0.02 / 0.0506356)), rel=1e-5)
+    # lora_init against the next largest (data_order): F = 0.01 / 0.0025 = 4 on (2, 2) df, p = 1 / (1 + F)
+    assert log_ppl.loc["lora_init", ["f_vs_next", "f_p"]].tolist() == pytest.approx([4.0, 0.2])
+    assert log_ppl.loc["data_order", "f_vs_next"] == pytest.approx(0.0025 / 0.0004)
+    assert math.isnan(log_ppl.loc["dropout", "f_vs_next"]) and math.isnan(log_ppl.loc[variance.BASELINE, "f_p"])
     loss = table[table["metric"] == "final train loss"].set_index("source")
     assert loss["variance"].to_dict() == pytest.approx(
         {variance.BASELINE: 0.0, "lora_init": 0.01, "data_order": 0.03, "dropout": 0.0003})
@@ -109,8 +113,9 @@ def test_decompose_the_synthetic_study(vs_study):
 def test_answer_names_the_source_in_numbers(vs_study):
     table = variance.decompose(vs_study.runs, None, n_resamples=999)
     (text,) = prose.variance_answer(table, where="on cpu")
-    assert text.startswith("`smollm2-135m__quotes__paged_adamw_8bit` on cpu: `lora_init` moves "
-                           "perplexity most: std of log perplexity 0.1 (95% CI 0–0.115), i.e. "
+    assert text.startswith("`smollm2-135m__quotes__paged_adamw_8bit` on cpu: `lora_init` has the largest "
+                           "std (not significantly more than `data_order`: variance ratio F = 4 on (2, 2) df, "
+                           "one-sided p = 0.2): std of log perplexity 0.1 (95% CI 0.0521–0.628), i.e. "
                            "perplexity varies by a factor of about 1.105 between trials; 78% of "
                            "the variance")
     assert "Then `data_order` std 0.05 (19%), `dropout` std 0.02 (3%)." in text

@@ -40,7 +40,8 @@ def test_where_does_the_variance_come_from_answers_in_numbers(vs_report):
     out, text = vs_report
     section = text.split("## Where does the variance come from?")[1].split("## Adapter")[0]
     assert ("- `smollm2-135m__quotes__paged_adamw_8bit` on this machine (cpu / AMD EPYC): "
-            "`lora_init` moves perplexity most: std of log perplexity 0.1 (95% CI 0–0.115), i.e. "
+            "`lora_init` has the largest std (not significantly more than `data_order`: variance ratio "
+            "F = 4 on (2, 2) df, one-sided p = 0.2): std of log perplexity 0.1 (95% CI 0.0521–0.628), i.e. "
             "perplexity varies by a factor of about 1.105 between trials; 78% of the variance"
             ) in section
     assert "Then `data_order` std 0.05 (19%), `dropout` std 0.02 (3%)." in section

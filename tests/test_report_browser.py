@@ -2,7 +2,8 @@
 
 On fixture studies (the paper's 8 cells, every kind of run, the default study's shape, task scores) and on
 every committed report: no sideways scroll (also with the appendix and every collapsed table
-open), the Answer block in the first viewport, every image loaded, every internal link
+open), the Answer block in the first viewport, a headline of at most three sentences, the Answer's
+figure starting on the first screen, every image loaded, every internal link
 resolving, no console error. Screenshots are kept under pytest's tmp dir.
 """
 
@@ -15,6 +16,7 @@ from analysis_fixtures import write_default_like_study, write_mixed_study, write
 from browser import available, inspect_report
 
 from analysis import report
+from analysis.present.headline import MAX_SENTENCES, count_sentences
 
 pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +43,10 @@ def _check(page: Path, shots: Path) -> None:
     assert seen.answer_top is not None, "no Answer block (id=answer)"
     assert seen.answer_first_bottom is not None and seen.answer_first_bottom <= seen.inner_height, \
         f"the answer's first lines end at {seen.answer_first_bottom} px, below the first screen"
+    assert seen.headline and 1 <= count_sentences(seen.headline) <= MAX_SENTENCES, \
+        f"the headline is not 1-{MAX_SENTENCES} sentences: {seen.headline!r}"
+    assert seen.figure_top is not None and seen.figure_top < seen.inner_height, \
+        f"the Answer's figure starts at {seen.figure_top} px, below the first screen ({seen.inner_height} px)"
     assert seen.images and not seen.broken_images, seen.broken_images
     assert not seen.broken_links, seen.broken_links
     assert not seen.console_errors, seen.console_errors

@@ -24,6 +24,7 @@ from repeatability.records.summary import COLUMNS as S
 
 PAIR_COLUMNS = ("other", "cell", "trial", "perplexity", "perplexity_other", "rel_diff", "adapter_equal",
                 "curves_part_step", "curves_max_abs_diff")
+MACHINE_COLUMNS = ("study", "runs", "cpu", "torch_threads", "lock_sha256", "commits", "dirty_runs")
 CELL_COLUMNS = ("other", "cell", "n_pairs", "max_abs_rel_diff", "median_abs_rel_diff", "adapters_equal",
                 "first_part_step", "seed_spread", "arm_effect")
 
@@ -89,3 +90,24 @@ def cell_summary(pairs: pd.DataFrame, spread: pd.Series, effect: pd.Series) -> p
                      "first_part_step": group["curves_part_step"].min(),
                      "seed_spread": spread.get(cell, math.nan) - 1, "arm_effect": effect.get(cell, math.nan)})
     return pd.DataFrame(rows, columns=list(CELL_COLUMNS))
+
+
+def _distinct(values: pd.Series, width: int | None = None) -> str:
+    """The distinct recorded values, comma-separated (shortened to ``width``), or ``–``."""
+    seen = [str(v)[:width] if width else str(v) for v in pd.unique(values.dropna())]
+    return ", ".join(sorted(seen)) if seen else "–"
+
+
+def machines(studies: list[Study]) -> pd.DataFrame:
+    """Per study, where its finished runs ran: CPU (or GPU) model, torch threads, the lock's SHA-256
+    (first 12), the project commits (first 9) and how many runs started on a dirty tree."""
+    rows = []
+    for study in studies:
+        runs = study.runs[study.runs["status"].isin(FINISHED)]
+        dirty = column(runs, "environment.git.dirty")
+        rows.append({"study": study.name, "runs": len(runs), "cpu": _distinct(column(runs, S.device.name)),
+                     "torch_threads": _distinct(column(runs, S.determinism.torch_num_threads)),
+                     "lock_sha256": _distinct(column(runs, S.lock.sha256), 12),
+                     "commits": _distinct(column(runs, "environment.git.commit"), 9),
+                     "dirty_runs": int(dirty.fillna(False).astype(bool).sum())})
+    return pd.DataFrame(rows, columns=list(MACHINE_COLUMNS))

@@ -37,7 +37,9 @@ from analysis.compute import (
     variance,
     verdict,
 )
+from analysis.compute import provenance
 from analysis.compute.lr_edge import EdgeResults, compute_edge
+from analysis.compute.survival import SurvivalResults, compute_survival
 from analysis.config import AnalysisConfig
 from analysis.load import FINISHED, Study, column
 from repeatability.records import metrics as registry
@@ -104,13 +106,18 @@ class Results:
         blowup_references, blowup_rates: :mod:`analysis.compute.blowups` per (model, dataset) and cell.
         lr_edge: :func:`analysis.compute.lr_edge.compute_edge` (blow-ups, edge, LR sensitivity and
             update inflation per arm and learning rate); ``None`` without an LR axis.
+        survival: :func:`analysis.compute.survival.compute_survival` (time to blow-up per run, Kaplan–Meier
+            per arm, log-rank, update inflation per step); ``None`` unless a horizon study.
         equivalence: :func:`analysis.compute.equivalence.comparisons` (empty without a finished run).
         compare_cells: :func:`analysis.compute.blowups.study_cells` of this study and of ``others``
             (empty without others).
         compare_pooled: :func:`analysis.compute.blowups.pooled_counts` of ``compare_cells``.
         cross_trials, cross_cells: the same trials with the same seeds in this study and in
             ``others`` (:func:`analysis.compute.reproducibility.trial_pairs`, ``cell_summary``); empty
-            without others or without such trials.
+            without others or without such trials; cross_machines: where this study and each such
+            other ran (:func:`analysis.compute.reproducibility.machines`).
+        provenance: each run's commit, dirty flag and numerics fingerprint
+            (:func:`analysis.compute.provenance.runs_table`).
         task_spreads, task_baselines, task_comparisons: :mod:`analysis.compute.task_scores` (empty
             frames when no run recorded a task score).
         trials_needed: :func:`analysis.compute.power.trials_needed`.
@@ -155,11 +162,14 @@ class Results:
     blowup_references: pd.DataFrame
     blowup_rates: pd.DataFrame
     lr_edge: EdgeResults | None
+    survival: SurvivalResults | None
     equivalence: pd.DataFrame
     compare_cells: pd.DataFrame
     compare_pooled: pd.DataFrame
     cross_trials: pd.DataFrame
     cross_cells: pd.DataFrame
+    cross_machines: pd.DataFrame
+    provenance: pd.DataFrame
     task_spreads: pd.DataFrame
     task_baselines: pd.DataFrame
     task_comparisons: pd.DataFrame
@@ -197,6 +207,7 @@ def compute(study: Study, config: AnalysisConfig | None = None,
                    seed_matched=matched, comparisons=stats.compare_all(runs),
                    ofat=variance.decompose(runs, pairs), anova=anova.crossed_anova(runs),
                    trials_needed=power.trials_needed(runs), lr_edge=compute_edge(study, config),
+                   survival=compute_survival(study, config),
                    task_spreads=task_scores.spreads(runs), task_baselines=task_scores.baselines(runs),
                    task_comparisons=task_scores.compare(runs, config),
                    **cells, **_perplexity(runs), **_adapters(study, pairs, matched),
@@ -210,7 +221,7 @@ def _cells(study: Study, within: pd.DataFrame) -> dict[str, Any]:
     runs = study.runs
     return {"status_counts": runs["status"].value_counts().to_dict(),
             "environment_differences": verdict.environment_differences(runs),
-            "lock": verdict.lock_status(runs),
+            "lock": verdict.lock_status(runs), "provenance": provenance.runs_table(runs),
             "verdicts": verdict.cell_verdicts(runs, study.generations),
             "bitwise": verdict.bitwise_verdicts(runs, study.curves, study.generations, within)}
 
@@ -266,8 +277,11 @@ def _cross(study: Study, others: Sequence[Study], cell_verdicts: pd.DataFrame,
         if others else pd.DataFrame(columns=list(reproducibility.PAIR_COLUMNS))
     spread = cell_verdicts.set_index("cell")["ppl_spread"]
     effect = {cell: abs(row["ratio_gmean"] - 1) for _, row in pairs.iterrows() for cell in (row["x"], row["y"])}
+    paired = [s for s in others if s.name in set(cross["other"])]
     return {"cross_trials": cross,
-            "cross_cells": reproducibility.cell_summary(cross, spread, pd.Series(effect, dtype=float))}
+            "cross_cells": reproducibility.cell_summary(cross, spread, pd.Series(effect, dtype=float)),
+            "cross_machines": reproducibility.machines([study, *paired]) if paired
+            else pd.DataFrame(columns=list(reproducibility.MACHINE_COLUMNS))}
 
 
 def _loss(study: Study, within: pd.DataFrame,

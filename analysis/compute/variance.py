@@ -11,9 +11,13 @@ rules fall back to the seed values that differ. Under the additive model
 - the baseline cell's variance is the *floor* (hardware/kernel non-determinism; 0 on CPU);
 - the ``component`` of a source = max(its cell's variance − floor, 0); the floor is a component
   of its own; ``share`` = component / sum of components;
-- 95% CIs: percentile bootstrap (``scipy.stats.bootstrap``) resampling each cell's trials
-  independently, so a share's CI carries every cell's sampling error. With 3 trials per cell a
-  resample has 10 distinct values: read the CI as a rough range.
+- 95% CIs: a std's is the χ² interval of a normal sample's standard deviation (n−1 df), the one
+  every report uses for a spread; a share's is a percentile bootstrap (``scipy.stats.bootstrap``)
+  resampling each cell's trials independently, so it carries every cell's sampling error (with 3
+  trials per cell a resample has 10 distinct values: read it as a rough range). The adapter ΔW's
+  std (a trace over many correlated elements, not one normal variable) keeps the bootstrap interval.
+- "moves it most": each source's variance against the next largest one's, an F test (variance
+  ratio on (n₁−1, n₂−1) df, one-sided ``f_p``); the words claim "most" only when it is below α.
 
 ``y`` is log perplexity (its std is the geometric std's log: perplexity varies by a factor
 exp(std) between trials), perplexity, final losses, and the adapter update ΔW, whose
@@ -49,7 +53,7 @@ WEIGHTS = "adapter ΔW (relative)"
 _BATCH_ELEMENTS = 4_000_000  # resampled D² elements held at once by the bootstrap
 TABLE_COLUMNS = ("metric", "group", "source", "cell", "n", "mean", "variance", "std",
                  "std_ci_low", "std_ci_high", "component", "share", "share_ci_low",
-                 "share_ci_high")
+                 "share_ci_high", "f_vs_next", "f_p")
 
 
 def ofat_design(runs: pd.DataFrame) -> pd.DataFrame:
@@ -126,13 +130,37 @@ def _bootstrap(d2s: list[np.ndarray], floor: int | None, confidence: float, n_re
     return ci[:, :k], ci[:, k:]
 
 
+def chi2_std_interval(variance: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The χ² interval of a standard deviation from a sample variance of ``n`` values (n−1 df)."""
+    df = n - 1
+    if df < 1 or not math.isfinite(variance):
+        return math.nan, math.nan
+    alpha = 1 - confidence
+    return (math.sqrt(df * variance / sps.chi2.ppf(1 - alpha / 2, df)),
+            math.sqrt(df * variance / sps.chi2.ppf(alpha / 2, df)))
+
+
+def f_vs_next(table: pd.DataFrame, baseline: str | None = BASELINE) -> pd.DataFrame:
+    """Each varied source's variance / the next largest varied source's, with the one-sided p of
+    that F on (n−1, n_next−1) df (``scipy.stats.f``); NaN for the smallest and for the floor."""
+    out = table.assign(f_vs_next=math.nan, f_p=math.nan)
+    varied = out[(out["source"] != baseline) & out["variance"].notna()].sort_values("variance", ascending=False)
+    for (i, row), (_, nxt) in zip(varied.iloc[:-1].iterrows(), varied.iloc[1:].iterrows()):
+        if nxt["variance"] > 0:
+            f = row["variance"] / nxt["variance"]
+            out.loc[i, ["f_vs_next", "f_p"]] = f, float(sps.f.sf(f, row["n"] - 1, nxt["n"] - 1))
+    return out
+
+
 def components(d2s: Mapping[str, np.ndarray], baseline: str | None = BASELINE,
-               confidence: float = 0.95, n_resamples: int = 9999, seed: int = 0) -> pd.DataFrame:
+               confidence: float = 0.95, n_resamples: int = 9999, seed: int = 0,
+               chi2_std: bool = True) -> pd.DataFrame:
     """One row per source: ``n``, ``variance``, ``std`` (+ CI), ``component``, ``share`` (+ CI).
 
     ``d2s`` maps a source to its cell's pairwise squared distances (:func:`scalar_d2` for a
     scalar); ``baseline`` names the floor's entry (absent → no floor is subtracted). Sources
-    with fewer than 2 trials get NaN and take no share.
+    with fewer than 2 trials get NaN and take no share. ``chi2_std``: the std's CI is the χ²
+    interval (scalars); otherwise the bootstrap's (the adapter ΔW).
     """
     usable = [s for s, d in d2s.items() if len(d) >= 2]
     floor = usable.index(baseline) if baseline in usable else None
@@ -148,12 +176,13 @@ def components(d2s: Mapping[str, np.ndarray], baseline: str | None = BASELINE,
         row = {"source": source, "n": len(d2)} | dict.fromkeys(TABLE_COLUMNS[6:], math.nan)
         if source in usable:
             k = usable.index(source)
+            low, high = chi2_std_interval(float(var[k]), len(d2), confidence) if chi2_std else std_ci[:, k]
             row |= {"variance": float(var[k]), "std": math.sqrt(var[k]),
-                    "std_ci_low": float(std_ci[0, k]), "std_ci_high": float(std_ci[1, k]),
+                    "std_ci_low": float(low), "std_ci_high": float(high),
                     "component": float(comps[k]), "share": float(shares[k]),
                     "share_ci_low": float(share_ci[0, k]), "share_ci_high": float(share_ci[1, k])}
         rows.append(row)
-    return pd.DataFrame(rows)
+    return f_vs_next(pd.DataFrame(rows), baseline)
 
 
 def _metric_d2s(runs: pd.DataFrame, design: pd.DataFrame, metric: str,
@@ -197,7 +226,7 @@ def decompose(runs: pd.DataFrame, pairs: pd.DataFrame | None = None, seed: int =
         for label, d2s, means in todo:
             if not d2s:
                 continue
-            table = components(d2s, BASELINE, n_resamples=n_resamples, seed=seed)
+            table = components(d2s, BASELINE, n_resamples=n_resamples, seed=seed, chi2_std=label != WEIGHTS)
             cell_of = dict(zip(cells["source"], cells["cell"]))
             frames.append(table.assign(metric=label, group=group,
                                        cell=table["source"].map(cell_of),

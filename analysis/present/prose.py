@@ -169,6 +169,17 @@ def _floor_text(rows: pd.DataFrame) -> str:
             f"({_pct(f['share'])} of the variance): non-determinism left when no seed changes.")
 
 
+def _most_test(top: pd.Series, varied: pd.DataFrame, alpha: float = ALPHA) -> str:
+    """`` (significantly more than `lora_init`: F = 7.5 on (2, 2) df, one-sided p = 0.01)`` or
+    `` (not significantly more than `lora_init`: ... p = 0.12)``; empty without a second source."""
+    if len(varied) < 2 or pd.isna(top.get("f_vs_next")):
+        return ""
+    nxt = varied.iloc[1]
+    word = "significantly" if top["f_p"] < alpha else "not significantly"
+    return (f" ({word} more than `{nxt['source']}`: variance ratio F = {top['f_vs_next']:.3g} on "
+            f"({int(top['n']) - 1}, {int(nxt['n']) - 1}) df, one-sided p = {p_text(top['f_p'])})")
+
+
 def variance_answer(table: pd.DataFrame, metric: str = "log perplexity",
                     where: str = "") -> list[str]:
     """One paragraph per group of :func:`analysis.compute.variance.decompose`'s table: which source
@@ -187,7 +198,9 @@ def variance_answer(table: pd.DataFrame, metric: str = "log perplexity",
                        + _floor_text(rows))
             continue
         top = varied.iloc[0]
-        text = (f"`{group}`{place}: `{top['source']}` moves perplexity most: std of {metric} "
+        test = _most_test(top, varied)
+        most = "moves perplexity most" if test.startswith("significantly") else "has the largest std"
+        text = (f"`{group}`{place}: `{top['source']}` {most}{test}: std of {metric} "
                 f"{top['std']:.3g} (95% CI {top['std_ci_low']:.3g}–{top['std_ci_high']:.3g}), "
                 f"i.e. perplexity varies by a factor of about {math.exp(top['std']):.4g} between "
                 f"trials; {_pct(top['share'])} of the variance (95% CI "

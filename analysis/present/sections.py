@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from analysis.compute import stats, tables, verdict
+from analysis.compute import provenance, stats, tables, verdict
 from analysis.compute.results import SECOND_METRIC, Results
 from analysis.load import FINISHED, column, is_imported
 from analysis.present import plots, prose
@@ -128,7 +128,20 @@ def overview(doc: Doc, r: Results) -> Tables:
     labels = short_labels(plots.cell_order(runs))  # in the arms' order, fewer optimizer bits first
     setup = setup_table(runs)
     doc.table(setup[list(labels)].rename(columns=labels), "Setup per cell")
-    return {"setup": (setup, "Setup per cell")} | _environment(doc, runs, r.environment_differences, labels)
+    return ({"setup": (setup, "Setup per cell")} | _fingerprints(doc, r)
+            | _environment(doc, runs, r.environment_differences, labels))
+
+
+def _fingerprints(doc: Doc, r: Results) -> Tables:
+    """Each cell's runs grouped by numerics fingerprint, with their commits and dirty count."""
+    table = provenance.by_fingerprint(r.provenance)
+    if table.empty:
+        return {}
+    caption = ("Numerics fingerprint per cell: the base model's loss on a fixed canary batch before the first "
+               "update (`numerics.canary_loss_hex`; equal in every trial of a cell run by the same code and "
+               "kernels), with the runs' commits and how many started on a dirty tree")
+    doc.table(table.set_index(["cell", "fingerprint"]), caption)
+    return {"fingerprints": (table, caption)}
 
 
 def _environment(doc: Doc, runs: pd.DataFrame, diffs: pd.DataFrame, labels: dict[str, str]) -> Tables:

@@ -1,5 +1,5 @@
-"""The report's first section: the study's answer in a few lines per comparison, then one
-figure. Every word is written from :class:`~analysis.compute.results.Results` (nothing hand-written):
+"""The report's first section: the headline (:mod:`analysis.present.headline`: at most three
+sentences), its one figure, then the answer in a few lines per comparison. Every word is written from :class:`~analysis.compute.results.Results` (nothing hand-written):
 the arms and n, the verdict with its p, the geometric-mean perplexity ratio with its CI, the
 spread between identical trials, blow-ups with exact CIs, and bitwise identity; for a study with
 a learning-rate axis, the edge's answer and its figure; with ``--compare``, the other studies'
@@ -13,29 +13,20 @@ import math
 
 import pandas as pd
 
+from analysis.compute import provenance
 from analysis.compute.equivalence import margin_text
 from analysis.compute.results import Results
 from analysis.compute.stats import PRIMARY_METRIC
 from analysis.compute.tables import format_number
 from analysis.config import AnalysisConfig
 from analysis.present import labels as L
-from analysis.present import plots, plots_edge, prose, prose_edge, sections_tasks, sections_variance
+from analysis.present import (headline, plots, plots_edge, prose, prose_edge, sections_survival, sections_tasks,
+                              sections_variance)
 from analysis.present.document import Doc
 from analysis.present.sections import Tables
 from analysis.present.sections_edge import GPU_TEST
 
 MAX_LINES = 6  # comparisons spelled out in the answer; the rest are in "Arm comparisons"
-
-
-def verdict_words(row: pd.Series, config: AnalysisConfig) -> str:
-    """``equivalent within ±1% (TOST p = 0.003)`` / ``different (paired t-test p = 2e-04)`` /
-    ``inconclusive (TOST p = 0.2, paired t-test p = 0.4)``: what the pair's tests earned."""
-    if row["tost_p"] < config.alpha:
-        return f"equivalent within {margin_text(config)} (TOST p = {prose.p_text(row['tost_p'])})"
-    if row["diff_p"] < config.alpha:
-        return f"different ({row['diff_test']} p = {prose.p_text(row['diff_p'])})"
-    return (f"inconclusive at α = {config.alpha:g} (TOST p = {prose.p_text(row['tost_p'])} for "
-            f"{margin_text(config)}, {row['diff_test']} p = {prose.p_text(row['diff_p'])})")
 
 
 def ratio_decimals(low: float, high: float) -> int:
@@ -75,7 +66,7 @@ def comparison_line(r: Results, row: pd.Series, labels: dict[str, str]) -> str:
     x, y = row["x"], row["y"]
     fx, fy = cell_facts(r, x), cell_facts(r, y)
     n = f"{row['n_x']} paired trials" if row["design"] == "paired" else f"{row['n_x']} + {row['n_y']} trials"
-    return (f"`{labels[x]}` vs `{labels[y]}`, {n}: {verdict_words(row, r.config)}; "
+    return (f"`{labels[x]}` vs `{labels[y]}`, {n}: {headline.verdict_words(row, r.config)}; "
             f"{_ratio(row, r.config.alpha)} (first / second). Spread between identical "
             f"trials (max/min perplexity): {fx['spread']} vs {fy['spread']}. Blow-ups: "
             f"{fx['blowups']} vs {fy['blowups']}. Adapters bitwise identical across trials: "
@@ -152,29 +143,71 @@ def _with_others(r: Results) -> pd.DataFrame:
 def _edge_answer(doc: Doc, r: Results) -> None:
     e = r.lr_edge
     names = prose_edge.arm_labels(e.rates)
-    doc.bullets(prose_edge.answer_lines(e, names, r.config.alpha) + [GPU_TEST])
     doc.figure("answer", plots_edge.perplexity_vs_lr(e.outcomes, e.rates, e.edges, names, r.config.blowup_k),
                "Held-out perplexity against the learning rate, one dot per finished run (log scales); "
                f"dashed: the base model, dotted: blow-up at {format_number(r.config.blowup_k)} × base; "
                "vertical: each arm's edge")
+    _details(doc, r)
+    doc.bullets(prose_edge.answer_lines(e, names, r.config.alpha) + [GPU_TEST])
+
+
+def _details(doc: Doc, r: Results) -> None:
+    """What the numbers below the figure are: runs, the perplexity definition, a lock warning."""
+    runs = r.study.runs
+    doc.para(f"{len(runs)} runs in {runs['cell'].nunique()} cells; " + ", ".join(
+        f"{k} {v}" for k, v in sorted(r.status_counts.items())) + ". "
+        f"Perplexity here: {plots.metric_label(PRIMARY_METRIC)}, exp(total NLL / target tokens) "
+        f"over the held-out split (`{PRIMARY_METRIC}`); what each arm really ran (optimizer state, "
+        "device, dtype) is under *Held-out perplexity*, setup in the appendix.")
+    lock = prose.lock_line(r.lock)
+    if lock and lock.startswith("WARNING"):  # runs from different locks or unlocked
+        doc.para(lock)
+    mixed = provenance_warning(r)
+    if mixed:
+        doc.para(mixed)
+
+
+def provenance_warning(r: Results) -> str | None:
+    """A study whose runs mix commits, dirty trees or numerics fingerprints, said with the runs named."""
+    mix = provenance.mix(r.provenance)
+    if not mix.mixed:
+        return None
+    labels = L.short_labels(list(plots.cell_order(r.study.runs)))
+    parts = []
+    if len(mix.commits) > 1:
+        parts.append(f"{len(mix.commits)} commits (" + ", ".join(f"{c}: {n}" for c, n in mix.commits.items())
+                     + " runs)")
+    if mix.dirty:
+        named = ", ".join(f"`{labels.get(c, c)}` t{t}" for c, t in mix.dirty)
+        parts.append(f"{len(mix.dirty)} run(s) started on a dirty tree ({named})")
+    if mix.split_cells:
+        parts.append("cells whose numerics fingerprints differ between trials: " + ", ".join(
+            f"`{labels.get(c, c)}` ({n} fingerprints)" for c, n in mix.split_cells.items()))
+    return ("WARNING: the runs mix " + "; ".join(parts) + ". The same seeds may give other numbers under another "
+            "commit or an edited tree: compare runs within one commit and fingerprint (appendix).")
 
 
 def answer(doc: Doc, r: Results) -> Tables:
-    """The Answer block and its one figure."""
+    """The Answer: the headline (at most three sentences), its one figure, then the details."""
     doc.heading("Answer")
-    runs = r.study.runs
-    doc.para(f"{len(runs)} runs in {runs['cell'].nunique()} cells; " + ", ".join(
-        f"{k} {v}" for k, v in sorted(r.status_counts.items())) + ".")
-    doc.para(f"Perplexity in this answer: {plots.metric_label(PRIMARY_METRIC)}, exp(total NLL / target tokens) "
-             f"over the held-out split (`{PRIMARY_METRIC}`); what each arm really ran (optimizer state, "
-             "device, dtype) is under *Held-out perplexity*, setup in the appendix.")
-    lock = prose.lock_line(r.lock)
-    if lock and lock.startswith("WARNING"):  # runs from different locks or unlocked: said before any number
-        doc.para(lock)
-    if r.lr_edge is not None and not r.lr_edge.rates.empty:
+    said = headline.headline(r)
+    if said:
+        doc.para(said)
+    if r.survival is None and r.lr_edge is not None and not r.lr_edge.rates.empty:
         _edge_answer(doc, r)
         return {}
+    runs = r.study.runs
     labels = answer_labels(r)
+    if r.survival is not None:  # a horizon study: the Kaplan–Meier curves answer it
+        doc.figure("answer", sections_survival.answer_figure(r),
+                   "Share of runs not yet blown up against the optimizer step, per arm (Kaplan–Meier, with "
+                   "its confidence band); details under *Time to blow-up*")
+    else:
+        doc.figure("answer", plots.metric_by_cell(_with_others(r), PRIMARY_METRIC, labels=labels),
+                   f"{plots.metric_label(PRIMARY_METRIC)} per trial, by arm"
+                   + (" (the compared studies beside)" if r.others else "")
+                   + "; bar: median; grey lines join a trial's seed-matched arms")
+    _details(doc, r)
     rows = list(r.equivalence.iterrows())
     lines = [comparison_line(r, row, labels) for _, row in rows[:MAX_LINES]]
     if len(rows) > MAX_LINES:
@@ -185,11 +218,6 @@ def answer(doc: Doc, r: Results) -> Tables:
     if not r.ofat.empty:  # a study of the seed sources: which one moves the result, first
         lines = prose.variance_answer(r.ofat, where=sections_variance.where(runs)) + lines
     doc.bullets(lines + compare_lines(r) + reproducibility_lines(r, labels))
-    both = _with_others(r)
-    doc.figure("answer", plots.metric_by_cell(both, PRIMARY_METRIC, labels=labels),
-               f"{plots.metric_label(PRIMARY_METRIC)} per trial, by arm"
-               + (" (the compared studies beside)" if r.others else "")
-               + "; bar: median; grey lines join a trial's seed-matched arms")
     legend = L.legend(labels)
     doc.table(legend.set_index("label"), "Arm labels used in this report and the cells they stand for")
     return {"arm_labels": (legend, "Arm labels and cells")}

@@ -144,5 +144,8 @@ def _reproducibility(doc: Doc, r: Results) -> Tables:
     doc.table(r.cross_cells.set_index(["other", "cell"]), caption)
     trials_caption = "Same trials, same seeds, per trial"
     doc.table(r.cross_trials.set_index(["other", "cell", "trial"]), trials_caption)
+    machines_caption = "Where each study ran: CPU, torch threads, lock, commits (first digits), runs on a dirty tree"
+    doc.table(r.cross_machines.set_index("study"), machines_caption)
     return {"reproducibility_cells": (r.cross_cells, caption),
-            "reproducibility_trials": (r.cross_trials, trials_caption)}
+            "reproducibility_trials": (r.cross_trials, trials_caption),
+            "reproducibility_machines": (r.cross_machines, machines_caption)}

@@ -26,7 +26,7 @@ Layout of a study (``docs/run-directory.md`` documents every file and key)::
       <model>__<dataset>__<optim>[__<variant>]/.claims.lock       locked while a claim there changes
       _splits/<sha>.jsonl   the held-out examples as scored (template applied), by split hash
       _base/<key>.json      base-model perplexity, computed once per (model, dataset, split, eval)
-      _sweeps/<time>_<pid>/ Hydra's own logs and the sweep ledger (never a run directory)
+      _sweeps/<time>_<pid>/ Hydra's own logs, the sweep ledger and .notices/ (never a run directory)
       _mlflow/ _wandb/      tracking=mlflow's local file store, tracking=wandb's offline runs
       _report/              the generated variance report (analysis.report)
 
