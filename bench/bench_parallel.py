@@ -1,12 +1,16 @@
 """Parallel trials vs sequential on the same machine (a benchmark, never a timed test).
 
-    .venv/bin/python bench/bench_parallel.py [--trials 4] [--steps 10] [--out DIR]
+    .venv/bin/python bench/bench_parallel.py [--trials 4] [--steps 10] [--out DIR] [-- OVERRIDE ...]
 
 Runs the same short SmolLM2 trials twice through the real command line: once with Hydra's
 basic launcher (one after another, one process, every core's threads) and once with
 ``hydra/launcher=local_parallel hydra.launcher.n_jobs=2`` (two worker processes, each given
 cores // 2 torch threads by the thread budget). Prints both wall times and their ratio as one
-JSON line, and checks that both sweeps produced the same adapters (same seeds, same bits).
+JSON line with each layout's runs per hour, and checks whether both sweeps produced the same adapters
+(same seeds; 1 vs 2 threads may move the bits, as it does in the explain-horizon protocol).
+Overrides after ``--`` go to both sweeps, e.g. the horizon protocol's shape:
+``-- experiments=explain_edge train.lr=2e-4 optim=paged_adamw_8bit_bnb041`` (measured 2026-12-03 on
+the 2-core AMD EPYC with 60 traced steps: 281 s one at a time with 2 threads vs 141 s side by side).
 """
 
 from __future__ import annotations
@@ -45,14 +49,18 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=4)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for both sweeps (after --)")
     a = parser.parse_args()
     results = a.out or Path(tempfile.mkdtemp(prefix="bench-parallel-"))
     # warm the model conversion and the page cache so neither sweep pays for them
-    _sweep(results, "warm", 1, 1, [])
-    sequential = _sweep(results, "sequential", a.trials, a.steps, [])
-    parallel = _sweep(results, "parallel", a.trials, a.steps, ["hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2"])
+    _sweep(results, "warm", 1, 1, a.overrides)
+    sequential = _sweep(results, "sequential", a.trials, a.steps, a.overrides)
+    parallel = _sweep(results, "parallel", a.trials, a.steps, [*a.overrides, "hydra/launcher=local_parallel",
+                                                               "hydra.launcher.n_jobs=2", "determinism.threads=1"])
     same = _adapters(results, "sequential") == _adapters(results, "parallel")
     print(json.dumps({"parallel_over_sequential": round(parallel / sequential, 3), "sequential_s": round(sequential, 1),
+                      "runs_per_hour_1x2": round(3600 * a.trials / sequential, 1),
+                      "runs_per_hour_2x1": round(3600 * a.trials / parallel, 1),
                       "parallel_s": round(parallel, 1), "trials": a.trials, "steps": a.steps, "n_jobs": 2,
                       "cores": len(os.sched_getaffinity(0)), "same_adapters": same, "results": str(results)}))
 
