@@ -206,9 +206,10 @@ def test_the_answer_warns_when_runs_came_from_different_locks(tmp_path):
 def test_the_answer_warns_when_runs_mix_commits_dirty_trees_or_fingerprints(tmp_path):
     """Two commits, one run on a dirty tree, and one cell whose trials recorded two fingerprints:
     the Answer names them; the appendix groups each cell's runs by fingerprint."""
+    from analysis_fixtures import write_run
+
     from analysis.compute.results import compute
     from analysis.present import sections_answer
-    from tests.analysis_fixtures import SMOL_8, SMOL_32, write_run
 
     def numerics(hex_: str) -> dict:
         return {"numerics": {"canary_loss": float.fromhex(hex_), "canary_loss_hex": hex_, "canary_sequences": 8,
@@ -225,12 +226,6 @@ def test_the_answer_warns_when_runs_mix_commits_dirty_trees_or_fingerprints(tmp_
         "(`8-bit` t2); cells whose numerics fingerprints differ between trials: `32-bit` (2 fingerprints). The same "
         "seeds may give other numbers under another commit or an edited tree: compare runs within one commit and "
         "fingerprint (appendix).")
-    _, tables = report_tables(tmp_path / "mix")
-    assert tables["fingerprints"][0]["runs"].tolist() == [1, 1, 2]
-
-
-def report_tables(study):
-    from analysis import report
-    from analysis.load import load_study as load
-
-    return report.build(load(study))
+    _, tables = report.build(load_study(tmp_path / "mix"))
+    fingerprints = tables["fingerprints"][0]
+    assert fingerprints["runs"].tolist() == [1, 1, 2] and fingerprints["dirty_runs"].tolist() == [0, 0, 1]

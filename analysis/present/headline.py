@@ -211,9 +211,8 @@ def variance_sentences(r: Results) -> list[str]:
     lines = prose.variance_answer(r.ofat)
     if not lines:
         return []
-    first = lines[0]
-    end = first.find("). ") if "). " in first else -1
-    return [first[: end + 2] if end >= 0 else first]
+    end = _SENTENCE_END.search(lines[0])
+    return [lines[0][: end.end()] if end else lines[0]]
 
 
 def sentences(r: Results) -> list[str]:
