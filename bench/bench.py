@@ -22,6 +22,9 @@ the default optimizer, batch 4 of quotes, max length 64), in one process or inte
 4. ``optimizer_trace_over_step`` (bench/bench_trace.py): the harness step with
    ``diagnostics.optimizer_trace=true`` over without, on the explain-edge shape (batch 1,
    0.41.0 maps), ``--trace-steps`` steps per arm and round, and the trace's own seconds per step.
+5. ``eval_dequant_cache`` (bench/bench_evalcache.py): held-out scoring seconds and greedy
+   generation tokens/s with each 4-bit weight dequantized once per evaluation vs once per
+   forward (``repeatability.trial.weight_cache``), and whether both gave the same bits.
 3. ``rescore_over_forward``: ``python -m repeatability.rescore`` on the padded sweep (K = 2
    adapters on one loaded base), its scoring wall time (base load excluded, reported apart) over
    K x the pure forward time of scoring one adapter.
@@ -198,7 +201,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--sweep-steps", type=int, default=12, help="train steps per run of the small sweeps")
     parser.add_argument("--trace-steps", type=int, default=12, help="train steps per arm and round (trace on vs off)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=("steps", "sweeps", "rescore", "trace"))
+    parser.add_argument("--skip", nargs="*", default=[], choices=("steps", "sweeps", "rescore", "trace", "evalcache"))
     parser.add_argument("--out", type=Path, default=None)
     a = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -219,6 +222,10 @@ def main() -> None:
         from bench_trace import bench_trace  # noqa: E402
 
         result |= bench_trace(a.trace_steps, a.rounds, out)
+    if "evalcache" not in a.skip:
+        from bench_evalcache import bench_evalcache  # noqa: E402
+
+        result |= bench_evalcache(a.rounds, out)
     result |= {"machine": machine(), "model": "smollm2-135m (NF4 base, LoRA r=8 all linear)",
                "batch": "4 quotes, max length 64", "bench_s": round(time.perf_counter() - start, 1), "out": str(out)}
     print(json.dumps(result))

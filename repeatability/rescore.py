@@ -143,6 +143,7 @@ def _swap_in(model: Any, base: Any, job: Job, index: int) -> Any:
 def score_group(jobs: list[Job], study: Path, name: str, overrides: list[str], force: bool) -> list[Path]:
     """Load the shared base once, score it (cached), then every job's adapter on it."""
     from repeatability.trial import evaluate, modelling, pipeline, tasks
+    from repeatability.trial.weight_cache import dequantized_4bit_weights
 
     first = jobs[0].cfg
     device = modelling.resolve_device(first.device)
@@ -169,15 +170,17 @@ def score_group(jobs: list[Job], study: Path, name: str, overrides: list[str], f
         model = _swap_in(model, base, job, index)
         t1 = time.perf_counter()
         prep = _prepared(job, tokenizer, study, cache)
-        ppl = evaluate.score_texts(model, tokenizer, prep.heldout_texts, job.cfg.train.max_length,
-                                   job.cfg.eval.batch_size, device, job.cfg.eval.batching)
+        with dequantized_4bit_weights(model):
+            ppl = evaluate.score_texts(model, tokenizer, prep.heldout_texts, job.cfg.train.max_length,
+                                       job.cfg.eval.batch_size, device, job.cfg.eval.batching)
         timings = {"base_load_s": base_load_s, "adapter_load_s": t1 - t0, "score_s": time.perf_counter() - t1}
         record = _record(job, ppl, bases.get(job.run, {}), prep, overrides, device, dtype, timings, len(jobs))
         if prep.tasks is not None:  # eval.tasks (the run's own, or an override): task scores of this adapter
             t2 = time.perf_counter()
-            scores, per_example = tasks.run_tasks(model, tokenizer, list(job.cfg.eval.tasks), prep.tasks, device=device,
-                                                  max_new_tokens=job.cfg.eval.task_max_new_tokens,
-                                                  batch_size=job.cfg.eval.batch_size)
+            with dequantized_4bit_weights(model):
+                scores, per_example = tasks.run_tasks(model, tokenizer, list(job.cfg.eval.tasks), prep.tasks,
+                                                      device=device, max_new_tokens=job.cfg.eval.task_max_new_tokens,
+                                                      batch_size=job.cfg.eval.batch_size)
             record["metrics"] |= scores
             record["tasks"] = per_example
             record["timings"]["tasks_s"] = time.perf_counter() - t2

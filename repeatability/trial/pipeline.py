@@ -33,6 +33,7 @@ from repeatability.records.record import fill_results, headline
 from repeatability.trial import data, evaluate, modelling, optimtrace, tasks, train
 from repeatability.trial.determinism import apply_determinism, thread_budget
 from repeatability.trial.seeding import Seeds, resolve_seeds, seed_everything
+from repeatability.trial.weight_cache import dequantized_4bit_weights
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,10 @@ def base_perplexity(cfg: RunConfig, model: Any, tokenizer: Any, prep: Prepared, 
     log.info("scoring the base model on %d held-out examples %d time(s) (once per model/dataset/split)",
              len(prep.heldout_texts), cfg.eval.base_repeats)
     start = time.perf_counter()
-    repeats = [evaluate.score_texts(model, tokenizer, prep.heldout_texts, cfg.train.max_length, cfg.eval.batch_size,
-                                    device, cfg.eval.batching) for _ in range(cfg.eval.base_repeats)]
+    with dequantized_4bit_weights(model):
+        repeats = [evaluate.score_texts(model, tokenizer, prep.heldout_texts, cfg.train.max_length,
+                                        cfg.eval.batch_size, device, cfg.eval.batching)
+                   for _ in range(cfg.eval.base_repeats)]
     ppl = repeats[0]
     record = {**ppl.as_metrics("base_"), "key": json.loads(key_src), "seconds": time.perf_counter() - start,
               "base_perplexity_repeats": [r.token_weighted for r in repeats],
@@ -293,8 +296,10 @@ def _run_tasks(cfg: RunConfig, built: Built, prep: Prepared, record: train.Train
     if prep.tasks is None or record.divergence:
         return {}, None, 0.0
     start = time.perf_counter()
-    scores, task_record = tasks.run_tasks(built.model, built.tokenizer, list(cfg.eval.tasks), prep.tasks, device=device,
-                                          max_new_tokens=cfg.eval.task_max_new_tokens, batch_size=cfg.eval.batch_size)
+    with dequantized_4bit_weights(built.model):
+        scores, task_record = tasks.run_tasks(built.model, built.tokenizer, list(cfg.eval.tasks), prep.tasks,
+                                              device=device, max_new_tokens=cfg.eval.task_max_new_tokens,
+                                              batch_size=cfg.eval.batch_size)
     return scores, task_record, time.perf_counter() - start
 
 
@@ -304,13 +309,14 @@ def _score_and_generate(cfg: RunConfig, built: Built, prep: Prepared, record: tr
     if record.divergence:
         log.warning("training diverged at step %s: held-out scoring and generation skipped", record.divergence["step"])
         return {"perplexity_token_weighted": math.nan, "perplexity_mean_per_sequence": math.nan}, 0.0, 0.0, []
-    start = time.perf_counter()
-    ppl = evaluate.score_texts(built.model, built.tokenizer, prep.heldout_texts, cfg.train.max_length,
-                               cfg.eval.batch_size, device, cfg.eval.batching)
-    eval_s = time.perf_counter() - start
-    start = time.perf_counter()
-    generations = evaluate.run_generations(built.model, built.tokenizer, prep.prompts, cfg.eval, seeds.generation,
-                                           cfg.dataset.multiple_choice, device)
+    with dequantized_4bit_weights(built.model):  # the same bits, one dequantize per layer (weight_cache.py)
+        start = time.perf_counter()
+        ppl = evaluate.score_texts(built.model, built.tokenizer, prep.heldout_texts, cfg.train.max_length,
+                                   cfg.eval.batch_size, device, cfg.eval.batching)
+        eval_s = time.perf_counter() - start
+        start = time.perf_counter()
+        generations = evaluate.run_generations(built.model, built.tokenizer, prep.prompts, cfg.eval,
+                                               seeds.generation, cfg.dataset.multiple_choice, device)
     return ppl.as_metrics(), eval_s, time.perf_counter() - start, generations
 
 
