@@ -47,17 +47,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench_common import ROOT, config, fresh_model  # bench/ is on sys.path as the script's folder
 
 log = logging.getLogger("bench")
-
-
-def _config(overrides: list[str]) -> Any:
-    from repeatability.launching import preflight
-    from repeatability.records.config import to_run_config
-
-    return to_run_config(preflight.compose_jobs(overrides, multirun=False)[0])
 
 
 class RecordingCollator:
@@ -71,22 +63,11 @@ class RecordingCollator:
         return self.inner(features)
 
 
-def _fresh_model(cfg: Any, path: str) -> Any:
-    import torch
-
-    from repeatability.trial import modelling
-    from repeatability.trial.seeding import seed_everything
-
-    base = modelling.load_base(path, cfg.quant, "cpu", torch.float32)
-    seed_everything(1234)
-    return modelling.add_lora(base, cfg.model, cfg.lora, cfg.quant.load_in_4bit, False)
-
-
 def _harness_steps(cfg: Any, path: str, ds: Any, collator: Any, out: Path) -> tuple[list[float], Any]:
     from repeatability.trial import data, modelling, train
     from repeatability.trial.seeding import resolve_seeds
 
-    model = _fresh_model(cfg, path)
+    model = fresh_model(cfg, path)
     record, _, _ = train.train(model, ds, data.TokenDataset([]), collator, cfg.train, cfg.optim,
                                resolve_seeds(cfg.determinism, 1), "cpu", "no", "[bench]", out, None, 16)
     modelling.release_weights(model)
@@ -99,7 +80,7 @@ def _bare_steps(cfg: Any, path: str, batches: list[list[dict[str, Any]]], collat
 
     from repeatability.trial import modelling, train
 
-    model = _fresh_model(cfg, path)
+    model = fresh_model(cfg, path)
     params = [p for p in model.parameters() if p.requires_grad]
     cls, kwargs = train.optimizer_class_and_kwargs(cfg.optim, cfg.train.lr)
     opt = cls(params, **kwargs)
@@ -121,7 +102,7 @@ def bench_steps(steps: int, rounds: int, out: Path) -> dict[str, Any]:
     """Harness vs bare, and padded vs padding-free, interleaved over ``rounds``."""
     from repeatability.trial import data, modelling, pipeline
 
-    cfg = _config([f"train.max_steps={steps}", "train.eval_every=0", "train.checkpoint_every=0",
+    cfg = config([f"train.max_steps={steps}", "train.eval_every=0", "train.checkpoint_every=0",
                    f"results_dir={out}", "study=bench-steps"])
     path = modelling.resolve_model(cfg.model, cfg.cache_dir)
     tok = modelling.load_tokenizer(path)
@@ -223,7 +204,7 @@ def main() -> None:
 
         result |= bench_trace(a.trace_steps, a.rounds, out)
     if "evalcache" not in a.skip:
-        from bench_evalcache import bench_evalcache  # noqa: E402
+        from bench_evalcache import bench_evalcache
 
         result |= bench_evalcache(a.rounds, out)
     result |= {"machine": machine(), "model": "smollm2-135m (NF4 base, LoRA r=8 all linear)",

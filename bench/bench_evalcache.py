@@ -22,16 +22,16 @@ log = logging.getLogger("bench")
 
 def bench_evalcache(rounds: int, out: Path, examples: int = 64) -> dict[str, Any]:
     import torch
+    from bench_common import config, fresh_model
 
-    from bench import _config, _fresh_model  # noqa: E402  (bench/ is on sys.path as the script's folder)
     from repeatability.trial import evaluate, modelling, pipeline
     from repeatability.trial.weight_cache import dequantized_4bit_weights
 
-    cfg = _config([f"results_dir={out}", "study=bench-evalcache", f"eval.max_examples={examples}"])
+    cfg = config([f"results_dir={out}", "study=bench-evalcache", f"eval.max_examples={examples}"])
     path = modelling.resolve_model(cfg.model, cfg.cache_dir)
     tok = modelling.load_tokenizer(path)
     prep = pipeline.prepare_data(cfg, tok, out / "bench-evalcache")
-    model = _fresh_model(cfg, path)
+    model = fresh_model(cfg, path)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:

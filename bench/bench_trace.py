@@ -13,15 +13,16 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from bench_common import config, fresh_model  # bench/ is on sys.path as the script's folder
+
 log = logging.getLogger("bench")
 
 
 def _steps(cfg: Any, path: str, ds: Any, collator: Any, out: Path, trace: bool) -> tuple[list[float], float]:
-    from bench import _fresh_model  # noqa: E402  (bench/ is on sys.path as the script's folder)
     from repeatability.trial import data, modelling, train
     from repeatability.trial.seeding import resolve_seeds
 
-    model = _fresh_model(cfg, path)
+    model = fresh_model(cfg, path)
     record, _, _ = train.train(model, ds, data.TokenDataset([]), collator, cfg.train, cfg.optim,
                                resolve_seeds(cfg.determinism, 1), "cpu", "no", "[bench]", out, None, 16,
                                optimizer_trace=trace)
@@ -32,10 +33,9 @@ def _steps(cfg: Any, path: str, ds: Any, collator: Any, out: Path, trace: bool) 
 
 def bench_trace(steps: int, rounds: int, out: Path) -> dict[str, Any]:
     """Trace on vs off, interleaved over ``rounds``."""
-    from bench import _config  # noqa: E402
     from repeatability.trial import data, modelling, pipeline
 
-    cfg = _config([f"train.max_steps={steps}", "train.eval_every=0", "train.checkpoint_every=0",
+    cfg = config([f"train.max_steps={steps}", "train.eval_every=0", "train.checkpoint_every=0",
                    "train.batch_size=1", "optim=paged_adamw_8bit_bnb041", f"results_dir={out}",
                    "study=bench-trace"])
     path = modelling.resolve_model(cfg.model, cfg.cache_dir)

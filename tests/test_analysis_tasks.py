@@ -10,6 +10,7 @@ from analysis import report
 from analysis.compute import task_scores
 from analysis.config import AnalysisConfig
 from analysis.load import load_study
+from repeatability.records import evaluators
 from tests.analysis_fixtures import SMOL_8, write_run, write_task_study
 
 
@@ -56,6 +57,7 @@ def test_report_answers_with_task_scores_and_keeps_other_reports_unchanged(tmp_p
     assert "accuracy (points), `8-bit` vs `32-bit`: mean 62.0 vs 62.4" in answer
     assert "base zero-shot 25.0; base few-shot (k = 3) 31.0" in answer
     assert "## Task scores" in md and "task-score margin ±1 point" in md
+    assert all(e.method in md for e in evaluators.EVALUATORS.values())  # each evaluator's method, as declared
     tables = tmp_path / "tasks" / "_report" / "tables"
     assert pd.read_csv(tables / "task_spreads.csv").shape[0] == 4  # 2 cells x (accuracy, macro-F1)
     assert (tmp_path / "tasks" / "_report" / "figures" / "task_accuracy.png").exists()

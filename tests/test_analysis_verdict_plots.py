@@ -6,6 +6,7 @@ import pytest
 from analysis_fixtures import SMOL_8, SMOL_32, SMOL_FIXED, write_mixed_study, write_paper_study, write_run
 
 from analysis.compute import verdict
+from analysis.compute.curves import dispersion
 from analysis.load import load_study
 from analysis.present import plots, prose
 
@@ -99,7 +100,7 @@ def test_loss_figures(mixed):
     band = visible[2].collections[0].get_paths()[0].vertices[:, 1]
     assert band.max() == pytest.approx(900.0)  # the band reaches the diverged trial's peak
     assert visible[2].get_yscale() == "log"  # the diverged run reaches 900
-    spread = plots.loss_spread(mixed.curves).axes[0]
+    spread = plots.dispersion_figure(dispersion(mixed.curves, "train"), "train").axes[0]
     assert spread.get_xlabel() == "optimizer step" and "std of train loss" in spread.get_ylabel()
 
 

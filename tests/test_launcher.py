@@ -82,7 +82,7 @@ def test_launchers_are_classified_in_one_place() -> None:
     assert every.parallel_jobs == launchers.cores()
     ours = launchers.classify({"_target_": "hydra_plugins.repeatability_launcher.slurm_launcher."
                                             "RepeatabilitySlurmLauncher", "cpus_per_task": 8})
-    assert (ours.kind, ours.parallel_jobs, ours.remote) == ("slurm", 1, True) and "ledger" in ours.lost_job
+    assert (ours.kind, ours.parallel_jobs, ours.remote, ours.source) == ("slurm", 1, True, "SLURM cpus_per_task=8")
     ray = launchers.classify({"_target_": "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"})
     assert (ray.kind, ray.parallel_jobs, ray.remote) == ("unknown", launchers.cores(), False)  # never oversubscribe
     assert launchers.classify(None).source == "one process"
@@ -110,12 +110,12 @@ def test_thread_budget_counts_live_runs_of_other_launchers(tmp_path: Path, monke
         artifacts.write_json(artifacts.claim_file(run), dataclasses.asdict(theirs))
         mine_run = run.with_name("trial-02")
         artifacts.write_json(artifacts.claim_file(mine_run), dataclasses.asdict(mine))  # my own: not counted
-        assert launchers.other_live_jobs(tmp_path) == 1
+        assert claims.other_live_jobs(tmp_path) == 1
         budget = thread_budget(None, tmp_path)
         assert budget == {"threads": 1, "cores": 2, "parallel_jobs": 2,
                           "source": "one process + 1 live run(s) of other launchers on this host"}
     finally:
         other.kill()
         other.wait()
-    assert launchers.other_live_jobs(tmp_path) == 0  # its process is gone: a dead claim takes no core
+    assert claims.other_live_jobs(tmp_path) == 0  # its process is gone: a dead claim takes no core
     assert thread_budget(None, tmp_path)["threads"] == 2

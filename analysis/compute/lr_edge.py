@@ -266,7 +266,7 @@ def lr_sensitivity(runs: pd.DataFrame, refs: pd.DataFrame,
 
 def trace_rows(study: Study, arms: pd.DataFrame | None = None) -> pd.DataFrame:
     """The ``all`` rows of every finished run's ``optimizer_trace.csv`` (read through
-    :func:`repeatability.records.artifacts.read_optimizer_trace`), :data:`TRACE_COLUMNS`; a run
+    :func:`repeatability.records.curve_files.read_optimizer_trace`), :data:`TRACE_COLUMNS`; a run
     without one adds nothing, an unreadable one is logged and skipped."""
     arms = arm_of(study.runs) if arms is None else arms
     done = arms[arms["status"].isin(FINISHED) & arms["lr"].notna()]

@@ -21,7 +21,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from analysis.compute.curves import dispersion
 from analysis.compute.stats import PRIMARY_METRIC, paired_trials
 from analysis.load import FINISHED, column, optim_bits
 from repeatability.records import metrics as registry
@@ -206,13 +205,9 @@ def loss_by_arm(bands: pd.DataFrame, cells: list[str], labels: dict[str, str]) -
     return fig
 
 
-def loss_spread(curves: pd.DataFrame, split: str = "train") -> Figure:
-    """Across-trial standard deviation of the loss at each step, one line per cell."""
-    return dispersion_figure(dispersion(curves, split), split)
-
-
 def dispersion_figure(disp: pd.DataFrame, split: str = "train") -> Figure:
-    """:func:`loss_spread` from :func:`analysis.compute.curves.dispersion`'s table of that split."""
+    """Across-trial standard deviation of the loss at each step, one line per cell, from
+    :func:`analysis.compute.curves.dispersion`'s table of that split."""
     fig, axes = new_figure((6.5, 3.8))
     ax = axes[0, 0]
     for cell, group in disp.groupby("cell"):

@@ -1,10 +1,11 @@
 """The report's first section: the headline (:mod:`analysis.present.headline`: at most three
-sentences), its one figure, then the answer in a few lines per comparison. Every word is written from :class:`~analysis.compute.results.Results` (nothing hand-written):
-the arms and n, the verdict with its p, the geometric-mean perplexity ratio with its CI, the
-spread between identical trials, blow-ups with exact CIs, and bitwise identity; for a study with
-a learning-rate axis, the edge's answer and its figure; with ``--compare``, the other studies'
-blow-up rates beside ours. The sections after it give the evidence; setup and environment go
-last (:func:`analysis.present.sections.appendix`).
+sentences), its one figure, then the answer in a few lines per comparison. Every word is written
+from :class:`~analysis.compute.results.Results` (nothing hand-written): the arms and n, the verdict
+with its p, the geometric-mean perplexity ratio with its CI, the spread between identical trials,
+blow-ups with exact CIs, and bitwise identity; for a study with a learning-rate axis, the edge's
+answer and its figure; with ``--compare``, the other studies' blow-up rates beside ours. The
+sections after it give the evidence; setup and environment go last (the appendix,
+:func:`analysis.present.sections.overview`).
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ import math
 import pandas as pd
 
 from analysis.compute import provenance
-from analysis.compute.equivalence import margin_text
 from analysis.compute.results import Results
 from analysis.compute.stats import PRIMARY_METRIC
 from analysis.compute.tables import format_number
-from analysis.config import AnalysisConfig
 from analysis.present import labels as L
 from analysis.present import (headline, plots, plots_edge, prose, prose_edge, sections_survival, sections_tasks,
                               sections_variance)

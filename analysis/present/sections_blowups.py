@@ -94,7 +94,7 @@ def blowups_equivalence(doc: Doc, r: Results) -> Tables:
 
 def pooled_view(pooled: pd.DataFrame, studies: list[str]) -> pd.DataFrame:
     """Rows = arm (optimizer[/variant]), columns = study: blow-ups / runs with exact CI, from
-    :func:`analysis.compute.results.pooled_counts` (arms in its order)."""
+    :func:`analysis.compute.blowups.pooled_counts` (arms in its order)."""
     text = pooled.assign(text=[prose.rate_text(int(k), int(n), lo, hi) for k, n, lo, hi in zip(
         pooled["blowups"], pooled["n"], pooled["ci_low"], pooled["ci_high"])])
     table = text.pivot(index="arm", columns="study", values="text")

@@ -13,6 +13,7 @@ from analysis.present import labels as L
 from analysis.present import plots
 from analysis.present.document import Doc
 from analysis.present.sections import Tables
+from repeatability.records import evaluators
 from repeatability.records import metrics as registry
 
 
@@ -56,9 +57,8 @@ def tasks(doc: Doc, r: Results) -> Tables:
     doc.heading("Task scores")
     doc.para("Scored on a fixed, seeded subset of the held-out split, the same in every run (its SHA-256 is "
              "each summary's `tasks.subset_sha256`; every example's prediction is in the run's "
-             "`evals/tasks.json`): classification picks the class whose name the model finds likeliest "
-             "(no text parsed); generation answers greedily and is scored by exact match (SQuAD-normalised) "
-             "and ROUGE F-measure. Spread = max − min over identical trials, in points (1 point = 0.01); "
+             f"`evals/tasks.json`): {'; '.join(e.method for e in evaluators.EVALUATORS.values())}. "
+             "Spread = max − min over identical trials, in points (1 point = 0.01); "
              f"equivalence: TOST on the difference with margin {task_scores.margin_text(r.config)}.")
     labels = L.short_labels(list(plots.cell_order(r.study.runs)))
     for metric in task_scores.recorded(r.study.runs):

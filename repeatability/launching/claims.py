@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from repeatability.launching import launchers
 from repeatability.records import artifacts
 from repeatability.records.errors import RunDirError
 
@@ -71,7 +72,7 @@ class Holder:
     # count) knows the claim of its earlier attempt is dead, on whichever node that ran
     slurm_job: str | None = None
     # the pid of the launcher this run belongs to (a joblib worker's parent, else the holder itself):
-    # the thread budget counts live runs of *other* launchers on this host (repeatability.launching.launchers)
+    # the thread budget counts live runs of *other* launchers on this host (other_live_jobs)
     launcher_pid: int | None = None
 
     @property
@@ -184,12 +185,26 @@ def read_claim(run: Path) -> Holder | None:
 
 
 def _new_holder() -> Holder:
-    from repeatability.launching.launchers import launcher_pid  # launchers reads claims
-
     stat = _proc_stat(os.getpid())
     now = utc_now().isoformat(timespec="seconds")
     return Holder(socket.gethostname(), os.getpid(), stat[1] if stat else None, process_space(),
-                  uuid.uuid4().hex, now, now, slurm_attempt(), launcher_pid())
+                  uuid.uuid4().hex, now, now, slurm_attempt(), launchers.launcher_pid())
+
+
+def other_live_jobs(results_dir: str | Path, mine: int | None = None) -> int:
+    """Live runs on this host under ``results_dir`` held by another launcher than ``mine``
+    (default: this process's, :func:`repeatability.launching.launchers.launcher_pid`): each is one
+    more job on these cores in the thread budget."""
+    mine = launchers.launcher_pid() if mine is None else mine
+    host, space = socket.gethostname(), process_space()
+    count = 0
+    for file in Path(results_dir).glob(f"*/*/trial-*{artifacts.CLAIM_SUFFIX}"):
+        holder = read_claim(file.with_name(file.name.removesuffix(artifacts.CLAIM_SUFFIX)))
+        if holder is None or holder.host != host or holder.process_space != space:
+            continue
+        if (holder.launcher_pid or holder.pid) != mine and pid_alive(holder.pid, holder.pid_started):
+            count += 1
+    return count
 
 
 @dataclass

@@ -1,29 +1,25 @@
 """The Hydra launcher in force, classified once: what kind it is, how many of the sweep's jobs
-share this host's cores, whether jobs run elsewhere, how a lost job is recorded. The thread
-budget (:mod:`repeatability.trial.seeding`), preflight and the SLURM loop ask here; nothing else looks
-at a launcher's ``_target_``.
+share this host's cores, and whether jobs run elsewhere. The thread budget
+(:func:`repeatability.trial.determinism.thread_budget`), preflight and the run claims ask here;
+nothing else looks at a launcher's ``_target_``.
 
 A launcher is known by the end of its ``_target_`` (:data:`KNOWN`). Adding one = one entry in
 :data:`KNOWN` (how to read its config) + its YAML under ``conf/hydra/launcher/``. A launcher not
 listed is classified ``unknown`` and treated as if every job could run at once on this host
 (one thread each): slower than needed, never oversubscribed.
 
-The budget also counts the other launchers running on this host: each live claim
-(:mod:`repeatability.launching.claims`) under the same results folder whose process runs here and belongs
-to another launcher is one more job on these cores.
+The budget also counts the other launchers running on this host: each live claim under the same
+results folder whose process runs here and belongs to another launcher is one more job on these
+cores (:func:`repeatability.launching.claims.other_live_jobs`; a claim records its launcher's
+:func:`launcher_pid`).
 """
 
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-from repeatability.launching import claims
-from repeatability.records import artifacts
 
 
 def cores() -> int:
@@ -39,33 +35,27 @@ class Launcher:
     """What a launcher means for the jobs it starts.
 
     ``parallel_jobs``: jobs of one sweep at once on *this* host (1 when sequential or remote);
-    ``remote``: jobs run on other machines (preflight checks the cluster, not this host);
-    ``lost_job``: how a job that ends without a result is recorded.
+    ``remote``: jobs run on other machines (preflight checks the cluster, not this host).
     """
 
     kind: str
     target: str
     parallel_jobs: int
     remote: bool
-    lost_job: str
     source: str  # the budget's reason in words, e.g. "joblib n_jobs=2"
 
 
 def _basic(target: str, cfg: Mapping[str, Any]) -> Launcher:
-    return Launcher("basic", target, 1, False, "the run's own failed record; the sweep goes on",
-                    "sequential launcher")
+    return Launcher("basic", target, 1, False, "sequential launcher")
 
 
 def _joblib(target: str, cfg: Mapping[str, Any]) -> Launcher:
     n_jobs = int(cfg.get("n_jobs") or 1)
-    return Launcher("joblib", target, cores() if n_jobs < 0 else n_jobs, False,
-                    "the run's own failed record; the sweep goes on", f"joblib n_jobs={n_jobs}")
+    return Launcher("joblib", target, cores() if n_jobs < 0 else n_jobs, False, f"joblib n_jobs={n_jobs}")
 
 
 def _slurm(target: str, cfg: Mapping[str, Any]) -> Launcher:
-    return Launcher("slurm", target, 1, True,
-                    "a failed line in the sweep ledger (job cancelled, killed or lost); the sweep ends non-zero",
-                    f"SLURM cpus_per_task={cfg.get('cpus_per_task')}")
+    return Launcher("slurm", target, 1, True, f"SLURM cpus_per_task={cfg.get('cpus_per_task')}")
 
 
 # ``_target_`` suffix → how to read that launcher's config
@@ -80,12 +70,12 @@ KNOWN: dict[str, Callable[[str, Mapping[str, Any]], Launcher]] = {
 def classify(cfg: Mapping[str, Any] | None) -> Launcher:
     """The launcher of ``hydra.launcher`` (``None``: no Hydra sweep, one process)."""
     if cfg is None:
-        return Launcher("none", "", 1, False, "the run's own failed record", "one process")
+        return Launcher("none", "", 1, False, "one process")
     target = str(cfg.get("_target_") or "")
     for suffix, read in KNOWN.items():
         if target.endswith(suffix):
             return read(target, cfg)
-    return Launcher("unknown", target, cores(), False, "unknown", f"unknown launcher {target or '(no _target_)'}: "
+    return Launcher("unknown", target, cores(), False, f"unknown launcher {target or '(no _target_)'}: "
                     "every job assumed to run at once on this host")
 
 
@@ -103,18 +93,3 @@ def launcher_pid(launcher: Launcher | None = None) -> int:
     """The pid that identifies this process's launcher: the parent of a joblib worker, else
     this process (the basic launcher runs its jobs in its own process)."""
     return os.getppid() if (launcher or current()).kind == "joblib" else os.getpid()
-
-
-def other_live_jobs(results_dir: str | Path, mine: int | None = None) -> int:
-    """Live runs on this host under ``results_dir`` held by another launcher than ``mine``
-    (default: :func:`launcher_pid`), read from their claims."""
-    mine = launcher_pid() if mine is None else mine
-    host, space = socket.gethostname(), claims.process_space()
-    count = 0
-    for file in Path(results_dir).glob(f"*/*/trial-*{artifacts.CLAIM_SUFFIX}"):
-        holder = claims.read_claim(file.with_name(file.name.removesuffix(artifacts.CLAIM_SUFFIX)))
-        if holder is None or holder.host != host or holder.process_space != space:
-            continue
-        if (holder.launcher_pid or holder.pid) != mine and claims.pid_alive(holder.pid, holder.pid_started):
-            count += 1
-    return count

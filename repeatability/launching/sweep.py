@@ -30,6 +30,7 @@ from repeatability.launching import claims, notices, preemption
 from repeatability.records import artifacts, checkpoint_files, integrity
 from repeatability.records.config import RunConfig, to_run_config
 from repeatability.records.errors import ConfigError, RunDirError
+from repeatability.records.metrics import NAME as N
 
 log = logging.getLogger("repeatability")
 
@@ -244,8 +245,8 @@ def _execute_isolated(rc: RunConfig, cfg: DictConfig, path: Path, claim: claims.
         return "failed"
     m = summary["metrics"]
     log.info("%s %s: ppl(token-weighted) %.4g, ppl(mean per-seq) %.4g, optimizer state %s-bit (%.0f%% of params), "
-             "paging effective %s, %.0fs", path, summary["status"], m.get("perplexity_token_weighted", float("nan")),
-             m.get("perplexity_mean_per_sequence", float("nan")), summary["optimizer"]["effective"]["bits"],
+             "paging effective %s, %.0fs", path, summary["status"], m.get(N.perplexity_token_weighted, float("nan")),
+             m.get(N.perplexity_mean_per_sequence, float("nan")), summary["optimizer"]["effective"]["bits"],
              100 * summary["optimizer"]["effective"]["state_8bit_param_fraction"],
              summary["optimizer"]["effective"]["paging_effective"], summary["timings"]["total_s"])
     return summary["status"]

@@ -400,10 +400,6 @@ def base_perplexity_file(study: Path, key: str) -> Path:
     return study / "_base" / f"{key}.json"
 
 
-def sweeps_dir(study: Path) -> Path:
-    return study / "_sweeps"
-
-
 def report_dir(study: Path) -> Path:
     """Where ``python -m analysis.report`` writes report.md/html, figures/ and tables/."""
     return study / "_report"

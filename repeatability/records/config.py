@@ -17,6 +17,7 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from repeatability.records import evaluators as task_evaluators
 from repeatability.records.config_cell import (DatasetConfig, LoraConfig, ModelConfig, OptimConfig, QuantConfig,
                                                check_choice)
 from repeatability.records.errors import ConfigError
@@ -29,7 +30,7 @@ DETERMINISM_MODES = ("strict", "default", "off")
 # (transformers' DataCollatorWithFlattening / packed-sequence masking), no padding at all
 BATCHINGS = ("padded", "padding_free")
 PROMPTS_DIR = Path(__file__).resolve().parents[2] / "conf" / "prompts"  # eval.prompts presets
-TASK_EVALUATORS = ("classification", "generation")  # repeatability.trial.tasks.EVALUATORS
+TASK_EVALUATORS = task_evaluators.NAMES  # declared in repeatability.records.evaluators
 TASK_BASELINES = ("zero_shot", "few_shot")
 TRACKERS = ("none", "tensorboard", "mlflow", "wandb")  # repeatability.records.tracking: the Trainer's report_to
 WANDB_MODES = ("auto", "offline", "online")
@@ -108,8 +109,8 @@ class EvalConfig:
     base_repeats: int = 1  # score the base K times: the spread must be exactly 0 (paper ablation b)
     ppl_overflow: float = 1e30  # a perplexity above this (or inf/NaN) marks the run diverged
     batching: str = "padded"  # held-out scoring: padded (length-sorted) | padding_free (packed rows)
-    # task evaluators besides perplexity (repeatability/trial/tasks.py): classification (accuracy and
-    # macro-F1, the class chosen by likelihood) | generation (exact match, ROUGE-1/2/L of greedy answers)
+    # task evaluators besides perplexity (TASK_EVALUATORS: repeatability/records/evaluators.py): classification
+    # (accuracy and macro-F1, the class chosen by likelihood) | generation (exact match, ROUGE-1/2/L of greedy answers)
     tasks: List[str] = field(default_factory=list)
     task_examples: Optional[int] = 100  # a fixed seeded subset of the held-out split (null = all of it)
     task_max_new_tokens: int = 32  # greedy answers of the generation evaluator

@@ -8,7 +8,7 @@ and its registration with Hydra; its module doc says how the checks run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
@@ -19,7 +19,7 @@ DATASET_SOURCES = ("fortune", "chatterbot", "hub", "local")
 DATASET_KINDS = ("text", "instruction")
 # alpaca = the Stanford Alpaca prompt; llama_inst_alpaca = its preamble in [INST] tags (reference 000)
 TEMPLATES = ("plain", "llama_inst", "neoxt_human", "chatml", "alpaca", "llama_inst_alpaca")
-OPTIM_CLASSES = ("bnb_adamw", "torch_adamw")
+OPTIM_CLASSES = ("bnb_adamw", "torch_adamw")  # optim.impl; built by repeatability.trial.train.OPTIMIZERS
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 STATE_MAPS = ("current", "bnb_0.41.0")  # repeatability.trial.qmaps: today's 8-bit maps, or 0.36-0.41.0's
@@ -29,6 +29,14 @@ LABEL_SOURCES = ("category",)
 def check_choice(value: str, allowed: tuple[str, ...], key: str) -> None:
     if value not in allowed:
         raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}; pick one of those")
+
+
+def described(default: Any, text: str) -> Any:
+    """A config field with its meaning in its metadata (``doc``), for a group the summary records as
+    asked: the summary's record of the group is derived from the fields and these texts."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
 
 
 @dataclass
@@ -115,19 +123,21 @@ class DatasetConfig:
 
 @dataclass
 class OptimConfig:
-    """The optimizer, built directly from its class so every argument is visible."""
+    """The optimizer, built directly from its class so every argument is visible. Each field's text
+    is also its meaning in the run summary: ``optimizer.requested`` records these fields and the
+    learning rate (:class:`repeatability.records.run_setup.OptimRequested` is derived from them)."""
 
-    name: str = MISSING
-    impl: str = "bnb_adamw"  # bnb_adamw (bitsandbytes.optim.AdamW) | torch_adamw
-    optim_bits: int = 32  # 8 or 32 (bitsandbytes state precision)
-    is_paged: bool = False  # paged state (unified memory; CUDA only)
-    min_8bit_size: int = 4096  # tensors with fewer elements keep 32-bit state in the 8-bit optimizer
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+    name: str = described(MISSING, "optimizer config name")
+    impl: str = described("bnb_adamw", "`bnb_adamw` (bitsandbytes.optim.AdamW) or `torch_adamw`")
+    optim_bits: int = described(32, "requested state precision, 8 or 32")  # bitsandbytes state precision
+    is_paged: bool = described(False, "paged state requested")  # unified memory; CUDA only
+    min_8bit_size: int = described(4096, "tensors with fewer elements keep 32-bit state")  # in the 8-bit optimizer
+    betas: List[float] = described([0.9, 0.999], "Adam betas")
+    eps: float = described(1e-8, "Adam epsilon")
+    weight_decay: float = described(0.0, "decoupled weight decay")
     # 8-bit state quantization maps: current (this bitsandbytes) or bnb_0.41.0 (what releases
     # 0.36-0.41.0 used, as their kernels read them; see docs/historical-optimizer-maps.md)
-    state_maps: str = "current"
+    state_maps: str = described("current", "`optim.state_maps`: `current` or `bnb_0.41.0`")
 
     def __post_init__(self) -> None:
         check_choice(self.impl, OPTIM_CLASSES, "optim.impl")

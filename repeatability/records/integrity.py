@@ -65,7 +65,7 @@ def verify_manifest(path: Path) -> bool:
     Returns True when every listed file is present with its recorded SHA-256, False when the
     run has no manifest (written before manifests existed: nothing to verify). Files added
     after the run finished are not checked. Absent adapter weights are not kept (a published
-    run record), not corrupted: :func:`weights_kept` tells.
+    run record), not corrupted: :func:`repeatability.records.adapter_files.weights_kept` tells.
 
     Raises:
         RunDirError: one line naming each file that is missing or changed, or an unreadable manifest.

@@ -4,7 +4,10 @@ the harness use it. Compute, plots, tables, the variance decomposition, the ANOV
 and the loader read this table; none keeps its own list.
 
 A new metric = one :class:`Metric` here + where it is measured + its field in the summary schema
-(:mod:`repeatability.records.summary`). Uses:
+(:mod:`repeatability.records.summary`); a task score is declared with its evaluator instead
+(:mod:`repeatability.records.evaluators`), which makes its field and its entry here. Code that
+fills or reads the summary's ``metrics`` group names a field through :data:`NAME`
+(``NAME.perplexity_token_weighted``), never as a bare string. Uses:
 
 - ``perplexity``: a held-out perplexity: Tables 1/2 and cell statistics (the first is primary);
 - ``loss``: a final loss: its statistics beside the loss curves;
@@ -20,7 +23,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from repeatability.records import evaluators as task_evaluators
+from repeatability.records.schema import Keys
 from repeatability.records.summary import COLUMNS as S
+from repeatability.records.summary import Metrics
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,9 @@ def _m(key: str, label: str, short: str, unit: str, uses: str, log_scale: bool =
 
 
 M = S.metrics
+# ``NAME.final_val_loss == "final_val_loss"``: a field of the summary's ``metrics`` group as the pipeline, the
+# evaluations and the trackers key it; a misspelt one raises AttributeError where it is written
+NAME = Keys(Metrics)
 METRICS: tuple[Metric, ...] = (
     _m(M.perplexity_token_weighted, "held-out perplexity (token-weighted)", "perplexity", "",
        "perplexity ofat anova tracker eval", log_scale=True),
@@ -61,14 +70,8 @@ METRICS: tuple[Metric, ...] = (
        "tracker eval", log_scale=True),
     _m(M.base_perplexity_mean_per_sequence, "base-model held-out perplexity (mean of per-sequence)",
        "base mean per-sequence perplexity", "", "tracker eval", log_scale=True),
-    _m(M.accuracy, "classification accuracy (class chosen by likelihood)", "accuracy", "", "task tracker",
-       lower_is_better=False),
-    _m(M.macro_f1, "classification macro-F1", "macro-F1", "", "task tracker", lower_is_better=False),
-    _m(M.exact_match, "exact match of greedy answers (SQuAD-normalised)", "exact match", "", "task tracker",
-       lower_is_better=False),
-    _m(M.rouge1, "ROUGE-1 F-measure of greedy answers", "ROUGE-1", "", "task tracker", lower_is_better=False),
-    _m(M.rouge2, "ROUGE-2 F-measure of greedy answers", "ROUGE-2", "", "task tracker", lower_is_better=False),
-    _m(M.rougeL, "ROUGE-L F-measure of greedy answers", "ROUGE-L", "", "task tracker", lower_is_better=False),
+    *(_m(getattr(M, s.name), s.label, s.short, "", "task tracker", lower_is_better=False)
+      for s in task_evaluators.SCORES),  # declared with their evaluator
     _m(S.timings.train_s, "training time (s)", "training time", "s", ""),
     _m(S.timings.eval_s, "held-out scoring time (s)", "scoring time", "s", ""),
 )

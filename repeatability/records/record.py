@@ -10,14 +10,20 @@ from typing import TYPE_CHECKING, Any
 from repeatability.records import run_setup as R
 from repeatability.records import summary as S
 from repeatability.records.config import RunConfig
+from repeatability.records.metrics import NAME as N
 from repeatability.records.schema import ABSENT
 from repeatability.trial.evaluate import PERPLEXITY_DEFINITION
 
 if TYPE_CHECKING:  # the trial's live objects, read here and never kept
     import torch
 
-    from repeatability.trial.pipeline import Built, Prepared
+    from repeatability.trial.stage_outputs import Built, Prepared
     from repeatability.trial.train import TrainLog
+
+
+# what the summary keeps of the base model's cached scores (the cache also has its held-out NLL and counts)
+BASE_METRICS = (N.base_perplexity_token_weighted, N.base_perplexity_mean_per_sequence, N.base_perplexity_repeats,
+                N.base_perplexity_repeat_spread)
 
 
 def _g(value: float | None) -> str:
@@ -88,14 +94,14 @@ def fill_results(summary: S.Summary, cfg: RunConfig, built: Built, prep: Prepare
     summary.model = S.part(R.Model, _model_info(cfg, built), "model")
     summary.data = S.part(R.Data, prep.info, "data")
     summary.metrics = S.part(S.Metrics, {
-        **metrics, **{k: v for k, v in built.base.items() if k.startswith("base_perplexity")},
-        "final_train_loss": _last(record.rows, "train"), "final_val_loss": _last(record.rows, "val"),
-        "steps": record.steps}, "metrics")
+        **metrics, **{k: built.base[k] for k in BASE_METRICS if k in built.base},
+        N.final_train_loss: _last(record.rows, "train"), N.final_val_loss: _last(record.rows, "val"),
+        N.steps: record.steps}, "metrics")
     summary.perplexity_definition = PERPLEXITY_DEFINITION
 
 
 def _ppl_divergence(metrics: dict[str, Any], limit: float, record: TrainLog) -> dict[str, Any] | None:
-    ppl = metrics.get("perplexity_token_weighted", math.nan)
+    ppl = metrics.get(N.perplexity_token_weighted, math.nan)
     if math.isfinite(ppl) and ppl <= limit:
         return None
     return {"reason": f"held-out perplexity {ppl} is not finite or exceeds eval.ppl_overflow={limit:g}",

@@ -8,9 +8,11 @@ the schema. Every field is documented with :func:`~repeatability.records.schema.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from repeatability.records.config_cell import OptimConfig
 from repeatability.records.schema import doc
 
 
@@ -75,20 +77,17 @@ class Determinism:
     thread_budget: ThreadBudget = doc("threads per job so that jobs × threads ≤ cores")
 
 
-@dataclass
-class OptimRequested:
-    """The `optim` config as asked, and the learning rate."""
+def _as_asked(config: type) -> list[tuple[str, Any, Any]]:
+    """The fields of a config group as the summary records them: same names, types and texts."""
+    hints = typing.get_type_hints(config)
+    return [(f.name, hints[f.name], doc(f.metadata["doc"])) for f in dataclasses.fields(config)]
 
-    name: str = doc("optimizer config name")
-    impl: str = doc("`bnb_adamw` (bitsandbytes.optim.AdamW) or `torch_adamw`")
-    optim_bits: int = doc("requested state precision, 8 or 32")
-    is_paged: bool = doc("paged state requested")
-    min_8bit_size: int = doc("tensors with fewer elements keep 32-bit state")
-    betas: list[float] = doc("Adam betas")
-    eps: float = doc("Adam epsilon")
-    weight_decay: float = doc("decoupled weight decay")
-    state_maps: str = doc("`optim.state_maps`: `current` or `bnb_0.41.0`")
-    lr: float = doc("learning rate (`train.lr`)")
+
+# The optim config as asked is recorded field for field (``asdict(cfg.optim)``), so its record is derived
+# from OptimConfig (each field's text is declared there), not declared beside it.
+OptimRequested = dataclasses.make_dataclass(
+    "OptimRequested", [*_as_asked(OptimConfig), ("lr", float, doc("learning rate (`train.lr`)"))],
+    namespace={"__module__": __name__, "__doc__": "The `optim` config as asked, and the learning rate."})
 
 
 @dataclass

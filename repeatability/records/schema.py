@@ -3,8 +3,8 @@
 A record is a dataclass whose fields are declared with :func:`doc` (the field's meaning, its
 JSON key when it is not a Python name, and whether a finished run may lack it). This module
 turns such records into the JSON the contract stores and back, checks values against the
-declared types, names every flattened column (:class:`Columns`), and renders the field table
-of ``docs/run-directory.md`` (:func:`markdown_rows`).
+declared types, names every flattened column (:class:`Columns`) and a record's own keys
+(:class:`Keys`), and renders the field table of ``docs/run-directory.md`` (:func:`markdown_rows`).
 
 A key the source did not give is :data:`ABSENT` (left out of the JSON), which is not ``None``
 (written as ``null``): old summaries and imported runs lack many keys, and that is visible.
@@ -193,6 +193,22 @@ class Columns(str):
                 path = f"{str(self)}.{json_key(f)}" if str(self) else json_key(f)
                 return Columns.of(inner if _is_record(inner) else None, path)
         raise AttributeError(f"{record.__name__} has no field {name!r} ({_source(record)})")
+
+
+class Keys:
+    """The JSON keys of one record's fields as attributes: ``Keys(Metrics).steps == "steps"``. Code
+    that fills or reads a group by key names it so; a misspelt key raises ``AttributeError`` where
+    it is written, not when a run's summary is checked at its end."""
+
+    def __init__(self, record: type) -> None:
+        self._record = record
+        for f in dataclasses.fields(record):
+            setattr(self, f.name, json_key(f))
+
+    def __getattr__(self, name: str) -> str:  # only reached for a name that is not a field
+        record = self.__dict__.get("_record")
+        raise AttributeError(f"{getattr(record, '__name__', record)} has no field {name!r}"
+                             + (f" ({_source(record)})" if record is not None else ""))
 
 
 def _type_name(hint: Any) -> str:

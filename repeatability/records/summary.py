@@ -12,6 +12,9 @@ Extending it: add a field (``doc(...)``) to a record, or a new record and one fi
 :class:`Summary` holding it; keep existing JSON keys (studies on disk are read with them), bump
 :data:`SCHEMA_VERSION` and add the old version to :data:`SUPPORTED_SCHEMA_VERSIONS`; then
 regenerate the docs table. A key not declared here is refused when written and reported when read.
+Two groups are derived, not declared here: the task scores (in ``metrics`` and each baseline's
+:class:`TaskScores`) from their evaluators (:mod:`repeatability.records.evaluators`), and
+``optimizer.requested`` from the optim config (:mod:`repeatability.records.run_setup`).
 
 Schema versions: 1 — the first; 2 — adds ``tracking`` and ``batching``; 3 — adds
 ``optimizer_trace`` (present only with ``diagnostics.optimizer_trace=true``); 4 — adds ``lock``
@@ -27,6 +30,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from repeatability.records import evaluators as task_evaluators
 from repeatability.records.run_setup import (Batching, Cell, Data, Determinism, Device, Lock, Model, Numerics,
                                              Optimizer, Precision, Seeds, Tracking)
 from repeatability.records.schema import ABSENT, Columns, doc, from_dict, markdown_rows, missing, to_dict
@@ -37,7 +41,7 @@ STATUSES = ("complete", "diverged", "failed")
 
 
 @dataclass
-class Metrics:
+class _HeldoutMetrics:
     perplexity_token_weighted: float = doc("exp(total NLL / target tokens) on the held-out examples: the primary number")
     perplexity_mean_per_sequence: float = doc("mean of per-sequence perplexities (HF evaluate's `mean_perplexity`)")
     heldout_mean_token_nll: float = doc("mean NLL per target token", optional=True)
@@ -47,33 +51,37 @@ class Metrics:
     base_perplexity_mean_per_sequence: float = doc("the base model's mean per-sequence perplexity", optional=True)
     base_perplexity_repeats: list[float] = doc("the base scored `eval.base_repeats` times", optional=True)
     base_perplexity_repeat_spread: float = doc("max − min of those (0 expected)", optional=True)
-    accuracy: float = doc("classification accuracy on the fixed task subset (`eval.tasks` has classification; see `tasks`)", optional=True)
-    macro_f1: float = doc("macro-F1 over the classes on the same examples", optional=True)
-    exact_match: float = doc("share of greedy answers equal to the reference after SQuAD normalisation (`eval.tasks` has generation)", optional=True)
-    rouge1: float = doc("ROUGE-1 F-measure of greedy answers against the references, mean over examples", optional=True)
-    rouge2: float = doc("ROUGE-2 F-measure, mean over examples", optional=True)
-    rougeL: float = doc("ROUGE-L F-measure, mean over examples", optional=True)
+
+
+def _task_scores(name: str, doc_text: str, bases: tuple[type, ...] = ()) -> type:
+    """A record of every evaluator's scores (:data:`repeatability.records.evaluators.SCORES`, optional
+    floats), after the fields of ``bases``."""
+    return dataclasses.make_dataclass(
+        name, [(s.name, float, doc(s.doc, optional=True)) for s in task_evaluators.SCORES], bases=bases,
+        namespace={"__module__": __name__, "__doc__": doc_text})
+
+
+# The task scores (``eval.tasks``) are declared once, by their evaluator (repeatability.records.evaluators):
+# Metrics holds them between the held-out and the training numbers (the order of summary.json and of
+# the docs table), and a baseline's scores (``tasks.zero_shot``, ``tasks.few_shot``) are the same fields.
+TASK_SCORES: tuple[str, ...] = tuple(s.name for s in task_evaluators.SCORES)
+_ScoredMetrics = _task_scores("_ScoredMetrics", "Held-out numbers and task scores.", (_HeldoutMetrics,))
+TaskScores = _task_scores(
+    "TaskScores", "Task scores of one model on the fixed subset (the fields of `metrics` with the same names).")
+
+
+@dataclass
+class Metrics(_ScoredMetrics):
     final_train_loss: float = doc("training loss of the last logged step")
     final_val_loss: float = doc("last validation loss")
     steps: int = doc("optimizer steps done")
-
-
-# The task scores (``eval.tasks``) are declared once, in Metrics; a baseline's scores (``tasks.zero_shot``,
-# ``tasks.few_shot``) are the same fields, so TaskScores is derived from them.
-TASK_SCORES = ("accuracy", "macro_f1", "exact_match", "rouge1", "rouge2", "rougeL")
-TaskScores = dataclasses.make_dataclass(
-    "TaskScores",
-    [(f.name, f.type, dataclasses.field(default=ABSENT, metadata=f.metadata))
-     for f in dataclasses.fields(Metrics) if f.name in TASK_SCORES],
-    namespace={"__module__": __name__,
-               "__doc__": "Task scores of one model on the fixed subset (the fields of `metrics` with the same names)."})
 
 
 @dataclass
 class Tasks:
     """What the task evaluators scored (schema 5; only with `eval.tasks`)."""
 
-    evaluators: list[str] = doc("`classification` and/or `generation`")
+    evaluators: list[str] = doc(task_evaluators.names_text())
     n_examples: int = doc("held-out examples scored: a seeded subset (`eval.task_examples`, seed = the split seed)")
     subset_sha256: str = doc("SHA-256 of the scored prompts and references: the same in every run of a study")
     outputs: str = doc("the per-example record (`evals/tasks.json`: predictions, class log-probabilities, answers)")

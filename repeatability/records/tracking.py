@@ -80,7 +80,7 @@ def flat_params(obj: Any, prefix: str = "") -> dict[str, str]:
 class TrackerRun:
     """One run's tracker session: opened before the Trainer is built, closed after scoring.
 
-    ``report_to`` and ``run_name`` go to ``TrainingArguments``; :meth:`log_start` and
+    ``report_to`` and ``run_name`` go to ``TrainingArguments``; :meth:`start` and
     :meth:`log_end` add the values the Trainer's callback does not see.
     """
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from repeatability.launching import launchers
+from repeatability.launching import claims, launchers
 
 
 def thread_budget(requested: int | None, results_dir: str | Path | None = None) -> dict[str, Any]:
@@ -16,7 +16,7 @@ def thread_budget(requested: int | None, results_dir: str | Path | None = None) 
 
     Jobs = this sweep's jobs on this host (:func:`repeatability.launching.launchers.current`) plus the
     live runs of other launchers on this host under ``results_dir``
-    (:func:`repeatability.launching.launchers.other_live_jobs`). Two processes on 2 cores that each use
+    (:func:`repeatability.launching.claims.other_live_jobs`). Two processes on 2 cores that each use
     every core's thread ran a 6-step run ~8x slower than one alone; ``determinism.threads`` set
     by the user wins over this budget. Inside a SLURM job the allocation is the job's own.
     """
@@ -25,7 +25,7 @@ def thread_budget(requested: int | None, results_dir: str | Path | None = None) 
         cores, jobs, source = int(slurm), 1, f"SLURM_CPUS_PER_TASK={slurm}"
     else:
         launcher = launchers.current()
-        others = launchers.other_live_jobs(results_dir, launchers.launcher_pid(launcher)) if results_dir else 0
+        others = claims.other_live_jobs(results_dir, launchers.launcher_pid(launcher)) if results_dir else 0
         cores, jobs = launchers.cores(), launcher.parallel_jobs + others
         source = launcher.source + (f" + {others} live run(s) of other launchers on this host" if others else "")
     if requested:

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from repeatability.records.metrics import NAME as N
+
 log = logging.getLogger(__name__)
 
 PERPLEXITY_DEFINITION = (
@@ -34,13 +36,14 @@ class Perplexity:
     sequences: int
 
     def as_metrics(self, prefix: str = "") -> dict[str, float | int]:
-        return {
-            f"{prefix}perplexity_token_weighted": self.token_weighted,
-            f"{prefix}perplexity_mean_per_sequence": self.mean_per_sequence,
-            f"{prefix}heldout_mean_token_nll": self.mean_token_nll,
-            f"{prefix}heldout_tokens": self.tokens,
-            f"{prefix}heldout_sequences": self.sequences,
-        }
+        """The summary's ``metrics`` fields of this scoring; ``prefix`` (``base_``) keys the base
+        model's (its cache file keeps all five; the summary keeps the perplexities)."""
+        values = {N.perplexity_token_weighted: self.token_weighted,
+                  N.perplexity_mean_per_sequence: self.mean_per_sequence,
+                  N.heldout_mean_token_nll: self.mean_token_nll,
+                  N.heldout_tokens: self.tokens,
+                  N.heldout_sequences: self.sequences}
+        return {prefix + key: value for key, value in values.items()}
 
 
 def _safe_exp(x: float) -> float:

@@ -9,7 +9,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,12 @@ from repeatability.records import run_setup as R
 from repeatability.records import summary as S
 from repeatability.records.config import RunConfig
 from repeatability.records.environment import PeakMemory, capture_environment, cpu_model
+from repeatability.records.metrics import NAME as N
 from repeatability.records.record import fill_results, headline
 from repeatability.trial import data, evaluate, modelling, optimtrace, tasks, train
 from repeatability.trial.determinism import apply_determinism, thread_budget
 from repeatability.trial.seeding import Seeds, resolve_seeds, seed_everything
+from repeatability.trial.stage_outputs import Built, Prepared
 from repeatability.trial.weight_cache import dequantized_4bit_weights
 
 log = logging.getLogger(__name__)
@@ -48,18 +50,6 @@ def cell_of(cfg: RunConfig) -> artifacts.CellKey:
     if maps != "current" and maps not in optim:
         optim = f"{optim}-maps_{maps}"
     return artifacts.CellKey(cfg.model.name, cfg.dataset.name, optim, cfg.variant)
-
-
-@dataclass
-class Prepared:
-    """Tokenized data of one run plus what the summary says about it."""
-
-    train_ds: data.TokenDataset
-    val_ds: data.TokenDataset
-    heldout_texts: list[str]
-    prompts: list[tuple[str, str]]
-    info: dict[str, Any]
-    tasks: tasks.TaskInputs | None = None  # the task evaluators' fixed subset (eval.tasks)
 
 
 def prepare_data(cfg: RunConfig, tokenizer: Any, study: Path) -> Prepared:
@@ -126,9 +116,9 @@ def base_perplexity(cfg: RunConfig, model: Any, tokenizer: Any, prep: Prepared, 
                                         cfg.eval.batch_size, device, cfg.eval.batching)
                    for _ in range(cfg.eval.base_repeats)]
     ppl = repeats[0]
+    spread = max(r.token_weighted for r in repeats) - min(r.token_weighted for r in repeats)
     record = {**ppl.as_metrics("base_"), "key": json.loads(key_src), "seconds": time.perf_counter() - start,
-              "base_perplexity_repeats": [r.token_weighted for r in repeats],
-              "base_perplexity_repeat_spread": max(r.token_weighted for r in repeats) - min(r.token_weighted for r in repeats)}
+              N.base_perplexity_repeats: [r.token_weighted for r in repeats], N.base_perplexity_repeat_spread: spread}
     artifacts.write_json(file, record)
     return record
 
@@ -146,18 +136,6 @@ def batching_record(cfg: RunConfig, record: train.TrainLog) -> dict[str, Any]:
     """The summary's ``batching`` group: how batches were formed, and how much was padding."""
     return {"train": cfg.train.batching, "eval": cfg.eval.batching, "train_real_tokens": record.real_tokens,
             "train_token_slots": record.token_slots, "real_token_efficiency": record.token_efficiency()}
-
-
-@dataclass
-class Built:
-    model: Any
-    tokenizer: Any
-    model_id: str
-    n_4bit_layers: int
-    base: dict[str, Any]
-    load_s: float
-    base_tasks: dict[str, Any]  # the base model's task scores (eval.baselines), once per study
-    fingerprint: dict[str, Any]  # the canary-batch loss before the first update (evaluate.canary_fingerprint)
 
 
 def build_model(cfg: RunConfig, seeds: Seeds, prep_fn: Any, study: Path, device: str, dtype: torch.dtype) -> tuple[Built, Prepared]:
@@ -308,7 +286,7 @@ def _score_and_generate(cfg: RunConfig, built: Built, prep: Prepared, record: tr
     """Held-out perplexity and generations; skipped when training already produced NaN/inf."""
     if record.divergence:
         log.warning("training diverged at step %s: held-out scoring and generation skipped", record.divergence["step"])
-        return {"perplexity_token_weighted": math.nan, "perplexity_mean_per_sequence": math.nan}, 0.0, 0.0, []
+        return {N.perplexity_token_weighted: math.nan, N.perplexity_mean_per_sequence: math.nan}, 0.0, 0.0, []
     with dequantized_4bit_weights(built.model):  # the same bits, one dequantize per layer (weight_cache.py)
         start = time.perf_counter()
         ppl = evaluate.score_texts(built.model, built.tokenizer, prep.heldout_texts, cfg.train.max_length,

@@ -7,6 +7,9 @@ The scores are pure functions of (prediction, reference) pairs (:func:`classific
 (:func:`class_logprobs`, :func:`greedy_answers`) feeds them. Which examples were scored (indices
 into the held-out split, their SHA-256), the decoding and every per-example output are returned
 for the run's ``evals/`` record.
+
+Which evaluators exist and which scores each records is declared in
+:mod:`repeatability.records.evaluators`; :data:`IMPLEMENTATIONS` runs each of them.
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ import random
 import re
 import string
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-EVALUATORS = ("classification", "generation")
-BASELINES = ("zero_shot", "few_shot")
+from repeatability.records import evaluators as declared
+from repeatability.records.metrics import NAME as N
+
 CLASS_SCORING = ("sum of the natural-log probabilities of the class name's tokens and the end-of-answer "
                  "marker after the prompt (the template's answer with that class as the response); the "
                  "class with the highest sum is the prediction")
@@ -52,25 +57,26 @@ def classification_scores(predicted: list[str], gold: list[str], classes: list[s
     from sklearn.metrics import accuracy_score, f1_score
 
     if not gold:
-        return {"accuracy": float("nan"), "macro_f1": float("nan")}
-    return {"accuracy": float(accuracy_score(gold, predicted)),
-            "macro_f1": float(f1_score(gold, predicted, labels=classes, average="macro", zero_division=0))}
+        return {N.accuracy: float("nan"), N.macro_f1: float("nan")}
+    return {N.accuracy: float(accuracy_score(gold, predicted)),
+            N.macro_f1: float(f1_score(gold, predicted, labels=classes, average="macro", zero_division=0))}
 
 
-GENERATION_SCORES = ("exact_match", "rouge1", "rouge2", "rougeL")
-PER_EXAMPLE_KEPT = ("exact_match", "rougeL")  # what evals/tasks.json keeps per example
+GENERATION_SCORES = declared.score_names("generation")
+ROUGE_TYPES = (N.rouge1, N.rouge2, N.rougeL)  # rouge-score's names of these F-measures are the scores' names
+PER_EXAMPLE_KEPT = (N.exact_match, N.rougeL)  # what evals/tasks.json keeps per example
 
 
 def generation_per_example(predictions: list[str], references: list[str]) -> list[dict[str, float]]:
     """Each example's exact match and ROUGE-1/2/L F-measure, scored once (one ``RougeScorer``)."""
     from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=True)
     out = []
     for pred, ref in zip(predictions, references):
         rouge = scorer.score(ref, pred)
-        out.append({"exact_match": float(normalize_answer(pred) == normalize_answer(ref)),
-                    **{k: float(rouge[k].fmeasure) for k in GENERATION_SCORES[1:]}})
+        out.append({N.exact_match: float(normalize_answer(pred) == normalize_answer(ref)),
+                    **{k: float(rouge[k].fmeasure) for k in ROUGE_TYPES}})
     return out
 
 
@@ -144,11 +150,6 @@ def subset_sha256(examples: list[TaskExample]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def few_shot_prefix(shots: list[tuple[str, str]]) -> str:
-    """``k`` solved examples (prompt as fed + answer as trained), joined before the question."""
-    return "".join(prompt + answer + "\n" for prompt, answer in shots)
-
-
 # --------------------------------------------------------------------------- the model's side
 
 
@@ -213,40 +214,85 @@ def greedy_answers(model: Any, tokenizer: Any, prompts: list[str], max_new_token
     return out
 
 
+@dataclass(frozen=True)
+class Job:
+    """What each evaluator is given: the model, the fixed subset and the text before each prompt
+    (solved training examples for the few-shot baseline, else empty)."""
+
+    model: Any
+    tokenizer: Any
+    inputs: TaskInputs
+    prefix: str
+    max_new_tokens: int
+    batch_size: int
+    device: str
+
+    def prompts(self) -> list[str]:
+        return [self.prefix + e.prompt for e in self.inputs.examples]
+
+
+def _classify(job: Job) -> tuple[dict[str, float], dict[str, Any]]:
+    start = time.perf_counter()
+    examples, classes = job.inputs.examples, job.inputs.classes
+    answers = [[job.prefix + o for o in e.options] for e in examples]
+    lp = class_logprobs(job.model, job.tokenizer, job.prompts(), answers, job.batch_size, job.device)
+    predicted = [classes[int(i)] for i in lp.argmax(axis=1)] if len(examples) else []
+    scores = classification_scores(predicted, [e.reference for e in examples], classes)
+    return scores, {
+        "classes": classes, "scoring": CLASS_SCORING, "seconds": round(time.perf_counter() - start, 3),
+        "examples": [{"index": e.index, "reference": e.reference, "predicted": p,
+                      "logprobs": [round(float(x), 6) for x in row]}
+                     for e, p, row in zip(examples, predicted, lp)]}
+
+
+def _generate(job: Job) -> tuple[dict[str, float], dict[str, Any]]:
+    start = time.perf_counter()
+    examples, stop = job.inputs.examples, job.inputs.stop
+    predictions = greedy_answers(job.model, job.tokenizer, job.prompts(), job.max_new_tokens, stop, job.device)
+    per_example = generation_per_example(predictions, [e.reference for e in examples])
+    return mean_generation_scores(per_example), {
+        "decoding": "greedy", "max_new_tokens": job.max_new_tokens, "stop": stop,
+        "exact_match_rule": EXACT_MATCH_RULE, "rouge_rule": ROUGE_RULE,
+        "seconds": round(time.perf_counter() - start, 3),
+        "examples": [{"index": e.index, "prompt": e.prompt, "reference": e.reference, "prediction": p,
+                      **{k: scored[k] for k in PER_EXAMPLE_KEPT}}
+                     for e, p, scored in zip(examples, predictions, per_example)]}
+
+
+@dataclass(frozen=True)
+class Implementation:
+    """How an evaluator declared in :mod:`repeatability.records.evaluators` runs."""
+
+    run: Callable[[Job], tuple[dict[str, float], dict[str, Any]]]  # its scores and its part of evals/tasks.json
+    settings: Callable[[Any, TaskInputs], dict[str, Any]]  # its fields of the summary's ``tasks`` group
+
+
+IMPLEMENTATIONS: dict[str, Implementation] = {
+    "classification": Implementation(_classify, lambda cfg, inputs: {"classes": list(inputs.classes),
+                                                                     "class_scoring": CLASS_SCORING}),
+    "generation": Implementation(_generate, lambda cfg, inputs: {"decoding": "greedy",
+                                                                 "max_new_tokens": cfg.eval.task_max_new_tokens}),
+}
+
+
+def _in_order(evaluators: list[str]) -> list[str]:
+    """The asked evaluators in declaration order (the order of the records and summaries)."""
+    return [name for name in declared.NAMES if name in evaluators]
+
+
 def run_tasks(model: Any, tokenizer: Any, evaluators: list[str], inputs: TaskInputs, *, max_new_tokens: int,
               batch_size: int, device: str, shots: int = 0) -> tuple[dict[str, float], dict[str, Any]]:
     """Scores and the per-example record of every evaluator on the fixed subset; ``shots`` solved
     training examples go before each prompt (the few-shot baseline)."""
-    examples, classes, stop = inputs.examples, inputs.classes, inputs.stop
-    prefix = inputs.prefix(shots)
+    examples = inputs.examples
+    job = Job(model, tokenizer, inputs, inputs.prefix(shots), max_new_tokens, batch_size, device)
     scores: dict[str, float] = {}
     record: dict[str, Any] = {"n_examples": len(examples), "subset_sha256": subset_sha256(examples),
                               "indices": [e.index for e in examples], "shots": shots,
                               "shot_indices": [e.index for e in inputs.shots[:shots]]}
-    prompts = [prefix + e.prompt for e in examples]
-    if "classification" in evaluators:
-        start = time.perf_counter()
-        lp = class_logprobs(model, tokenizer, prompts, [[prefix + o for o in e.options] for e in examples],
-                            batch_size, device)
-        predicted = [classes[int(i)] for i in lp.argmax(axis=1)] if len(examples) else []
-        scores.update(classification_scores(predicted, [e.reference for e in examples], classes))
-        record["classification"] = {
-            "classes": classes, "scoring": CLASS_SCORING, "seconds": round(time.perf_counter() - start, 3),
-            "examples": [{"index": e.index, "reference": e.reference, "predicted": p,
-                          "logprobs": [round(float(x), 6) for x in row]}
-                         for e, p, row in zip(examples, predicted, lp)]}
-    if "generation" in evaluators:
-        start = time.perf_counter()
-        predictions = greedy_answers(model, tokenizer, prompts, max_new_tokens, stop, device)
-        per_example = generation_per_example(predictions, [e.reference for e in examples])
-        scores.update(mean_generation_scores(per_example))
-        record["generation"] = {
-            "decoding": "greedy", "max_new_tokens": max_new_tokens, "stop": stop,
-            "exact_match_rule": EXACT_MATCH_RULE, "rouge_rule": ROUGE_RULE,
-            "seconds": round(time.perf_counter() - start, 3),
-            "examples": [{"index": e.index, "prompt": e.prompt, "reference": e.reference, "prediction": p,
-                          **{k: scored[k] for k in PER_EXAMPLE_KEPT}}
-                         for e, p, scored in zip(examples, predictions, per_example)]}
+    for name in _in_order(evaluators):
+        part_scores, record[name] = IMPLEMENTATIONS[name].run(job)
+        scores.update(part_scores)
     return scores, record
 
 
@@ -279,10 +325,8 @@ def summary_group(cfg: Any, inputs: TaskInputs, record: dict[str, Any], base: di
     """The summary's ``tasks`` group (:class:`repeatability.records.summary.Tasks`)."""
     group: dict[str, Any] = {"evaluators": list(cfg.eval.tasks), "n_examples": record["n_examples"],
                              "subset_sha256": record["subset_sha256"], "outputs": "evals/tasks.json"}
-    if "classification" in cfg.eval.tasks:
-        group.update(classes=list(inputs.classes), class_scoring=CLASS_SCORING)
-    if "generation" in cfg.eval.tasks:
-        group.update(decoding="greedy", max_new_tokens=cfg.eval.task_max_new_tokens)
+    for name in _in_order(list(cfg.eval.tasks)):
+        group.update(IMPLEMENTATIONS[name].settings(cfg, inputs))
     if "zero_shot" in base:
         group["zero_shot"] = base["zero_shot"]["scores"]
     if "few_shot" in base:

@@ -8,6 +8,7 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -30,16 +31,31 @@ NEFTUNE_SCOPE = ("training steps only: the Trainer adds the noise through a forw
                  "tasks and generations see none")
 
 
-def optimizer_class_and_kwargs(cfg: OptimConfig, lr: float) -> tuple[type, dict[str, Any]]:
-    """The real optimizer class and its arguments (bitsandbytes AdamW, or torch AdamW)."""
-    common = {"lr": lr, "betas": tuple(cfg.betas), "eps": cfg.eps, "weight_decay": cfg.weight_decay}
-    if cfg.impl == "torch_adamw":
-        return torch.optim.AdamW, common
+def _torch_adamw(cfg: OptimConfig, common: dict[str, Any]) -> tuple[type, dict[str, Any]]:
+    return torch.optim.AdamW, common
+
+
+def _bnb_adamw(cfg: OptimConfig, common: dict[str, Any]) -> tuple[type, dict[str, Any]]:
     import bitsandbytes as bnb
 
     return bnb.optim.AdamW, {
         **common, "optim_bits": cfg.optim_bits, "is_paged": cfg.is_paged, "min_8bit_size": cfg.min_8bit_size,
     }
+
+
+# ``optim.impl`` → the optimizer class and its arguments, given the arguments every AdamW takes. The
+# choices are declared in repeatability.records.config_cell.OPTIM_CLASSES (tests/test_declarations.py
+# checks both agree); what ran is read back from the optimizer after training (effective_optimizer).
+OPTIMIZERS: dict[str, Callable[[OptimConfig, dict[str, Any]], tuple[type, dict[str, Any]]]] = {
+    "bnb_adamw": _bnb_adamw,
+    "torch_adamw": _torch_adamw,
+}
+
+
+def optimizer_class_and_kwargs(cfg: OptimConfig, lr: float) -> tuple[type, dict[str, Any]]:
+    """The real optimizer class and its arguments (bitsandbytes AdamW, or torch AdamW)."""
+    common = {"lr": lr, "betas": tuple(cfg.betas), "eps": cfg.eps, "weight_decay": cfg.weight_decay}
+    return OPTIMIZERS[cfg.impl](cfg, common)
 
 
 def effective_optimizer(optimizer: Any, requested: OptimConfig, device: str) -> dict[str, Any]:
