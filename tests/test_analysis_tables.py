@@ -101,3 +101,21 @@ def test_latex_captions_are_escaped(tmp_path):
     paths = tables.write_table(pd.DataFrame({"a": [1.5]}), tmp_path, "t",
                                caption="X = a__b, `c_d`, 5%")
     assert "\\caption{X = a\\_\\_b, \\texttt{c\\_d}, 5\\%}" in paths["tex"].read_text()
+
+
+def test_a_column_keeps_one_format():
+    table = pd.DataFrame({"sensitivity": [0.358, 0.49394, 0.35651, float("nan")], "count": [7.0, 3.0, None, 0.0],
+                          "ppl": [52.6917, 233812.79, 3.5, 51.52], "arm": ["a", "b", "c", "d"]})
+    shown = tables.format_frame(table)
+    assert list(shown["sensitivity"]) == ["0.35800", "0.49394", "0.35651", "–"]
+    assert list(shown["count"]) == ["7", "3", "–", "0"]
+    assert list(shown["ppl"]) == ["52.692", "233813", "3.5000", "51.520"]
+    assert list(shown["arm"]) == ["a", "b", "c", "d"]
+    md = tables.to_markdown(table, index=False)
+    assert "| 0.35800 " in md and "| 0.49394 " in md
+
+
+def test_an_interval_keeps_one_format():
+    assert tables.format_interval(1.01, 1.0159) == "[1.0100, 1.0159]"
+    assert tables.format_interval(0.0, 0.708) == "[0, 0.70800]"
+    assert tables.format_interval(3, 7) == "[3, 7]"

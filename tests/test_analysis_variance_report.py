@@ -54,7 +54,7 @@ def test_where_does_the_variance_come_from_answers_in_numbers(vs_report):
     assert anova.loc["optim", "F"] == pytest.approx(75)
     assert "4 cells crossing optim: paged_adamw_32bit, paged_adamw_8bit; variant: quant-nf4, " \
            "quant-none; trials 1, 2, trial as a block" in section
-    assert re.search(r"\| variant +\| 0\.18 +\| 1 +\| 675 ", section)
+    assert re.search(r"\| variant +\| 0\.18000 +\| 1 +\| 675\.00 ", section)  # one format per column
 
 
 def test_adapter_distance_verdict_ablation_and_power_lines(vs_report):

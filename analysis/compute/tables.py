@@ -44,6 +44,40 @@ def format_number(value: Any) -> str:
     return f"{value:.0f}" if size >= 1e5 else f"{value:.5g}"
 
 
+def _column_formatter(values: pd.Series) -> Any:
+    """One format for a whole column: whole numbers as integers when every number in it is whole,
+    else 5 significant digits *with* trailing zeros (``0.35800`` beside ``0.49394``, not ``0.358``)."""
+    reals = [float(v) for v in values if isinstance(v, numbers.Real) and not isinstance(v, bool)
+             and v is not None and math.isfinite(float(v))]
+    if not reals or all(isinstance(v, numbers.Integral) or float(v).is_integer() for v in reals):
+        return lambda v: format_number(int(v)) if (isinstance(v, numbers.Real) and not isinstance(v, bool)
+                                                    and math.isfinite(float(v))) else format_number(v)
+
+    def fmt(v: Any) -> str:
+        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(float(v)):
+            return format_number(v)
+        size = abs(float(v))
+        if size >= 1e5 or size == 0:
+            return format_number(v)
+        return f"{float(v):#.5g}".rstrip(".")
+
+    return fmt
+
+
+def format_interval(low: Any, high: Any) -> str:
+    """``[low, high]`` with both ends in one format (:func:`_column_formatter`)."""
+    fmt = _column_formatter(pd.Series([low, high], dtype=object))
+    return f"[{fmt(low)}, {fmt(high)}]"
+
+
+def format_frame(table: pd.DataFrame) -> pd.DataFrame:
+    """Every cell as text, each column in one format (:func:`_column_formatter`)."""
+    out = table.astype(object).copy()
+    for i in range(out.shape[1]):
+        out.iloc[:, i] = out.iloc[:, i].map(_column_formatter(out.iloc[:, i]))
+    return out
+
+
 def format_lr(value: float) -> str:
     """A learning rate as people write it: 0.0002 → ``2e-4``, 0.003 → ``3e-3``, 1.5e-4 →
     ``1.5e-4``; NaN → "–"."""
@@ -151,9 +185,8 @@ def _md_cell(text: str) -> str:
 
 
 def to_markdown(table: pd.DataFrame, index: bool = True) -> str:
-    """A GitHub Markdown table with :func:`format_number` applied (needs ``tabulate``)."""
-    flat = _flat_columns(table).astype(object)
-    flat = flat.map(lambda v: _md_cell(format_number(v)))
+    """A GitHub Markdown table, each column in one format (:func:`format_frame`; needs ``tabulate``)."""
+    flat = format_frame(_flat_columns(table)).map(_md_cell)
     if index and isinstance(flat.index, pd.MultiIndex):
         flat.index = [" / ".join(str(p) for p in i) for i in flat.index]
     return flat.to_markdown(index=index, disable_numparse=True)
@@ -178,7 +211,7 @@ def write_table(table: pd.DataFrame, out_dir: Path, name: str, caption: str = ""
     table.to_csv(paths["csv"], index=index)
     md = (f"{caption}\n\n" if caption else "") + to_markdown(table, index) + "\n"
     paths["md"].write_text(md)
-    latex = table.astype(object).map(format_number).to_latex(
+    latex = format_frame(table).to_latex(
         index=index, caption=latex_escape(caption) or None, label=f"tab:{name}", escape=True)
     paths["tex"].write_text(latex)
     log.debug("wrote %s", ", ".join(str(p) for p in paths.values()))

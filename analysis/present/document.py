@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.compute.tables import format_number, to_markdown
+from analysis.compute.tables import format_frame, to_markdown
 
 SHOWN_ROWS = 15  # rows of a long HTML table shown before "all N rows"
 
@@ -129,7 +129,7 @@ def _html_table(table: pd.DataFrame, index: bool) -> str:
     shown = table.copy()
     if isinstance(shown.columns, pd.MultiIndex):
         shown.columns = [" / ".join(str(p) for p in c) for c in shown.columns]
-    return shown.astype(object).map(format_number).to_html(index=index, escape=True, border=0)
+    return format_frame(shown).to_html(index=index, escape=True, border=0)
 
 
 def _rows_html(table: pd.DataFrame, index: bool) -> str:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from analysis.compute.lr_edge import EDGE_RATE, EdgeResults
 from analysis.compute.results import Results
-from analysis.compute.tables import format_lr, format_number
+from analysis.compute.tables import format_interval, format_lr, format_number
 from analysis.config import AnalysisConfig
 from analysis.present import plots_edge, prose_edge
 from analysis.present.document import Doc
@@ -92,7 +92,7 @@ def _at_end_view(at_end: pd.DataFrame, labels: dict[str, str]) -> pd.DataFrame:
     view = _ordered(at_end, labels)
     out = view[["n", "last_step", "update_inflation_median"]].copy()
     out["update_inflation [min, max]"] = [
-        f"[{format_number(lo)}, {format_number(hi)}]"
+        format_interval(lo, hi)
         for lo, hi in zip(view["update_inflation_min"], view["update_inflation_max"])]
     out["v_ratio_median (median)"] = view["v_ratio_median_median"]
     out["v_top_code_fraction (median)"] = view["v_top_code_fraction_median"]

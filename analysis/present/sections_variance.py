@@ -11,7 +11,7 @@ import pandas as pd
 
 from analysis.compute import power
 from analysis.compute.results import Results
-from analysis.compute.tables import format_number
+from analysis.compute.tables import format_interval
 from analysis.load import FINISHED
 from analysis.present import plots_variance, prose
 from analysis.present.document import Doc
@@ -20,7 +20,7 @@ from repeatability.records.summary import COLUMNS as S
 
 
 def _ci_text(low: pd.Series, high: pd.Series) -> list[str]:
-    return [f"[{format_number(lo)}, {format_number(hi)}]" for lo, hi in zip(low, high)]
+    return [format_interval(lo, hi) for lo, hi in zip(low, high)]
 
 
 def _ofat_view(table: pd.DataFrame) -> pd.DataFrame:
