@@ -122,6 +122,18 @@ def test_edges_found_and_beyond_the_grid(edge):
     assert edges.loc[ARM_A8, ["edge", "beyond"]].tolist() == [1e-2, False]
     assert math.isnan(edges.loc[ARM_32, "edge"]) and edges.loc[ARM_32, "beyond"]
     assert edges.loc[ARM_32, "largest_lr"] == 1e-2
+    # as intervals: (last LR below the edge, edge]; below: its blow-ups/n
+    assert edges.loc[ARM_8, ["edge_low", "edge_high", "below_blowups", "below_n"]].tolist() == [1e-4, 2e-4, 0, 2]
+    assert edges.loc[ARM_A8, ["edge_low", "edge_high"]].tolist() == [2e-4, 1e-2]
+    assert edges.loc[ARM_32, ["edge_low", "edge_high"]].tolist() == [1e-2, math.inf]
+
+
+def test_edges_worse_than_base(edge):
+    """k = 1: a run blows up as soon as it ends worse than the base model (64 here): 32-bit's 100
+    and 120 at 1e-2 (below 10 × 64) put its edge in (2e-4, 1e-2] instead of beyond the grid."""
+    base = edge.base_edges.set_index("arm")
+    assert base.loc[ARM_32, ["edge_low", "edge_high", "edge_blowups", "edge_n"]].tolist() == [2e-4, 1e-2, 2, 2]
+    assert base.loc[ARM_8, ["edge_low", "edge_high"]].tolist() == [1e-4, 2e-4]
 
 
 def test_ratio_of_edges_and_bounds(edge):
@@ -133,6 +145,9 @@ def test_ratio_of_edges_and_bounds(edge):
     assert math.isnan(beyond["ratio"]) and beyond["ratio_lower_bound"] == pytest.approx(50.0)
     assert math.isnan(beyond["ratio_upper_bound"])
     assert ratios.loc[(ARM_A8, ARM_32), "ratio_lower_bound"] == pytest.approx(1.0)
+    # the ratio as an interval from the edges' intervals: (low_y / high_x, high_y / low_x)
+    assert ratios.loc[(ARM_A8, ARM_8), ["ratio_low", "ratio_high"]].tolist() == pytest.approx([1e-4 / 1e-2, 1.0])
+    assert ratios.loc[(ARM_8, ARM_32), ["ratio_low", "ratio_high"]].tolist() == pytest.approx([50.0, math.inf])
 
 
 def test_lr_sensitivity_by_hand(edge):
@@ -182,12 +197,13 @@ def test_section_first_before_the_setup_with_numbers(edge_report):
         < text.index("## Appendix: setup and environment")
     assert text.split("\n\n")[2].startswith("## Answer")  # the answer opens the report, after the contents
     answer = text.split("## Answer")[1].split("\n## ")[0]
-    assert "\n- Edge (the lowest LR of the grid" in answer and "figures/answer.png" in answer
-    for phrase in ("`paged_adamw_8bit` at LR 2e-4 (1/2 blew up there)",
-                   "`paged_adamw_32bit` beyond the grid (> 1e-2",
-                   "`adamw_8bit` at LR 1e-2",
-                   "edge of `paged_adamw_32bit` / edge of `paged_adamw_8bit` > 50",
-                   "edge of `paged_adamw_8bit` / edge of `adamw_8bit` = 0.02",
+    assert "\n- Edge (between the last LR of the grid below and the first" in answer and "figures/answer.png" in answer
+    for phrase in ("`paged_adamw_8bit` in (1e-4, 2e-4] (1/2 blew up at 2e-4, 0/2 at 1e-4)",
+                   "`paged_adamw_32bit` in (1e-2, ∞) (no LR up to 1e-2",
+                   "`adamw_8bit` in (2e-4, 1e-2]",
+                   "edge of `paged_adamw_32bit` / edge of `paged_adamw_8bit` in (50, ∞)",
+                   "edge of `paged_adamw_8bit` / edge of `adamw_8bit` in (0.01, 1) (grid points: 0.02)",
+                   "Worse than the untrained base model in at least half of the runs: ",
                    "at the paper's LR 2e-4: `paged_adamw_8bit` 6, `paged_adamw_32bit` 1.12",
                    "largest over the grid: `paged_adamw_8bit` 50 (LR 1e-2)",
                    "`paged_adamw_8bit` 0.617 (best LR 1e-4)",

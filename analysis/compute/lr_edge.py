@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import combinations
 
 import numpy as np
@@ -41,9 +41,11 @@ RATE_COLUMNS = ("arm", "model", "dataset", "optim", "variant", "lr", "cells", "n
                 "blowups", "rate", "ci_low", "ci_high", "ppl_median", "ppl_min", "ppl_max", "base",
                 "threshold")
 EDGE_COLUMNS = ("arm", "model", "dataset", "optim", "variant", "n_lrs", "lowest_lr", "largest_lr",
-                "edge", "beyond", "edge_blowups", "edge_n")
+                "edge", "beyond", "edge_blowups", "edge_n", "edge_low", "edge_high", "below_blowups",
+                "below_n")
 RATIO_COLUMNS = ("x", "y", "edge_x", "edge_y", "beyond_x", "beyond_y", "ratio", "ratio_lower_bound",
-                 "ratio_upper_bound")
+                 "ratio_upper_bound", "ratio_low", "ratio_high")
+BASE_K = 1.0  # the "worse than the untrained base model" criterion beside config.blowup_k
 SENSITIVITY_COLUMNS = ("arm", "model", "dataset", "optim", "variant", "n_lrs", "n_runs", "log_base",
                        "best_lr", "best", "mean", "sensitivity")
 TRACE_COLUMNS = ("arm", "lr", "cell", "trial", "step") + TRACE_METRICS
@@ -173,19 +175,29 @@ def edges(rate_table: pd.DataFrame, edge_rate: float = EDGE_RATE) -> pd.DataFram
     """Per arm (:data:`EDGE_COLUMNS`): the edge = the lowest grid LR (among those with a judged
     run) whose blow-up rate is at least ``edge_rate``, with its blow-ups/n; when no LR reaches
     it, ``edge`` is NaN and ``beyond`` True: the edge lies beyond the grid, above
-    ``largest_lr``."""
+    ``largest_lr``.
+
+    The edge as an interval (``edge_low``, ``edge_high``]: from the last grid LR below the edge
+    (every LR below it stayed under ``edge_rate``; 0 when the edge is the grid's lowest LR) to the
+    edge (inf when it lies beyond the grid), with the blow-ups/n at ``edge_low``."""
     rows = []
     for arm, group in rate_table[rate_table["n"] > 0].groupby("arm", sort=True):
         group = group.sort_values("lr")
         over = group[group["rate"] >= edge_rate]
         hit = over.iloc[0] if len(over) else None
+        below = group[group["lr"] < hit["lr"]] if hit is not None else group
+        last_below = below.iloc[-1] if len(below) else None
         first = group.iloc[0]
         rows.append({"arm": arm, **{k: first[k] for k in ("model", "dataset", "optim", "variant")},
                      "n_lrs": len(group), "lowest_lr": group["lr"].min(),
                      "largest_lr": group["lr"].max(),
                      "edge": math.nan if hit is None else hit["lr"], "beyond": hit is None,
                      "edge_blowups": 0 if hit is None else int(hit["blowups"]),
-                     "edge_n": 0 if hit is None else int(hit["n"])})
+                     "edge_n": 0 if hit is None else int(hit["n"]),
+                     "edge_low": 0.0 if last_below is None else float(last_below["lr"]),
+                     "edge_high": math.inf if hit is None else float(hit["lr"]),
+                     "below_blowups": 0 if last_below is None else int(last_below["blowups"]),
+                     "below_n": 0 if last_below is None else int(last_below["n"])})
     return pd.DataFrame(rows, columns=list(EDGE_COLUMNS))
 
 
@@ -199,12 +211,18 @@ def arm_order(table: pd.DataFrame) -> list[str]:
 
 def _ratio_row(x: pd.Series, y: pd.Series) -> dict:
     """One pair: ratio = edge_y / edge_x; a bound when one edge lies beyond its grid (above
-    ``largest_lr``): y beyond → ratio > largest_y / edge_x; x beyond → ratio < edge_y / largest_x."""
+    ``largest_lr``): y beyond → ratio > largest_y / edge_x; x beyond → ratio < edge_y / largest_x.
+    With the edges as intervals, the ratio lies in (``ratio_low``, ``ratio_high``) =
+    (edge_low_y / edge_high_x, edge_high_y / edge_low_x): the grid's resolution, not a CI."""
     lower = y["largest_lr"] / x["edge"] if y["beyond"] and not x["beyond"] else math.nan
     upper = y["edge"] / x["largest_lr"] if x["beyond"] and not y["beyond"] else math.nan
+    with np.errstate(divide="ignore", invalid="ignore"):
+        low = float(np.float64(y["edge_low"]) / np.float64(x["edge_high"]))
+        high = float(np.float64(y["edge_high"]) / np.float64(x["edge_low"])) if x["edge_low"] > 0 else math.inf
     return {"x": x["arm"], "y": y["arm"], "edge_x": x["edge"], "edge_y": y["edge"],
             "beyond_x": bool(x["beyond"]), "beyond_y": bool(y["beyond"]),
-            "ratio": y["edge"] / x["edge"], "ratio_lower_bound": lower, "ratio_upper_bound": upper}
+            "ratio": y["edge"] / x["edge"], "ratio_lower_bound": lower, "ratio_upper_bound": upper,
+            "ratio_low": 0.0 if math.isnan(low) else low, "ratio_high": high}
 
 
 def edge_ratios(edge_table: pd.DataFrame) -> pd.DataFrame:
@@ -324,6 +342,8 @@ class EdgeResults:
         curves: :func:`inflation_curves`; at_end: :func:`inflation_at_end` (empty without a
             trace); both over every traced arm, the grid's and the others.
         horizon: :func:`horizon`, the traced arms outside the grid (a long run).
+        base_edges: :func:`edges` when "blew up" means worse than the untrained base model
+            (perplexity > :data:`BASE_K` × base) instead of ``config.blowup_k`` × base.
     Rates, edges, ratios and sensitivity cover the grid's arms only (:func:`grid_arms`).
     """
 
@@ -336,6 +356,7 @@ class EdgeResults:
     curves: pd.DataFrame
     at_end: pd.DataFrame
     horizon: pd.DataFrame
+    base_edges: pd.DataFrame
 
 
 def compute_edge(study: Study, config: AnalysisConfig = DEFAULT) -> EdgeResults | None:
@@ -354,4 +375,5 @@ def compute_edge(study: Study, config: AnalysisConfig = DEFAULT) -> EdgeResults 
                        rates=rate_table, edges=edge_table, ratios=edge_ratios(edge_table),
                        sensitivity=lr_sensitivity(study.runs, refs, on_grid),
                        curves=curves, at_end=inflation_at_end(traces),
-                       horizon=horizon(curves, grid, outcomes(study.runs, config, arms[~arms["arm"].isin(grid)])))
+                       horizon=horizon(curves, grid, outcomes(study.runs, config, arms[~arms["arm"].isin(grid)])),
+                       base_edges=edges(rates(study.runs, replace(config, blowup_k=BASE_K), on_grid)))

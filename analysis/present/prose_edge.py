@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 
@@ -35,24 +37,41 @@ def rate_ci(blowups: int, n: int, low: float, high: float) -> str:
     return f"{blowups}/{n} [{low:.0%}, {high:.0%}]" if n else "0/0"
 
 
+def edge_interval(row: pd.Series) -> str:
+    """An arm's edge as the interval the grid allows: ``(2e-4, 1e-3]``, ``(1e-2, ∞)``, ``(0, 1e-4]``."""
+    low = "0" if not row["edge_low"] else format_lr(row["edge_low"])
+    return f"({low}, ∞)" if row["beyond"] else f"({low}, {format_lr(row['edge_high'])}]"
+
+
 def edge_phrase(row: pd.Series, label: str) -> str:
-    """One arm's edge (a row of :func:`analysis.compute.lr_edge.edges`)."""
+    """One arm's edge (a row of :func:`analysis.compute.lr_edge.edges`) as an interval, with the
+    blow-ups at both ends."""
+    below = f"{row['below_blowups']}/{row['below_n']} at {format_lr(row['edge_low'])}" if row["below_n"] else ""
     if row["beyond"]:
-        return (f"`{label}` beyond the grid (> {format_lr(row['largest_lr'])}: no LR up to it "
-                f"reached {EDGE_RATE:.0%} blow-ups)")
-    return (f"`{label}` at LR {format_lr(row['edge'])} ({row['edge_blowups']}/{row['edge_n']} "
-            "blew up there)")
+        return (f"`{label}` in {edge_interval(row)} (no LR up to {format_lr(row['largest_lr'])} "
+                f"reached {EDGE_RATE:.0%} blow-ups; {below})")
+    return (f"`{label}` in {edge_interval(row)} ({row['edge_blowups']}/{row['edge_n']} blew up at "
+            f"{format_lr(row['edge'])}" + (f", {below})" if below else ")"))
+
+
+def base_edge_phrase(edges: pd.DataFrame, labels: dict[str, str]) -> str:
+    """The edges when a run counts as blown up as soon as it ends worse than the untrained base
+    model (:data:`analysis.compute.lr_edge.BASE_K`), beside the k × base ones."""
+    parts = [f"`{label}` {edge_interval(edges.loc[a])}" for a, label in labels.items() if a in edges.index]
+    return ("Worse than the untrained base model in at least half of the runs: " + "; ".join(parts) + ".") if parts else ""
 
 
 def ratio_phrase(row: pd.Series, labels: dict[str, str]) -> str:
     """One pair of :func:`analysis.compute.lr_edge.edge_ratios`: edge of y / edge of x, or its bound."""
     head = f"edge of `{labels[row['y']]}` / edge of `{labels[row['x']]}`"
+    high = "∞" if not math.isfinite(row["ratio_high"]) else _g(row["ratio_high"])
+    interval = f"in ({_g(row['ratio_low'])}, {high})"
     if pd.notna(row["ratio"]):
-        return f"{head} = {_g(row['ratio'])}"
+        return f"{head} {interval} (grid points: {_g(row['ratio'])})"
     if pd.notna(row["ratio_lower_bound"]):
-        return f"{head} > {_g(row['ratio_lower_bound'])} (`{labels[row['y']]}`'s lies beyond the grid)"
+        return f"{head} {interval} (`{labels[row['y']]}`'s lies beyond the grid)"
     if pd.notna(row["ratio_upper_bound"]):
-        return f"{head} < {_g(row['ratio_upper_bound'])} (`{labels[row['x']]}`'s lies beyond the grid)"
+        return f"{head} {interval} (`{labels[row['x']]}`'s lies beyond the grid)"
     return f"{head}: unknown (both lie beyond the grid)"
 
 
@@ -105,13 +124,13 @@ def answer_lines(e: EdgeResults, labels: dict[str, str], alpha: float) -> list[s
     """The answer, one line per finding: edges and their ratios, where the paper's LR sits, update
     inflation, the long runs, LR sensitivity and blow-ups per LR, every number from ``e``."""
     edges = e.edges.set_index("arm")
-    head = ("Edge (the lowest LR of the grid at which at least "
+    head = ("Edge (between the last LR of the grid below and the first at which at least "
             f"{EDGE_RATE:.0%} of the runs blew up): "
             + "; ".join(edge_phrase(edges.loc[a], label) for a, label in labels.items()
                         if a in edges.index) + ".")
     if len(e.ratios):
         head += " Ratio of edges: " + "; ".join(ratio_phrase(r, labels) for _, r in e.ratios.iterrows()) + "."
-    lines = [head, paper_phrase(e, labels), inflation_phrase(e.at_end, labels), horizon_phrase(e.horizon),
+    lines = [head, base_edge_phrase(e.base_edges.set_index("arm"), labels), paper_phrase(e, labels), inflation_phrase(e.at_end, labels), horizon_phrase(e.horizon),
              explains_phrase(e, labels), sensitivity_phrase(e.sensitivity, labels), blowups_phrase(e.rates, labels, alpha)]
     return [line for line in lines if line]
 

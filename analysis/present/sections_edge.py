@@ -69,16 +69,25 @@ def _rates_view(rates: pd.DataFrame, labels: dict[str, str], alpha: float) -> pd
     return out
 
 
+def _blowup_k(e: EdgeResults) -> float | None:
+    """The k of "perplexity > k × base" the edges used, from the rates' threshold / base."""
+    ratio = (e.rates["threshold"] / e.rates["base"]).dropna()
+    return float(ratio.iloc[0]) if len(ratio) else None
+
+
 def _arms_view(e: EdgeResults, labels: dict[str, str]) -> pd.DataFrame:
     """Per arm: the edge in words and the LR sensitivity with its best LR."""
     edges, sens = e.edges.set_index("arm"), e.sensitivity.set_index("arm")
+    base = e.base_edges.set_index("arm")
+    k = f"edge ({format_number(r_k)}× base)" if (r_k := _blowup_k(e)) else "edge"
     rows = []
     for arm, label in labels.items():
-        row = {"arm": label, "edge": "–", "LR sensitivity (nats)": float("nan"), "best LR": "–"}
+        row = {"arm": label, k: "–", "edge (worse than base)": "–", "LR sensitivity (nats)": float("nan"),
+               "best LR": "–"}
         if arm in edges.index:
-            edge = edges.loc[arm]
-            row["edge"] = (f"beyond the grid (> {format_lr(edge['largest_lr'])})" if edge["beyond"]
-                           else format_lr(edge["edge"]))
+            row[k] = prose_edge.edge_interval(edges.loc[arm])
+        if arm in base.index:
+            row["edge (worse than base)"] = prose_edge.edge_interval(base.loc[arm])
         if arm in sens.index:
             row["LR sensitivity (nats)"] = sens.loc[arm, "sensitivity"]
             row["best LR"] = format_lr(sens.loc[arm, "best_lr"])
@@ -120,10 +129,13 @@ def lr_edge(doc: Doc, r: Results) -> Tables:
     doc.para(MECHANISM)
     _definitions(doc, r.config)
     arms = _arms_view(e, labels)
-    doc.table(arms, "Edge and LR sensitivity per arm")
+    doc.table(arms, "Edge per arm, as the interval between the last LR of the grid below and the first "
+              f"at which at least {EDGE_RATE:.0%} of the runs blew up, and LR sensitivity")
     doc.table(_rates_view(e.rates, labels, r.config.alpha), "Blow-ups and perplexity per arm and LR")
     out: Tables = {"lr_edge_rates": (e.rates, "Blow-ups per arm and learning rate"),
                    "lr_edge_edges": (e.edges, "Learning-rate edge per arm"),
+                   "lr_edge_edges_worse_than_base": (e.base_edges, ("Learning-rate edge per arm, blow-up = "
+                                                     "worse than the untrained base model")),
                    "lr_edge_ratios": (e.ratios, "Ratio of edges per pair of arms"),
                    "lr_edge_sensitivity": (e.sensitivity, "LR sensitivity per arm")}
     if not e.at_end.empty:
