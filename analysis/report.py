@@ -15,16 +15,23 @@ Writes, under ``artifacts.report_dir(study)`` = ``<study>/_report/`` (or ``--out
 (``.csv`` full precision, ``.md``, ``.tex``), plus ``tables/runs.csv`` (every run, every
 summary key). Prints the path of ``report.md`` on stdout and nothing else.
 
+The files are written into a staging folder beside them and moved into place only once all are
+written, ``report.md`` last: a build that fails or is killed midway leaves the previous report whole.
+
 Exit codes: 0 report written (even when some runs are corrupted: they are listed in the
-report's problems section); 2 bad input (no such directory, or no run directory in it).
+report's problems section); 1 the filesystem refused a write (full, over quota, read-only,
+I/O error: one line names the file and the free space; the previous report is left whole);
+2 bad input (no such directory, or no run directory in it).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,7 +55,7 @@ from analysis.present import (
     sections_variance,
 )
 from analysis.present.document import Doc, render_html, render_markdown, write_figures
-from repeatability.records import artifacts
+from repeatability.records import artifacts, storage
 
 log = logging.getLogger(__name__)
 
@@ -100,30 +107,59 @@ def write_report(study_path: str | Path, out_dir: str | Path | None = None,
     """Load the study (and each of ``compare``), build the report (compute once, then present)
     and write every file; return ``report.md``'s path.
 
-    ``figures/`` and ``tables/`` under the output folder are replaced, so no file of an
-    earlier report survives next to the new one.
+    Every file is written into a staging folder inside the output folder, then moved into
+    place (:func:`_swap_in`): ``figures/`` and ``tables/`` are replaced whole, so no file of an
+    earlier report survives next to the new one, and until the move the earlier report is whole.
 
     Raises:
         StudyError: no such study directory, or no run directory in it (either one).
+        StorageFault: the output's filesystem is full, read-only or failing (nothing was replaced).
     """
     study = load_study(study_path, eval_name)
     others = [load_study(path) for path in compare]
     out = Path(out_dir) if out_dir else artifacts.report_dir(study.path)
     doc, tabs = build(study, config, others, eval_name)
     doc.csv = {caption: f"tables/{name}.csv" for name, (_, caption) in tabs.items()}
-    for old in (out / "figures", out / "tables"):  # a previous report's files must not linger
-        if old.is_dir():
-            shutil.rmtree(old)
-    tables_dir = out / "tables"
-    for name, (table, caption) in tabs.items():
-        write_table(table, tables_dir, name, caption, index=not _is_flat(table))
-    study.runs.to_csv(tables_dir / "runs.csv", index=False)
-    write_figures(doc, out / "figures")
-    md = out / "report.md"
-    md.write_text(render_markdown(doc))
-    (out / "report.html").write_text(render_html(doc))
+    with storage.writing(out):
+        stage = _staging(out)
+        try:
+            tables_dir = stage / "tables"
+            tables_dir.mkdir()
+            for name, (table, caption) in tabs.items():
+                write_table(table, tables_dir, name, caption, index=not _is_flat(table))
+            study.runs.to_csv(tables_dir / "runs.csv", index=False)
+            write_figures(doc, stage / "figures")
+            (stage / "report.html").write_text(render_html(doc))
+            (stage / "report.md").write_text(render_markdown(doc))
+            _swap_in(stage, out)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
     log.info("wrote %s (%d figures, %d tables)", out, len(doc.figures), len(tabs) + 1)
-    return md
+    return out / "report.md"
+
+
+STAGING = ".staging-"  # <out>/.staging-XXXX/: a report being written (a killed build's is removed by the next)
+
+
+def _staging(out: Path) -> Path:
+    """A fresh staging folder inside ``out`` (one filesystem: the moves are renames), after
+    removing any that a killed build left."""
+    out.mkdir(parents=True, exist_ok=True)
+    for left in out.glob(f"{STAGING}*"):
+        shutil.rmtree(left, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=STAGING, dir=out))
+
+
+def _swap_in(stage: Path, out: Path) -> None:
+    """Move the staged report into ``out``: each folder by two renames (the old one into the
+    staging folder, removed with it), each document by one atomic ``os.replace``, ``report.md``
+    last. Only a kill during these renames (milliseconds, no writing) can mix two reports."""
+    for name in ("figures", "tables"):
+        if (out / name).exists():
+            os.replace(out / name, stage / f".old-{name}")
+        os.replace(stage / name, out / name)
+    for name in ("report.html", "report.md"):
+        os.replace(stage / name, out / name)
 
 
 def _is_flat(table: pd.DataFrame) -> bool:
@@ -169,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         path = write_report(args.study, args.out, config, compare, args.eval_name)
     except StudyError as exc:
         parser.exit(2, f"error: {exc}\n")
+    except storage.StorageFault as fault:
+        parser.exit(1, f"error: {fault}; the previous report is left as it was; free space there and run "
+                       "this again\n")
     print(path)  # the one line of stdout: where the report is
     return 0
 

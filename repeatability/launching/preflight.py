@@ -1,8 +1,9 @@
 """Check every job of a command line before any training starts.
 
 Composes each job's config (the sweep expanded, experiment sweeps included), validates it,
-and checks that its model and dataset can be had and its splits are not empty. The first
-problem is one line on stderr naming it and the fix; nothing has been computed yet.
+checks that its model and dataset can be had and its splits are not empty, and that the runs
+still to do fit the free space of results_dir's filesystem (:mod:`repeatability.launching.footprint`).
+The first problem is one line on stderr naming it and the fix; nothing has been computed yet.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from repeatability.launching import launchers, slurm
-from repeatability.records import tracking
+from repeatability.launching import footprint, launchers, slurm
+from repeatability.records import artifacts, tracking
 from repeatability.records.config import GROUPS, RunConfig, register_configs, to_run_config
 from repeatability.records.errors import ConfigError
 
@@ -104,8 +105,13 @@ def launcher_config(overrides: list[str]) -> DictConfig:
         GlobalHydra.instance().clear()
 
 
-def _check_resources(configs: list[RunConfig], remote: bool = False) -> None:
-    """Models, data and splits; the device only where the jobs run here (not on SLURM nodes)."""
+def _data_key(cfg: RunConfig) -> str:
+    return repr((cfg.dataset, cfg.determinism.split_seed, cfg.train.val_examples))
+
+
+def _check_resources(configs: list[RunConfig], remote: bool = False) -> dict[str, int]:
+    """Models, data and splits; the device only where the jobs run here (not on SLURM nodes).
+    Returns the training examples of each split (by :func:`_data_key`)."""
     from repeatability.trial import data, modelling
 
     for cfg in {c.model.name + str(c.model.path): c for c in configs}.values():
@@ -114,16 +120,28 @@ def _check_resources(configs: list[RunConfig], remote: bool = False) -> None:
             continue
         device = modelling.resolve_device(cfg.device)
         modelling.resolve_mixed_precision(cfg.quant, device, modelling.resolve_compute_dtype(cfg.quant, device))
-    seen: set[str] = set()
+    n_train: dict[str, int] = {}
     for spec in {c.eval.prompts: c for c in configs}.values():
         data.prompt_set(spec)  # a missing preset or an empty file fails here, before any training
     for cfg in configs:
-        key = repr((cfg.dataset, cfg.determinism.split_seed, cfg.train.val_examples))
-        if key in seen:
+        key = _data_key(cfg)
+        if key in n_train:
             continue
-        seen.add(key)
         examples = data.load_examples(cfg.dataset)
-        data.split_examples(examples, cfg.determinism.split_seed, cfg.train.val_examples, cfg.dataset.name)
+        split = data.split_examples(examples, cfg.determinism.split_seed, cfg.train.val_examples, cfg.dataset.name)
+        n_train[key] = len(split.train)
+    return n_train
+
+
+def _check_space(configs: list[RunConfig], at_once: int, n_train: dict[str, int]) -> None:
+    """The runs still to do fit results_dir's free space (:func:`footprint.check_fits`)."""
+    from repeatability.trial import data
+
+    def finished(cfg: RunConfig) -> bool:
+        run = artifacts.run_dir(cfg.results_dir, cfg.study, artifacts.cell_of(cfg), cfg.trial)
+        return (run / artifacts.DONE).exists()
+
+    footprint.check_fits(configs, at_once, lambda c: n_train[_data_key(c)], data.prompt_set, finished)
 
 
 def check(overrides: list[str], multirun: bool) -> list[RunConfig]:
@@ -141,11 +159,13 @@ def check(overrides: list[str], multirun: bool) -> list[RunConfig]:
     configs = [to_run_config(c) for c in composed]
     for name in sorted({c.tracking.name for c in configs}):  # a missing pip extra, before any model loads
         tracking.check_available(next(c.tracking for c in configs if c.tracking.name == name))
-    launcher = launcher_config(overrides)
-    remote = launchers.classify(launcher).remote
-    if remote:
-        slurm.check_resources(launcher, needs_gpu=any(c.device == "cuda" for c in configs))
-    _check_resources(configs, remote)
+    launcher_cfg = launcher_config(overrides)
+    launcher = launchers.classify(launcher_cfg)
+    if launcher.remote:
+        slurm.check_resources(launcher_cfg, needs_gpu=any(c.device == "cuda" for c in configs))
+    n_train = _check_resources(configs, launcher.remote)
+    # on SLURM every job may run at once; here, the launcher's parallel jobs
+    _check_space(configs, len(configs) if launcher.remote else launcher.parallel_jobs, n_train)
     _warn_unlocked()
     return configs
 

@@ -7,6 +7,8 @@
 - a half-finished or failed run is redone from scratch;
 - an exception is recorded in the run directory (status failed, traceback) while this launcher
   still holds its claim, and the sweep goes on;
+- a write that fails for want of storage (disk full, quota, read-only, I/O error) stops the
+  sweep instead, in one line, leaving the run to resume (:mod:`repeatability.launching.faults`);
 - at the end the sweep lists what happened and exits non-zero if any run failed.
 """
 
@@ -26,8 +28,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from repeatability.launching import claims, notices, preemption
-from repeatability.records import artifacts, checkpoint_files, integrity
+from repeatability.launching import claims, faults, launchers, notices, preemption
+from repeatability.records import artifacts, checkpoint_files, integrity, storage
 from repeatability.records.config import RunConfig, to_run_config
 from repeatability.records.errors import ConfigError, RunDirError
 from repeatability.records.metrics import NAME as N
@@ -37,7 +39,8 @@ log = logging.getLogger("repeatability")
 LEDGER = "ledger.jsonl"
 # keys that may differ between a finished run and a re-run of it without changing the result
 _NEUTRAL_KEYS = ("results_dir", "cache_dir", "claim_heartbeat_s", "claim_stale_after_s", "tracking")
-BAD_STATUSES = ("failed", "invalid", "claim_lost")  # runs that fail the command
+BAD_STATUSES = ("failed", "invalid", "claim_lost", faults.STOPPED, faults.NOT_STARTED)  # runs that fail the command
+_outcomes: dict[Path | None, list[dict[str, Any]]] = {}  # this process's ledger entries, by ledger: kept when the disk is full
 
 
 def _sweep_dir() -> Path | None:
@@ -54,12 +57,20 @@ def _ledger_path() -> Path | None:
 
 
 def append_ledger(entry: dict[str, Any], path: Path | None = None) -> None:
+    """Append one job's line to the sweep ledger (kept in this process too, so that a sweep
+    stopped by a full disk still lists its runs).
+
+    Raises:
+        StorageFault: the ledger's filesystem is full, read-only or failing.
+    """
     path = path or _ledger_path()
+    _outcomes.setdefault(path, []).append(entry)
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:  # one short line per job: appends from parallel workers stay whole
-        fh.write(json.dumps(entry) + "\n")
+    with storage.writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as fh:  # one short line per job: appends from parallel workers stay whole
+            fh.write(json.dumps(entry) + "\n")
 
 
 TOTAL_ENV, START_ENV = "REPEATABILITY_SWEEP_TOTAL", "REPEATABILITY_SWEEP_START"
@@ -130,6 +141,8 @@ def run_one(cfg: DictConfig) -> str:
     started = time.perf_counter()
     notices.install(_sweep_dir())  # here, not in main: joblib workers are fresh processes
     preemption.install()  # inside a submitit SLURM job: checkpoint before requeueing
+    if faults.stopped(_sweep_dir()):  # an earlier job of a parallel launcher ran out of storage
+        return _quietly_ledgered({"run_dir": None, "status": faults.NOT_STARTED}, faults.NOT_STARTED)
     try:
         return _run_claimed(cfg, started)
     except preemption.Preempted as stop:  # the claim is released; the checkpoint is in the run directory
@@ -138,6 +151,35 @@ def run_one(cfg: DictConfig) -> str:
                         "slurm_job": os.environ.get("SLURM_JOB_ID")})
         preemption.hand_over()  # requeues and exits
         raise
+    except Exception as exc:  # a write outside a run (claim, ledger) that the filesystem refused
+        fault = storage.fault_of(exc, str(cfg.get("results_dir", ".")))
+        if fault is None:
+            raise
+        return _stop(fault, started)
+
+
+def _stop(fault: storage.StorageFault, started: float) -> str:
+    """Say the storage fault in one line and stop the sweep: the launcher's own process (basic
+    launcher) exits 1 listing the finished runs; a parallel launcher's worker marks the sweep
+    stopped so that its later jobs do not start, and the sweep's end lists them."""
+    faults.say(fault)
+    entry = {"run_dir": fault.run_dir, "status": faults.STOPPED, "error": str(fault),
+             "seconds": round(time.perf_counter() - started, 1)}
+    _quietly_ledgered(entry, faults.STOPPED)
+    faults.mark(_sweep_dir())
+    if launchers.current().kind in ("basic", "none"):  # nothing more may start or be written: Hydra's own
+        log.error("%s", faults.stop_line(_outcomes.get(_ledger_path(), []), os.environ.get(TOTAL_ENV, "?")))
+        raise SystemExit(1)  # files for the next job would meet the same full disk
+    return faults.STOPPED
+
+
+def _quietly_ledgered(entry: dict[str, Any], status: str) -> str:
+    """Append ``entry`` to the ledger if the disk takes it (this process keeps it either way); return ``status``."""
+    try:
+        append_ledger(entry)
+    except OSError:
+        pass
+    return status
 
 
 def _run_claimed(cfg: DictConfig, started: float) -> str:
@@ -156,6 +198,9 @@ def _run_claimed(cfg: DictConfig, started: float) -> str:
         return "running_elsewhere"
     except (ConfigError, RunDirError) as exc:
         return _invalid(exc, path)
+    except storage.StorageFault as fault:  # the claim could not be written: run_one stops the sweep
+        fault.run_dir = str(path) if path else None
+        raise
     with claim:  # heartbeat while the run executes; released (if still ours) whatever happens
         if claim.took_over:
             stale, reason = claim.took_over
@@ -230,6 +275,10 @@ def _execute_isolated(rc: RunConfig, cfg: DictConfig, path: Path, claim: claims.
         raise
     except Exception as exc:  # isolate: record and let the sweep go on
         one_line = str(exc).splitlines()[0] if str(exc) else ""
+        fault = storage.fault_of(exc, path)
+        if fault is not None:  # the filesystem, not the run: record what the disk takes, then stop (run_one)
+            _record_fault(rc, path, claim, fault, traceback.format_exc())
+            raise fault from (None if fault is exc else exc)
         if isinstance(exc, claims.ClaimLost) or not claim.held():  # the directory is someone else's now
             log.error("%s: this launcher lost its claim (%s); nothing recorded there", path, one_line)
             return "claim_lost"
@@ -237,11 +286,7 @@ def _execute_isolated(rc: RunConfig, cfg: DictConfig, path: Path, claim: claims.
             log.error("error: %s", one_line)
         else:
             log.exception("%s failed", path)
-        artifacts.write_error(path, traceback.format_exc())
-        artifacts.write_summary(path, {
-            "study": rc.study, "trial": rc.trial, "cell": asdict(pipeline.cell_of(rc)),
-            "status": "failed", "error": {"type": type(exc).__name__, "message": one_line},
-        })
+        _record_failed(rc, path, traceback.format_exc(), type(exc).__name__, one_line)
         return "failed"
     m = summary["metrics"]
     log.info("%s %s: ppl(token-weighted) %.4g, ppl(mean per-seq) %.4g, optimizer state %s-bit (%.0f%% of params), "
@@ -250,6 +295,26 @@ def _execute_isolated(rc: RunConfig, cfg: DictConfig, path: Path, claim: claims.
              100 * summary["optimizer"]["effective"]["state_8bit_param_fraction"],
              summary["optimizer"]["effective"]["paging_effective"], summary["timings"]["total_s"])
     return summary["status"]
+
+
+def _record_failed(rc: RunConfig, path: Path, trace: str, kind: str, one_line: str) -> None:
+    """``error.txt`` (the traceback) and a failed summary: the run is redone, or resumed, on re-run."""
+    artifacts.write_error(path, trace)
+    artifacts.write_summary(path, {"study": rc.study, "trial": rc.trial, "cell": asdict(artifacts.cell_of(rc)),
+                                   "status": "failed", "error": {"type": kind, "message": one_line}})
+
+
+def _record_fault(rc: RunConfig, path: Path, claim: claims.Claim, fault: storage.StorageFault, trace: str) -> None:
+    """Free the torn checkpoint, then record the run as failed if the disk takes it: a run left
+    incomplete instead resumes the same way, and either way nothing is marked done."""
+    fault.run_dir = str(path)
+    faults.free_torn(path)
+    if not claim.held():
+        return
+    try:
+        _record_failed(rc, path, trace, "StorageFault", str(fault))
+    except OSError:  # the disk takes nothing more (a StorageFault is an OSError): no second traceback
+        pass
 
 
 def release_memory() -> None:
@@ -288,9 +353,16 @@ def _job_overrides() -> list[str]:
 
 
 def read_ledger(path: Path) -> list[dict[str, Any]]:
+    """The ledger's entries; a line a full disk cut short is left out."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    entries = []
+    for line in path.read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return entries
 
 
 def summarize(entries: list[dict[str, Any]], elapsed_s: float) -> tuple[str, list[str]]:
@@ -329,6 +401,9 @@ class SweepReport(Callback):
 
     def _finish(self, ledger: Path) -> None:
         entries = read_ledger(ledger)
+        if faults.stopped(ledger.parent) or any(e["status"] == faults.STOPPED for e in entries):
+            log.error("%s", faults.stop_line(entries, os.environ.get(TOTAL_ENV, "?")))  # the job said why
+            raise SystemExit(1)
         line, bad = summarize(entries, time.perf_counter() - self.start)
         log.info(line)
         elsewhere = sum(e["status"] == "running_elsewhere" for e in entries)

@@ -8,17 +8,27 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from repeatability.records import storage
 from repeatability.records.artifacts import ADAPTER, ADAPTER_CONFIG, ADAPTER_WEIGHTS, WEIGHTS_FILE, read_json
 from repeatability.records.integrity import file_sha256
 
 
 def save_adapter(path: Path, model: Any) -> str:
-    """Save a PEFT model's adapter atomically (tmp dir, then rename); return its SHA-256."""
+    """Save a PEFT model's adapter atomically (tmp dir, then rename); return its SHA-256.
+
+    A save that fails leaves no ``adapter/`` and removes its temporary folder; a full, read-only
+    or failing filesystem raises :class:`~repeatability.records.storage.StorageFault`.
+    """
     tmp = path / f".{ADAPTER}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(str(tmp))
-    os.replace(tmp, path / ADAPTER)
+    with storage.writing(path / ADAPTER):
+        try:
+            model.save_pretrained(str(tmp))
+            os.replace(tmp, path / ADAPTER)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return adapter_sha256(path)
 
 

@@ -17,7 +17,7 @@ Layout of a study (``docs/run-directory.md`` documents every file and key)::
         config.yaml         the resolved Hydra config this run used
         overrides.yaml      the command-line overrides of the job
         adapter/            standard PEFT adapter (adapter_config.json, adapter_model.safetensors)
-        checkpoints/        mid-run checkpoints (while running; removed when the run finishes)
+        checkpoints/        mid-run checkpoints (while running; removed once DONE is written)
         tensorboard/        TensorBoard event files (tracking=tensorboard only)
         error.txt           traceback (failed runs only)
         MANIFEST.json       SHA-256 of every file above but summary.json (finished runs)
@@ -26,9 +26,10 @@ Layout of a study (``docs/run-directory.md`` documents every file and key)::
       <model>__<dataset>__<optim>[__<variant>]/.claims.lock       locked while a claim there changes
       _splits/<sha>.jsonl   the held-out examples as scored (template applied), by split hash
       _base/<key>.json      base-model perplexity, computed once per (model, dataset, split, eval)
-      _sweeps/<time>_<pid>/ Hydra's own logs, the sweep ledger and .notices/ (never a run directory)
+      _sweeps/<time>_<pid>/ Hydra's own logs, the sweep ledger, .notices/ and, after a full disk,
+                            the stopped marker (never a run directory)
       _mlflow/ _wandb/      tracking=mlflow's local file store, tracking=wandb's offline runs
-      _report/              the generated variance report (analysis.report)
+      _report/              the generated variance report (analysis.report; written in .staging-*/, then moved)
 
 A run imported from a published table (``python -m analysis.import_table``) holds
 ``summary.json`` (with an ``imported`` key: source, citation, the table row) and ``DONE`` only.
@@ -49,10 +50,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
+from repeatability.records import storage
 from repeatability.records import summary as schema
 from repeatability.records.errors import RunDirError
+
+if TYPE_CHECKING:  # records.config is not imported at run time: it needs nothing from here
+    from repeatability.records.config import RunConfig
 
 # the summary's schema lives in repeatability/records/summary.py (typed records, one doc per field)
 SCHEMA_VERSION = schema.SCHEMA_VERSION
@@ -116,6 +121,14 @@ class CellKey:
         return "__".join(parts)
 
 
+def cell_of(cfg: RunConfig) -> CellKey:
+    """The run's cell; historical state maps always make their own cell (never mixed with today's)."""
+    optim, maps = cfg.optim.name, cfg.optim.state_maps
+    if maps != "current" and maps not in optim:
+        optim = f"{optim}-maps_{maps}"
+    return CellKey(cfg.model.name, cfg.dataset.name, optim, cfg.variant)
+
+
 def claim_file(run: Path) -> Path:
     """``<cell>/trial-NN.claim``: the claim on a run directory (see :mod:`repeatability.launching.claims`)."""
     return run.parent / f"{run.name}{CLAIM_SUFFIX}"
@@ -173,17 +186,20 @@ def parse_cell_dirname(name: str) -> CellKey:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``path`` whole or not at all (temporary file, fsync, rename); a full, read-only or
+    failing filesystem raises :class:`~repeatability.records.storage.StorageFault` naming ``path``."""
+    with storage.writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def _json_default(obj: Any) -> Any:

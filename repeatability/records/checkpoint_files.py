@@ -38,3 +38,15 @@ def read_resume_state(checkpoint: Path) -> dict[str, Any]:
 
 def remove_checkpoints(path: Path) -> None:
     shutil.rmtree(checkpoint_root(path), ignore_errors=True)
+
+
+def remove_torn_checkpoints(path: Path) -> list[str]:
+    """Remove the checkpoint folders a failed save left without ``RESUME_STATE`` (never resumed
+    from, but they hold space, and the Trainer would count them among the two it keeps); return
+    their names."""
+    root = checkpoint_root(path)
+    torn = sorted(c for c in root.glob("checkpoint-*") if c.is_dir() and not (c / RESUME_STATE).exists()) \
+        if root.is_dir() else []
+    for folder in torn:
+        shutil.rmtree(folder, ignore_errors=True)
+    return [folder.name for folder in torn]

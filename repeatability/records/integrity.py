@@ -29,8 +29,13 @@ from repeatability.records.errors import RunDirError
 _UNHASHED = (SUMMARY, MANIFEST, DONE)
 
 
-def mark_done(path: Path) -> None:
-    """Write the manifest, then the completion marker; call last, after every other file is in place."""
+def mark_done(path: Path, leave_out: tuple[str, ...] = ()) -> None:
+    """Write the manifest, then the completion marker; call last, after every other file is in place.
+
+    ``leave_out``: top-level entries of the run not hashed because they are removed right after
+    (the checkpoints of a run that does not keep them: they stay until ``DONE`` is written, so a
+    run that cannot be marked done still resumes from them).
+    """
     summary = read_json(path / SUMMARY)
     needed = IMPORTED_FILES if summary.get(IMPORTED) else RUN_FILES
     missing = [f for f in needed if f not in (MANIFEST, DONE) and not (path / f).exists()]
@@ -40,7 +45,7 @@ def mark_done(path: Path) -> None:
         raise RunDirError(f"{path}: cannot mark a {summary.get('status')!r} run done")
     if not summary.get(IMPORTED):  # an imported run holds nothing but its summary: nothing to hash
         write_json(path / MANIFEST, {"algorithm": "sha256", "files": {rel: file_sha256(path / rel)
-                                                                       for rel in _hashed_files(path)}})
+                                                                       for rel in _hashed_files(path, leave_out)}})
     write_text(path / DONE, f"{summary['status']}\n")
 
 
@@ -53,10 +58,11 @@ def file_sha256(file: Path) -> str:
     return digest.hexdigest()
 
 
-def _hashed_files(path: Path) -> list[str]:
+def _hashed_files(path: Path, leave_out: tuple[str, ...] = ()) -> list[str]:
     """Every regular file of the run (relative, ``/``-separated) that the manifest covers."""
     files = (p for p in path.rglob("*") if p.is_file() and not p.is_symlink())
-    return sorted(rel for rel in (p.relative_to(path).as_posix() for p in files) if rel not in _UNHASHED)
+    return sorted(rel for rel in (p.relative_to(path).as_posix() for p in files)
+                  if rel not in _UNHASHED and rel.split("/", 1)[0] not in leave_out)
 
 
 def verify_manifest(path: Path) -> bool:

@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from repeatability.records import storage
+
 ALL = "all"
 BLOCKSIZE = 256  # bitsandbytes' blockwise 8-bit optimizer state: one absmax per 256 elements
 COLUMNS = ("step", "optimizer_step", "module_kind", "n_params", "n_8bit_params", "lr", "bias_correction2",
@@ -242,4 +244,6 @@ class TraceCallback(TrainerCallback):
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         assert self.trace is not None
-        torch.save(self.trace.state_dict(), Path(args.output_dir) / f"checkpoint-{state.global_step}" / STATE_FILE)
+        file = Path(args.output_dir) / f"checkpoint-{state.global_step}" / STATE_FILE
+        with storage.writing(file):
+            torch.save(self.trace.state_dict(), file)

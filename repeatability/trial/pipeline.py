@@ -44,12 +44,7 @@ def utc_now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def cell_of(cfg: RunConfig) -> artifacts.CellKey:
-    """The run's cell; historical state maps always make their own cell (never mixed with today's)."""
-    optim, maps = cfg.optim.name, cfg.optim.state_maps
-    if maps != "current" and maps not in optim:
-        optim = f"{optim}-maps_{maps}"
-    return artifacts.CellKey(cfg.model.name, cfg.dataset.name, optim, cfg.variant)
+cell_of = artifacts.cell_of  # the run's cell: named by the contract (preflight reads it without torch)
 
 
 def prepare_data(cfg: RunConfig, tokenizer: Any, study: Path) -> Prepared:
@@ -199,9 +194,11 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
         guard()
         tracker.log_end(summary)
     artifacts.write_summary(path, record)
+    # checkpoints go only once DONE is written: a run that cannot be marked done (a full disk)
+    # resumes from its last one instead of starting over
+    integrity.mark_done(path, leave_out=() if cfg.train.keep_checkpoints else (artifacts.CHECKPOINTS,))
     if not cfg.train.keep_checkpoints:
         checkpoint_files.remove_checkpoints(path)
-    integrity.mark_done(path)
     return summary
 
 

@@ -17,7 +17,7 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from repeatability.launching import preemption
-from repeatability.records import artifacts, checkpoint_files
+from repeatability.records import artifacts, checkpoint_files, storage
 from repeatability.records.config import TrainConfig
 from repeatability.records.config_cell import OptimConfig
 from repeatability.trial import data, optimtrace, qmaps
@@ -228,6 +228,22 @@ class TallyTrainer(Trainer):
     (the collator cannot tell training batches from the validation batches it also builds)."""
 
     record: TrainLog
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """The Trainer's checkpoint save, a full or failing filesystem said as one
+        :class:`~repeatability.records.storage.StorageFault` naming the checkpoint (torch.save
+        itself raises ``RuntimeError: ... unexpected pos``)."""
+        with storage.writing(Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"):
+            super()._save_checkpoint(model, trial)
+
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> Any:
+        """An epoch of steps, none when the run resumed from a checkpoint at its last step (a
+        save that failed after training): the Trainer would take one step past ``max_steps``
+        before checking, and the adapter would no longer be the uninterrupted run's."""
+        if self.state.global_step >= self.state.max_steps > 0:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
         real, slots = data.token_counts(inputs)
