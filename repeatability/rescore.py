@@ -34,6 +34,7 @@ from omegaconf import OmegaConf
 from repeatability.records import adapter_files, artifacts, eval_records, integrity
 from repeatability.records.config import GROUPS, RunConfig, to_run_config
 from repeatability.records.errors import ConfigError, RunDirError
+from repeatability.records.metrics import PERPLEXITY_DEFINITION
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +194,6 @@ def score_group(jobs: list[Job], study: Path, name: str, overrides: list[str], f
 
 def _record(job: Job, ppl: Any, base: dict[str, Any], prep: Any, overrides: list[str], device: str, dtype: Any,
             timings: dict[str, float], shared: int) -> dict[str, Any]:
-    from repeatability.trial import evaluate
-
     summary = artifacts.read_summary(job.run)
     sha = adapter_files.adapter_sha256(job.run)
     return {
@@ -206,7 +205,7 @@ def _record(job: Job, ppl: Any, base: dict[str, Any], prep: Any, overrides: list
         "data": {k: prep.info[k] for k in ("dataset", "heldout_sha256", "heldout_file", "n_heldout_scored", "max_length")},
         "eval": asdict(job.cfg.eval),
         "metrics": {**ppl.as_metrics(), **{k: v for k, v in base.items() if k.startswith("base_perplexity")}},
-        "perplexity_definition": evaluate.PERPLEXITY_DEFINITION,
+        "perplexity_definition": PERPLEXITY_DEFINITION,
         "timings": timings,
     }
 

@@ -2,13 +2,15 @@
 
 A mirror kept by hand (a list copied from another, a string spelled again) fails here instead of
 after a run's training, when its summary is checked. Also: no import cycle between the project's
-modules, lazy imports included.
+modules, lazy imports included, and the layers point down (launching -> trial -> records; analysis
+reads records only).
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 import typing
 from pathlib import Path
 
@@ -120,12 +122,21 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _source(path: Path) -> str:
+    """A module's text; a notebook's code cells (IPython magics and shell lines left out)."""
+    if path.suffix != ".ipynb":
+        return path.read_text()
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    lines = [line for c in cells for line in "".join(c["source"]).splitlines() if not line.lstrip().startswith(("%", "!"))]
+    return "\n".join(lines)
+
+
 def _imports(name: str, path: Path, known: set[str]) -> set[str]:
     """Project modules ``path`` imports anywhere: at module level, under ``TYPE_CHECKING`` and inside
     functions (a lazy import hides a cycle from Python, not from this test)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(_source(path))):
         if isinstance(node, ast.Import):
             out |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -160,9 +171,18 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_the_import_graph_is_acyclic() -> None:
+def _graph() -> dict[str, set[str]]:
+    """Each project module (and each notebook under ``analysis/``) -> the project modules it imports."""
     files = {_module_name(p): p for package in PACKAGES for p in (ROOT / package).rglob("*.py")}
     graph = {name: _imports(name, path, set(files)) for name, path in files.items()}
+    for notebook in (ROOT / "analysis").rglob("*.ipynb"):
+        if ".ipynb_checkpoints" not in notebook.parts:
+            graph[str(notebook.relative_to(ROOT))] = _imports("", notebook, set(files))
+    return graph
+
+
+def test_the_import_graph_is_acyclic() -> None:
+    graph = _graph()
     assert graph["repeatability.launching.claims"] >= {"repeatability.launching.launchers"}  # the scan sees imports
     assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph) or [])}"
 
@@ -170,3 +190,45 @@ def test_the_import_graph_is_acyclic() -> None:
 def test_the_cycle_finder_finds_a_cycle() -> None:
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+# --------------------------------------------------------------------------- layers
+
+TRIAL, LAUNCHING = "repeatability.trial", "repeatability.launching"
+# (the modules a rule covers, the packages they must not import, at any depth): launching → trial → records.
+# The entries at the top of the package (repeatability.run, rescore, reproduce) and bench/ may import any layer.
+LAYERS = (
+    ("repeatability.records", (TRIAL, LAUNCHING)),  # the contract and the schema know no run and no launcher
+    (TRIAL, (LAUNCHING,)),  # a launcher hands the trial its thread budget and stop check (trial.stopping)
+    ("analysis", (TRIAL, LAUNCHING)),  # reports read run records only (notebooks included)
+)
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def _upward(graph: dict[str, set[str]]) -> list[str]:
+    """``module -> imported`` for each import that breaks a rule of :data:`LAYERS`."""
+    def in_layer(module: str, layer: str) -> bool:  # a notebook is named by its path
+        return _within(module, layer) or module.startswith(layer.replace(".", "/") + "/")
+
+    return sorted(f"{module} -> {imported}" for module, imports in graph.items() for layer, banned in LAYERS
+                  if in_layer(module, layer) for imported in imports if any(_within(imported, b) for b in banned))
+
+
+def test_the_layers_point_down() -> None:
+    graph = _graph()
+    assert f"{TRIAL}.pipeline" in graph["repeatability.launching.sweep"]  # the scan sees a lazy import
+    assert "repeatability.records.record" in graph[f"{TRIAL}.pipeline"]
+    assert any(name.endswith(".ipynb") for name in graph)  # the notebooks are read too
+    assert _upward(graph) == []
+
+
+def test_the_layer_check_finds_an_upward_import() -> None:
+    graph = {"repeatability.records.record": {f"{TRIAL}.evaluate"}, f"{TRIAL}.train": {f"{LAUNCHING}.preemption"},
+             "analysis/notebooks/x.ipynb": {LAUNCHING}, f"{LAUNCHING}.sweep": {f"{TRIAL}.pipeline"},
+             f"{TRIAL}.pipeline": {"repeatability.records.record"}, "repeatability.trialx": {LAUNCHING}}
+    assert _upward(graph) == ["analysis/notebooks/x.ipynb -> repeatability.launching",
+                              "repeatability.records.record -> repeatability.trial.evaluate",
+                              "repeatability.trial.train -> repeatability.launching.preemption"]

@@ -121,7 +121,7 @@ def job(tmp_path: Path) -> DictConfig:
 
 
 def _fake_execute(cfg: Any, config_yaml: str, overrides: list[str], path: Path, resume_from: Any = None,
-                  guard: Any = None) -> dict[str, Any]:
+                  guard: Any = None, thread_budget: Any = None) -> dict[str, Any]:
     """What pipeline.execute leaves behind, minus the training."""
     artifacts.write_config(path, config_yaml, overrides)
     artifacts.write_environment(path, {"python": "3"})
@@ -188,7 +188,7 @@ def test_a_launcher_that_lost_its_claim_records_nothing(job: DictConfig, tmp_pat
              "started_at": "2026-01-01T00:00:00+00:00", "heartbeat": "2999-01-01T00:00:00+00:00"}
 
     def taken_over_then_crash(cfg: Any, config_yaml: str, overrides: list[str], path: Path, guard: Any,
-                               resume_from: Any = None) -> None:
+                               resume_from: Any = None, thread_budget: Any = None) -> None:
         artifacts.write_config(path, config_yaml, overrides)
         artifacts.write_json(artifacts.claim_file(path), thief)  # judged stale and taken over meanwhile
         raise RuntimeError("out of memory")
@@ -199,7 +199,7 @@ def test_a_launcher_that_lost_its_claim_records_nothing(job: DictConfig, tmp_pat
     assert artifacts.read_json(artifacts.claim_file(run)) == thief  # the new holder's claim is left alone
 
     def taken_over_then_finish(cfg: Any, config_yaml: str, overrides: list[str], path: Path, guard: Any,
-                               resume_from: Any = None) -> None:
+                               resume_from: Any = None, thread_budget: Any = None) -> None:
         artifacts.claim_file(path).unlink()
         claims.acquire(path, 600, 30)  # reclaimed by "another launcher" (this process: live)
         return _fake_execute(cfg, config_yaml, overrides, path, guard=guard)

@@ -45,7 +45,7 @@ def test_parallel_jobs_split_the_cores(tiny_model_dir: Path, quotes_jsonl: Path,
 
 
 def test_thread_budget_rules(monkeypatch: pytest.MonkeyPatch) -> None:
-    from repeatability.trial.determinism import thread_budget
+    from repeatability.launching.threads import thread_budget
 
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")
     assert thread_budget(None) == {"threads": 6, "cores": 6, "parallel_jobs": 1, "source": "SLURM_CPUS_PER_TASK=6"}
@@ -59,7 +59,7 @@ def test_xdist_workers_get_their_own_cores() -> None:
     so the thread budget of a run inside a worker does not oversubscribe the machine."""
     import os
 
-    from repeatability.trial.determinism import thread_budget
+    from repeatability.launching.threads import thread_budget
 
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers < 2 or (os.cpu_count() or 1) < workers:
@@ -96,7 +96,7 @@ def test_thread_budget_counts_live_runs_of_other_launchers(tmp_path: Path, monke
     import sys
 
     from repeatability.launching import claims, launchers
-    from repeatability.trial.determinism import thread_budget
+    from repeatability.launching.threads import thread_budget
 
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
     monkeypatch.setattr(launchers, "cores", lambda: 2)
@@ -119,3 +119,20 @@ def test_thread_budget_counts_live_runs_of_other_launchers(tmp_path: Path, monke
         other.wait()
     assert claims.other_live_jobs(tmp_path) == 0  # its process is gone: a dead claim takes no core
     assert thread_budget(None, tmp_path)["threads"] == 2
+
+
+def test_the_trial_polls_the_launchers_stop_check() -> None:
+    """The trial never imports a launcher: preemption sets the stop check the trainer polls each step
+    (repeatability.trial.stopping), and the sweep catches the trial's Preempted."""
+    import signal
+
+    from repeatability.launching import preemption
+    from repeatability.trial import stopping
+
+    preemption.install()  # outside a SLURM job: no handler changes, but the check is set
+    assert stopping.requested() is None
+    preemption._defer(signal.SIGTERM, None)  # what the handler does when SLURM sends it
+    assert stopping.requested() == signal.SIGTERM
+    preemption.install()  # a new job starts clean
+    assert stopping.requested() is None
+    assert preemption.Preempted is stopping.Preempted

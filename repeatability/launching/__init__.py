@@ -1,1 +1,1 @@
-"""Launching a sweep: preflight checks, the sweep loop and its ledger, run claims, the SLURM tier, preemption, the launcher registry."""
+"""Launching a sweep: preflight checks, the sweep loop and its ledger, run claims, the SLURM tier, preemption, the launcher registry and the thread budget it gives each trial."""

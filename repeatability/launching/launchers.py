@@ -1,6 +1,6 @@
 """The Hydra launcher in force, classified once: what kind it is, how many of the sweep's jobs
 share this host's cores, and whether jobs run elsewhere. The thread budget
-(:func:`repeatability.trial.determinism.thread_budget`), preflight and the run claims ask here;
+(:func:`repeatability.launching.threads.thread_budget`), preflight and the run claims ask here;
 nothing else looks at a launcher's ``_target_``.
 
 A launcher is known by the end of its ``_target_`` (:data:`KNOWN`). Adding one = one entry in

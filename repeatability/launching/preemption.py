@@ -7,8 +7,8 @@ Inside a submitit SLURM job the harness defers it: that signal (SLURM's ``--sign
 before the time limit, or submitit's preemption) and SIGTERM (SLURM's preemption with
 ``PreemptMode=REQUEUE``, ``scontrol requeue``, ``scancel``) only set a flag; at the end of the
 current optimizer step the Trainer saves a checkpoint and stops (:class:`repeatability.trial.train.
-LoggingCallback`), the run raises :class:`Preempted`, the run claim is released, and only then
-submitit's handler runs: it re-pickles the job and requeues it. After SIGTERM alone
+LoggingCallback`, which polls :func:`requested` through :mod:`repeatability.trial.stopping`), the run
+raises :class:`Preempted`, the run claim is released, and only then submitit's handler runs: it re-pickles the job and requeues it. After SIGTERM alone
 SLURM requeues (preemption) or ends (cancel) the job itself, so the process just exits.
 The requeued job finds the checkpoint and resumes bit for bit (:func:`repeatability.launching.sweep.run_one`).
 """
@@ -22,19 +22,14 @@ import sys
 from types import FrameType
 from typing import Any
 
+from repeatability.trial.stopping import Preempted, set_stop_check
+
+__all__ = ["Preempted", "hand_over", "in_slurm_job", "install", "requested"]
+
 log = logging.getLogger(__name__)
 
 _previous: dict[int, Any] = {}  # submitit's handlers, by signal number
 _requested: list[int] = []  # signals caught since install(), in order
-
-
-class Preempted(Exception):
-    """Training stopped at ``step`` after a checkpoint, because the job was told to end."""
-
-    def __init__(self, step: int, signum: int):
-        self.step, self.signum = step, signum
-        self.run_dir: str | None = None  # set by the sweep, for its ledger
-        super().__init__(f"preempted ({signal.Signals(signum).name}): checkpoint saved at step {step}")
 
 
 def _usr_signal() -> int:
@@ -56,6 +51,7 @@ def install() -> bool:
     """Defer submitit's preemption handling to the next optimizer step (inside submitit SLURM
     jobs only; elsewhere the signals keep their meaning). Returns whether it did."""
     _requested.clear()
+    set_stop_check(requested)  # the trial polls it each optimizer step (repeatability.trial.stopping)
     if not in_slurm_job():
         return False
     for signum in (signal.SIGTERM, _usr_signal()):

@@ -28,7 +28,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from repeatability.launching import claims, faults, launchers, notices, preemption
+from repeatability.launching import claims, faults, launchers, notices, preemption, threads
 from repeatability.records import artifacts, checkpoint_files, integrity, storage
 from repeatability.records.config import RunConfig, to_run_config
 from repeatability.records.errors import ConfigError, RunDirError
@@ -269,7 +269,8 @@ def _execute_isolated(rc: RunConfig, cfg: DictConfig, path: Path, claim: claims.
     overrides = _job_overrides()
     try:
         summary = pipeline.execute(rc, OmegaConf.to_yaml(cfg, resolve=True), overrides, path,
-                                   resume_from=resume_from, guard=claim.check)
+                                   resume_from=resume_from, guard=claim.check,
+                                   thread_budget=threads.thread_budget(rc.determinism.threads, rc.results_dir))
     except preemption.Preempted as stop:
         stop.run_dir = str(path)
         raise

@@ -16,7 +16,6 @@ from typing import Any
 import torch
 
 from repeatability.records import lock
-from repeatability.trial.modelling import cpu_has_bf16
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "hydra-core",
@@ -28,6 +27,15 @@ def _version(name: str) -> str | None:
         return importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has bf16 units (AVX512-BF16 or AMX); emulated bf16 is ~65x slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
 
 
 def cpu_model() -> str:

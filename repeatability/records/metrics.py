@@ -78,6 +78,17 @@ METRICS: tuple[Metric, ...] = (
 BY_KEY = {m.key: m for m in METRICS}
 PRIMARY = METRICS[0]
 
+# how both perplexities are computed (the summary's ``perplexity_definition``; :mod:`repeatability.trial.evaluate`
+# computes them this way)
+PERPLEXITY_DEFINITION = (
+    "Each held-out example is templated, tokenized without automatic special tokens and truncated "
+    "to max_length; every token after the first is a target. perplexity_token_weighted = "
+    "exp(total NLL / total target tokens) over the whole held-out split (primary). "
+    "perplexity_mean_per_sequence = mean over examples of exp(mean NLL of that example) "
+    "(HF evaluate's 'mean_perplexity', dominated by the worst examples). Natural log; computed "
+    "from the model's raw distribution (no temperature)."
+)
+
 
 def using(use: str) -> tuple[Metric, ...]:
     """The metrics declared with ``use``, in declaration order."""

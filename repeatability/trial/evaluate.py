@@ -17,15 +17,6 @@ from repeatability.records.metrics import NAME as N
 
 log = logging.getLogger(__name__)
 
-PERPLEXITY_DEFINITION = (
-    "Each held-out example is templated, tokenized without automatic special tokens and truncated "
-    "to max_length; every token after the first is a target. perplexity_token_weighted = "
-    "exp(total NLL / total target tokens) over the whole held-out split (primary). "
-    "perplexity_mean_per_sequence = mean over examples of exp(mean NLL of that example) "
-    "(HF evaluate's 'mean_perplexity', dominated by the worst examples). Natural log; computed "
-    "from the model's raw distribution (no temperature)."
-)
-
 
 @dataclass
 class Perplexity:

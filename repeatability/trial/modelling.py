@@ -14,20 +14,12 @@ from typing import Any
 import torch
 
 from repeatability.records.config_cell import LoraConfig, ModelConfig, QuantConfig
+from repeatability.records.environment import cpu_has_bf16
 from repeatability.records.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def cpu_has_bf16() -> bool:
-    """True when the CPU has bf16 units (AVX512-BF16 or AMX); emulated bf16 is ~65x slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
 
 
 def resolve_device(requested: str) -> str:

@@ -30,9 +30,10 @@ from repeatability.records import summary as S
 from repeatability.records.config import RunConfig
 from repeatability.records.environment import PeakMemory, capture_environment, cpu_model
 from repeatability.records.metrics import NAME as N
-from repeatability.records.record import fill_results, headline
+from repeatability.records.record import headline
 from repeatability.trial import data, evaluate, modelling, optimtrace, tasks, train
-from repeatability.trial.determinism import apply_determinism, thread_budget
+from repeatability.trial.determinism import apply_determinism
+from repeatability.trial.results import fill_results
 from repeatability.trial.seeding import Seeds, resolve_seeds, seed_everything
 from repeatability.trial.stage_outputs import Built, Prepared
 from repeatability.trial.weight_cache import dequantized_4bit_weights
@@ -158,9 +159,13 @@ def build_model(cfg: RunConfig, seeds: Seeds, prep_fn: Any, study: Path, device:
 
 
 def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
-            resume_from: Path | None = None, guard: Callable[[], None] = lambda: None) -> dict[str, Any]:
+            resume_from: Path | None = None, guard: Callable[[], None] = lambda: None, *,
+            thread_budget: dict[str, Any]) -> dict[str, Any]:
     """Run one trial into ``path`` (already fresh, but for the checkpoint ``resume_from``, if
     given, to continue from); return the summary written (its JSON form).
+
+    ``thread_budget`` is the launcher's (:func:`repeatability.launching.threads.thread_budget`): its
+    ``threads`` are applied and the whole dict is recorded as ``determinism.thread_budget``.
 
     The summary is the schema's record (:class:`repeatability.records.summary.Summary`), filled group by
     group as the run measures it: a group the schema does not declare fails where it is filled.
@@ -176,9 +181,8 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
     environment = capture_environment()
     artifacts.write_environment(path, environment)
     record.lock = S.part(R.Lock, environment["lock"], "lock")
-    budget = thread_budget(cfg.determinism.threads, cfg.results_dir)
-    record.determinism = S.part(R.Determinism, {**apply_determinism(cfg.determinism.mode, budget["threads"]),
-                                                "thread_budget": budget}, "determinism")
+    record.determinism = S.part(R.Determinism, {**apply_determinism(cfg.determinism.mode, thread_budget["threads"]),
+                                                "thread_budget": thread_budget}, "determinism")
     seeds = resolve_seeds(cfg.determinism, cfg.trial)
     record.seeds = S.part(R.Seeds, seeds.to_dict(), "seeds")
     with tracking.tracker_run(cfg.tracking, path, study, tracking_ids(cfg)) as tracker:

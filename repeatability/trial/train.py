@@ -16,11 +16,10 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from repeatability.launching import preemption
 from repeatability.records import artifacts, checkpoint_files, storage
 from repeatability.records.config import TrainConfig
 from repeatability.records.config_cell import OptimConfig
-from repeatability.trial import data, optimtrace, qmaps
+from repeatability.trial import data, optimtrace, qmaps, stopping
 from repeatability.trial.seeding import Seeds
 
 log = logging.getLogger(__name__)
@@ -187,7 +186,7 @@ class LoggingCallback(TrainerCallback):
         self.record.step_seconds.append(now - self.last)
         self.last = now
         self.record.steps = state.global_step
-        if preemption.requested() is not None:  # SLURM asked the job to end: checkpoint this step, stop
+        if stopping.requested() is not None:  # the launcher asked the job to end (SLURM): checkpoint this step, stop
             control.should_save = True
             control.should_training_stop = True
 
@@ -328,9 +327,9 @@ def train(model: Any, train_ds: Any, val_ds: Any, collator: Any, cfg: TrainConfi
     if mixed == "fp16" and device == "cpu":
         enable_cpu_fp16(trainer)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    signum = preemption.requested()
+    signum = stopping.requested()
     if signum is not None and record.checkpoints and record.checkpoints[-1]["step"] == trainer.state.global_step:
-        raise preemption.Preempted(trainer.state.global_step, signum)
+        raise stopping.Preempted(trainer.state.global_step, signum)
     record.trace = tracer[0].trace if tracer else None
     effective = effective_optimizer(trainer.optimizer, optim, device)
     effective["state_maps"] = qmaps.maps_in_force(trainer.optimizer, optim.state_maps)
