@@ -116,14 +116,14 @@ task-study: setup
 	$(PY) -m repeatability.run -m experiments=tasks_cpu_qa
 	$(PY) -m analysis.report $(RUNS)/tasks-cpu
 
-# Where does 8-bit training tip over? A learning-rate grid x {today's maps, 0.41.0 maps, 32-bit} x
-# 3 paired trials, optimizer trace on (experiments/explain_edge.yaml: 3–5.5 h on the 2-core EPYC),
-# then one 1,000-step pair at LR 2e-4 (explain_edge_horizon.yaml: 55 min), then the report with
-# the learning-rate edge, compared with the published results/explain-edge. Re-running the target
-# skips the finished runs in runs/explain-edge and continues a stopped sweep.
+# Where does 8-bit training tip over? Each arm's learning-rate grid around its edge x 3 paired trials,
+# optimizer trace on (experiments/explain_edge*.yaml: 42 runs of 200 steps, two side by side with
+# 1 thread each, ~70 min on the 2-core EPYC), then the report with the learning-rate edges as
+# intervals. Re-running the target skips the finished runs in runs/explain-edge and continues.
+EDGE_LAYOUT ?= hydra/launcher=local_parallel hydra.launcher.n_jobs=2
 explain-edge: setup
-	$(PY) -m repeatability.run -m experiments=explain_edge
-	$(PY) -m repeatability.run -m experiments=explain_edge_horizon
+	$(PY) -m repeatability.run -m experiments=explain_edge_bnb041 $(EDGE_LAYOUT)
+	$(PY) -m repeatability.run -m experiments=explain_edge $(EDGE_LAYOUT)
 	$(PY) -m analysis.report $(RUNS)/explain-edge
 
 # The paper's blow-up rate at its LR 2e-4: 7 paired trials x {0.41.0 maps, today's 8-bit} + 3 x 32-bit over
