@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from analysis_fixtures import SMOL_8, SMOL_32, write_default_like_study, write_paper_study
+from analysis_fixtures import SMOL_8, SMOL_32, write_default_like_study, write_mixed_study, write_paper_study
 from scipy import stats as sps
 
 from analysis import report
@@ -229,3 +229,19 @@ def test_the_answer_warns_when_runs_mix_commits_dirty_trees_or_fingerprints(tmp_
     _, tables = report.build(load_study(tmp_path / "mix"))
     fingerprints = tables["fingerprints"][0]
     assert fingerprints["runs"].tolist() == [1, 1, 2] and fingerprints["dirty_runs"].tolist() == [0, 0, 1]
+
+
+def test_an_arm_with_blowups_gets_no_perplexity_ratio(tmp_path):
+    """8-bit trial 4 diverged (1/4 blow-ups): a ratio of means over blown-up and sane runs is no
+    shift of either arm, so the answer line defers to the blow-up rates."""
+    doc, _ = report.build(load_study(write_mixed_study(tmp_path)))
+    answer = render_markdown(doc).split("## Answer")[1].split("\n## ")[0]
+    line = next(b for b in answer.split("\n") if b.startswith("- `8-bit` vs `32-bit`"))
+    assert ("no perplexity ratio: blow-ups in 1/4 vs 0/3 runs would drive it, the blow-up rates "
+            "compare these arms. Spread") in line
+    assert "geometric-mean" not in line and "(first / second)" not in line
+
+
+def test_a_ratio_of_thousands_reads_in_significant_digits():
+    row = pd.Series({"ratio_gmean": 7409.881, "ratio_ci_low": 2.066, "ratio_ci_high": 26575582.656})
+    assert sections_answer._ratio(row, 0.05) == "geometric-mean perplexity ratio 7409.9 (95% CI 2.066–26575583)"

@@ -44,20 +44,20 @@ def format_number(value: Any) -> str:
     return f"{value:.0f}" if size >= 1e5 else f"{value:.5g}"
 
 
+def _finite_real(value: Any) -> bool:
+    """A finite real number (not a bool, not NaN or ±inf): what a column format applies to."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
+
+
 def _column_formatter(values: pd.Series) -> Any:
     """One format for a whole column: whole numbers as integers when every number in it is whole,
     else 5 significant digits *with* trailing zeros (``0.35800`` beside ``0.49394``, not ``0.358``)."""
-    reals = [float(v) for v in values if isinstance(v, numbers.Real) and not isinstance(v, bool)
-             and v is not None and math.isfinite(float(v))]
-    if not reals or all(isinstance(v, numbers.Integral) or float(v).is_integer() for v in reals):
-        return lambda v: format_number(int(v)) if (isinstance(v, numbers.Real) and not isinstance(v, bool)
-                                                    and math.isfinite(float(v))) else format_number(v)
+    reals = [float(v) for v in values if _finite_real(v)]
+    if all(v.is_integer() for v in reals):
+        return lambda v: format_number(int(v)) if _finite_real(v) else format_number(v)
 
     def fmt(v: Any) -> str:
-        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(float(v)):
-            return format_number(v)
-        size = abs(float(v))
-        if size >= 1e5 or size == 0:
+        if not _finite_real(v) or abs(float(v)) >= 1e5 or float(v) == 0:
             return format_number(v)
         return f"{float(v):#.5g}".rstrip(".")
 

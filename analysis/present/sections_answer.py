@@ -43,10 +43,19 @@ def _ratio(row: pd.Series, alpha: float) -> str:
     if not math.isfinite(row["ratio_gmean"]):
         return "geometric-mean perplexity ratio: –"
     if pd.isna(row["ratio_ci_low"]):
-        return f"geometric-mean perplexity ratio {row['ratio_gmean']:.4f}"
-    d = ratio_decimals(row["ratio_ci_low"], row["ratio_ci_high"])
-    return (f"geometric-mean perplexity ratio {row['ratio_gmean']:.{d}f} ({1 - alpha:.0%} CI "
-            f"{row['ratio_ci_low']:.{d}f}–{row['ratio_ci_high']:.{d}f})")
+        return f"geometric-mean perplexity ratio {format_number(row['ratio_gmean'])}"
+    values = (row["ratio_gmean"], row["ratio_ci_low"], row["ratio_ci_high"])
+    if max(abs(v) for v in values) >= 1e3:  # 5 significant digits say it; decimals would not
+        ratio, low, high = (format_number(v) for v in values)
+    else:
+        d = ratio_decimals(row["ratio_ci_low"], row["ratio_ci_high"])
+        ratio, low, high = (f"{v:.{d}f}" for v in values)
+    return f"geometric-mean perplexity ratio {ratio} ({1 - alpha:.0%} CI {low}–{high})"
+
+
+def _blowups(r: Results, cell: str) -> tuple[int, int]:
+    b = r.blowup_rates.set_index("cell").loc[cell]
+    return int(b["blowups"]), int(b["n"])
 
 
 def cell_facts(r: Results, cell: str) -> dict[str, str]:
@@ -65,8 +74,14 @@ def comparison_line(r: Results, row: pd.Series, labels: dict[str, str]) -> str:
     x, y = row["x"], row["y"]
     fx, fy = cell_facts(r, x), cell_facts(r, y)
     n = f"{row['n_x']} paired trials" if row["design"] == "paired" else f"{row['n_x']} + {row['n_y']} trials"
+    (bx, nx), (by, ny) = _blowups(r, x), _blowups(r, y)
+    if bx or by:  # a ratio of means over blown-up and sane runs is not a shift of either: defer
+        ratio = (f"no perplexity ratio: blow-ups in {bx}/{nx} vs {by}/{ny} runs would drive it, "
+                 f"the blow-up rates compare these arms")
+    else:
+        ratio = f"{_ratio(row, r.config.alpha)} (first / second)"
     return (f"`{labels[x]}` vs `{labels[y]}`, {n}: {headline.verdict_words(row, r.config)}; "
-            f"{_ratio(row, r.config.alpha)} (first / second). Spread between identical "
+            f"{ratio}. Spread between identical "
             f"trials (max/min perplexity): {fx['spread']} vs {fy['spread']}. Blow-ups: "
             f"{fx['blowups']} vs {fy['blowups']}. Adapters bitwise identical across trials: "
             f"{fx['adapters']} / {fy['adapters']}; greedy generations identical: "
