@@ -1,7 +1,6 @@
-"""Hydra's joblib launcher (local parallel trials) gives the same bits as the basic launcher.
-
-(Before the harness pinned bitsandbytes' CPU 4-bit layout, this was flaky: whichever parallel
-worker scored the base model first trained with broken gradients.)"""
+"""Launchers and the thread budget. A real parallel sweep (joblib, two workers: notices once, half
+the cores each, the bits of a trial run alone) is tests/test_notices.py's
+``test_parallel_sweep_in_its_own_process``: one sweep for all of it."""
 
 from __future__ import annotations
 
@@ -10,38 +9,6 @@ from pathlib import Path
 import pytest
 
 from repeatability.records import artifacts
-from tests.conftest import run_cli, tiny_overrides
-
-CELL = "tiny__tq__paged_adamw_32bit"
-
-
-def test_joblib_launcher_runs_trials_in_parallel(tiny_model_dir: Path, quotes_jsonl: Path, tmp_path: Path) -> None:
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    args = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path, optim="paged_adamw_32bit")
-    assert run_cli(["-m", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", "study=par",
-                    "trial=1,2", *args]) == 0
-    assert run_cli(["study=seq", "trial=1", *args]) == 0
-    par = [tmp_path / "par" / CELL / f"trial-0{t}" for t in (1, 2)]
-    assert [artifacts.run_state(p) for p in par] == ["complete", "complete"]
-    seq = artifacts.read_summary(tmp_path / "seq" / CELL / "trial-01")
-    assert artifacts.read_summary(par[0])["adapter"]["sha256"] == seq["adapter"]["sha256"]
-    assert artifacts.read_summary(par[1])["adapter"]["sha256"] != seq["adapter"]["sha256"]
-    ledgers = list((tmp_path / "par" / "_sweeps").glob("*/ledger.jsonl"))
-    assert len(ledgers) == 1 and len(ledgers[0].read_text().splitlines()) == 2
-
-
-def test_parallel_jobs_split_the_cores(tiny_model_dir: Path, quotes_jsonl: Path, tmp_path: Path) -> None:
-    """Without determinism.threads, each of n_jobs workers gets cores // n_jobs torch threads."""
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    args = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path, optim="paged_adamw_32bit",
-                          **{"determinism.threads": "null"})
-    assert run_cli(["-m", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", "study=budget",
-                    "trial=1,2", *args]) == 0
-    for t in (1, 2):
-        det = artifacts.read_summary(tmp_path / "budget" / CELL / f"trial-0{t}")["determinism"]
-        budget = det["thread_budget"]
-        assert budget["parallel_jobs"] == 2 and budget["source"] == "joblib n_jobs=2"
-        assert budget["threads"] == max(1, budget["cores"] // 2) == det["torch_num_threads"]
 
 
 def test_thread_budget_rules(monkeypatch: pytest.MonkeyPatch) -> None:

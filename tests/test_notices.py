@@ -15,7 +15,10 @@ from typing import Any
 import pytest
 
 from repeatability.launching import notices
-from tests.conftest import ROOT, tiny_overrides
+from repeatability.records import artifacts
+from tests.conftest import ROOT, run_cli, tiny_overrides
+
+CELL = "tiny__tq__paged_adamw_8bit"  # the default optim
 
 RAW_KERNELS = ("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already "
                "`pip install kernels` and the kernels >= 0.11.1")
@@ -117,10 +120,15 @@ def _has_kernels_notice() -> bool | None:
     return "avx512_bf16" in flags
 
 
-def test_parallel_sweep_output_says_each_notice_once(tiny_model_dir: Path, quotes_jsonl: Path, tmp_path: Path) -> None:
-    """The real command, in its own process (bitsandbytes imported fresh), with two joblib workers."""
+def test_parallel_sweep_in_its_own_process(tiny_model_dir: Path, quotes_jsonl: Path, tmp_path: Path) -> None:
+    """The real command, in its own process (bitsandbytes imported fresh), with two joblib workers
+    and no thread count: each notice is said once for the sweep; each worker got half the cores;
+    and a parallel trial has the bits of the same trial run alone with that thread count (before
+    the harness pinned bitsandbytes' CPU 4-bit layout, whichever worker scored the base model
+    first trained with broken gradients). One sweep for all three: each costs ~1 min of the suite."""
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
-    args = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path, **{"train.max_steps": 2})
+    args = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path, **{"train.max_steps": 2,
+                                                                     "determinism.threads": "null"})
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "repeatability.run", "-m", "hydra/launcher=local_parallel",
                            "hydra.launcher.n_jobs=2", "study=noise", "trial=1,2", *args],
@@ -136,3 +144,21 @@ def test_parallel_sweep_output_says_each_notice_once(tiny_model_dir: Path, quote
     assert kernels == expected if expected is not None else kernels <= 1, output
     for progress in ("run 1/2", "run 2/2", "step 2/2", "sweep finished: 2 runs (2 complete)"):
         assert progress in proc.stdout, progress  # the harness's own lines are untouched
+
+    par = [tmp_path / "noise" / CELL / f"trial-0{t}" for t in (1, 2)]
+    assert [artifacts.run_state(p) for p in par] == ["complete", "complete"]
+    ledgers = list((tmp_path / "noise" / "_sweeps").glob("*/ledger.jsonl"))
+    assert len(ledgers) == 1 and len(ledgers[0].read_text().splitlines()) == 2
+    threads = set()
+    for run in par:
+        det = artifacts.read_summary(run)["determinism"]
+        budget = det["thread_budget"]
+        assert budget["parallel_jobs"] == 2 and budget["source"] == "joblib n_jobs=2"
+        assert budget["threads"] == max(1, budget["cores"] // 2) == det["torch_num_threads"]
+        threads.add(budget["threads"])
+    [n] = threads
+    alone = [a for a in args if not a.startswith("determinism.threads=")] + [f"determinism.threads={n}"]
+    assert run_cli(["study=seq", "trial=1", *alone]) == 0
+    seq = artifacts.read_summary(tmp_path / "seq" / CELL / "trial-01")["adapter"]["sha256"]
+    assert artifacts.read_summary(par[0])["adapter"]["sha256"] == seq
+    assert artifacts.read_summary(par[1])["adapter"]["sha256"] != seq
