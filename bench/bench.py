@@ -113,7 +113,8 @@ def bench_steps(steps: int, rounds: int, out: Path) -> dict[str, Any]:
     for r in range(rounds):
         recorder = RecordingCollator(padded)
         harness, record = _harness_steps(cfg, path, prep.train_ds, recorder, out / f"ckpt-{r}")
-        arms = [("harness_padding_free", lambda: _harness_steps(cfg, path, prep.train_ds, free, out / f"ckpt-pf-{r}")[0]),
+        arms = [("harness_padding_free",
+                 lambda: _harness_steps(cfg, path, prep.train_ds, free, out / f"ckpt-pf-{r}")[0]),
                 ("bare", lambda: _bare_steps(cfg, path, recorder.batches, padded))]
         for name, arm in (arms if r % 2 == 0 else arms[::-1]):
             times[name] += arm()
@@ -159,11 +160,13 @@ def bench_sweeps(steps: int, out: Path) -> dict[str, Any]:
                                      "other_s": round(rest, 1), "sweep_over_train": round(wall / train_s, 3),
                                      "other_over_train": round(rest / train_s, 3),
                                      "real_token_efficiency": round(real / slots, 4),
-                                     "step_s_median": round(statistics.median(s["timings"]["step_s_median"] for s in runs), 4)}
+                                     "step_s_median": round(statistics.median(s["timings"]["step_s_median"]
+                                                                              for s in runs), 4)}
         log.info("sweep %s: %.1fs wall, %.1fs training", batching, wall, train_s)
     # the headline is the default study's batching (padding-free); padded stays beside it
     result["sweep_over_train"] = result["sweep"]["padding_free"]["sweep_over_train"]
-    result["real_token_efficiency"] = {b: result["sweep"][b]["real_token_efficiency"] for b in ("padded", "padding_free")}
+    result["real_token_efficiency"] = {b: result["sweep"][b]["real_token_efficiency"]
+                                       for b in ("padded", "padding_free")}
     return result
 
 

@@ -75,7 +75,8 @@ def effective_optimizer(optimizer: Any, requested: OptimConfig, device: str) -> 
             n_tensors += 1
             n_params += p.numel()
             state = inner.state.get(p, {})
-            tensors = [v for k, v in state.items() if torch.is_tensor(v) and k in ("state1", "state2", "exp_avg", "exp_avg_sq")]
+            tensors = [v for k, v in state.items()
+                       if torch.is_tensor(v) and k in ("state1", "state2", "exp_avg", "exp_avg_sq")]
             for t in tensors:
                 dtypes[str(t.dtype).replace("torch.", "")] = dtypes.get(str(t.dtype).replace("torch.", ""), 0) + 1
                 paged = paged or bool(getattr(t, "is_paged", False))
@@ -310,12 +311,13 @@ def train(model: Any, train_ds: Any, val_ds: Any, collator: Any, cfg: TrainConfi
           run_name: str | None = None, optimizer_trace: int = 0) -> tuple[TrainLog, dict[str, Any], dict[str, Any]]:
     """Fine-tune ``model`` in place, checkpointing into ``checkpoints`` and continuing from
     ``resume_from`` if given; return the training record (with its optimizer trace, a row every
-    ``optimizer_trace`` optimizer steps, when that is not 0), the effective optimizer (with the 8-bit maps read back from its state)
-    and the precision that ran."""
+    ``optimizer_trace`` optimizer steps, when that is not 0), the effective optimizer (with the
+    8-bit maps read back from its state) and the precision that ran."""
     record = TrainLog.from_resume_state(checkpoint_files.read_resume_state(resume_from)) if resume_from else TrainLog()
     args = _training_args(cfg, seeds, device, mixed, checkpoints, eval_batch_size, len(val_ds) > 0,
                           report_to or [], run_name)
-    tracer = [optimtrace.TraceCallback(resume_from, optimizer_trace)] if optimizer_trace else []  # before the logger: see its doc
+    # before the logger: see its doc
+    tracer = [optimtrace.TraceCallback(resume_from, optimizer_trace)] if optimizer_trace else []
     trainer = TallyTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds if len(val_ds) else None,
         data_collator=collator,
