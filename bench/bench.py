@@ -64,12 +64,14 @@ class RecordingCollator:
 
 
 def _harness_steps(cfg: Any, path: str, ds: Any, collator: Any, out: Path) -> tuple[list[float], Any]:
+    from repeatability.records.config import DiagnosticsConfig
     from repeatability.trial import data, modelling, train
     from repeatability.trial.seeding import resolve_seeds
 
     model = fresh_model(cfg, path)
-    record, _, _ = train.train(model, ds, data.TokenDataset([]), collator, cfg.train, cfg.optim,
-                               resolve_seeds(cfg.determinism, 1), "cpu", "no", "[bench]", out, None, 16)
+    # no validation set: the eval batch size is unused; no optimizer trace (bench_trace.py times it)
+    record, _, _ = train.train(model, ds, data.TokenDataset([]), collator, cfg.train, cfg.optim, cfg.eval,
+                               DiagnosticsConfig(), resolve_seeds(cfg.determinism, 1), "cpu", "no", "[bench]", out)
     modelling.release_weights(model)
     return record.step_seconds[1:], record  # the first step pays for warm-up
 

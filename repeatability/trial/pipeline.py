@@ -234,9 +234,8 @@ def _train_and_score(cfg: RunConfig, path: Path, study: Path, seeds: Seeds, resu
             record, effective, precision = train.train(
                 built.model, prep.train_ds, prep.val_ds,
                 data.make_collator(cfg.train.batching, built.tokenizer.pad_token_id),
-                cfg.train, cfg.optim, seeds, device, mixed, label, checkpoint_files.checkpoint_root(path), resume_from,
-                cfg.eval.batch_size, report_to=tracker.report_to, run_name=tracker.run_name,
-                optimizer_trace=cfg.diagnostics.optimizer_trace_every if cfg.diagnostics.optimizer_trace else 0)
+                cfg.train, cfg.optim, cfg.eval, cfg.diagnostics, seeds, device, mixed, label,
+                checkpoint_files.checkpoint_root(path), resume_from, tracker)
             train_s = time.perf_counter() - t_train
             metrics, eval_s, gen_s, generations = _score_and_generate(cfg, built, prep, record, seeds, device)
             task_scores, task_record, tasks_s = _run_tasks(cfg, built, prep, record, device)
