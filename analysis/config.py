@@ -42,7 +42,8 @@ class AnalysisConfig:
                   "gap_decades": self.gap_decades > 0, "alpha": 0 < self.alpha < 1,
                   "n_resamples": self.n_resamples >= 100, "task_margin": 0 < self.task_margin < 1}
         wanted = {"margin": "a fraction in (0, 1), e.g. 0.01 for ±1%",
-                  "blowup_k": "a factor of at least 1 (1: worse than the base model), e.g. 10", "gap_decades": "positive, e.g. 1",
+                  "blowup_k": "a factor of at least 1 (1: worse than the base model), e.g. 10",
+                  "gap_decades": "positive, e.g. 1",
                   "alpha": "in (0, 1), e.g. 0.05", "n_resamples": "at least 100",
                   "task_margin": "a score difference in (0, 1), e.g. 0.01 for ±1 point"}
         for name, ok in checks.items():

@@ -64,12 +64,14 @@ class RecordingCollator:
 
 
 def _harness_steps(cfg: Any, path: str, ds: Any, collator: Any, out: Path) -> tuple[list[float], Any]:
+    from repeatability.records.config import DiagnosticsConfig
     from repeatability.trial import data, modelling, train
     from repeatability.trial.seeding import resolve_seeds
 
     model = fresh_model(cfg, path)
-    record, _, _ = train.train(model, ds, data.TokenDataset([]), collator, cfg.train, cfg.optim,
-                               resolve_seeds(cfg.determinism, 1), "cpu", "no", "[bench]", out, None, 16)
+    # no validation set: the eval batch size is unused; no optimizer trace (bench_trace.py times it)
+    record, _, _ = train.train(model, ds, data.TokenDataset([]), collator, cfg.train, cfg.optim, cfg.eval,
+                               DiagnosticsConfig(), resolve_seeds(cfg.determinism, 1), "cpu", "no", "[bench]", out)
     modelling.release_weights(model)
     return record.step_seconds[1:], record  # the first step pays for warm-up
 
@@ -113,7 +115,8 @@ def bench_steps(steps: int, rounds: int, out: Path) -> dict[str, Any]:
     for r in range(rounds):
         recorder = RecordingCollator(padded)
         harness, record = _harness_steps(cfg, path, prep.train_ds, recorder, out / f"ckpt-{r}")
-        arms = [("harness_padding_free", lambda: _harness_steps(cfg, path, prep.train_ds, free, out / f"ckpt-pf-{r}")[0]),
+        arms = [("harness_padding_free",
+                 lambda: _harness_steps(cfg, path, prep.train_ds, free, out / f"ckpt-pf-{r}")[0]),
                 ("bare", lambda: _bare_steps(cfg, path, recorder.batches, padded))]
         for name, arm in (arms if r % 2 == 0 else arms[::-1]):
             times[name] += arm()
@@ -159,11 +162,13 @@ def bench_sweeps(steps: int, out: Path) -> dict[str, Any]:
                                      "other_s": round(rest, 1), "sweep_over_train": round(wall / train_s, 3),
                                      "other_over_train": round(rest / train_s, 3),
                                      "real_token_efficiency": round(real / slots, 4),
-                                     "step_s_median": round(statistics.median(s["timings"]["step_s_median"] for s in runs), 4)}
+                                     "step_s_median": round(statistics.median(s["timings"]["step_s_median"]
+                                                                              for s in runs), 4)}
         log.info("sweep %s: %.1fs wall, %.1fs training", batching, wall, train_s)
     # the headline is the default study's batching (padding-free); padded stays beside it
     result["sweep_over_train"] = result["sweep"]["padding_free"]["sweep_over_train"]
-    result["real_token_efficiency"] = {b: result["sweep"][b]["real_token_efficiency"] for b in ("padded", "padding_free")}
+    result["real_token_efficiency"] = {b: result["sweep"][b]["real_token_efficiency"]
+                                       for b in ("padded", "padding_free")}
     return result
 
 

@@ -49,7 +49,8 @@ def _smollm2() -> tuple[Any, list[list[int]], int]:
     path = modelling.resolve_model(mcfg, "~/.cache/repeatability")
     tok = modelling.load_tokenizer(path)
     model = modelling.load_base(path, QuantConfig(), "cpu", torch.float32)
-    quotes = data.load_examples(DatasetConfig(name="quotes", source="fortune", kind="text", max_chars=300, max_examples=200))
+    quotes = data.load_examples(DatasetConfig(name="quotes", source="fortune", kind="text", max_chars=300,
+                                              max_examples=200))
     return model, data.tokenize(tok, ["<|endoftext|>" + q.text + "<|im_end|>" for q in quotes], 64), tok.pad_token_id
 
 
@@ -69,7 +70,8 @@ def bench_scoring(model: Any, ids: list[list[int]], pad: int) -> None:
     ppl = [evaluate.perplexity(x).token_weighted for x in (a, b, c)]
     print(f"scoring {len(ids)} sequences: sorted batches {t_sorted:.2f}s | data-order batches {t_unsorted:.2f}s "
           f"| one at a time {t_single:.2f}s")
-    print(f"  speed-up sorted vs data-order: {t_unsorted / t_sorted:.2f}x; vs one at a time: {t_single / t_sorted:.2f}x")
+    print(f"  speed-up sorted vs data-order: {t_unsorted / t_sorted:.2f}x; "
+          f"vs one at a time: {t_single / t_sorted:.2f}x")
     print(f"  perplexity sorted {ppl[0]:.6f}, data-order {ppl[1]:.6f}, single {ppl[2]:.6f} "
           f"(max rel. diff {max(abs(p - ppl[2]) / ppl[2] for p in ppl):.2e})")
 

@@ -19,13 +19,15 @@ log = logging.getLogger("bench")
 
 
 def _steps(cfg: Any, path: str, ds: Any, collator: Any, out: Path, trace: bool) -> tuple[list[float], float]:
+    from repeatability.records.config import DiagnosticsConfig
     from repeatability.trial import data, modelling, train
     from repeatability.trial.seeding import resolve_seeds
 
     model = fresh_model(cfg, path)
-    record, _, _ = train.train(model, ds, data.TokenDataset([]), collator, cfg.train, cfg.optim,
-                               resolve_seeds(cfg.determinism, 1), "cpu", "no", "[bench]", out, None, 16,
-                               optimizer_trace=trace)
+    # every step traced when on; no validation set, so the eval batch size is unused
+    record, _, _ = train.train(model, ds, data.TokenDataset([]), collator, cfg.train, cfg.optim, cfg.eval,
+                               DiagnosticsConfig(optimizer_trace=trace), resolve_seeds(cfg.determinism, 1),
+                               "cpu", "no", "[bench]", out)
     modelling.release_weights(model)
     per_step = record.trace.seconds / max(len(record.step_seconds), 1) if record.trace else 0.0
     return record.step_seconds[1:], per_step  # the first step pays for warm-up

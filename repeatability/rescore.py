@@ -75,7 +75,8 @@ def run_config(run: Path, overrides: list[str]) -> RunConfig:
         for o in groups:
             group = o.split("=", 1)[0]
             stored[group] = composed[group]
-    bad = [k for k in keys if "=" not in k or OmegaConf.select(stored, k.split("=", 1)[0], default="<missing>") == "<missing>"]
+    bad = [k for k in keys
+           if "=" not in k or OmegaConf.select(stored, k.split("=", 1)[0], default="<missing>") == "<missing>"]
     if bad:
         raise ConfigError(f"override {bad[0]!r}: not key=value of a key in the run's config.yaml (or a config group)")
     return to_run_config(OmegaConf.merge(stored, OmegaConf.from_dotlist(keys)))
@@ -160,7 +161,8 @@ def score_group(jobs: list[Job], study: Path, name: str, overrides: list[str], f
         if job.cfg.eval.batching == "padding_free" or job.cfg.train.batching == "padding_free":
             pipeline.check_batching(job.cfg, base, prep, device)
         if job.cfg.eval.base_perplexity:
-            bases[job.run] = pipeline.base_perplexity(job.cfg, base, tokenizer, prep, study, job.model_id, device, dtype)
+            bases[job.run] = pipeline.base_perplexity(job.cfg, base, tokenizer, prep, study, job.model_id,
+                                                      device, dtype)
     if first.quant.load_in_4bit:  # as in training: the adapter ran on a k-bit-prepared base
         from peft import prepare_model_for_kbit_training
 
@@ -202,7 +204,8 @@ def _record(job: Job, ppl: Any, base: dict[str, Any], prep: Any, overrides: list
         "adapter": {"sha256": sha, "matches_summary": sha == (summary.get("adapter") or {}).get("sha256")},
         "base": {"resolved": job.model_id, "device": device, "compute_dtype": str(dtype).replace("torch.", ""),
                  "quantization": asdict(job.cfg.quant), "runs_on_this_load": shared},
-        "data": {k: prep.info[k] for k in ("dataset", "heldout_sha256", "heldout_file", "n_heldout_scored", "max_length")},
+        "data": {k: prep.info[k]
+                 for k in ("dataset", "heldout_sha256", "heldout_file", "n_heldout_scored", "max_length")},
         "eval": asdict(job.cfg.eval),
         "metrics": {**ppl.as_metrics(), **{k: v for k, v in base.items() if k.startswith("base_perplexity")}},
         "perplexity_definition": PERPLEXITY_DEFINITION,

@@ -1,5 +1,6 @@
 """The report answers first: short arm labels, the Answer block's numbers, the appendix, the
-contents, long tables and CSV links (analysis.present.labels, analysis.present.sections_answer, analysis.present.document)."""
+contents, long tables and CSV links (analysis.present.labels, analysis.present.sections_answer,
+analysis.present.document)."""
 
 from __future__ import annotations
 
@@ -193,7 +194,8 @@ def test_the_answer_warns_when_runs_came_from_different_locks(tmp_path):
     from analysis.present import sections_answer
 
     r = compute(load_study(write_default_like_study(tmp_path)))
-    mixed = dataclasses.replace(r, lock=LockStatus(locks={"requirements/cpu.txt aaaa": 7, "requirements/cpu.txt bbbb": 7},
+    mixed = dataclasses.replace(r, lock=LockStatus(locks={"requirements/cpu.txt aaaa": 7,
+                                                          "requirements/cpu.txt bbbb": 7},
                                                    unlocked=0, unrecorded=0))
     doc = Doc("T")
     sections_answer.answer(doc, mixed)
@@ -216,8 +218,8 @@ def test_the_answer_warns_when_runs_mix_commits_dirty_trees_or_fingerprints(tmp_
                              "canary_tokens": 100, "canary_ids_sha256": "0" * 64, "commit": None, "dirty": None}}
 
     for trial in (1, 2):
-        write_run(tmp_path, "mix", SMOL_8, trial, ppl=30.0 + trial, env={"git": {"commit": "a" * 40, "dirty": trial == 2}},
-                  summary=numerics("0x1.9p+1"))
+        write_run(tmp_path, "mix", SMOL_8, trial, ppl=30.0 + trial,
+                  env={"git": {"commit": "a" * 40, "dirty": trial == 2}}, summary=numerics("0x1.9p+1"))
         write_run(tmp_path, "mix", SMOL_32, trial, ppl=30.5 + trial, env={"git": {"commit": "b" * 40, "dirty": False}},
                   summary=numerics("0x1.9p+1" if trial == 1 else "0x1.8p+1"))
     r = compute(load_study(tmp_path / "mix"))

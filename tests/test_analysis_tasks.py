@@ -39,7 +39,8 @@ def test_identical_scores_in_every_pair_are_said_so_without_a_degenerate_p(tmp_p
     """Both arms scoring the same in every paired trial (the QA half of the task study): the t-based
     TOST has zero variance there, so the verdict says "identical" and quotes no p."""
     same = [0.60, 0.62, 0.64, 0.61, 0.63]
-    acc = task_scores.compare(_study(tmp_path, acc_8=same, acc_32=same).runs).set_index("metric").loc["metrics.accuracy"]
+    acc = (task_scores.compare(_study(tmp_path, acc_8=same, acc_32=same).runs)
+           .set_index("metric").loc["metrics.accuracy"])
     assert acc["mean_diff"] == 0 and acc["verdict"].startswith("identical in all 5 paired trials")
     assert "p =" not in acc["verdict"]
 

@@ -55,7 +55,8 @@ def test_missing_local_file(capsys: pytest.CaptureFixture, tmp_path: Path) -> No
 
 
 def test_missing_local_model(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
-    line = _error_line(capsys, ["model=local", f"model.path={tmp_path}/ckpt", f"results_dir={tmp_path}/r"], tmp_path / "r")
+    line = _error_line(capsys, ["model=local", f"model.path={tmp_path}/ckpt", f"results_dir={tmp_path}/r"],
+                       tmp_path / "r")
     assert "has no config.json" in line and "model.path" in line
 
 
@@ -81,7 +82,8 @@ def test_empty_split(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
      "line 2 is not valid JSON (Expecting property name enclosed in double quotes, column 2)"),
     ("broken.json", '[{"text": "one two three"},\n {"text": "four" "five"}]\n',
      "line 2 is not valid JSON (Expecting ',' delimiter, column 18)"),
-    ("broken.csv", 'text\none two three\nfour, five, six\n', "line 3 has 3 fields where the header has 1 (quote a field that holds a comma: \"a, b\")"),
+    ("broken.csv", 'text\none two three\nfour, five, six\n',
+     "line 3 has 3 fields where the header has 1 (quote a field that holds a comma: \"a, b\")"),
 ])
 def test_malformed_local_file(name: str, content: str, where: str, capsys: pytest.CaptureFixture,
                               tmp_path: Path) -> None:
@@ -90,11 +92,13 @@ def test_malformed_local_file(name: str, content: str, where: str, capsys: pytes
     data.write_text(content)
     assert run_cli(["dataset=local", f"dataset.path={data}", f"results_dir={tmp_path}/r"]) == 2
     out, err = capsys.readouterr()
-    assert err.strip().splitlines() == [f"error: dataset local: {data} {where}; fix or remove that line in dataset.path"]
+    assert err.strip().splitlines() == [(f"error: dataset local: {data} {where}; "
+                                         "fix or remove that line in dataset.path")]
     assert out == "" and not (tmp_path / "r").exists()  # no datasets log line, no traceback, nothing ran
 
 
-def test_bf16_on_cpu_without_bf16(capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bf16_on_cpu_without_bf16(capsys: pytest.CaptureFixture, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from repeatability.trial import modelling
 
     monkeypatch.setattr(modelling, "cpu_has_bf16", lambda: False)  # CI's CPUs vary; this one may have bf16

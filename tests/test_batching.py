@@ -139,7 +139,8 @@ def test_padding_free_is_refused_where_attention_would_cross_examples(change: di
     assert "use train.batching=padded" in str(err.value)
 
 
-def test_a_padding_free_run_trains_like_the_padded_one(tiny_model_dir: Path, quotes_jsonl: Path, tmp_path: Path) -> None:
+def test_a_padding_free_run_trains_like_the_padded_one(tiny_model_dir: Path, quotes_jsonl: Path,
+                                                       tmp_path: Path) -> None:
     """Same seeds, no dropout: same batches (same real tokens), same loss curve to float
     tolerance, no padding computed; the summary records both."""
     summaries = {}
@@ -150,7 +151,8 @@ def test_a_padding_free_run_trains_like_the_padded_one(tiny_model_dir: Path, quo
         run = next((tmp_path / batching).glob("*/trial-01"))
         summaries[batching] = json.loads((run / "summary.json").read_text())
     pad, free = summaries["padded"]["batching"], summaries["padding_free"]["batching"]
-    assert (pad["train"], pad["eval"], free["train"], free["eval"]) == ("padded", "padded", "padding_free", "padding_free")
+    assert ((pad["train"], pad["eval"], free["train"], free["eval"])
+            == ("padded", "padded", "padding_free", "padding_free"))
     assert free["train_real_tokens"] == free["train_token_slots"] == pad["train_real_tokens"] > 0
     assert free["real_token_efficiency"] == 1.0
     assert pad["real_token_efficiency"] == pytest.approx(pad["train_real_tokens"] / pad["train_token_slots"])

@@ -29,7 +29,8 @@ def two_sweeps(tiny_model_dir: Path, quotes_jsonl: Path, tmp_path_factory: pytes
     A tiny run takes ~1.5 s here and a launcher ~10 s to start: four trials keep the two
     launchers' job phases overlapping even when the second one starts a few seconds late."""
     results = tmp_path_factory.mktemp("results")
-    args = ["-m", "trial=1,2,3,4", "optim=paged_adamw_8bit", "study=x", *tiny_overrides(tiny_model_dir, quotes_jsonl, results)]
+    args = ["-m", "trial=1,2,3,4", "optim=paged_adamw_8bit", "study=x",
+            *tiny_overrides(tiny_model_dir, quotes_jsonl, results)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     launchers = []
     for _ in range(2):

@@ -39,8 +39,10 @@ def test_paper_templates() -> None:
     ex = Example(instruction="Q?", response="A.")
     assert apply_template("llama_inst", "instruction", ex, "<s>", "</s>") == "<s>[INST] Q? [/INST] A. </s>"
     assert apply_template("llama_inst", "instruction", ex, "<s>", "</s>", prompt_only=True) == "<s>[INST] Q? [/INST]"
-    assert apply_template("neoxt_human", "instruction", ex, "", "<|endoftext|>") == "<human>: Q?\n<bot>: A.<|endoftext|>"
-    assert apply_template("chatml", "text", Example(text="Hi"), "<|endoftext|>", "<|im_end|>") == "<|endoftext|>Hi<|im_end|>"
+    assert (apply_template("neoxt_human", "instruction", ex, "", "<|endoftext|>")
+            == "<human>: Q?\n<bot>: A.<|endoftext|>")
+    assert (apply_template("chatml", "text", Example(text="Hi"), "<|endoftext|>", "<|im_end|>")
+            == "<|endoftext|>Hi<|im_end|>")
 
 
 def test_collator_pads_dynamically_and_keeps_eos_equal_to_pad() -> None:
@@ -66,7 +68,8 @@ def test_open_platypus_loader_on_a_local_copy(tmp_path: Path) -> None:
 
     folder = tmp_path / "open_platypus" / "data"
     folder.mkdir(parents=True)
-    pd.DataFrame({"input": [""] * 10, "output": [f"B{i}" for i in range(10)], "instruction": [f"Q{i}?" for i in range(10)],
+    pd.DataFrame({"input": [""] * 10, "output": [f"B{i}" for i in range(10)],
+                  "instruction": [f"Q{i}?" for i in range(10)],
                   "data_source": ["reclor"] * 10}).to_parquet(folder / "train-00000-of-00001.parquet")
     cfg = DatasetConfig(name="open_platypus", source="hub", hub_id=str(folder.parent), kind="instruction",
                         instruction_field="instruction", response_field="output")

@@ -127,7 +127,8 @@ def _source(path: Path) -> str:
     if path.suffix != ".ipynb":
         return path.read_text()
     cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
-    lines = [line for c in cells for line in "".join(c["source"]).splitlines() if not line.lstrip().startswith(("%", "!"))]
+    lines = [line for c in cells for line in "".join(c["source"]).splitlines()
+             if not line.lstrip().startswith(("%", "!"))]
     return "\n".join(lines)
 
 

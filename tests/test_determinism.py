@@ -21,14 +21,18 @@ def _sweep(model: Path, data: Path, results: Path, study: str, **extra: str) -> 
 
 
 @pytest.fixture(scope="module")
-def policies(tiny_model_dir: Path, quotes_jsonl: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
+def policies(tiny_model_dir: Path, quotes_jsonl: Path,
+             tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
     results = tmp_path_factory.mktemp("policies")
     fixed = {"determinism.seed_policy": "fixed"}
     return {
         "fixed": _sweep(tiny_model_dir, quotes_jsonl, results, "fixed", **fixed),
-        "data_order": _sweep(tiny_model_dir, quotes_jsonl, results, "order", **fixed, **{"determinism.data_order": "trial"}),
-        "dropout": _sweep(tiny_model_dir, quotes_jsonl, results, "dropout", **fixed, **{"determinism.dropout": "trial"}),
-        "lora_init": _sweep(tiny_model_dir, quotes_jsonl, results, "init", **fixed, **{"determinism.lora_init": "trial"}),
+        "data_order": _sweep(tiny_model_dir, quotes_jsonl, results, "order", **fixed,
+                             **{"determinism.data_order": "trial"}),
+        "dropout": _sweep(tiny_model_dir, quotes_jsonl, results, "dropout", **fixed,
+                          **{"determinism.dropout": "trial"}),
+        "lora_init": _sweep(tiny_model_dir, quotes_jsonl, results, "init", **fixed,
+                            **{"determinism.lora_init": "trial"}),
     }
 
 
@@ -39,7 +43,8 @@ def _sha(run: dict) -> str:
 def test_fixed_seeds_give_bitwise_identical_trials(policies: dict[str, list[dict]]) -> None:
     one, two = policies["fixed"]
     assert _sha(one) == _sha(two) and one["curve"] == two["curve"]
-    assert one["summary"]["metrics"]["perplexity_token_weighted"] == two["summary"]["metrics"]["perplexity_token_weighted"]
+    assert (one["summary"]["metrics"]["perplexity_token_weighted"]
+            == two["summary"]["metrics"]["perplexity_token_weighted"])
 
 
 def test_data_order_changes_the_first_batch(policies: dict[str, list[dict]]) -> None:

@@ -118,8 +118,9 @@ def test_lock_status_and_the_reports_line() -> None:
     assert line.startswith("WARNING: the runs came from different locks: 1 run(s) from requirements/cpu.txt aaaa")
     assert "1 run(s) from an environment that differed from its lock" in line and "(2 of 4 exactly locked)" in line
     imported = pd.concat([_runs(A, A), pd.DataFrame([{"imported.source": "Table 1"}])], ignore_index=True)
+    # a table's rows have no environment
     assert verdict.lock_status(imported) == one.__class__(locks={"requirements/cpu.txt aaaaaaaaaaaa": 2},
-                                                          unlocked=0, unrecorded=0)  # a table's rows have no environment
+                                                          unlocked=0, unrecorded=0)
     old = verdict.lock_status(_runs(None, None))
     assert (old.locks, old.unlocked, old.unrecorded, old.mixed) == ({}, 0, 2, False)
     assert prose.lock_line(old).startswith("Environment lock: not recorded (2 run(s)")

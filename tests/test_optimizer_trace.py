@@ -22,7 +22,8 @@ NAMES = ("model.layers.0.self_attn.q_proj.lora_A.default.weight",
 def test_module_kind_is_the_module_a_lora_matrix_belongs_to() -> None:
     assert optimtrace.module_kind(NAMES[0]) == "q_proj"
     assert optimtrace.module_kind(NAMES[1]) == "down_proj"
-    assert optimtrace.module_kind("gpt_neox.layers.3.attention.query_key_value.lora_A.default.weight") == "query_key_value"
+    assert (optimtrace.module_kind("gpt_neox.layers.3.attention.query_key_value.lora_A.default.weight")
+            == "query_key_value")
 
 
 def _params() -> list[tuple[str, torch.nn.Parameter]]:

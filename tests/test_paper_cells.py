@@ -21,8 +21,8 @@ def platypus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder shaped like garage-bAInd/Open-Platypus (parquet under data/)."""
     root = tmp_path_factory.mktemp("open_platypus")
     (root / "data").mkdir()
-    rows = [{"input": "", "output": f"The answer is {'ABCD'[i % 4]}.", "instruction": f"Question {i}: pick A, B, C or D.",
-             "data_source": "reclor"} for i in range(40)]
+    rows = [{"input": "", "output": f"The answer is {'ABCD'[i % 4]}.",
+             "instruction": f"Question {i}: pick A, B, C or D.", "data_source": "reclor"} for i in range(40)]
     pd.DataFrame(rows).to_parquet(root / "data" / "train-00000-of-00001.parquet")
     return root
 
@@ -66,7 +66,8 @@ def test_llama2_chat_on_open_platypus_shape(tiny_model_dir: Path, platypus_dir: 
     assert run.parent.name == "llama2-7b-chat__open_platypus__paged_adamw_8bit"
     assert s["data"]["template"] == "llama_inst" and s["data"]["n_total"] == 40 and s["data"]["n_heldout"] == 8
     heldout = [json.loads(x)["text"] for x in (tmp_path / "p" / s["data"]["heldout_file"]).read_text().splitlines()]
-    assert all(t.startswith("<s>[INST] Question ") and " [/INST] The answer is " in t and t.endswith(" </s>") for t in heldout)
+    assert all(t.startswith("<s>[INST] Question ") and " [/INST] The answer is " in t and t.endswith(" </s>")
+               for t in heldout)
     gens = artifacts.read_generations(run)
     assert {g["prompt_index"] for g in gens} == {0, 1}  # the paper's two LSAT instructions
     assert gens[0]["prompt"].startswith("If you have no keyboarding skills") and "answer_letter" in gens[0]

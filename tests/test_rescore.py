@@ -40,7 +40,8 @@ def _snapshot(study: Path) -> dict[str, bytes]:
     return {str(p.relative_to(study)): p.read_bytes() for p in study.rglob("*") if p.is_file()}
 
 
-def test_rescore_reproduces_every_runs_perplexity_on_one_loaded_base(copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rescore_reproduces_every_runs_perplexity_on_one_loaded_base(copy: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     loads = []
     real_load = modelling.load_base
     monkeypatch.setattr(modelling, "load_base", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
@@ -86,7 +87,8 @@ def _bad(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     return err[0]
 
 
-def test_bad_input_is_one_line_and_rewrites_nothing(copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_is_one_line_and_rewrites_nothing(copy: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
     empty = tmp_path / "empty"
     (empty / "tiny__tq__paged_adamw_8bit" / "trial-01").mkdir(parents=True)  # half-finished only
     assert "no finished runs" in _bad([str(empty)], capsys)

@@ -76,7 +76,8 @@ def test_summary_key_fields(sweep: Path) -> None:
 def test_same_seed_gives_identical_bits_and_curve(sweep: Path) -> None:
     a, b = _summary(sweep, "a", 1), _summary(sweep, "b", 1)
     assert a["adapter"]["sha256"] == b["adapter"]["sha256"]
-    curve = lambda s: [(r["step"], r["split"], r["loss"]) for r in curve_files.read_loss_curve(sweep / s / CELL / "trial-01")]
+    curve = lambda s: [(r["step"], r["split"], r["loss"])
+                       for r in curve_files.read_loss_curve(sweep / s / CELL / "trial-01")]
     assert curve("a") == curve("b")
     assert a["metrics"]["perplexity_token_weighted"] == b["metrics"]["perplexity_token_weighted"]
 
@@ -125,7 +126,8 @@ def test_half_finished_run_is_redone(tiny_model_dir: Path, quotes_jsonl: Path, t
     claims_before = claims._new_holder()
     artifacts.write_json(artifacts.claim_file(run), {**asdict(claims_before), "pid": killed.pid, "pid_started": None})
     assert artifacts.run_state(run) == "incomplete"
-    assert run_cli(["trial=1", "optim=paged_adamw_8bit", "study=s", *tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path)]) == 0
+    assert run_cli(["trial=1", "optim=paged_adamw_8bit", "study=s",
+                    *tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path)]) == 0
     assert artifacts.run_state(run) == "complete" and not (run / "stale.txt").exists()
     assert not artifacts.claim_file(run).exists()
     assert (f"took over a stale claim of {socket.gethostname()}/{killed.pid} (since {claims_before.started_at}: "
@@ -173,7 +175,8 @@ def test_absurd_learning_rate_is_recorded_as_diverged(tiny_model_dir: Path, quot
     assert any(r.startswith("non-finite") for r in reasons)
     collapsed = [t for t, r in zip((1, 2), reasons) if r.startswith("held-out perplexity")]
     for trial in collapsed:
-        ppl = artifacts.read_summary(tmp_path / "div" / CELL / f"trial-{trial:02d}")["metrics"]["perplexity_token_weighted"]
+        ppl = (artifacts.read_summary(tmp_path / "div" / CELL / f"trial-{trial:02d}")
+               ["metrics"]["perplexity_token_weighted"])
         assert abs(ppl - 600) < 1  # uniform over the 600-token vocabulary
 
 
@@ -195,17 +198,20 @@ def test_sweep_line_counts_runs_not_ledger_lines() -> None:
     from repeatability.launching.sweep import summarize
 
     entries = [{"run_dir": "a", "status": "preempted", "step": 5}, {"run_dir": "b", "status": "complete"},
-               {"run_dir": "a", "status": "complete"}, {"run_dir": None, "status": "failed", "error": "job 7 CANCELLED"},
+               {"run_dir": "a", "status": "complete"},
+               {"run_dir": None, "status": "failed", "error": "job 7 CANCELLED"},
                {"run_dir": "c", "status": "preempted", "step": 3}]
     line, bad = summarize(entries, 90.0)
     assert line == "sweep finished: 4 runs (2 complete, 1 failed, 1 preempted; 1 preemption(s) resumed) in 1.5 min"
     assert bad == ["failed: job 7 CANCELLED"]
 
 
-def test_a_run_without_base_scoring_completes_and_says_so(tiny_model_dir: Path, quotes_jsonl: Path, tmp_path: Path) -> None:
+def test_a_run_without_base_scoring_completes_and_says_so(tiny_model_dir: Path, quotes_jsonl: Path,
+                                                          tmp_path: Path) -> None:
     """eval.base_perplexity=false: the run finishes (its headline once crashed formatting the absent
     base perplexity, after all the training) and the headline says the base was not scored."""
-    args = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path, **{"train.max_steps": 2, "eval.base_perplexity": "false"})
+    args = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path,
+                          **{"train.max_steps": 2, "eval.base_perplexity": "false"})
     assert run_cli(["trial=1", "study=nobase", *args]) == 0
     [run] = list(artifacts.iter_run_dirs(tmp_path / "nobase"))
     s = artifacts.read_summary(run)

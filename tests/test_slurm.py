@@ -146,7 +146,8 @@ def test_cancelled_job_is_a_failed_run_and_the_sweep_fails(cluster: LocalSlurm, 
 
 @pytest.mark.parametrize("how", ["submitit", "scontrol_requeue"])
 def test_preempted_job_checkpoints_requeues_and_resumes_bit_for_bit(cluster: LocalSlurm, tiny_model_dir: Path,
-                                                                   quotes_jsonl: Path, tmp_path: Path, how: str) -> None:
+                                                                   quotes_jsonl: Path, tmp_path: Path,
+                                                                   how: str) -> None:
     """Preempted mid-training, the job saves a checkpoint at the end of that step and is requeued;
     the requeued job resumes from it to the same adapter SHA-256, loss curve and perplexity as an
     uninterrupted run. ``submitit``: its preemption signals (SIGTERM, then its USR2 to the job's step;

@@ -52,7 +52,8 @@ def test_optimizer_state_holds_the_installed_maps(name: str) -> None:
     expected = qmaps.historical_maps(name)
     assert torch.equal(state["qmap1"], expected["dynamic"]) and torch.equal(state["qmap2"], expected["udynamic"])
     read = qmaps.maps_in_force(opt, name)
-    assert read["name"] == name and read["maps"]["qmap2"]["sha256"] == qmaps.describe_map(expected["udynamic"])["sha256"]
+    assert (read["name"] == name
+            and read["maps"]["qmap2"]["sha256"] == qmaps.describe_map(expected["udynamic"])["sha256"])
     assert read["maps"]["qmap2"]["max"] == pytest.approx(float(expected["udynamic"].max()))
 
 

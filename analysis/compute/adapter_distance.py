@@ -1,6 +1,6 @@
 """Adapter distance (not a training blow-up, not where loss curves part: see
-:mod:`analysis.compute.curves`): how far apart the adapters of a cell's trials are: the effective update ΔW = s·B·A per LoRA
-module, compared pairwise between trials.
+:mod:`analysis.compute.curves`): how far apart the adapters of a cell's trials are: the effective
+update ΔW = s·B·A per LoRA module, compared pairwise between trials.
 
 Definitions (per module, and for the whole adapter as the concatenation of every module):
 

@@ -139,8 +139,8 @@ def reproduction_sentence(r: Results) -> str | None:
         return (f"This machine{where} reproduced `{other}`{there} bit for bit: all {n} seed-matched runs "
                 "gave the same adapter (SHA-256) and the same perplexity.")
     same_bits = f"{int(equal.sum())}/{len(equal)}" if len(equal) else "no recorded"
-    return (f"This machine{where} did not reproduce `{other}`{there} bit for bit: {same_bits} seed-matched runs gave the "
-            f"same adapter, and perplexity differs by at most {rel_percent(rel.max())} (n = {n}) against a "
+    return (f"This machine{where} did not reproduce `{other}`{there} bit for bit: {same_bits} seed-matched runs "
+            f"gave the same adapter, and perplexity differs by at most {rel_percent(rel.max())} (n = {n}) against a "
             f"spread between seeds of {seed_spread}.")
 
 
@@ -169,7 +169,8 @@ PAPER_SETUP = "7B–20B models, ~6,000 steps, fp16 compute on an A100"
 
 
 def setup_contrast(r: Results) -> str:
-    """``; the setups differ: here smollm2-135m, 200 steps, float32 compute on cpu; the paper ...``: read from the runs, when a compared study is an imported (published) table."""
+    """``; the setups differ: here smollm2-135m, 200 steps, float32 compute on cpu; the paper ...``:
+    read from the runs, when a compared study is an imported (published) table."""
     if not any(is_imported(o.runs).any() for o in r.others):
         return ""
     runs = r.study.runs

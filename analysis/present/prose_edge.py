@@ -58,7 +58,8 @@ def base_edge_phrase(edges: pd.DataFrame, labels: dict[str, str]) -> str:
     """The edges when a run counts as blown up as soon as it ends worse than the untrained base
     model (:data:`analysis.compute.lr_edge.BASE_K`), beside the k × base ones."""
     parts = [f"`{label}` {edge_interval(edges.loc[a])}" for a, label in labels.items() if a in edges.index]
-    return ("Worse than the untrained base model in at least half of the runs: " + "; ".join(parts) + ".") if parts else ""
+    return ("Worse than the untrained base model in at least half of the runs: " + "; ".join(parts) + "."
+            if parts else "")
 
 
 def ratio_phrase(row: pd.Series, labels: dict[str, str]) -> str:
@@ -130,8 +131,9 @@ def answer_lines(e: EdgeResults, labels: dict[str, str], alpha: float) -> list[s
                         if a in edges.index) + ".")
     if len(e.ratios):
         head += " Ratio of edges: " + "; ".join(ratio_phrase(r, labels) for _, r in e.ratios.iterrows()) + "."
-    lines = [head, base_edge_phrase(e.base_edges.set_index("arm"), labels), paper_phrase(e, labels), inflation_phrase(e.at_end, labels), horizon_phrase(e.horizon),
-             explains_phrase(e, labels), sensitivity_phrase(e.sensitivity, labels), blowups_phrase(e.rates, labels, alpha)]
+    lines = [head, base_edge_phrase(e.base_edges.set_index("arm"), labels), paper_phrase(e, labels),
+             inflation_phrase(e.at_end, labels), horizon_phrase(e.horizon), explains_phrase(e, labels),
+             sensitivity_phrase(e.sensitivity, labels), blowups_phrase(e.rates, labels, alpha)]
     return [line for line in lines if line]
 
 

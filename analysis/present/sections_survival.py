@@ -123,7 +123,8 @@ def _arms_view(s: SurvivalResults, labels: dict[str, str], alpha: float) -> pd.D
                         "n": t["n"], "blow-ups": t["blowups"], "rate": [f"{v:.0%}" for v in t["rate"]],
                         f"{conf} CI (Clopper–Pearson)": [_ci(lo, hi) for lo, hi in zip(t["ci_low"], t["ci_high"])],
                         "median step to blow-up": [median_text(row, conf) for _, row in t.iterrows()],
-                        "paper": [f"{int(b)}/{int(n)}" if pd.notna(b) else "" for b, n in zip(t["paper_blowups"], t["paper_n"])],
+                        "paper": [f"{int(b)}/{int(n)}" if pd.notna(b) else ""
+                                  for b, n in zip(t["paper_blowups"], t["paper_n"])],
                         "Fisher p vs paper": [_p(v) if pd.notna(v) else "" for v in t["fisher_p"]]})
     return out.set_index(["arm", "k"])
 

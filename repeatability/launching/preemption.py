@@ -8,8 +8,9 @@ before the time limit, or submitit's preemption) and SIGTERM (SLURM's preemption
 ``PreemptMode=REQUEUE``, ``scontrol requeue``, ``scancel``) only set a flag; at the end of the
 current optimizer step the Trainer saves a checkpoint and stops (:class:`repeatability.trial.train.
 LoggingCallback`, which polls :func:`requested` through :mod:`repeatability.trial.stopping`), the run
-raises :class:`Preempted`, the run claim is released, and only then submitit's handler runs: it re-pickles the job and requeues it. After SIGTERM alone
-SLURM requeues (preemption) or ends (cancel) the job itself, so the process just exits.
+raises :class:`Preempted`, the run claim is released, and only then submitit's handler runs: it
+re-pickles the job and requeues it. After SIGTERM alone SLURM requeues (preemption) or ends (cancel)
+the job itself, so the process just exits.
 The requeued job finds the checkpoint and resumes bit for bit (:func:`repeatability.launching.sweep.run_one`).
 """
 

@@ -40,7 +40,8 @@ LEDGER = "ledger.jsonl"
 # keys that may differ between a finished run and a re-run of it without changing the result
 _NEUTRAL_KEYS = ("results_dir", "cache_dir", "claim_heartbeat_s", "claim_stale_after_s", "tracking")
 BAD_STATUSES = ("failed", "invalid", "claim_lost", faults.STOPPED, faults.NOT_STARTED)  # runs that fail the command
-_outcomes: dict[Path | None, list[dict[str, Any]]] = {}  # this process's ledger entries, by ledger: kept when the disk is full
+# this process's ledger entries, by ledger: kept when the disk is full
+_outcomes: dict[Path | None, list[dict[str, Any]]] = {}
 
 
 def _sweep_dir() -> Path | None:
@@ -147,8 +148,9 @@ def run_one(cfg: DictConfig) -> str:
         return _run_claimed(cfg, started)
     except preemption.Preempted as stop:  # the claim is released; the checkpoint is in the run directory
         log.warning("%s", stop)
-        append_ledger({"run_dir": stop.run_dir, "status": "preempted", "step": stop.step, "seconds": round(time.perf_counter() - started, 1),
-                        "slurm_job": os.environ.get("SLURM_JOB_ID")})
+        append_ledger({"run_dir": stop.run_dir, "status": "preempted", "step": stop.step,
+                       "seconds": round(time.perf_counter() - started, 1),
+                       "slurm_job": os.environ.get("SLURM_JOB_ID")})
         preemption.hand_over()  # requeues and exits
         raise
     except Exception as exc:  # a write outside a run (claim, ledger) that the filesystem refused

@@ -65,7 +65,8 @@ SUPPORTED_SCHEMA_VERSIONS = schema.SUPPORTED_SCHEMA_VERSIONS
 
 SUMMARY = "summary.json"
 LOSS_CURVE = "loss_curve.csv"
-OPTIMIZER_TRACE = "optimizer_trace.csv"  # only with diagnostics.optimizer_trace=true (repeatability/trial/optimtrace.py)
+# only with diagnostics.optimizer_trace=true (repeatability/trial/optimtrace.py)
+OPTIMIZER_TRACE = "optimizer_trace.csv"
 GENERATIONS = "generations.jsonl"
 ENVIRONMENT = "environment.json"
 CONFIG = "config.yaml"
@@ -321,7 +322,8 @@ def write_summary(path: Path, summary: schema.Summary | dict[str, Any]) -> None:
     A dict is checked against :class:`repeatability.records.summary.Summary` first: a key the schema
     does not declare, or a value of another type, raises :class:`RunDirError` naming it.
     """
-    record = summary if isinstance(summary, schema.Summary) else schema.parse({**summary, "schema_version": SCHEMA_VERSION})
+    record = (summary if isinstance(summary, schema.Summary)
+              else schema.parse({**summary, "schema_version": SCHEMA_VERSION}))
     record.schema_version = SCHEMA_VERSION
     if record.status not in STATUSES:
         raise ValueError(f"summary status must be one of {STATUSES}")

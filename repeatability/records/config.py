@@ -70,7 +70,8 @@ class TrainConfig:
         check_choice(self.batching, BATCHINGS, "train.batching")
         if self.neftune_noise_alpha is not None and self.neftune_noise_alpha <= 0:
             raise ConfigError(f"train.neftune_noise_alpha={self.neftune_noise_alpha}: must be > 0 (or null for off)")
-        if self.checkpoint_every < 0 or (self.checkpoint_every > 1 and self.checkpoint_every != int(self.checkpoint_every)):
+        if self.checkpoint_every < 0 or (self.checkpoint_every > 1
+                                         and self.checkpoint_every != int(self.checkpoint_every)):
             raise ConfigError(f"train.checkpoint_every={self.checkpoint_every}: use a step count >= 1, "
                               "a share of the run in (0, 1), or 0 for no checkpoints")
         if self.batch_size < 1 or self.grad_accum < 1:

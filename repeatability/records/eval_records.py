@@ -62,7 +62,8 @@ def write_run_tasks(path: Path, record: dict[str, Any]) -> Path:
     """Write the run's own task record (``evals/tasks.json``: scores under ``metrics``, then every
     example's prediction) before the run is marked done; the manifest covers it."""
     if (path / DONE).exists():
-        raise RunDirError(f"{path}: holds a finished run; its task record is written by python -m repeatability.rescore")
+        raise RunDirError(f"{path}: holds a finished run; "
+                          "its task record is written by python -m repeatability.rescore")
     file = eval_file(path, RUN_TASKS)
     write_json(file, {"schema_version": EVAL_SCHEMA_VERSION, "name": RUN_TASKS, **record})
     return file

@@ -44,7 +44,8 @@ class LockCheck:
         if self.file is None:
             return (f"environment is not locked: no {LOCK_DIR.name}/*.txt beside the package; runs record "
                     "their package versions only (install with `make setup` for a locked environment)")
-        shown = ", ".join(self.mismatched[:4]) + (f" and {len(self.mismatched) - 4} more" if len(self.mismatched) > 4 else "")
+        shown = ", ".join(self.mismatched[:4]) + (f" and {len(self.mismatched) - 4} more"
+                                                  if len(self.mismatched) > 4 else "")
         return (f"environment differs from {self.file} in {len(self.mismatched)} distribution(s): {shown}; "
                 "runs record it (`make setup` installs the lock exactly)")
 

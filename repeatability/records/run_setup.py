@@ -59,7 +59,8 @@ class ThreadBudget:
     threads: int = doc("torch intra-op threads this job set")
     cores: int = doc("cores the budget was computed from")
     parallel_jobs: int = doc("jobs sharing those cores")
-    source: str = doc("where the budget came from (`determinism.threads`, SLURM `cpus_per_task`, joblib `n_jobs`, the machine)")
+    source: str = doc("where the budget came from (`determinism.threads`, SLURM `cpus_per_task`, joblib `n_jobs`, "
+                      "the machine)")
 
 
 @dataclass
@@ -72,7 +73,8 @@ class Determinism:
     cudnn_benchmark: bool = doc("`torch.backends.cudnn.benchmark`")
     CUBLAS_WORKSPACE_CONFIG: Optional[str] = doc("the environment variable as set")
     FLASH_ATTENTION_DETERMINISTIC: Optional[str] = doc("the environment variable as set")
-    cuda_initialised_before_flags: bool = doc("CUDA was already initialised when the flags were set (then they may be too late)")
+    cuda_initialised_before_flags: bool = doc("CUDA was already initialised when the flags were set "
+                                              "(then they may be too late)")
     torch_num_threads: int = doc("`torch.get_num_threads()`")
     thread_budget: ThreadBudget = doc("threads per job so that jobs × threads ≤ cores")
 
@@ -103,12 +105,14 @@ class OptimEffective:
     n_params: int = doc("trainable parameters")
     state_8bit_tensors: int = doc("parameter tensors whose Adam state is 8-bit")
     state_8bit_params: int = doc("parameters whose Adam state is 8-bit")
-    state_8bit_param_fraction: float = doc("fraction of trainable parameters whose Adam state is 8-bit (tensors under `min_8bit_size` keep 32-bit)")
+    state_8bit_param_fraction: float = doc("fraction of trainable parameters whose Adam state is 8-bit "
+                                           "(tensors under `min_8bit_size` keep 32-bit)")
     state_dtypes: dict[str, int] = doc("{dtype name without `torch.` (`uint8`, `float32`): state tensor count}")
 
     def __post_init__(self) -> None:
         if isinstance(self.state_dtypes, dict) and any(k.startswith("torch.") for k in self.state_dtypes):
-            raise ValueError(f"optimizer.effective.state_dtypes keys are dtype names without 'torch.': {self.state_dtypes}")
+            raise ValueError("optimizer.effective.state_dtypes keys are dtype names without 'torch.': "
+                             f"{self.state_dtypes}")
 
 
 @dataclass
@@ -157,7 +161,8 @@ class Device:
     compute_dtype: str = doc("compute dtype")
     quantization: Quantization = doc("the `quant` config but its compute dtype")
     n_4bit_layers: int = doc("bitsandbytes 4-bit linear layers in the model")
-    bnb_cpu_inference_repack: str = doc("bitsandbytes' CPU inference repack of 4-bit weights is disabled (it breaks LoRA gradients after an eval pass on AVX512-BF16 CPUs), or `not applicable`")
+    bnb_cpu_inference_repack: str = doc("bitsandbytes' CPU inference repack of 4-bit weights is disabled (it breaks "
+                                        "LoRA gradients after an eval pass on AVX512-BF16 CPUs), or `not applicable`")
 
 
 @dataclass
@@ -205,7 +210,8 @@ class Data:
 class Batching:
     """How training and scoring batches were formed (`train.batching`, `eval.batching`)."""
 
-    train: str = doc("`padded` (each batch padded to its longest example) or `padding_free` (one row, per-example `position_ids`)")
+    train: str = doc("`padded` (each batch padded to its longest example) or `padding_free` (one row, "
+                     "per-example `position_ids`)")
     eval: str = doc("held-out scoring: `padded` (length-sorted batches) or `padding_free`")
     train_real_tokens: int = doc("real (non-padding) tokens the training steps computed")
     train_token_slots: int = doc("token slots the training steps computed, padding included")
@@ -217,10 +223,13 @@ class Lock:
     """The run's environment against the project's lock (`requirements/cpu.txt`, `cuda.txt` or `cuda12.txt` by
     torch's build, plus `bootstrap.txt`; repeatability/records/lock.py). Also in `environment.json`."""
 
-    file: Optional[str] = doc("the lock compared with, relative to the project; null when none was found (an unlocked install)")
+    file: Optional[str] = doc("the lock compared with, relative to the project; null when none was found "
+                              "(an unlocked install)")
     sha256: Optional[str] = doc("SHA-256 of that lock file")
-    matches: Optional[bool] = doc("every installed distribution (but pip, setuptools and this project) has the lock's version and nothing else is installed; null without a lock")
-    mismatched: list[str] = doc("each distribution that differs: `name version (lock version)`, `name missing`, `name version not in the lock`")
+    matches: Optional[bool] = doc("every installed distribution (but pip, setuptools and this project) has the lock's "
+                                  "version and nothing else is installed; null without a lock")
+    mismatched: list[str] = doc("each distribution that differs: `name version (lock version)`, `name missing`, "
+                                "`name version not in the lock`")
 
 
 @dataclass
@@ -230,7 +239,8 @@ class Numerics:
     data pipeline, the code and the kernels, not on the trial's seeds: equal in every trial of a cell
     run with the same code on the same machine, and different when the forward changes."""
 
-    canary_loss: float = doc("mean NLL per target token of the canary batch (natural log), in eval mode, before training")
+    canary_loss: float = doc("mean NLL per target token of the canary batch (natural log), in eval mode, "
+                             "before training")
     canary_loss_hex: str = doc("the same float, exactly (`float.hex()`): what runs are grouped by")
     canary_sequences: int = doc("held-out sequences in the canary batch (the first ones of the scored split)")
     canary_tokens: int = doc("target tokens in the canary batch")
@@ -245,7 +255,8 @@ class Tracking:
 
     name: str = doc("`tensorboard`, `mlflow` or `wandb`")
     run_name: str = doc("`<cell>/trial-NN`, the tracker's run name")
-    dir: str = doc("tensorboard: event-file folder, relative to the run; wandb: the offline run folder, relative to the study", optional=True)
+    dir: str = doc("tensorboard: event-file folder, relative to the run; wandb: the offline run folder, "
+                   "relative to the study", optional=True)
     uri: str = doc("mlflow: the tracking URI", optional=True)
     experiment: str = doc("mlflow: the experiment (the study)", optional=True)
     project: str = doc("wandb: the project (the study)", optional=True)

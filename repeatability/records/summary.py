@@ -42,12 +42,14 @@ STATUSES = ("complete", "diverged", "failed")
 
 @dataclass
 class _HeldoutMetrics:
-    perplexity_token_weighted: float = doc("exp(total NLL / target tokens) on the held-out examples: the primary number")
+    perplexity_token_weighted: float = doc("exp(total NLL / target tokens) on the held-out examples: "
+                                           "the primary number")
     perplexity_mean_per_sequence: float = doc("mean of per-sequence perplexities (HF evaluate's `mean_perplexity`)")
     heldout_mean_token_nll: float = doc("mean NLL per target token", optional=True)
     heldout_tokens: int = doc("target tokens scored", optional=True)
     heldout_sequences: int = doc("sequences scored", optional=True)
-    base_perplexity_token_weighted: float = doc("the base model's token-weighted perplexity on the same texts", optional=True)
+    base_perplexity_token_weighted: float = doc("the base model's token-weighted perplexity on the same texts",
+                                                optional=True)
     base_perplexity_mean_per_sequence: float = doc("the base model's mean per-sequence perplexity", optional=True)
     base_perplexity_repeats: list[float] = doc("the base scored `eval.base_repeats` times", optional=True)
     base_perplexity_repeat_spread: float = doc("max − min of those (0 expected)", optional=True)
@@ -86,11 +88,14 @@ class Tasks:
     subset_sha256: str = doc("SHA-256 of the scored prompts and references: the same in every run of a study")
     outputs: str = doc("the per-example record (`evals/tasks.json`: predictions, class log-probabilities, answers)")
     classes: list[str] = doc("the class names, in scoring order (classification)", optional=True)
-    class_scoring: str = doc("how a class is chosen: by the model's likelihood of its name, no text parsing", optional=True)
+    class_scoring: str = doc("how a class is chosen: by the model's likelihood of its name, no text parsing",
+                             optional=True)
     decoding: str = doc("`greedy` (generation)", optional=True)
     max_new_tokens: int = doc("`eval.task_max_new_tokens` (generation)", optional=True)
-    zero_shot: TaskScores = doc("the base model with the same evaluators, once per study (`eval.baselines` has zero_shot)", optional=True)
-    few_shot: TaskScores = doc("the base model with `few_shot_k` solved training examples before each question", optional=True)
+    zero_shot: TaskScores = doc("the base model with the same evaluators, once per study "
+                                "(`eval.baselines` has zero_shot)", optional=True)
+    few_shot: TaskScores = doc("the base model with `few_shot_k` solved training examples before each question",
+                               optional=True)
     few_shot_k: int = doc("`eval.few_shot_k`", optional=True)
     few_shot_indices: list[int] = doc("which training examples (indices into the training split)", optional=True)
 
@@ -99,8 +104,10 @@ class Tasks:
 class Neftune:
     """NEFTune (schema 5; only with `train.neftune_noise_alpha`)."""
 
-    noise_alpha: float = doc("`train.neftune_noise_alpha`: uniform noise in ±alpha/sqrt(length × hidden) on the input embeddings")
-    scope: str = doc("when the noise is on: training steps only (the Trainer's hook acts in train mode; validation, scoring and generation see none)")
+    noise_alpha: float = doc("`train.neftune_noise_alpha`: uniform noise in ±alpha/sqrt(length × hidden) "
+                             "on the input embeddings")
+    scope: str = doc("when the noise is on: training steps only (the Trainer's hook acts in train mode; "
+                     "validation, scoring and generation see none)")
 
 
 @dataclass
@@ -178,9 +185,11 @@ class OptimizerTrace:
     update_inflation_max: float = doc("largest update inflation over the steps")
     update_inflation_median: float = doc("median update inflation over the steps")
     v_ratio_median_last: float = doc("median over elements of stored / exact second moment at the last step")
-    v_top_code_fraction_last: float = doc("share of 8-bit second-moment codes at the map's top value at the last step (NaN for 32-bit state)")
+    v_top_code_fraction_last: float = doc("share of 8-bit second-moment codes at the map's top value at the last step "
+                                          "(NaN for 32-bit state)")
     seconds: float = doc("time the trace itself took (inside `timings.train_s`)")
-    every: int = doc("rows at the first and every k-th optimizer step (`diagnostics.optimizer_trace_every`; schema 6, absent = 1)", optional=True)
+    every: int = doc("rows at the first and every k-th optimizer step (`diagnostics.optimizer_trace_every`; "
+                     "schema 6, absent = 1)", optional=True)
 
 
 @dataclass
@@ -195,8 +204,11 @@ class Summary:
     """The record of one run."""
 
     schema_version: int = doc(f"{SCHEMA_VERSION} (runs written with version 1 still load)")
-    headline: str = doc("the run in one paragraph of plain words: status, both perplexities vs the base, the optimizer state that really ran, paging, device, dtype, seeds")
-    status: str = doc("`complete`; `diverged` (loss turned NaN/inf, or held-out perplexity overflowed `eval.ppl_overflow`: the numbers are the last ones seen); `failed` (an exception: `error` and `error.txt`)")
+    headline: str = doc("the run in one paragraph of plain words: status, both perplexities vs the base, "
+                        "the optimizer state that really ran, paging, device, dtype, seeds")
+    status: str = doc("`complete`; `diverged` (loss turned NaN/inf, or held-out perplexity overflowed "
+                      "`eval.ppl_overflow`: the numbers are the last ones seen); `failed` (an exception: "
+                      "`error` and `error.txt`)")
     study: str = doc("study name")
     trial: int = doc("trial number (1-based)")
     cell: Cell = doc("the cell's names, as in the directory name")
@@ -212,20 +224,30 @@ class Summary:
     timings: Timings = doc("seconds per stage")
     memory: Memory = doc("peak memory")
     adapter: Adapter = doc("the saved adapter")
-    resumed: Optional[Resumed] = doc("null, or the checkpoint the run continued from after an interruption (its `timings` cover the last attempt only)")
+    resumed: Optional[Resumed] = doc("null, or the checkpoint the run continued from after an interruption "
+                                     "(its `timings` cover the last attempt only)")
     checkpointing: Checkpointing = doc("mid-run checkpoints")
     divergence: Optional[Divergence] = doc("null, or why the run diverged")
     error: Optional[Error] = doc("null, or the exception of a failed run")
     tracking: Optional[Tracking] = doc("null (`tracking=none`), or the tracker run (schema 2)")
-    optimizer_trace: OptimizerTrace = doc("the optimizer trace's headline figures (schema 3; only with `diagnostics.optimizer_trace=true`)", optional=True)
+    optimizer_trace: OptimizerTrace = doc("the optimizer trace's headline figures (schema 3; only with "
+                                          "`diagnostics.optimizer_trace=true`)", optional=True)
     lock: Lock = doc("the environment against the project's lock file (schema 4; absent before)", optional=True)
-    tasks: Tasks = doc("the task evaluators' subset, decoding and base-model baselines (schema 5; only with `eval.tasks`)", optional=True)
+    tasks: Tasks = doc("the task evaluators' subset, decoding and base-model baselines "
+                       "(schema 5; only with `eval.tasks`)", optional=True)
     neftune: Neftune = doc("NEFTune's noise (schema 5; only with `train.neftune_noise_alpha`)", optional=True)
-    numerics: Numerics = doc("the numerics fingerprint: the base model's loss on a fixed canary batch before the first update, with the commit and dirty flag (schema 6; absent before)", optional=True)
-    batching: Batching = doc("how batches were formed and how much of the computed tokens were padding (schema 2; absent before)", optional=True)
+    numerics: Numerics = doc("the numerics fingerprint: the base model's loss on a fixed canary batch before the "
+                             "first update, with the commit and dirty flag (schema 6; absent before)", optional=True)
+    batching: Batching = doc("how batches were formed and how much of the computed tokens were padding "
+                             "(schema 2; absent before)", optional=True)
     started_at: str = doc("ISO-8601 UTC")
     finished_at: str = doc("ISO-8601 UTC")
-    imported: Imported = doc("only in runs imported from a published table (`analysis.import_table`); such a run holds `status`, `study`, `trial`, `cell`, `headline`, `metrics.perplexity_token_weighted` and what the table gives (`metrics.perplexity_mean_per_sequence`, `metrics.base_perplexity_token_weighted`, `memory.max_allocated_pct`/`max_allocated_mb`, `timings.train_s`/`eval_s`); every other key is absent", optional=True)
+    imported: Imported = doc("only in runs imported from a published table (`analysis.import_table`); such a run "
+                             "holds `status`, `study`, `trial`, `cell`, `headline`, "
+                             "`metrics.perplexity_token_weighted` and what the table gives "
+                             "(`metrics.perplexity_mean_per_sequence`, `metrics.base_perplexity_token_weighted`, "
+                             "`memory.max_allocated_pct`/`max_allocated_mb`, `timings.train_s`/`eval_s`); "
+                             "every other key is absent", optional=True)
 
 
 # The flattened columns of ``analysis.load`` (``metrics.perplexity_token_weighted`` ...):

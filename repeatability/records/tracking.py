@@ -136,7 +136,8 @@ class TrackerRun:
     def log_end(self, summary: dict[str, Any]) -> None:
         """The held-out perplexities, final losses and the effective optimizer of a finished run."""
         metrics = summary.get("metrics") or {}
-        final = {f"{FINAL_PREFIX}{k}": float(metrics[k]) for k in FINAL_METRICS if isinstance(metrics.get(k), (int, float))}
+        final = {f"{FINAL_PREFIX}{k}": float(metrics[k]) for k in FINAL_METRICS
+                 if isinstance(metrics.get(k), (int, float))}
         effective = (summary.get("optimizer") or {}).get("effective") or {}
         optimizer = {f"optimizer.effective.{k}": effective[k] for k in EFFECTIVE_OPTIMIZER if k in effective}
         step = int(metrics.get("steps") or 0)

@@ -153,7 +153,8 @@ def prompt_set(cfg: RunConfig) -> list[str]:
         raise ConfigError(f"eval.prompts={spec}: no preset conf/prompts/{spec}.yaml and no such file; "
                           f"use a preset ({presets}) or a path to a YAML list / one prompt per line")
     text = path.read_text()
-    loaded = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else [ln for ln in text.splitlines() if ln.strip()]
+    loaded = (yaml.safe_load(text) if path.suffix in (".yaml", ".yml")
+              else [ln for ln in text.splitlines() if ln.strip()])
     if not isinstance(loaded, list) or not loaded or not all(isinstance(p, str) and p.strip() for p in loaded):
         raise ConfigError(f"eval.prompts={spec}: {path} must hold a non-empty list of prompts (strings)")
     return [p.strip() for p in loaded]
@@ -380,7 +381,8 @@ def split_examples(examples: list[Example], split_seed: int, val_examples: int, 
 # --------------------------------------------------------------------------- templates
 
 
-ALPACA_PREAMBLE = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
+ALPACA_PREAMBLE = ("Below is an instruction that describes a task. "
+                   "Write a response that appropriately completes the request.")
 ALPACA_INPUT_PREAMBLE = ("Below is an instruction that describes a task, paired with an input that provides further "
                          "context. Write a response that appropriately completes the request.")
 

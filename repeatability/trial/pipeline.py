@@ -82,12 +82,14 @@ def prepare_data(cfg: RunConfig, tokenizer: Any, study: Path) -> Prepared:
     task_inputs = None
     if cfg.eval.tasks:
         task_inputs = tasks.build_inputs(
-            split.heldout, split.train, lambda e, prompt_only: data.apply_template(template, kind, e, bos, eos, prompt_only),
+            split.heldout, split.train,
+            lambda e, prompt_only: data.apply_template(template, kind, e, bos, eos, prompt_only),
             data.task_classes(cfg, split) if "classification" in cfg.eval.tasks else [], cfg.eval.task_examples,
             cfg.eval.few_shot_k, cfg.determinism.split_seed)
     return Prepared(
         train_ds=data.TokenDataset(data.tokenize(tokenizer, texts(split.train), ml)),
-        val_ds=data.TokenDataset(data.tokenize(tokenizer, texts(split.val), ml)) if split.val else data.TokenDataset([]),
+        val_ds=(data.TokenDataset(data.tokenize(tokenizer, texts(split.val), ml)) if split.val
+                else data.TokenDataset([])),
         heldout_texts=heldout, prompts=prompts, info=info, tasks=task_inputs,
     )
 
@@ -134,7 +136,8 @@ def batching_record(cfg: RunConfig, record: train.TrainLog) -> dict[str, Any]:
             "train_token_slots": record.token_slots, "real_token_efficiency": record.token_efficiency()}
 
 
-def build_model(cfg: RunConfig, seeds: Seeds, prep_fn: Any, study: Path, device: str, dtype: torch.dtype) -> tuple[Built, Prepared]:
+def build_model(cfg: RunConfig, seeds: Seeds, prep_fn: Any, study: Path, device: str,
+                dtype: torch.dtype) -> tuple[Built, Prepared]:
     """Resolve and load the base, score it once, then seed and attach LoRA."""
     start = time.perf_counter()
     model_id = modelling.resolve_model(cfg.model, cfg.cache_dir)
@@ -143,7 +146,8 @@ def build_model(cfg: RunConfig, seeds: Seeds, prep_fn: Any, study: Path, device:
     base = modelling.load_base(model_id, cfg.quant, device, dtype, cfg.model.revision)
     load_s = time.perf_counter() - start
     check_batching(cfg, base, prep, device)
-    base_ppl = base_perplexity(cfg, base, tokenizer, prep, study, model_id, device, dtype) if cfg.eval.base_perplexity else {}
+    base_ppl = (base_perplexity(cfg, base, tokenizer, prep, study, model_id, device, dtype)
+                if cfg.eval.base_perplexity else {})
     base_tasks = {}
     if cfg.eval.baselines and prep.tasks is not None:
         key = json.dumps([cfg.model.name, model_id, asdict(cfg.quant), str(dtype), device, asdict(cfg.eval),
@@ -174,8 +178,8 @@ def execute(cfg: RunConfig, config_yaml: str, overrides: list[str], path: Path,
     """
     t_start = time.perf_counter()
     record = S.Summary(study=cfg.study, trial=cfg.trial, cell=R.Cell(**asdict(cell_of(cfg))), started_at=utc_now(),
-                       resumed=S.Resumed(from_step=checkpoint_files.checkpoint_step(resume_from), checkpoint=resume_from.name)
-                       if resume_from else None)
+                       resumed=S.Resumed(from_step=checkpoint_files.checkpoint_step(resume_from),
+                                         checkpoint=resume_from.name) if resume_from else None)
     study = artifacts.study_dir(cfg.results_dir, cfg.study)
     artifacts.write_config(path, config_yaml, overrides)
     environment = capture_environment()
@@ -228,10 +232,10 @@ def _train_and_score(cfg: RunConfig, path: Path, study: Path, seeds: Seeds, resu
             built, prep = build_model(cfg, seeds, lambda tok: prepare_data(cfg, tok, study), study, device, dtype)
             t_train = time.perf_counter()
             record, effective, precision = train.train(
-                built.model, prep.train_ds, prep.val_ds, data.make_collator(cfg.train.batching, built.tokenizer.pad_token_id),
-                cfg.train, cfg.optim, seeds, device, mixed, label, checkpoint_files.checkpoint_root(path), resume_from,
-                cfg.eval.batch_size, report_to=tracker.report_to, run_name=tracker.run_name,
-                optimizer_trace=cfg.diagnostics.optimizer_trace_every if cfg.diagnostics.optimizer_trace else 0)
+                built.model, prep.train_ds, prep.val_ds,
+                data.make_collator(cfg.train.batching, built.tokenizer.pad_token_id),
+                cfg.train, cfg.optim, cfg.eval, cfg.diagnostics, seeds, device, mixed, label,
+                checkpoint_files.checkpoint_root(path), resume_from, tracker)
             train_s = time.perf_counter() - t_train
             metrics, eval_s, gen_s, generations = _score_and_generate(cfg, built, prep, record, seeds, device)
             task_scores, task_record, tasks_s = _run_tasks(cfg, built, prep, record, device)

@@ -70,6 +70,7 @@ def _model_info(cfg: RunConfig, built: Built) -> dict[str, Any]:
     targets = cfg.model.lora_targets_all if cfg.lora.targets == "all_linear" else cfg.model.lora_targets_attention
     return {"name": cfg.model.name, "source": cfg.model.source, "resolved": built.model_id,
             "architecture": cfg.model.architecture, "n_params": total,
-            "n_params_note": "parameter elements as stored: a 4-bit weight counts as half its size (2 per byte)", "n_trainable_params": trainable,
+            "n_params_note": "parameter elements as stored: a 4-bit weight counts as half its size (2 per byte)",
+            "n_trainable_params": trainable,
             "lora": {"r": cfg.lora.r, "alpha": cfg.lora.alpha, "dropout": cfg.lora.dropout,
                      "targets": cfg.lora.targets, "target_modules": list(targets)}}

@@ -17,8 +17,9 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from repeatability.records import artifacts, checkpoint_files, storage
-from repeatability.records.config import TrainConfig
+from repeatability.records.config import DiagnosticsConfig, EvalConfig, TrainConfig
 from repeatability.records.config_cell import OptimConfig
+from repeatability.records.tracking import TrackerRun
 from repeatability.trial import data, optimtrace, qmaps, stopping
 from repeatability.trial.seeding import Seeds
 
@@ -75,7 +76,8 @@ def effective_optimizer(optimizer: Any, requested: OptimConfig, device: str) -> 
             n_tensors += 1
             n_params += p.numel()
             state = inner.state.get(p, {})
-            tensors = [v for k, v in state.items() if torch.is_tensor(v) and k in ("state1", "state2", "exp_avg", "exp_avg_sq")]
+            tensors = [v for k, v in state.items()
+                       if torch.is_tensor(v) and k in ("state1", "state2", "exp_avg", "exp_avg_sq")]
             for t in tensors:
                 dtypes[str(t.dtype).replace("torch.", "")] = dtypes.get(str(t.dtype).replace("torch.", ""), 0) + 1
                 paged = paged or bool(getattr(t, "is_paged", False))
@@ -305,17 +307,24 @@ def _training_args(cfg: TrainConfig, seeds: Seeds, device: str, mixed: str, chec
 
 
 def train(model: Any, train_ds: Any, val_ds: Any, collator: Any, cfg: TrainConfig, optim: OptimConfig,
-          seeds: Seeds, device: str, mixed: str, label: str, checkpoints: Path,
-          resume_from: Path | None = None, eval_batch_size: int = 8, report_to: list[str] | None = None,
-          run_name: str | None = None, optimizer_trace: int = 0) -> tuple[TrainLog, dict[str, Any], dict[str, Any]]:
+          eval_cfg: EvalConfig, diagnostics: DiagnosticsConfig, seeds: Seeds, device: str, mixed: str,
+          label: str, checkpoints: Path, resume_from: Path | None = None,
+          tracker: TrackerRun | None = None) -> tuple[TrainLog, dict[str, Any], dict[str, Any]]:
     """Fine-tune ``model`` in place, checkpointing into ``checkpoints`` and continuing from
-    ``resume_from`` if given; return the training record (with its optimizer trace, a row every
-    ``optimizer_trace`` optimizer steps, when that is not 0), the effective optimizer (with the 8-bit maps read back from its state)
-    and the precision that ran."""
+    ``resume_from`` if given; return the training record (with its optimizer trace when
+    ``diagnostics.optimizer_trace``), the effective optimizer (with the 8-bit maps read back from
+    its state) and the precision that ran.
+
+    The config groups come whole; of ``eval_cfg`` only the batch size of the validation passes
+    is read. The rest is what the run resolved: ``seeds``, ``device``, ``mixed`` (the autocast
+    mode), ``label`` (the log lines' prefix) and ``tracker`` (the Trainer's ``report_to`` and
+    ``run_name``; none without one)."""
     record = TrainLog.from_resume_state(checkpoint_files.read_resume_state(resume_from)) if resume_from else TrainLog()
-    args = _training_args(cfg, seeds, device, mixed, checkpoints, eval_batch_size, len(val_ds) > 0,
-                          report_to or [], run_name)
-    tracer = [optimtrace.TraceCallback(resume_from, optimizer_trace)] if optimizer_trace else []  # before the logger: see its doc
+    args = _training_args(cfg, seeds, device, mixed, checkpoints, eval_cfg.batch_size, len(val_ds) > 0,
+                          tracker.report_to if tracker else [], tracker.run_name if tracker else None)
+    trace_every = diagnostics.optimizer_trace_every if diagnostics.optimizer_trace else 0
+    # before the logger: see its doc
+    tracer = [optimtrace.TraceCallback(resume_from, trace_every)] if trace_every else []
     trainer = TallyTrainer(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds if len(val_ds) else None,
         data_collator=collator,
