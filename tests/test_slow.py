@@ -18,10 +18,10 @@ FEW_STEPS = ["train.max_steps=4", "train.eval_every=2", "train.val_examples=8", 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Trials 1 and 2 of 8-bit, trial 1 of 32-bit (the 32-bit trial 2 would add ~30 s and no check)."""
     results = tmp_path_factory.mktemp("slow")
-    code = run_cli(["-m", "trial=1,2", "optim=paged_adamw_8bit,paged_adamw_32bit", "study=slow",
-                    f"results_dir={results}", *FEW_STEPS])
-    assert code == 0
+    for sweep in (["-m", "trial=1,2", "optim=paged_adamw_8bit"], ["trial=1", "optim=paged_adamw_32bit"]):
+        assert run_cli([*sweep, "study=slow", f"results_dir={results}", *FEW_STEPS]) == 0
     return results / "slow"
 
 
@@ -32,7 +32,7 @@ def _runs(study: Path) -> dict[tuple[str, int], dict]:
 
 def test_two_trials_two_optimizers_on_smollm2(study: Path) -> None:
     runs = _runs(study)
-    assert sorted(runs) == [(o, t) for o in ("paged_adamw_32bit", "paged_adamw_8bit") for t in (1, 2)]
+    assert sorted(runs) == [("paged_adamw_32bit", 1), ("paged_adamw_8bit", 1), ("paged_adamw_8bit", 2)]
     for (optim, _), s in runs.items():
         assert s["status"] == "complete"
         m = s["metrics"]
@@ -53,10 +53,10 @@ def test_two_trials_two_optimizers_on_smollm2(study: Path) -> None:
 def test_trials_differ_and_arms_share_seeds(study: Path) -> None:
     runs = _runs(study)
     shas = {k: s["adapter"]["sha256"] for k, s in runs.items()}
-    assert len(set(shas.values())) == 4
-    for trial in (1, 2):
-        a, b = runs[("paged_adamw_8bit", trial)], runs[("paged_adamw_32bit", trial)]
-        assert a["seeds"] == b["seeds"]  # a paired design: only optimizer precision differs
+    assert len(set(shas.values())) == 3
+    a, b = runs[("paged_adamw_8bit", 1)], runs[("paged_adamw_32bit", 1)]
+    assert a["seeds"] == b["seeds"]  # a paired design: only optimizer precision differs
+    assert runs[("paged_adamw_8bit", 2)]["seeds"] != a["seeds"]
     base = {s["metrics"]["base_perplexity_token_weighted"] for s in runs.values()}
     assert len(base) == 1  # computed once per (model, dataset, split) and cached
     assert len(list((study / "_base").glob("*.json"))) == 1
