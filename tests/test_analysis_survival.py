@@ -168,8 +168,11 @@ def test_rates_with_clopper_pearson_and_fisher_vs_paper(surv):
     ci = sps.binomtest(3, 4).proportion_ci(confidence_level=0.95, method="exact")
     assert arms.loc[(ARM_041, 10.0), ["ci_low", "ci_high"]].tolist() == pytest.approx([ci.low, ci.high])
     assert survival.rate_ci(3, 7, 0.05) == pytest.approx((0.098988, 0.815948), abs=1e-6)
-    # Fisher, 0/2 against 22/28: P(no blow-up among 2 of 30 runs, 22 of which blew up) = C(8,2)/C(30,2) = 28/435
-    assert arms.loc[(ARM_32, 10.0), "fisher_p"] == pytest.approx(28 / 435)
+    # each arm against the paper's runs of its precision: 32-bit 0/2 against the paper's 32-bit 0/28 (not
+    # its 8-bit 22/28, where P(no blow-up among 2 of 30 runs, 22 of which blew up) = C(8,2)/C(30,2) = 28/435)
+    assert arms.loc[(ARM_32, 10.0), ["paper_blowups", "paper_n"]].tolist() == [0, 28]
+    assert arms.loc[(ARM_32, 10.0), "fisher_p"] == pytest.approx(1.0)
+    assert survival.fisher_vs_paper(0, 2) == pytest.approx(28 / 435)
     assert arms.loc[(ARM_041, 10.0), "fisher_p"] == pytest.approx(1.0)
     assert arms.loc[(ARM_8, 10.0), "fisher_p"] == pytest.approx(
         sps.fisher_exact([[1, 3], [22, 6]]).pvalue)

@@ -37,7 +37,7 @@ from statsmodels.stats.proportion import proportion_confint
 from analysis.compute.blowups import BASE_METRIC
 from analysis.compute.lr_edge import arm_of, arm_order, grid_arms, trace_rows
 from analysis.config import DEFAULT, AnalysisConfig
-from analysis.load import FINISHED, Study, column
+from analysis.load import FINISHED, Study, column, optim_bits
 from repeatability.records import artifacts
 from repeatability.records.errors import RunDirError
 from repeatability.records.summary import COLUMNS as S
@@ -53,7 +53,15 @@ class PaperSetup:
     """The paper's setup, as it reports it (Alahmari et al. 2024, Tables 1–2; docs/protocols.md)."""
 
     blowups: int = 22  # 8-bit runs that blew up ...
-    n: int = 28  # ... of 4 LLMs x 2 datasets x 7 trials
+    n: int = 28  # ... of 4 LLMs x 2 datasets x 7 trials (per optimizer precision)
+    blowups_32bit: int = 0  # 32-bit runs that blew up, of as many
+
+    def reference(self, bits: float) -> int | None:
+        """The paper's blow-ups in the arm's optimizer precision (of :attr:`n`): 8-bit state or
+        less → :attr:`blowups`, 32-bit → :attr:`blowups_32bit`; None for any other (or unknown)."""
+        if bits <= 8:
+            return self.blowups
+        return self.blowups_32bit if bits == 32 else None
     models: str = "7B–20B (Llama2-7B, GPT-NeoX-20B and their chat models)"
     steps: str = "~6,000 (3 epochs)"
     compute: str = "fp16 on an NVIDIA A100"
@@ -224,26 +232,29 @@ def rate_ci(blowups: int, n: int, alpha: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def fisher_vs_paper(blowups: int, n: int, paper: PaperSetup = PAPER) -> float:
-    """Two-sided Fisher's exact p of blowups/n against the paper's 8-bit blow-ups (22/28)."""
-    table = [[blowups, n - blowups], [paper.blowups, paper.n - paper.blowups]]
+def fisher_vs_paper(blowups: int, n: int, paper_blowups: int = PAPER.blowups, paper_n: int = PAPER.n) -> float:
+    """Two-sided Fisher's exact p of blowups/n against the paper's paper_blowups/paper_n (default:
+    its 8-bit 22/28)."""
+    table = [[blowups, n - blowups], [paper_blowups, paper_n - paper_blowups]]
     return float(sps.fisher_exact(table, alternative="two-sided").pvalue) if n else math.nan
 
 
-def arm_summary(runs: pd.DataFrame, primary: float, alpha: float) -> pd.DataFrame:
+def arm_summary(runs: pd.DataFrame, primary: float, alpha: float,
+                bits: dict[str, float] | None = None) -> pd.DataFrame:
     """Per arm and k (:data:`ARM_COLUMNS`): n, blow-ups within the horizon, rate with its
     Clopper–Pearson CI, the median step with its CI (:func:`median_step`), and, at k = ``primary``,
-    the paper's 22/28 with Fisher's exact p against it."""
+    the paper's blow-ups in the arm's optimizer precision (``bits``, arm → requested bits: 8-bit
+    22/28, 32-bit 0/28; :meth:`PaperSetup.reference`) with Fisher's exact p against them."""
     out = []
     for (arm, k), rows in runs.groupby(["arm", "k"], sort=False):
         n, hits = len(rows), int(rows["event"].sum())
-        at_primary = math.isclose(k, primary)
+        paper = PAPER.reference((bits or {}).get(arm, math.nan)) if math.isclose(k, primary) else None
         out.append({"arm": arm, "k": k, "n": n, "blowups": hits, "rate": hits / n,
                     **dict(zip(("ci_low", "ci_high"), rate_ci(hits, n, alpha))),
                     **dict(zip(("median_step", "median_low", "median_high"), median_step(rows, alpha))),
-                    "paper_blowups": PAPER.blowups if at_primary else math.nan,
-                    "paper_n": PAPER.n if at_primary else math.nan,
-                    "fisher_p": fisher_vs_paper(hits, n) if at_primary else math.nan})
+                    "paper_blowups": math.nan if paper is None else paper,
+                    "paper_n": math.nan if paper is None else PAPER.n,
+                    "fisher_p": math.nan if paper is None else fisher_vs_paper(hits, n, paper, PAPER.n)})
     return pd.DataFrame(out, columns=list(ARM_COLUMNS))
 
 
@@ -325,7 +336,9 @@ def compute_survival(study: Study, config: AnalysisConfig = DEFAULT) -> Survival
     left = mine[mine["reason"] != ""][list(LEFT_OUT_COLUMNS)]
     return SurvivalResults(arms=tuple(arms), lr=float(mine["lr"].iloc[0]), ks=ks, primary=config.blowup_k,
                            horizon=int(crossings["last_step"].max()), runs=crossings,
-                           arm_table=arm_summary(crossings, config.blowup_k, config.alpha),
+                           arm_table=arm_summary(crossings, config.blowup_k, config.alpha,
+                                                 mine.assign(bits=optim_bits(study.runs)).groupby("arm")["bits"]
+                                                 .min().to_dict()),
                            km=km_curves(crossings, config.alpha), logrank=logrank(crossings, arms),
                            inflation=inflation_bands(study, mine), left_out=left.reset_index(drop=True),
                            setup=setup_facts(study, mine))
