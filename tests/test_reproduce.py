@@ -31,7 +31,7 @@ def test_plan_of_an_lr_grid_keeps_each_runs_own_overrides() -> None:
     sweeps = reproduce.plan(ROOT / "results" / "explain-edge", {1}, {
         "smollm2-135m__quotes__paged_adamw_8bit-maps_bnb_0.41.0__lr0.001"})
     assert [s.overrides for s in sweeps] == [("train.lr=0.001", "optim=paged_adamw_8bit_bnb041",
-                                              "experiments=explain_edge")]
+                                              "experiments=explain_edge_bnb041")]
 
 
 @pytest.mark.parametrize("args, message", [
