@@ -7,7 +7,8 @@ last one it read, or UNKNOWN: that wait never ends. The launcher therefore waits
 - every second it looks for each job's result file (submitit's ``paths.result_pickle``); a job
   that has one is done, and submitit's ``results()`` reads it;
 - every ``probe_s`` (a tenth of the bound, between 2 and 60 s) it asks SLURM for the state of the
-  jobs still waited for (each client allowed ``max(PROBE_TIMEOUT_S, probe_s)``): the controller
+  jobs still waited for (allowed ``max(PROBE_TIMEOUT_S, probe_s)``, or what is left of the
+  bound, at least 1 s, so the launcher gives up about a second after it): the controller
   (``squeue``), and for a job the controller no longer lists, accounting (``sacct``), whose word
   counts only when it says the job *ended* (with the controller gone, accounting keeps saying
   RUNNING, the last state it heard);
@@ -81,12 +82,13 @@ def _parse(text: str) -> dict[str, str]:
 
 
 def slurm_states(job_ids: Collection[str], timeout_s: float) -> dict[str, str]:
-    """The state SLURM reports for each of ``job_ids`` it answers about (see the module's doc);
-    a job left out got no answer."""
+    """The state SLURM reports, within ``timeout_s`` for both questions, for each of ``job_ids``
+    it answers about (see the module's doc); a job left out got no answer."""
+    deadline = time.monotonic() + timeout_s
     arrays = ",".join(sorted({j.split("_")[0] for j in job_ids}))
     known = _parse(_ask(["squeue", "-h", "-t", "all", "-o", "%i|%T", "-j", arrays], timeout_s))
-    if any(j not in known for j in job_ids):
-        accounted = _parse(_ask(["sacct", "-X", "-P", "-o", "JobID,State", "-j", arrays], timeout_s))
+    if any(j not in known for j in job_ids) and deadline - time.monotonic() > 0:
+        accounted = _parse(_ask(["sacct", "-X", "-P", "-o", "JobID,State", "-j", arrays], deadline - time.monotonic()))
         known |= {j: s for j, s in accounted.items() if j not in known and s in ENDED}
     return {j: known[j] for j in job_ids if j in known}
 
@@ -152,7 +154,9 @@ def wait(jobs: Sequence[Any], names: Sequence[str], bound_s: float, probe: Probe
                 outcomes[i] = _collect(w)
         waiting = [(i, w) for i, w in enumerate(watched) if i not in outcomes]
         if waiting and clock() >= next_probe:
-            states = probe([w.job.job_id for _, w in waiting], max(PROBE_TIMEOUT_S, every))
+            # no question outlasts the bound of the job SLURM has been silent about longest
+            left = min(w.answered for _, w in waiting) + bound_s - clock()
+            states = probe([w.job.job_id for _, w in waiting], min(max(PROBE_TIMEOUT_S, every), max(1.0, left)))
             next_probe = clock() + every
             now = clock()
             for _, w in waiting:
