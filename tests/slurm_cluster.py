@@ -111,7 +111,9 @@ class LocalSlurm:
             "EnforcePartLimits=ALL",
             f"DefMemPerCPU={max(256, int(f['RealMemory']) // max(1, int(f['CPUs'])) // 2)}",
             "ReturnToService=2", "JobRequeue=1", "MinJobAge=3600", "KillWait=10",
-            "SlurmctldTimeout=30", "SlurmdTimeout=30", "InactiveLimit=0", "Waittime=0",
+            # SlurmdTimeout: longer than the stopped-controller test pauses slurmctld (a controller that
+            # continues after more than this finds its node not responding and sets it DOWN at once)
+            "SlurmctldTimeout=30", "SlurmdTimeout=300", "InactiveLimit=0", "Waittime=0",
             node,
             f"PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP",
         ]
@@ -150,6 +152,15 @@ class LocalSlurm:
             time.sleep(0.3)
         raise RuntimeError(f"node not idle after {timeout_s:.0f} s (state {state!r}); see {self.root / 'log'}")
 
+    def pause_controller(self) -> None:
+        """Freeze slurmctld (SIGSTOP): a controller that stops answering. Clients (squeue, sbatch)
+        then hang until their MessageTimeout; jobs already running go on."""
+        os.kill(self.pids["slurmctld"], signal.SIGSTOP)
+
+    def resume_controller(self) -> None:
+        """Let a paused slurmctld go on (SIGCONT; harmless when it is not paused)."""
+        os.kill(self.pids["slurmctld"], signal.SIGCONT)
+
     def stop(self) -> None:
         """Stop the daemons by pid (slurmd first), waiting for each to be gone."""
         for name in reversed(DAEMONS):
@@ -157,6 +168,7 @@ class LocalSlurm:
             if pid is None:
                 continue
             try:
+                os.kill(pid, signal.SIGCONT)  # a paused daemon would take SIGTERM only once continued
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 continue

@@ -7,8 +7,10 @@ slurm-packages`` installs them), saying so; a cluster that is installed but does
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 from submitit.slurm.slurm import SlurmJobEnvironment
 
+from repeatability.launching import claims, slurm_wait
 from repeatability.records import artifacts, integrity
 from tests.conftest import ROOT, run_cli, tiny_overrides
 from tests.slurm_cluster import LocalSlurm, missing
@@ -221,3 +224,117 @@ def test_preflight_refuses_what_no_node_can_run(cluster: LocalSlurm, tiny_model_
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: device=cuda but the SLURM jobs ask for no GPU")
     assert not (tmp_path / "big").exists() and not (tmp_path / "gpu").exists()  # nothing submitted
+
+
+def _ledgers(study: Path) -> list[list[dict]]:
+    """Each sweep's ledger, the oldest sweep's first (``_sweeps/<time>_<pid>``)."""
+    return [[json.loads(line) for line in f.read_text().splitlines()]
+            for f in sorted(study.glob("_sweeps/*/ledger.jsonl"), key=lambda f: f.parent.name)]
+
+
+def _job_log(study: Path, job: str) -> str:
+    """The stdout of SLURM jobs of the study's sweeps (submitit's ``<job>_<task>_log.out``)."""
+    return "\n".join(p.read_text() for p in study.glob(f"_sweeps/*/.submitit/{job}/*_log.out"))
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to ``pid`` if it still runs."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _logged_at(line: str) -> float:
+    """The time (epoch seconds) of a line of the launcher's log (``[YYYY-mm-dd HH:MM:SS,mmm][HYDRA] ...``)."""
+    return datetime.datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def _freeze_the_controller_mid_sweep(cluster: LocalSlurm, command: list[str], study: Path, runs: list[Path],
+                                     log: Path, steps: int, holders: list[claims.Holder]) -> tuple[int, str, float]:
+    """Start the sweep, let both jobs train, freeze slurmctld, and meanwhile kill the job of the
+    first run and freeze that of the second (their claims' holders go to ``holders`` at once).
+    Returns the sweep's exit code, its output and when the launcher gave up after the freeze
+    (seconds, from its log)."""
+    proc = _launch(command, log)
+    array = _wait_for(lambda: _array_job(study), "the array job", 300, proc, log)
+    for i in (0, 1):
+        _wait_for(lambda i=i: f"step 5/{steps}" in _job_log(study, f"{array}_{i}"), f"job _{i} to reach step 5", 300,
+                  proc, log)
+    dead, frozen = (claims.read_claim(run) for run in runs)
+    assert dead is not None and frozen is not None
+    holders += [dead, frozen]
+    cluster.pause_controller()
+    paused = time.time()
+    os.kill(dead.pid, signal.SIGKILL)  # trial 1's job dies while nobody can tell the launcher
+    os.kill(frozen.pid, signal.SIGSTOP)  # trial 2's lives on
+    rc = proc.wait(timeout=600)  # its Python may take long to exit on a machine busy with other work
+    out = log.read_text()
+    gave_up = [_logged_at(line) - paused for line in out.splitlines() if "] error: slurm job" in line]
+    return rc, out, max(gave_up, default=float("inf"))
+
+
+def test_a_controller_that_stops_answering_ends_the_wait_and_a_rerun_takes_over(
+        cluster: LocalSlurm, tiny_model_dir: Path, quotes_jsonl: Path, tmp_path: Path) -> None:
+    """slurmctld frozen mid-sweep (SIGSTOP: squeue and sacct time out): the launcher gives up on
+    both jobs within hydra.launcher.unanswered_wait_s, one line each, ``lost`` in the ledger, exit 1.
+    Meanwhile the job of trial 1 died (SIGKILL) and that of trial 2 lives on (frozen). With the
+    controller back, the same command takes trial 1's claim over and redoes it (the adapter of an
+    uninterrupted run) and leaves trial 2 to its own job, which then finishes it: each run once."""
+    steps, bound = 60, 30
+    args = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path, optim="paged_adamw_8bit",
+                          **{"train.max_steps": steps, "train.checkpoint_every": 0, "train.eval_every": 10})
+    command = ["-m", *FIT, f"hydra.launcher.unanswered_wait_s={bound}", "study=lost", "trial=1,2", *args]
+    study = tmp_path / "lost"
+    runs = [study / CELL8 / f"trial-0{t}" for t in (1, 2)]
+    holders: list[claims.Holder] = []
+    try:
+        rc, out, gave_up = _freeze_the_controller_mid_sweep(cluster, command, study, runs, tmp_path / "sweep.log",
+                                                            steps, holders)
+        dead, frozen = holders
+        cluster.resume_controller()
+        assert rc == 1, out[-3000:]
+        # the last answer came at most one question interval before the freeze; no question
+        # outlasts the bound by more than a second
+        assert bound - slurm_wait.probe_interval(bound) - 1 <= gave_up <= bound + 5, (gave_up, out[-3000:])
+        lines = [line.split("] error: ", 1)[1] for line in out.splitlines() if "] error: slurm job" in line]
+        [array] = {line.split()[2].split("_")[0] for line in lines}
+        assert [line.split(" (")[0] for line in lines] == [f"slurm job {array}_0", f"slurm job {array}_1"]
+        assert all(f"s (bound hydra.launcher.unanswered_wait_s={bound}); recorded as lost, re-run the command to "
+                   "take it over" in line for line in lines), lines
+        assert " trial=1 " in lines[0] and " trial=2 " in lines[1] and "2 run(s) lost" in out
+        assert [(e["status"], e["slurm_job"], e["error"]) for e in _ledgers(study)[0]] == [
+            ("lost", f"{array}_0", lines[0]), ("lost", f"{array}_1", lines[1])]
+        _rerun_takes_over(command, study, runs, tmp_path / "rerun.log", dead, frozen, cluster)
+        assert run_cli(["study=ref", "trial=1", *args]) == 0  # uninterrupted, local launcher, same seeds
+        _wait_for(lambda: artifacts.run_state(runs[1]) == "complete", "trial 2's own job to finish", 600)
+    finally:
+        cluster.resume_controller()
+        for holder in holders[1:]:  # a failed test leaves no frozen job behind (it finishes its run)
+            _signal(holder.pid, signal.SIGCONT)
+    for run in runs:
+        integrity.verify_manifest(run)
+        s = artifacts.read_summary(run)
+        assert s["status"] == "complete" and s["resumed"] is None and s["metrics"]["steps"] == steps
+    ref = artifacts.read_summary(tmp_path / "ref" / CELL8 / "trial-01")
+    assert artifacts.read_summary(runs[0])["adapter"]["sha256"] == ref["adapter"]["sha256"]
+    # each run finished once: trial 1 in the rerun, trial 2 in its first job (whose line is in the first ledger)
+    by_run = [[[e["status"] for e in led if e["run_dir"] == str(run)] for led in _ledgers(study)] for run in runs]
+    assert by_run == [[[], ["complete"]], [["complete"], ["running_elsewhere"]]]
+
+
+def _rerun_takes_over(command: list[str], study: Path, runs: list[Path], log: Path, dead: claims.Holder,
+                      frozen: claims.Holder, cluster: LocalSlurm) -> None:
+    """The same command again, the controller back: the dead job's run is taken over and
+    completed, the frozen (live) job's run is left to it; then that job may go on."""
+    rerun = _launch(command, log)
+    assert rerun.wait(timeout=1200) == 0, f"{log.read_text()[-3000:]}\n{cluster.log_tail()}"
+    _signal(frozen.pid, signal.SIGCONT)
+    jobs_said = _job_log(study, "*")  # the job that took the claim over says so in its log
+    assert f"took over a stale claim of {dead.where}" in jobs_said, jobs_said[-3000:]
+    assert f"pid {dead.pid} is no longer running on this host" in jobs_said
+    second = _ledgers(study)[1]
+    assert sorted((e["run_dir"], e["status"]) for e in second) == [
+        (str(runs[0]), "complete"), (str(runs[1]), "running_elsewhere")]
+    assert {e["status"]: e.get("took_over") or e.get("holder") for e in second} == {
+        "complete": dead.where, "running_elsewhere": frozen.where}

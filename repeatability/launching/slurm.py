@@ -5,7 +5,9 @@ against the cluster before anything is submitted.
 change (``hydra_plugins.repeatability_launcher``): a job that ends without a result (cancelled,
 killed for memory or time, a failed node) becomes a ``failed`` line in the sweep ledger, the other
 jobs are still waited for, and the sweep ends non-zero listing it, instead of stopping at the
-first such job with a traceback.
+first such job with a traceback; and the wait for a job ends after ``unanswered_wait_s`` without
+an answer from SLURM about it (controller down or unreachable), as a ``lost`` line
+(:mod:`repeatability.launching.slurm_wait`), instead of never.
 """
 
 from __future__ import annotations
@@ -40,37 +42,37 @@ def _executor(launcher: Any) -> Any:
 
 
 def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[Any]:
-    """Submit one array job for the sweep, wait for every element, and record the ones that
-    ended without a result in the ledger (status ``failed``) rather than raising."""
+    """Submit one array job for the sweep, wait for every element (:func:`slurm_wait.wait`), and
+    record in the ledger the ones that ended without a result (status ``failed``) and the ones
+    SLURM stopped answering about for ``launcher.unanswered_wait_s`` (status ``lost``) rather
+    than raising or waiting forever."""
     from hydra.core.singleton import Singleton
     from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-    from submitit.core.utils import FailedJobError, UncompletedJobError
 
-    from repeatability.launching import sweep
+    from repeatability.launching import slurm_wait, sweep
 
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     executor = _executor(launcher)
     log.info("submitit 'slurm' sweep output dir: %s", sweep_dir)
-    params = []
+    params, names = [], []
     for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
-        log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
+        names.append(" ".join(filter_overrides(overrides)))
+        log.info("\t#%d : %s", idx, names[-1])
         params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
     jobs = executor.map_array(launcher, *zip(*params))
-    log.info("submitted array job %s (%d runs); waiting for them", jobs[0].job_id.split("_")[0], len(jobs))
+    log.info("submitted array job %s (%d runs); waiting for them (giving up on a job SLURM does not answer "
+             "about for %g s)", jobs[0].job_id.split("_")[0], len(jobs), launcher.unanswered_wait_s)
     returns = []
-    for job, overrides in zip(jobs, job_overrides):
-        try:
-            returns.append(job.results()[0])
-        except (UncompletedJobError, FailedJobError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            line = (f"slurm job {job.job_id} ({' '.join(filter_overrides(overrides))}) ended {job.state} "
-                    f"without a result: {first[:300]}")
-            log.error("%s", line)
-            sweep.append_ledger({"run_dir": None, "status": "failed", "error": line, "slurm_job": job.job_id},
-                                 sweep_dir / sweep.LEDGER)
-            # the job's failure is recorded, like an exception inside a run; SweepReport ends non-zero
-            returns.append(JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value="failed"))
+    for job, overrides, outcome in zip(jobs, job_overrides, slurm_wait.wait(jobs, names, launcher.unanswered_wait_s)):
+        if outcome.status is None:
+            returns.append(outcome.result)
+            continue
+        log.error("error: %s", outcome.line)
+        sweep.append_ledger({"run_dir": None, "status": outcome.status, "error": outcome.line, "slurm_job": job.job_id},
+                            sweep_dir / sweep.LEDGER)
+        # recorded, like an exception inside a run; SweepReport ends non-zero listing it
+        returns.append(JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=outcome.status))
     return returns
 
 
@@ -101,6 +103,10 @@ def check_resources(launcher_cfg: DictConfig, needs_gpu: bool) -> None:
     gres = str(lc.get("gres") or "")
     gpus = int(lc.get("gpus_per_node") or lc.get("gpus_per_task") or
                (gres.split(":")[-1] if gres.startswith("gpu") and gres.split(":")[-1].isdigit() else 0))
+    wait_s = lc.get("unanswered_wait_s", 1)  # absent in submitit's own launcher (hydra/launcher=submitit_slurm)
+    if not isinstance(wait_s, int | float) or wait_s <= 0:
+        raise ConfigError(f"hydra.launcher.unanswered_wait_s={wait_s} must be a positive number of seconds (how "
+                          "long to keep waiting for a job SLURM does not answer about)")
     if needs_gpu and not gpus:
         raise ConfigError("device=cuda but the SLURM jobs ask for no GPU; set hydra.launcher.gpus_per_node=1 "
                           "(or device=auto to run on the nodes' CPUs)")

@@ -9,7 +9,8 @@
   still holds its claim, and the sweep goes on;
 - a write that fails for want of storage (disk full, quota, read-only, I/O error) stops the
   sweep instead, in one line, leaving the run to resume (:mod:`repeatability.launching.faults`);
-- at the end the sweep lists what happened and exits non-zero if any run failed.
+- at the end the sweep lists what happened and exits non-zero if any run failed, or was lost (a
+  SLURM job the launcher stopped waiting for: :mod:`repeatability.launching.slurm_wait`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from repeatability.launching import claims, faults, launchers, notices, preemption, threads
+from repeatability.launching import claims, faults, launchers, notices, preemption, slurm_wait, threads
 from repeatability.records import artifacts, checkpoint_files, integrity, storage
 from repeatability.records.config import RunConfig, to_run_config
 from repeatability.records.errors import ConfigError, RunDirError
@@ -39,7 +40,8 @@ log = logging.getLogger("repeatability")
 LEDGER = "ledger.jsonl"
 # keys that may differ between a finished run and a re-run of it without changing the result
 _NEUTRAL_KEYS = ("results_dir", "cache_dir", "claim_heartbeat_s", "claim_stale_after_s", "tracking")
-BAD_STATUSES = ("failed", "invalid", "claim_lost", faults.STOPPED, faults.NOT_STARTED)  # runs that fail the command
+# runs that fail the command
+BAD_STATUSES = ("failed", "invalid", "claim_lost", faults.STOPPED, faults.NOT_STARTED, slurm_wait.LOST)
 # this process's ledger entries, by ledger: kept when the disk is full
 _outcomes: dict[Path | None, list[dict[str, Any]]] = {}
 
@@ -416,6 +418,12 @@ class SweepReport(Callback):
         if bad:
             for b in bad:
                 log.error("  %s", b)
-            log.error("%d run(s) failed; see error.txt in each run directory, fix, and re-run the same command "
-                      "(finished runs are skipped)", len(bad))
+            lost = sum(b.startswith(f"{slurm_wait.LOST}: ") for b in bad)
+            if len(bad) > lost:
+                log.error("%d run(s) failed; see error.txt in each run directory, fix, and re-run the same command "
+                          "(finished runs are skipped)", len(bad) - lost)
+            if lost:
+                log.error("%d run(s) lost: SLURM stopped answering about their jobs; re-run the same command once it "
+                          "answers: a lost run whose job is gone is taken over, one still running is left to it",
+                          lost)
             raise SystemExit(1)  # not an Exception: Hydra's error wrapper lets it through
