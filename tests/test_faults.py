@@ -1,4 +1,4 @@
-"""Faults a long sweep meets: a disk that fills up (fast tier, tiny Llama).
+"""Faults a long sweep meets: a disk that fills up, a kill, a bug (fast tier, tiny Llama).
 
 At each write site of a run the filesystem runs out of space (ENOSPC, as the writer there
 raises it: ``OSError`` from fsync or open, torch.save's errno-less ``RuntimeError``,
@@ -8,18 +8,29 @@ with no traceback; that it stops, listing the runs that finished; that no run is
 without every file its manifest lists; and that the same command, once there is space again,
 finishes the run with the adapter SHA-256 and loss curve of an uninterrupted run, executing
 nothing twice (a finished run is skipped, the stopped one resumes from its last checkpoint).
+
+At each of the same write sites a run is also killed by SIGKILL (in a child forked per job) and
+meets a plain bug (a ``RuntimeError`` raised by that write), all in one sweep; a report built
+before the re-run lists every interrupted run that is there as unfinished, and the re-run
+finishes each with the uninterrupted run's adapter SHA-256 and loss curve, nothing run twice.
 Preflight's estimate of a study's bytes, the report written aside, and a real full tmpfs too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import gc
+import io
 import logging
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +57,25 @@ def _curve(run: Path) -> list[tuple]:
     """The loss curve without its wall-clock column."""
     return [(r["step"], r["split"], r["loss"], r["learning_rate"], r["grad_norm"])
             for r in curve_files.read_loss_curve(run)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cheaper_commands() -> Iterator[None]:
+    """What each command of this module repeats to no purpose here, done once: reading the
+    installed distributions (the lock check, twice a command; nothing is installed meanwhile),
+    Hydra's composing every job before its launcher composes it again (preflight has composed
+    each one already), and each job's gc.collect walking this process's older objects."""
+    from hydra.plugins.sweeper import Sweeper
+
+    from repeatability.records import lock
+
+    have = lock.installed()
+    gc.freeze()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lock, "installed", lambda: dict(have))
+        mp.setattr(Sweeper, "validate_batch_is_legal", lambda self, batch: None)
+        yield
+    gc.unfreeze()
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +110,7 @@ class Disk:
         self.where = "\0"  # never again
 
 
-def _install(disk: Disk, monkeypatch: pytest.MonkeyPatch) -> None:
+def _install(disk: Disk | Tripwire, monkeypatch: pytest.MonkeyPatch) -> None:
     """Route every writer of a run through ``disk``, each failing as its real one does."""
     import peft.peft_model
     import torch
@@ -188,6 +218,36 @@ def _check_integrity(study: Path) -> None:
             assert artifacts.run_state(run) in ("incomplete", "failed")
 
 
+def _report_in_between(study: Path) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """What a report of ``study`` built now says of its runs (the numbers it presents, figures
+    not drawn): each run's status in its runs table, and what its section "What could not run
+    as asked" lists (detail by issue), both by run (``<cell>/trial-NN``)."""
+    from analysis.compute.results import compute
+    from analysis.load import load_study
+
+    results = compute(load_study(study))
+    issues: dict[str, dict[str, str]] = {}
+    for row in results.not_as_asked.itertuples():
+        issues.setdefault(row.run, {})[row.issue] = row.detail
+    return dict(zip(results.study.runs["run"], results.study.runs["status"])), issues
+
+
+HALF_FINISHED = "no DONE marker: half-finished; re-run the study to redo it"  # the report's detail of such a run
+
+
+def _check_reported(statuses: dict[str, str], issues: dict[str, dict[str, str]], run: str, state: str,
+                    detail: str = HALF_FINISHED) -> None:
+    """The report built in between (:func:`_report_in_between`) shows ``run`` as the contract
+    has it: an absent run not at all, a complete one finished, an unfinished one (``state``
+    incomplete or failed) in its runs table and under "What could not run as asked"."""
+    if state == "absent":
+        assert run not in statuses and run not in issues
+    elif state == "complete":
+        assert statuses[run] == "complete" and not {"incomplete", "failed"} & set(issues.get(run, {}))
+    else:
+        assert statuses[run] == state and issues[run][state] == detail, (statuses.get(run), issues.get(run))
+
+
 @pytest.mark.parametrize("site", list(SITES), ids=list(SITES))
 def test_a_full_disk_stops_the_sweep_in_one_line_and_the_rerun_finishes_it(
         site: str, reference: Path, tiny_model_dir: Path, quotes_jsonl: Path, tmp_path: Path,
@@ -219,6 +279,9 @@ def test_a_full_disk_stops_the_sweep_in_one_line_and_the_rerun_finishes_it(
     if where.resumes_from == 2:  # the torn checkpoint is removed, the complete one before it kept
         assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2"]
     _check_integrity(tmp_path / STUDY)
+    statuses, issues = _report_in_between(tmp_path / STUDY)
+    assert statuses[f"{CELL}/trial-01"] == "complete"
+    _check_reported(statuses, issues, T2, state)
 
     disk.free()  # space again: the same command
     assert run_cli(args) == 0
@@ -268,6 +331,231 @@ def test_a_parallel_launchers_later_jobs_do_not_start_and_its_end_lists_the_runs
     assert code.value.code == 1
     assert (f"sweep stopped for want of storage: 1 of 3 runs finished: {CELL}/trial-01 (complete); "
             f"stopped: {CELL}/trial-02; 1 not started") in caplog.text
+
+
+# --------------------------------------------------------------------------- a kill or a bug at each write
+
+KINDS = ("sigkill", "exception")
+CHILD_LIMIT_S = 900  # one tiny run up to its fault: seconds on a quiet machine, minutes at nice 19 on a busy one
+BUG = "injected bug: writing "
+
+
+def _variant(kind: str, site: str) -> str:
+    """The cell label of the run faulted by ``kind`` at ``site``: one cell per case, one study."""
+    return f"{kind}-{site}"
+
+
+class Tripwire:
+    """At the first write of ``SITES[site].where`` (in its own cell) of the job whose variant
+    names ``kind`` and ``site``, a ``sigkill`` kills the process (a torch or safetensors file is
+    left torn, as a kill mid-write leaves it; an atomic write leaves its temporary file); an
+    ``exception`` raises a plain ``RuntimeError`` there, once, as a bug in that writer would."""
+
+    full = False  # the disk has room: _install's disk_usage stays real
+
+    def __init__(self, cases: list[tuple[str, str]]) -> None:
+        self.cases = {_variant(kind, site): (kind, site) for kind, site in cases}
+        self.job: str | None = None  # the variant of the job running now
+        self.fired: dict[str, str] = {}  # variant -> path (in this process)
+
+    def write(self, path: str | os.PathLike) -> None:
+        path, job = os.fspath(path), self.job
+        if job not in self.cases or job in self.fired:
+            return
+        kind, site = self.cases[job]
+        # trial-02 is the only run of its cell: its first ledger line is the one to fault (no trial-01 before it)
+        if SITES[site].where.replace(f"{CELL}/", f"{CELL}__{job}/") not in path:
+            return
+        self.fired[job] = path
+        if kind == "exception":
+            raise RuntimeError(f"{BUG}{path}")
+        if path.endswith((".pt", ".safetensors")):
+            Path(path).write_bytes(b"PK\3\4 torn")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _jobs_in_children(tripwire: Tripwire, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Run each ``sigkill`` job in a child forked from this process (torch, the model's imports
+    and Hydra's composition already paid; a subprocess would import them again) and return the
+    children's exit codes by variant; every other job runs here."""
+    real, exits = sweep.run_one, {}
+
+    def run_one(cfg: Any) -> str:
+        tripwire.job = cfg.variant
+        if tripwire.cases.get(cfg.variant, ("",))[0] != "sigkill":
+            return real(cfg)
+        pid = os.fork()
+        if pid == 0:  # the child never returns into pytest
+            code = 70
+            signal.alarm(CHILD_LIMIT_S)  # a child that hangs fails its case (killed by SIGALRM), not the session
+            try:
+                real(cfg)
+                code = 0
+            finally:
+                os._exit(code)
+        exits[cfg.variant] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        return "killed"
+
+    monkeypatch.setattr(sweep, "run_one", run_one)
+    return exits
+
+
+def _log_executions(log_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Append the variant of every run whose pipeline really starts to ``log_file``, before it
+    starts: a line a killed child wrote is still there."""
+    from repeatability.trial import pipeline
+
+    real = pipeline.execute
+
+    def execute(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+        with log_file.open("a") as fh:
+            fh.write(f"{cfg.variant}\n")
+        return real(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "execute", execute)
+
+
+def _executions(log_file: Path) -> Counter:
+    return Counter(log_file.read_text().split()) if log_file.exists() else Counter()
+
+
+@dataclass
+class Interrupted:
+    """One study of trial 2 in a cell per (kind, site), faulted by one sweep, reported on, then
+    re-run by the same command; what each step left."""
+
+    study: Path
+    exits: dict[str, int]  # sigkill children's exit codes
+    fault_rc: int
+    fault_out: str  # the faulted command's stdout and stderr (not its children's)
+    rerun_rc: int
+    state: dict[str, str]  # run_state after the fault
+    checkpoints: dict[str, dict[str, bool]]  # checkpoint folders after the fault: complete (holds its resume state)?
+    ledger: dict[str, str]  # the faulted sweep's ledger: status by variant
+    errors: dict[str, tuple[dict, str]]  # failed runs: the summary's error, error.txt's last line
+    statuses: dict[str, str]  # a report built in between: its runs' status, by run (<cell>/trial-NN)
+    issues: dict[str, dict[str, str]]  # and what it lists as not run as asked: detail by issue, by run
+    rendered: set[tuple[str, str, str]]  # that list as report.md shows it: (cell, issue, trials)
+    ran_before: Counter  # pipeline executions by variant, up to the fault
+    ran_after: Counter  # and in the re-run
+
+
+CASES = [(kind, site) for kind in KINDS for site in SITES]
+
+
+def _rendered_not_as_asked(study: Path) -> set[tuple[str, str, str]]:
+    """The rows (cell, issue, trials) of the table under "What could not run as asked" in the
+    report that ``python -m analysis.report`` writes now."""
+    from analysis import report
+
+    assert report.main([str(study), "--no-reference"]) == 0
+    text = (artifacts.report_dir(study) / "report.md").read_text()
+    section = text.split("## What could not run as asked\n", 1)[1].split("\n## ", 1)[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in section.splitlines()
+            if line.startswith("| ")]
+    assert rows[0][:3] == ["cell", "issue", "trials"], rows[0]
+    return {(cell, issue, trials) for cell, issue, trials, *_ in rows[1:]}
+
+
+@pytest.fixture(scope="module")
+def interrupted(reference: Path, tiny_model_dir: Path, quotes_jsonl: Path,
+                tmp_path_factory: pytest.TempPathFactory) -> Interrupted:
+    """All cases in one sweep (each in its own cell), one report, one re-run: a command per
+    case would pay Hydra's composition, preflight and the lock check 22 times more."""
+    results = tmp_path_factory.mktemp("interrupted")
+    study, variants = results / STUDY, [_variant(kind, site) for kind, site in CASES]
+    args = ["-m", "trial=2", f"variant={','.join(variants)}", *_args(tiny_model_dir, quotes_jsonl, results)]
+    ran = results / "executions.txt"
+    gc.freeze()  # what the reference run left, too (_cheaper_commands unfreezes it)
+    with pytest.MonkeyPatch.context() as mp:
+        tripwire = Tripwire(CASES)
+        _install(tripwire, mp)
+        exits = _jobs_in_children(tripwire, mp)
+        _log_executions(ran, mp)
+        with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(out):
+            fault_rc = run_cli(args)
+    ran_before = _executions(ran)
+    _check_integrity(study)
+    runs = {v: study / f"{CELL}__{v}" / "trial-02" for v in variants}
+    state = {v: artifacts.run_state(run) for v, run in runs.items()}
+    checkpoints = {v: {p.name: (p / artifacts.RESUME_STATE).exists() for p in (run / artifacts.CHECKPOINTS).glob("*")}
+                   for v, run in runs.items()}
+    errors = {v: (artifacts.read_summary(run)["error"], (run / artifacts.ERROR).read_text().splitlines()[-1])
+              for v, run in runs.items() if state[v] == "failed"}
+    [ledger_file] = study.glob(f"_sweeps/*/{sweep.LEDGER}")
+    ledger = {Path(e["run_dir"]).parent.name.removeprefix(f"{CELL}__"): e["status"]
+              for e in sweep.read_ledger(ledger_file)}
+    statuses, issues = _report_in_between(study)
+    rendered = _rendered_not_as_asked(study)
+    ran.unlink()
+    with pytest.MonkeyPatch.context() as mp:
+        _log_executions(ran, mp)
+        rerun_rc = run_cli(args)  # the same command
+    _check_integrity(study)
+    return Interrupted(study, exits, fault_rc, out.getvalue(), rerun_rc, state, checkpoints, ledger, errors, statuses, issues, rendered,
+                       ran_before, _executions(ran))
+
+
+def _expected_state(kind: str, site: str) -> str:
+    """What a run faulted at ``site`` is, to the contract, until it is re-run."""
+    if site == "claim":  # killed or failing before the run directory exists
+        return "absent"
+    if SITES[site].resumes_from == -1:  # its ledger line comes after DONE
+        return "complete"
+    return "incomplete" if kind == "sigkill" else "failed"
+
+
+@pytest.mark.parametrize("kind,site", CASES, ids=[_variant(kind, site) for kind, site in CASES])
+def test_a_run_killed_or_failing_at_a_write_is_reported_unfinished_and_the_rerun_finishes_it(
+        kind: str, site: str, interrupted: Interrupted, reference: Path) -> None:
+    got, v, where = interrupted, _variant(kind, site), SITES[site]
+    run = got.study / f"{CELL}__{v}" / "trial-02"
+    if kind == "sigkill":
+        assert got.exits[v] == -signal.SIGKILL, "the child was not killed at the write"
+    state = _expected_state(kind, site)
+    assert got.state[v] == state
+    if state == "failed":  # recorded as the sweep records any exception of a run: error.txt and a failed summary
+        error, last_line = got.errors[v]
+        assert error["type"] == "RuntimeError" and error["message"].startswith(f"{BUG}{run}/"), error
+        assert last_line == f"RuntimeError: {error['message']}"
+        assert got.ledger[v] == "failed"
+    else:  # killed before its ledger line, or the ledger line is the write that failed
+        assert v not in got.ledger
+    detail = f"RuntimeError: {got.errors[v][0]['message']}" if state == "failed" else HALF_FINISHED
+    _check_reported(got.statuses, got.issues, f"{CELL}__{v}/trial-02", state, detail)
+    listed = {issue for cell, issue, trials in got.rendered if cell == f"{CELL}__{v}" and trials == "2"}
+    assert listed & {"incomplete", "failed"} == ({state} if state in ("incomplete", "failed") else set())
+    # the checkpoints left (complete or not): the re-run resumes from the last complete one and saves over a torn one
+    assert got.checkpoints[v] == ({} if where.resumes_from in (None, -1) else
+                                  {"checkpoint-2": True, "checkpoint-4": where.resumes_from == STEPS})
+
+    assert got.rerun_rc == 0
+    done, whole = artifacts.read_summary(run), artifacts.read_summary(reference / "trial-02")
+    assert done["status"] == "complete" and done["adapter"]["sha256"] == whole["adapter"]["sha256"]
+    assert _curve(run) == _curve(reference / "trial-02")
+    assert (done["resumed"] or {}).get("from_step") == (None if where.resumes_from in (None, -1) else where.resumes_from)
+    assert not (run / artifacts.ERROR).exists() and not (run / artifacts.CHECKPOINTS).exists()
+    # nothing ran twice: once up to the fault (unless it came first), once in the re-run (unless it had finished)
+    assert (got.ran_before[v], got.ran_after[v]) == (int(site != "claim"), int(where.resumes_from != -1))
+
+
+def test_the_faulted_sweep_goes_on_past_every_fault(interrupted: Interrupted) -> None:
+    """Every job ran (a killed child or a failed run does not end the sweep); a bug outside a
+    run (the claim's, the ledger's) is logged by its job and reaches Hydra, which fails the
+    command once all jobs ran, re-raising the first only."""
+    assert sorted(interrupted.exits) == sorted(_variant("sigkill", site) for site in SITES)
+    assert sorted(v for v, status in interrupted.ledger.items() if status == "failed") == sorted(
+        _variant("exception", site) for site in SITES if _expected_state("exception", site) == "failed")
+    assert interrupted.fault_rc == 1 and interrupted.rerun_rc == 0
+    out, study = interrupted.fault_out, interrupted.study
+    # each bug outside a run is logged, with its traceback, by the job that met it ...
+    assert out.count("failed outside its run (its claim or the sweep ledger)") == 2
+    assert f"RuntimeError: {BUG}{study}/{CELL}__{_variant('exception', 'claim')}/.trial-02.claim." in out
+    assert re.search(rf"RuntimeError: {re.escape(f'{BUG}{study}/_sweeps/')}[^/\s]+/{sweep.LEDGER}\n", out)
+    # ... and Hydra fails the command with the first one once every job has run: no end-of-sweep summary
+    [hydra_error] = [line for line in out.splitlines() if line.startswith("Error executing job with overrides: ")]
+    assert f"'variant={_variant('exception', 'claim')}'" in hydra_error
+    assert "sweep finished:" not in out and "sweep stopped" not in out
 
 
 def test_storage_faults_are_told_from_other_errors(tmp_path: Path) -> None:

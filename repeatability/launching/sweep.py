@@ -7,6 +7,8 @@
 - a half-finished or failed run is redone from scratch;
 - an exception is recorded in the run directory (status failed, traceback) while this launcher
   still holds its claim, and the sweep goes on;
+- an exception outside the run (its claim, the ledger) is logged with its traceback and passed to
+  Hydra, which runs the other jobs and then fails the command;
 - a write that fails for want of storage (disk full, quota, read-only, I/O error) stops the
   sweep instead, in one line, leaving the run to resume (:mod:`repeatability.launching.faults`);
 - at the end the sweep lists what happened and exits non-zero if any run failed, or was lost (a
@@ -157,7 +159,9 @@ def run_one(cfg: DictConfig) -> str:
         raise
     except Exception as exc:  # a write outside a run (claim, ledger) that the filesystem refused
         fault = storage.fault_of(exc, str(cfg.get("results_dir", ".")))
-        if fault is None:
+        if fault is None:  # a bug outside the run: Hydra runs the other jobs, then re-raises only the
+            # first such exception, so a later job's would be said nowhere: each is logged here
+            log.exception("job %s failed outside its run (its claim or the sweep ledger)", " ".join(_job_overrides()))
             raise
         return _stop(fault, started)
 
