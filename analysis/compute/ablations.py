@@ -11,11 +11,12 @@ cached ``_base`` score, so equal lists across runs are one measurement, not many
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pandas as pd
 
 from analysis.compute.tables import format_number
-from analysis.load import FINISHED, column
+from analysis.load import FINISHED, Study, column
 from repeatability.records.summary import COLUMNS as S
 
 SAMPLE_COLUMNS = ("cell", "trial", "prompt_index", "k", "n_seeds", "n_distinct",
@@ -91,3 +92,21 @@ def base_repeats(runs: pd.DataFrame) -> pd.DataFrame:
                      "zero": spread == 0 and (math.isnan(recorded) or recorded == 0)})
     return pd.DataFrame(rows, columns=["cell", "trial", "k", "min", "max", "spread",
                                        "spread_recorded", "zero"])
+
+
+@dataclass(frozen=True)
+class AblationResults:
+    """The ablations section's numbers (:func:`ablation_results`): (a) :func:`sampling` per run and prompt
+    and :func:`sampling_by_cell`; (b) :func:`base_repeats` (empty frames when no run recorded them)."""
+
+    sampling: pd.DataFrame
+    sampling_cells: pd.DataFrame
+    base_repeats: pd.DataFrame
+
+
+def ablation_results(study: Study) -> AblationResults:
+    """Both ablations of ``study``'s runs."""
+    per_prompt = sampling(study.generations) if not study.generations.empty else pd.DataFrame()
+    return AblationResults(sampling=per_prompt,
+                           sampling_cells=sampling_by_cell(per_prompt) if not per_prompt.empty else pd.DataFrame(),
+                           base_repeats=base_repeats(study.runs))

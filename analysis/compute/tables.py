@@ -8,12 +8,14 @@ import logging
 import math
 import numbers
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from analysis.compute.stats import PRIMARY_METRIC
+from analysis.compute.stats import PRIMARY_METRIC, stats_table
 from analysis.load import FINISHED, column, optim_bits
 from repeatability.records.summary import COLUMNS as S
 
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 MEMORY_KEYS = ((S.memory.max_allocated_pct, "GPU memory allocated (% of device)"),
                (S.memory.max_allocated_mb, "GPU memory allocated (MB)"),
                (S.memory.peak_rss_mb, "CPU peak RSS during the run (MB)"))
+TIME_METRICS = (S.timings.train_s, S.timings.eval_s, S.timings.total_s)
 
 
 def format_number(value: Any) -> str:
@@ -170,6 +173,40 @@ def timing_table(runs: pd.DataFrame, dataset: str) -> pd.DataFrame:
     rank = {arm: i for i, arm in enumerate(arm_order(rows))}
     return table.reindex(columns=sorted(table.columns, key=lambda c: (rank[c[0]], c[1],
                                                                       order[c[2]])))
+
+
+def perplexity_tables(runs: pd.DataFrame, metrics: Sequence[str]) -> dict[tuple[str, str], pd.DataFrame]:
+    """Tables 1/2 (:func:`perplexity_table`) by (metric, dataset), for each of ``metrics``."""
+    datasets = sorted(runs["dataset"].unique())
+    return {(m, d): perplexity_table(runs, d, m) for m in metrics for d in datasets}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """The memory-and-time section's numbers (:func:`resources`).
+
+    Attributes:
+        memory, memory_label: Table 3 and the memory figure it shows (:func:`memory_table`).
+        time_metrics: the timing keys of :data:`TIME_METRICS` some run recorded.
+        time_tables: Tables 10/11 per dataset (:func:`timing_table`; empty when no time was recorded).
+        time_stats: :func:`analysis.compute.stats.stats_table` of ``time_metrics``.
+    """
+
+    memory: pd.DataFrame
+    memory_label: str
+    time_metrics: tuple[str, ...]
+    time_tables: dict[str, pd.DataFrame]
+    time_stats: pd.DataFrame
+
+
+def resources(runs: pd.DataFrame) -> Resources:
+    """Table 3, and Tables 10/11 with time statistics of the timings some run recorded."""
+    memory, label = memory_table(runs)
+    recorded = tuple(k for k in TIME_METRICS if column(runs, k).notna().any())
+    return Resources(memory=memory, memory_label=label, time_metrics=recorded,
+                     time_tables={d: timing_table(runs, d) for d in sorted(runs["dataset"].unique())}
+                     if recorded else {},
+                     time_stats=stats_table(runs, recorded) if recorded else pd.DataFrame())
 
 
 def _flat_columns(table: pd.DataFrame) -> pd.DataFrame:

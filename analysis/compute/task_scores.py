@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -133,3 +134,18 @@ def compare(runs: pd.DataFrame, config: AnalysisConfig = DEFAULT) -> pd.DataFram
                          "mean_diff": float(vx.mean() - vy.mean()), **test,
                          "verdict": verdict(float(test["tost_p"]), float(test["diff_p"]), words, config, all_equal)})
     return pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
+
+
+@dataclass(frozen=True)
+class TaskResults:
+    """The task-score section's numbers (:func:`task_results`): :func:`spreads`, :func:`baselines` and
+    :func:`compare` (empty frames when no run recorded a task score)."""
+
+    spreads: pd.DataFrame
+    baselines: pd.DataFrame
+    comparisons: pd.DataFrame
+
+
+def task_results(runs: pd.DataFrame, config: AnalysisConfig = DEFAULT) -> TaskResults:
+    """Each task score's spread, the base model's baselines and the arms compared on each score."""
+    return TaskResults(spreads=spreads(runs), baselines=baselines(runs), comparisons=compare(runs, config))

@@ -1,7 +1,9 @@
 """The report's present layer: each section adds headings, text, tables and figures to a
-:class:`~analysis.present.document.Doc` from the numbers :func:`analysis.compute.results.compute` computed once
-(:class:`~analysis.compute.results.Results`), and returns the tables it wants written to ``tables/``.
-A section computes nothing: it selects, formats and says in words (:mod:`analysis.present.prose`).
+:class:`~analysis.present.document.Doc` from the numbers computed once per report (the core
+:class:`~analysis.compute.results.Results`, and the section's own: :class:`~analysis.present.section.Section`),
+and returns the tables it wants written to ``tables/``. A section computes nothing: it selects,
+formats and says in words (:mod:`analysis.present.prose`). This module: the verdict per cell, the
+held-out perplexity, the arm comparisons and the appendix (setup and environment).
 """
 
 from __future__ import annotations
@@ -17,11 +19,10 @@ from analysis.load import FINISHED, column, is_imported
 from analysis.present import plots, prose
 from analysis.present.document import Doc
 from analysis.present.labels import short_labels
+from analysis.present.section import Section, Tables
 from repeatability.records.summary import COLUMNS as S
 
 log = logging.getLogger(__name__)
-
-Tables = dict[str, tuple[pd.DataFrame, str]]  # file stem → (table, caption)
 
 # Setup rows: label → summary keys (joined with " / " when several).
 SETUP_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -106,9 +107,10 @@ def environment_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
-def overview(doc: Doc, r: Results) -> Tables:
+def overview(doc: Doc, differences: pd.DataFrame, r: Results) -> Tables:
     """The appendix: run counts, the setup that actually ran, the environment and any difference
-    inside a cell; columns are the cells' short labels (:mod:`analysis.present.labels`, legend in *Answer*)."""
+    inside a cell (``differences``: :func:`analysis.compute.verdict.environment_differences`); columns are
+    the cells' short labels (:mod:`analysis.present.labels`, legend in *Answer*)."""
     runs, counts = r.study.runs, r.status_counts
     doc.appendix("Appendix: setup and environment")
     doc.para(f"Study directory: `{r.study.path}`. {len(runs)} run directories in "
@@ -129,7 +131,7 @@ def overview(doc: Doc, r: Results) -> Tables:
     setup = setup_table(runs)
     doc.table(setup[list(labels)].rename(columns=labels), "Setup per cell")
     return ({"setup": (setup, "Setup per cell")} | _fingerprints(doc, r)
-            | _environment(doc, runs, r.environment_differences, labels))
+            | _environment(doc, runs, differences, labels))
 
 
 def _fingerprints(doc: Doc, r: Results) -> Tables:
@@ -241,8 +243,9 @@ def compact_view(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def perplexity(doc: Doc, r: Results) -> Tables:
-    """Tables 1/2 and statistics for both perplexity definitions, with one figure each."""
+def perplexity(doc: Doc, tables_1_2: dict[tuple[str, str], pd.DataFrame], r: Results) -> Tables:
+    """Tables 1/2 (``tables_1_2``: :func:`analysis.compute.tables.perplexity_tables`) and statistics
+    for both perplexity definitions, with one figure each."""
     runs, out = r.study.runs, {}
     doc.heading("Held-out perplexity")
     definition = _values(runs[runs["status"].isin(FINISHED)], ("perplexity_definition",))
@@ -258,7 +261,7 @@ def perplexity(doc: Doc, r: Results) -> Tables:
         if metric not in r.cell_stats:
             doc.para(f"The {label}: not recorded by any run.")
             continue
-        for (of, dataset), table in r.perplexity_tables.items():
+        for (of, dataset), table in tables_1_2.items():
             if of == metric:
                 caption = f"Table 1/2 shape: {label}, dataset `{dataset}`, one row per trial"
                 doc.table(table, caption)
@@ -308,3 +311,10 @@ def comparisons(doc: Doc, r: Results) -> Tables:
         doc.figure(f"paired_ratio_{i + 1}", fig,
                    f"Per-trial perplexity ratio X/Y: X = {row['x']}, Y = {row['y']}")
     return {"comparisons": (table, "Comparisons of the token-weighted held-out perplexity")}
+
+
+VERDICTS = Section("verdicts", present=verdicts)
+PERPLEXITY = Section("perplexity", present=perplexity,
+                     compute=lambda r: tables.perplexity_tables(r.study.runs, tuple(r.cell_stats)))
+COMPARISONS = Section("comparisons", present=comparisons)
+OVERVIEW = Section("overview", present=overview, compute=lambda r: verdict.environment_differences(r.study.runs))

@@ -1,6 +1,7 @@
 """The report's sections on blow-ups, equivalence between arms, and this study next to others
 (e.g. the paper's imported Tables 1–2 next to the harness's own runs). Same conventions as
-:mod:`analysis.present.sections`: the numbers come from :class:`~analysis.compute.results.Results`.
+:mod:`analysis.present.sections`: the numbers are core ones (:class:`~analysis.compute.results.Results`:
+the Answer and the headline quote them too).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from analysis.compute.tables import format_number
 from analysis.config import AnalysisConfig
 from analysis.present import prose
 from analysis.present.document import Doc
-from analysis.present.sections import Tables
+from analysis.present.section import Section, Tables
 
 
 def _rates_view(rates: pd.DataFrame) -> pd.DataFrame:
@@ -149,3 +150,7 @@ def _reproducibility(doc: Doc, r: Results) -> Tables:
     return {"reproducibility_cells": (r.cross_cells, caption),
             "reproducibility_trials": (r.cross_trials, trials_caption),
             "reproducibility_machines": (r.cross_machines, machines_caption)}
+
+
+BLOWUPS = Section("blowups_equivalence", present=blowups_equivalence)
+SIDE_BY_SIDE = Section("side_by_side", present=side_by_side)
