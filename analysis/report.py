@@ -39,9 +39,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.compute import results, task_scores
+from analysis.compute import results
 from analysis.compute.results import Results
-from analysis.compute.tables import write_table
 from analysis.config import AnalysisConfig
 from analysis.load import Study, StudyError, load_study
 from analysis.present import (
@@ -56,7 +55,9 @@ from analysis.present import (
     sections_variance,
 )
 from analysis.present.document import Doc, render_html, render_markdown, write_figures
+from analysis.present.formatting import write_table
 from analysis.present.section import Section, Tables
+from analysis.present.verdict_words import task_margin_text
 from repeatability.records import artifacts, storage
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ def build(study: Study, config: AnalysisConfig | None = None,
     doc.para(f"Generated {stamp} by `python -m analysis.report`. Declared before the analysis: "
              f"equivalence margin ±{config.margin * 100:g}%, blow-up factor k = "
              f"{config.blowup_k:g}, α = {config.alpha:g}"
-             + (f", task-score margin {task_scores.margin_text(config)}." if len(sections_tasks.TASKS.of(r).spreads)
+             + (f", task-score margin {task_margin_text(config)}." if len(sections_tasks.TASKS.of(r).spreads)
                 else "."))
     lock_line = prose.lock_line(r.lock)
     if lock_line and not lock_line.startswith("WARNING"):  # a warning is in the Answer instead

@@ -17,7 +17,6 @@ import re
 
 import pandas as pd
 
-from analysis.compute.equivalence import margin_text
 from analysis.compute.results import Results
 from analysis.compute.stats import PRIMARY_METRIC
 from analysis.config import AnalysisConfig
@@ -26,6 +25,7 @@ from analysis.present import labels as L
 from analysis.present import plots, prose, prose_edge, sections_survival
 from analysis.present.sections_edge import LR_EDGE
 from analysis.present.sections_variance import SOURCES
+from analysis.present.verdict_words import margin_text
 from repeatability.records.summary import COLUMNS as S
 
 MAX_SENTENCES = 3

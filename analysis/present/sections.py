@@ -16,8 +16,9 @@ import pandas as pd
 from analysis.compute import provenance, stats, tables, verdict
 from analysis.compute.results import SECOND_METRIC, Results
 from analysis.load import FINISHED, column, is_imported
-from analysis.present import plots, prose
+from analysis.present import plots, prose, verdict_words
 from analysis.present.document import Doc
+from analysis.present.formatting import format_number
 from analysis.present.labels import short_labels
 from analysis.present.section import Section, Tables
 from repeatability.records.summary import COLUMNS as S
@@ -76,7 +77,7 @@ def _values(rows: pd.DataFrame, keys: Sequence[str]) -> str:
         parts = [c.loc[i] for c in cols]
         if all(p is None or (not isinstance(p, (list, dict)) and pd.isna(p)) for p in parts):
             continue
-        text = " / ".join(tables.format_number(p) if not isinstance(p, (list, dict))
+        text = " / ".join(format_number(p) if not isinstance(p, (list, dict))
                           else str(p) for p in parts)
         if text not in seen:
             seen.append(text)
@@ -173,8 +174,8 @@ def _environment(doc: Doc, runs: pd.DataFrame, diffs: pd.DataFrame, labels: dict
 
 
 def verdicts(doc: Doc, r: Results) -> Tables:
-    """The repeatability verdict per cell (:func:`analysis.compute.verdict.cell_verdicts`)."""
-    table, bitwise = r.verdicts, r.bitwise
+    """The repeatability verdict per cell (:func:`analysis.compute.verdict.cell_verdicts`, in words)."""
+    table, bitwise = verdict_words.cell_verdicts_in_words(r.verdicts), verdict_words.bitwise_in_words(r.bitwise)
     doc.heading("Verdict per cell")
     doc.para("Identical adapters = every finished trial's `adapter_model.safetensors` has the same "
              "SHA-256. Greedy identical = every prompt's greedy completion is the same in every "
@@ -213,7 +214,7 @@ def arm_notes(runs: pd.DataFrame) -> list[str]:
 
 def _ci(view: pd.DataFrame, stat: str) -> list[str]:
     pairs = zip(view[f"{stat}_ci_low"], view[f"{stat}_ci_high"], strict=True)
-    return [f"[{tables.format_number(lo)}, {tables.format_number(hi)}]" for lo, hi in pairs]
+    return [f"[{format_number(lo)}, {format_number(hi)}]" for lo, hi in pairs]
 
 
 def _stats_view(cell_stats: pd.DataFrame) -> pd.DataFrame:

@@ -19,11 +19,19 @@ import pandas as pd
 from analysis.compute import provenance
 from analysis.compute.results import Results
 from analysis.compute.stats import PRIMARY_METRIC
-from analysis.compute.tables import format_number
+from analysis.present import (
+    headline,
+    plots,
+    plots_edge,
+    prose,
+    prose_edge,
+    sections_survival,
+    sections_tasks,
+    sections_variance,
+)
 from analysis.present import labels as L
-from analysis.present import (headline, plots, plots_edge, prose, prose_edge, sections_survival, sections_tasks,
-                              sections_variance)
 from analysis.present.document import Doc
+from analysis.present.formatting import format_number
 from analysis.present.section import Section, Tables
 from analysis.present.sections_edge import GPU_TEST, LR_EDGE
 from analysis.present.sections_survival import SURVIVAL

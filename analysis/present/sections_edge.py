@@ -10,10 +10,10 @@ import pandas as pd
 
 from analysis.compute.lr_edge import EDGE_RATE, EdgeResults, compute_edge
 from analysis.compute.results import Results
-from analysis.compute.tables import format_interval, format_lr, format_number
 from analysis.config import AnalysisConfig
 from analysis.present import plots_edge, prose_edge
 from analysis.present.document import Doc
+from analysis.present.formatting import format_interval, format_lr, format_number
 from analysis.present.section import Section, Tables
 
 # The hypothesis this section tests (stated, not concluded: the numbers above are the result)

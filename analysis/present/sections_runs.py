@@ -6,15 +6,19 @@ numbers only they read (:data:`LOSS`, :data:`GENERATION`, :data:`RESOURCES`).
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import pandas as pd
 
-from analysis.compute import curves, generations, tables, verdict
+from analysis.compute import curves, generations, tables
 from analysis.compute.curves import LOSS_ATOL, LossResults, Parting
 from analysis.compute.generations import GenerationResults
 from analysis.compute.results import Results
 from analysis.load import FINISHED, column
 from analysis.present import plots
 from analysis.present.document import Doc
+from analysis.present.formatting import format_number
 from analysis.present.labels import short_labels
 from analysis.present.section import Section, Tables
 from analysis.present.sections import compact_view
@@ -113,10 +117,59 @@ def resources(doc: Doc, m: tables.Resources, r: Results) -> Tables:
     return out
 
 
-def not_as_asked(doc: Doc, issues: pd.DataFrame, r: Results) -> Tables:
+def _flag(value: Any) -> bool | None:
+    """A recorded boolean as ``True``/``False``; ``None`` when the run did not record it."""
+    if value is None or (not isinstance(value, (list, dict)) and pd.isna(value)):
+        return None
+    return bool(value)
+
+
+def _issues(row: pd.Series) -> list[tuple[str, str]]:
+    """(issue, detail) pairs for one run; empty when it ran as asked."""
+    get = row.get
+    issues: list[tuple[str, str]] = []
+    status = get("status")
+    if status == "failed":
+        issues.append(("failed", f"{get(S.error.type) or 'error'}: {get(S.error.message) or ''}"))
+    elif status == "diverged":
+        step, last = format_number(get(S.divergence.step)), format_number(get(S.divergence.last_loss))
+        where = f" at step {step} (last loss {last})" if get(S.divergence.step) is not None else ""
+        issues.append(("diverged", f"{get(S.divergence.reason)}{where}"))
+    elif status == "incomplete":
+        issues.append(("incomplete", "no DONE marker: half-finished; re-run the study to redo it"))
+    elif status in ("unreadable", "corrupted"):
+        issues.append((status, str(get("load_error") or "see problems")))
+    if _flag(get(S.optimizer.requested.is_paged)) is True \
+            and _flag(get(S.optimizer.effective.paging_effective)) is False:
+        issues.append(("paging not effective",
+                       str(get(S.optimizer.effective.paging_note) or "no state tensor was paged")))
+    if get(S.optimizer.requested.optim_bits) == 8:
+        bits = get(S.optimizer.effective.bits)
+        frac = get(S.optimizer.effective.state_8bit_param_fraction)
+        if bits == 32:
+            issues.append(("8-bit state not used", "every optimizer state stayed 32-bit"))
+        elif isinstance(frac, (int, float)) and not math.isnan(frac) and frac < 1:
+            detail = f"{frac:.1%} of trainable parameters had 8-bit state; tensors under min_8bit_size keep 32-bit"
+            issues.append(("8-bit state partial", detail))
+    return issues
+
+
+def run_issues(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every run that failed, diverged, is half-finished, unreadable or corrupted, and every run whose
+    optimizer did not do what was requested (paging off on CPU, 8-bit state partial or absent), with
+    what its records say about it."""
+    out: list[dict[str, Any]] = []
+    for _, row in runs.iterrows():
+        out += [{"run": row["run"], "cell": row["cell"], "trial": row["trial"], "issue": issue,
+                 "detail": detail} for issue, detail in _issues(row)]
+    return pd.DataFrame(out, columns=["run", "cell", "trial", "issue", "detail"])
+
+
+def not_as_asked(doc: Doc, r: Results) -> Tables:
     """Failed, diverged, half-finished, unreadable, corrupted runs and optimizer requests not honoured
-    (``issues``: :func:`analysis.compute.verdict.not_as_asked`)."""
+    (:func:`run_issues`)."""
     doc.heading("What could not run as asked")
+    issues = run_issues(r.study.runs)
     done = r.study.runs[r.study.runs["status"].isin(FINISHED)]
     unknown = int(column(done, S.optimizer.effective.class_).isna().sum())
     note = (f"{unknown} finished run(s) recorded no optimizer state (imported runs): whether "
@@ -139,15 +192,15 @@ def problems(doc: Doc, r: Results) -> Tables:
     """What could not be read (corrupted files, unknown schema versions, stray folders), and
     finished runs whose files no longer match their manifest."""
     doc.heading("Problems found while reading the study")
-    problems = pd.DataFrame([vars(p) for p in r.study.problems])
-    if problems.empty:
+    table = pd.DataFrame([vars(p) for p in r.study.problems])
+    if table.empty:
         doc.para("None: every run directory was read as the contract describes.")
         return {}
     doc.para("These runs (or files) could not be read, or changed after their run finished; they are "
              "listed in the runs table with status `unreadable` or `corrupted` (their numbers are left "
              "out of every statistic), or without the unreadable part, and the rest is reported.")
-    doc.table(problems, "Problems", index=False)
-    return {"problems": (problems, "Problems")}
+    doc.table(table, "Problems", index=False)
+    return {"problems": (table, "Problems")}
 
 
 LOSS: Section[LossResults] = Section("loss", present=loss,
@@ -156,6 +209,5 @@ GENERATION: Section[GenerationResults] = Section("generation", present=generatio
                                                  compute=lambda r: generations.generation_results(r.study.generations))
 RESOURCES: Section[tables.Resources] = Section("resources", present=resources,
                                                compute=lambda r: tables.resources(r.study.runs))
-NOT_AS_ASKED: Section[pd.DataFrame] = Section("not_as_asked", present=not_as_asked,
-                                              compute=lambda r: verdict.not_as_asked(r.study.runs))
+NOT_AS_ASKED = Section("not_as_asked", present=not_as_asked)
 PROBLEMS = Section("problems", present=problems)

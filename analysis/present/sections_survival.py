@@ -18,9 +18,9 @@ from matplotlib.figure import Figure
 
 from analysis.compute.results import Results
 from analysis.compute.survival import PAPER, SurvivalResults, compute_survival
-from analysis.compute.tables import format_lr, format_number
 from analysis.present import plots_survival
 from analysis.present.document import Doc
+from analysis.present.formatting import format_lr, format_number
 from analysis.present.labels import short_labels
 from analysis.present.section import Section, Tables
 

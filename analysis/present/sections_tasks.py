@@ -9,10 +9,10 @@ import pandas as pd
 
 from analysis.compute import task_scores
 from analysis.compute.results import Results
-from analysis.compute.tables import format_number
 from analysis.present import labels as L
-from analysis.present import plots
+from analysis.present import plots, verdict_words
 from analysis.present.document import Doc
+from analysis.present.formatting import format_number
 from analysis.present.section import Section, Tables
 from repeatability.records import evaluators
 from repeatability.records import metrics as registry
@@ -37,7 +37,7 @@ def answer_lines(r: Results, labels: dict[str, str]) -> list[str]:
     t = TASKS.of(r)
     spreads = t.spreads.set_index(["cell", "metric"]) if len(t.spreads) else None
     lines = []
-    for _, row in t.comparisons.iterrows():
+    for _, row in verdict_words.task_comparisons_in_words(t.comparisons, r.config).iterrows():
         sx, sy = spreads.loc[(row["x"], row["metric"])], spreads.loc[(row["y"], row["metric"])]
         base = t.baselines[t.baselines["metric"] == row["metric"]]
         base_text = "; ".join(_baseline_text(b) for _, b in base.iterrows())
@@ -61,7 +61,7 @@ def tasks(doc: Doc, t: task_scores.TaskResults, r: Results) -> Tables:
              "each summary's `tasks.subset_sha256`; every example's prediction is in the run's "
              f"`evals/tasks.json`): {'; '.join(e.method for e in evaluators.EVALUATORS.values())}. "
              "Spread = max − min over identical trials, in points (1 point = 0.01); "
-             f"equivalence: TOST on the difference with margin {task_scores.margin_text(r.config)}.")
+             f"equivalence: TOST on the difference with margin {verdict_words.task_margin_text(r.config)}.")
     labels = L.short_labels(list(plots.cell_order(r.study.runs)))
     for metric in task_scores.recorded(r.study.runs):
         fig = plots.metric_by_cell(r.study.runs, metric, labels=labels)
@@ -87,13 +87,13 @@ def tasks(doc: Doc, t: task_scores.TaskResults, r: Results) -> Tables:
                   "The base model with the same evaluators (once per study)")
         out["task_baselines"] = (t.baselines, "Base-model task baselines")
     if len(t.comparisons):
-        comp = t.comparisons.assign(x=t.comparisons["x"].map(lambda c: labels.get(c, c)),
-                                    y=t.comparisons["y"].map(lambda c: labels.get(c, c)),
-                                    score=t.comparisons["metric"].map(_short))
+        compared = verdict_words.task_comparisons_in_words(t.comparisons, r.config)
+        comp = compared.assign(x=compared["x"].map(lambda c: labels.get(c, c)),
+                               y=compared["y"].map(lambda c: labels.get(c, c)), score=compared["metric"].map(_short))
         doc.table(comp[["x", "y", "score", "design", "n_x", "mean_diff", "ci_low", "ci_high", "tost_p", "diff_p",
                         "verdict"]].set_index(["x", "y", "score"]),
-                  f"Arms compared on each task score (X − Y; TOST margin {task_scores.margin_text(r.config)})")
-        out["task_comparisons"] = (t.comparisons, "Task-score comparisons of the arms")
+                  f"Arms compared on each task score (X − Y; TOST margin {verdict_words.task_margin_text(r.config)})")
+        out["task_comparisons"] = (compared, "Task-score comparisons of the arms")
     return out
 
 

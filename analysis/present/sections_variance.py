@@ -14,10 +14,10 @@ from analysis.compute import ablations as ablation
 from analysis.compute import adapter_distance as distance
 from analysis.compute import power, variance
 from analysis.compute.results import Results
-from analysis.compute.tables import format_interval
 from analysis.load import FINISHED
 from analysis.present import plots_variance, prose
 from analysis.present.document import Doc
+from analysis.present.formatting import format_interval, format_number
 from analysis.present.section import Section, Tables
 from analysis.present.sections import _values
 from repeatability.records.summary import COLUMNS as S
@@ -151,6 +151,29 @@ def adapter_distance(doc: Doc, a: distance.AdapterResults, r: Results) -> Tables
         "adapter_distance_kinds": (a.kinds, "Adapter distance per module kind and trial pair")}
 
 
+def _count(flags: pd.Series) -> str:
+    known = flags.dropna()
+    return f"{int(known.astype(bool).sum())}/{len(known)}" if len(known) else "–"
+
+
+def sampling_by_cell(per_prompt: pd.DataFrame) -> pd.DataFrame:
+    """Per cell of :func:`analysis.compute.ablations.sampling`: runs, K (min–max), distinct seeds per
+    prompt (min), and the counts of (run, prompt) pairs whose samples are identical and equal to
+    greedy, as "i/n"."""
+    rows = []
+    for cell, group in per_prompt.groupby("cell", sort=True):
+        k_lo, k_hi = int(group["k"].min()), int(group["k"].max())
+        rows.append({"cell": cell, "runs": int(group["trial"].nunique()),
+                     "K": str(k_lo) if k_lo == k_hi else f"{k_lo}–{k_hi}",
+                     "min_seeds": int(group["n_seeds"].min()),
+                     "temperature / top_p": "; ".join(sorted({
+                         f"{format_number(t)} / {format_number(p)}"
+                         for t, p in zip(group["temperature"], group["top_p"])})),
+                     "samples_identical": _count(group["samples_identical"]),
+                     "equal_greedy": _count(group["equal_greedy"])})
+    return pd.DataFrame(rows)
+
+
 def ablations(doc: Doc, a: ablation.AblationResults, r: Results) -> Tables:
     """(a) K samples at low temperature under different seeds vs greedy; (b) base-model
     perplexity scored K times. Nothing when no run recorded either."""
@@ -161,8 +184,9 @@ def ablations(doc: Doc, a: ablation.AblationResults, r: Results) -> Tables:
     if not a.sampling.empty:
         doc.para("(a) The same adapter sampled K times (temperature / top-p as recorded) under "
                  "different generation seeds, against its greedy completion:")
-        doc.bullets([prose.sampling_line(row) for _, row in a.sampling_cells.iterrows()])
-        doc.table(a.sampling_cells.set_index("cell"), "Ablation (a): sampled vs greedy, per cell")
+        cells = sampling_by_cell(a.sampling)
+        doc.bullets([prose.sampling_line(row) for _, row in cells.iterrows()])
+        doc.table(cells.set_index("cell"), "Ablation (a): sampled vs greedy, per cell")
         out["ablation_sampling"] = (a.sampling, "Ablation (a) per run and prompt")
     doc.para(prose.base_statement(a.base_repeats))
     if not a.base_repeats.empty:
