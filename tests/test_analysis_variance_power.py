@@ -118,6 +118,6 @@ def test_bitwise_verdict_lines(vs_study, tmp_path):
         write_run(same_seeds, "s", SMOL_8, trial, summary={"seeds": {
             "lora_init": 1, "data_order": 2, "dropout": 3, "generation": 4,
             "rules": {s: "fixed" for s in ("lora_init", "data_order", "dropout", "generation")}}})
-    row = verdict_words.bitwise_in_words(verdict.bitwise_verdicts(*(getattr(load_study(same_seeds / "s"), k)
-                                                                    for k in ("runs", "curves", "generations")))).iloc[0]
+    same = load_study(same_seeds / "s")
+    row = verdict_words.bitwise_in_words(verdict.bitwise_verdicts(same.runs, same.curves, same.generations)).iloc[0]
     assert row["line"].endswith("→ NOT bitwise repeatable under identical seeds")

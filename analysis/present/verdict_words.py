@@ -43,7 +43,7 @@ def repeatability_text(verdict: Repeatability, adapters: int, spread: float) -> 
             Repeatability.UNKNOWN: UNKNOWN,
             Repeatability.BITWISE: "bitwise repeatable: every adapter is identical",
             Repeatability.GREEDY_ONLY: "adapters not recorded; greedy outputs are identical",
-            Repeatability.SAME_GREEDY: f"weights differ ({adapters} distinct adapters) but greedy outputs are identical",
+            Repeatability.SAME_GREEDY: f"weights differ ({found}) but greedy outputs are identical",
             Repeatability.SEEDS_VARY: f"trials differ, as their seeds do: {found}, {spread_text}",
             Repeatability.SAME_SEEDS_UNKNOWN: f"unknown (no adapters recorded; identical seeds), {spread_text}",
             Repeatability.NOT_REPEATABLE: f"NOT repeatable under identical seeds: {found}, {spread_text}"}[verdict]
