@@ -32,15 +32,15 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
-from analysis.compute import task_scores
-from analysis.compute.results import Results, compute
-from analysis.compute.tables import write_table
+from analysis.compute import results
+from analysis.compute.results import Results
 from analysis.config import AnalysisConfig
 from analysis.load import Study, StudyError, load_study
 from analysis.present import (
@@ -55,37 +55,46 @@ from analysis.present import (
     sections_variance,
 )
 from analysis.present.document import Doc, render_html, render_markdown, write_figures
+from analysis.present.formatting import write_table
+from analysis.present.section import Section, Tables
+from analysis.present.verdict_words import task_margin_text
 from repeatability.records import artifacts, storage
 
 log = logging.getLogger(__name__)
 
-Section = Callable[[Doc, Results], sections.Tables]
-
-# The report's sections in order: each presents the study's Results and computes nothing. The
-# answer and its one figure come first; the learning-rate edge (present only when the study has
-# an LR axis) and the time to blow-up (only in a horizon study) next; setup and environment last,
-# as an appendix.
+# The report: its sections in order (analysis.present.section.Section: what each computes, how it
+# presents). The answer and its one figure come first; the learning-rate edge (present only when
+# the study has an LR axis) and the time to blow-up (only in a horizon study) next; setup and
+# environment last, as an appendix. A new section: its own module(s), and one entry here.
 SECTIONS: tuple[Section, ...] = (
-    sections_answer.answer, sections_edge.lr_edge, sections_survival.survival,
-    sections.verdicts, sections.perplexity, sections_tasks.tasks,
-    sections_variance.variance_sources, sections_variance.adapter_distance,
-    sections.comparisons, sections_blowups.blowups_equivalence, sections_blowups.side_by_side,
-    sections_variance.trials_needed, sections_runs.loss, sections_runs.generation,
-    sections_variance.ablations, sections_runs.resources, sections_runs.not_as_asked,
-    sections_runs.problems, sections.overview)
+    sections_answer.ANSWER, sections_edge.LR_EDGE, sections_survival.SURVIVAL,
+    sections.VERDICTS, sections.PERPLEXITY, sections_tasks.TASKS,
+    sections_variance.SOURCES, sections_variance.ADAPTERS,
+    sections.COMPARISONS, sections_blowups.BLOWUPS, sections_blowups.SIDE_BY_SIDE,
+    sections_variance.TRIALS_NEEDED, sections_runs.LOSS, sections_runs.GENERATION,
+    sections_variance.ABLATIONS, sections_runs.RESOURCES, sections_runs.NOT_AS_ASKED,
+    sections_runs.PROBLEMS, sections.OVERVIEW)
+
+
+def compute(study: Study, config: AnalysisConfig | None = None, others: Sequence[Study] = ()) -> Results:
+    """Every number of the report, once: the core ones (:func:`analysis.compute.results.compute`),
+    then each section's own (its ``compute``, in the order of :data:`SECTIONS`), kept in
+    :attr:`Results.sections <analysis.compute.results.Results.sections>` under the section's name."""
+    core = results.compute(study, config, others)
+    return replace(core, sections={s.name: s.compute(core) for s in SECTIONS if s.compute is not None})
 
 
 def build(study: Study, config: AnalysisConfig | None = None,
-          others: Sequence[Study] = (), eval_name: str | None = None) -> tuple[Doc, sections.Tables]:
-    """Compute the study's numbers once (:func:`analysis.compute.results.compute`), then present them:
-    every section of :data:`SECTIONS`, in order, into one document."""
+          others: Sequence[Study] = (), eval_name: str | None = None) -> tuple[Doc, Tables]:
+    """Compute the study's numbers once (:func:`compute`), then present them: every section of
+    :data:`SECTIONS`, in order, into one document."""
     config = config or AnalysisConfig()
-    results = compute(study, config, others)
+    r = compute(study, config, others)
     doc = Doc(f"Repeatability report: {study.name}")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    out: sections.Tables = {}
+    out: Tables = {}
     for section in SECTIONS:
-        out |= section(doc, results)
+        out |= section.render(doc, r)
     if eval_name:  # what "perplexity" means in this report: said in the answer, before any number
         said = (f"Held-out perplexities are those of the evaluation `{eval_name}` (`evals/{eval_name}.json`, "
                 "written by `python -m repeatability.rescore`), not the training summaries'.")
@@ -94,8 +103,9 @@ def build(study: Study, config: AnalysisConfig | None = None,
     doc.para(f"Generated {stamp} by `python -m analysis.report`. Declared before the analysis: "
              f"equivalence margin ±{config.margin * 100:g}%, blow-up factor k = "
              f"{config.blowup_k:g}, α = {config.alpha:g}"
-             + (f", task-score margin {task_scores.margin_text(config)}." if len(results.task_spreads) else "."))
-    lock_line = prose.lock_line(results.lock)
+             + (f", task-score margin {task_margin_text(config)}." if len(sections_tasks.TASKS.of(r).spreads)
+                else "."))
+    lock_line = prose.lock_line(r.lock)
     if lock_line and not lock_line.startswith("WARNING"):  # a warning is in the Answer instead
         doc.para(lock_line)
     return doc, out

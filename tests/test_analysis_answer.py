@@ -151,8 +151,8 @@ def test_same_seeds_on_another_machine_beside_the_seed_spread(tmp_path):
 
     from analysis_fixtures import write_run
 
-    from analysis.compute.results import compute
     from analysis.present import sections_answer
+    from analysis.report import compute
 
     here = load_study(write_default_like_study(tmp_path))
     for trial in range(1, 8):  # the same protocol "on another machine": 1e-5 higher, other bits
@@ -189,9 +189,9 @@ def test_same_seeds_on_another_machine_beside_the_seed_spread(tmp_path):
 def test_the_answer_warns_when_runs_came_from_different_locks(tmp_path):
     import dataclasses
 
-    from analysis.compute.results import compute
     from analysis.compute.verdict import LockStatus
     from analysis.present import sections_answer
+    from analysis.report import compute
 
     r = compute(load_study(write_default_like_study(tmp_path)))
     mixed = dataclasses.replace(r, lock=LockStatus(locks={"requirements/cpu.txt aaaa": 7,
@@ -210,8 +210,8 @@ def test_the_answer_warns_when_runs_mix_commits_dirty_trees_or_fingerprints(tmp_
     the Answer names them; the appendix groups each cell's runs by fingerprint."""
     from analysis_fixtures import write_run
 
-    from analysis.compute.results import compute
     from analysis.present import sections_answer
+    from analysis.report import compute
 
     def numerics(hex_: str) -> dict:
         return {"numerics": {"canary_loss": float.fromhex(hex_), "canary_loss_hex": hex_, "canary_sequences": 8,

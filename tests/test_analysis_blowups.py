@@ -7,6 +7,7 @@ import math
 import re
 
 import numpy as np
+import pandas as pd
 import pytest
 from analysis_fixtures import (
     PAPER_TABLE1,
@@ -22,7 +23,7 @@ from analysis import report
 from analysis.compute import blowups, equivalence, stats
 from analysis.config import AnalysisConfig
 from analysis.load import load_study
-from analysis.present import prose
+from analysis.present import prose, verdict_words
 
 LLAMA_8 = PAPER_TABLE1[("llama2-7b-hf", "paged_adamw_8bit")]
 LOG_MARGIN = math.log(1.01)
@@ -63,10 +64,11 @@ def test_clusters_cut_at_gaps_wider_than_a_decade():
     chat = [6.667, 6.490, 145808, 77.938, 46649, 124091, 10769]
     assert [len(p) for p in blowups.clusters(chat)] == [2, 1, 4]
     assert [len(p) for p in blowups.clusters(chat, gap_decades=3.0)] == [7]
-    n_clusters, note = blowups.bimodality_note(LLAMA_8, 4, 7)
-    assert n_clusters == 2 and note == "split: 2 clusters (3 at 12.471–14.766, 4 at 109586–233813)"
-    assert blowups.bimodality_note([10.0, 12.0, 200.0], 1, 3, gap_decades=2.0) == (
-        1, "blow-ups and ordinary runs both present, no gap wider than the threshold")
+    note = verdict_words.bimodality_note(parts, 4, 7)
+    assert note == "split: 2 clusters (3 at 12.471–14.766, 4 at 109586–233813)"
+    assert verdict_words.bimodality_note(blowups.clusters([10.0, 12.0, 200.0], gap_decades=2.0), 1, 3) == (
+        "blow-ups and ordinary runs both present, no gap wider than the threshold")
+    assert verdict_words.bimodality_note([], 0, 0) == "no finite perplexity"
 
 
 def test_paper_study_rates_against_the_recorded_base(tmp_path):
@@ -154,18 +156,21 @@ def test_verdict_wording_in_each_case(ratios, trials, start):
     x = BASE[:len(ratios)] if len(ratios) == 7 else np.log([10.0, 12.0, 8.0])
     y = x - np.log(ratios)
     got = equivalence.tost(x, y, LOG_MARGIN, paired=True)
-    text = equivalence.verdict(got["tost_p"], got["diff_p"], got["mean_log_diff"], trials)
-    assert text == start
+    row = pd.Series({**got, "design": "paired", "n_x": len(x), "n_y": len(y)})
+    assert verdict_words.comparison_verdict(row, AnalysisConfig()) == start
+    assert trials in start or not start.startswith("inconclusive")
+
+
+def _verdict(tost_p: float, diff_p: float, design: str, n: int, config: AnalysisConfig | None = None) -> str:
+    row = pd.Series({"tost_p": tost_p, "diff_p": diff_p, "mean_log_diff": 0.0, "design": design, "n_x": n, "n_y": n})
+    return verdict_words.comparison_verdict(row, config or AnalysisConfig())
 
 
 def test_verdict_needs_tost_for_equivalence_and_a_test_for_difference():
-    assert equivalence.verdict(0.2, 0.3, 0.0, "7 + 7 trials").startswith(
-        "inconclusive with 7 + 7 trials")
-    assert equivalence.verdict(math.nan, math.nan, math.nan, "1 + 1 trials").startswith(
-        "inconclusive with 1 + 1 trials")
+    assert _verdict(0.2, 0.3, "unpaired", 7).startswith("inconclusive with 7 + 7 trials")
+    assert _verdict(math.nan, math.nan, "unpaired", 1).startswith("inconclusive with 1 + 1 trials")
     wide = AnalysisConfig(margin=0.05)
-    assert equivalence.verdict(0.01, 0.5, 0.0, "7 paired trials", wide).startswith(
-        "equivalent within ±5%")
+    assert _verdict(0.01, 0.5, "paired", 7, wide).startswith("equivalent within ±5%")
 
 
 def _p_gt_loop(x, y):
@@ -200,7 +205,9 @@ def test_p_x_gt_y_ci_is_the_percentile_bootstrap_of_a_plain_loop(paired):
 def test_comparisons_on_seed_matched_arms(tmp_path):
     """Default-like study: 8-bit = 30 + .37t, 32-bit = 30 + .35t, same seeds per trial."""
     runs = load_study(write_default_like_study(tmp_path)).runs
-    row = equivalence.comparisons(runs).iloc[0]
+    pairs = equivalence.comparisons(runs)
+    assert list(pairs.columns) == list(equivalence.COLUMNS) and "verdict" not in pairs.columns  # numbers only
+    row = verdict_words.comparisons_in_words(pairs, AnalysisConfig()).iloc[0]
     assert (row["x"], row["y"], row["design"]) == (SMOL_8.dirname, SMOL_32.dirname, "paired")
     x = np.log([30.0 + t * 0.37 for t in range(1, 8)])
     y = np.log([30.0 + t * 0.35 for t in range(1, 8)])

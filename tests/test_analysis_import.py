@@ -16,6 +16,7 @@ from scipy import stats as sps
 from analysis import import_table, report
 from analysis.compute import verdict
 from analysis.load import load_study
+from analysis.present import verdict_words
 from analysis.present.sections import setup_table
 from repeatability.records import integrity
 from repeatability.records.errors import RunDirError
@@ -104,9 +105,12 @@ def test_report_tables_show_the_imported_numbers(paper):
 
 def test_evidence_free_cells_get_the_unknown_verdict(paper):
     table = verdict.cell_verdicts(paper.runs, paper.generations)
-    assert set(table["verdict"]) == {"unknown (no adapters or seeds recorded)"}
+    assert set(table["verdict"]) == {verdict.Repeatability.UNKNOWN}
+    assert set(verdict_words.cell_verdicts_in_words(table)["verdict"]) == {"unknown (no adapters or seeds recorded)"}
     assert set(table["seeds_varied"]) == {"not recorded"}
-    lines = verdict.bitwise_verdicts(paper.runs, paper.curves, paper.generations)["line"]
+    bitwise = verdict.bitwise_verdicts(paper.runs, paper.curves, paper.generations)
+    assert bitwise["bitwise"].isna().all()
+    lines = verdict_words.bitwise_in_words(bitwise)["line"]
     assert all(line.endswith(": unknown (no adapters or seeds recorded)") for line in lines)
 
 

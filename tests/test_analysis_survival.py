@@ -30,11 +30,11 @@ from statsmodels.duration.survfunc import survdiff
 
 from analysis import report
 from analysis.compute import survival
-from analysis.compute.results import compute
 from analysis.config import AnalysisConfig
 from analysis.load import load_study
 from analysis.present import sections_edge, sections_survival
 from analysis.present.document import Doc, render_markdown
+from analysis.report import compute
 from repeatability.records import artifacts, curve_files
 from repeatability.trial.optimtrace import COLUMNS as TRACE_COLUMNS
 
@@ -225,17 +225,18 @@ def test_headline_sentences_computed(results):
 
 
 def test_section_follows_the_edge_in_the_report(results):
-    at = report.SECTIONS.index(sections_edge.lr_edge)
-    assert report.SECTIONS[at + 1] is sections_survival.survival
+    at = report.SECTIONS.index(sections_edge.LR_EDGE)
+    assert report.SECTIONS[at + 1] is sections_survival.SURVIVAL
     doc = Doc("t")
-    tables = sections_survival.survival(doc, results)
+    tables = sections_survival.SURVIVAL.render(doc, results)
     assert doc.blocks[0] == ("heading", (2, "Time to blow-up"))
     assert set(tables) == {"survival_runs", "survival_arms", "survival_logrank", "survival_km",
                            "survival_inflation", "survival_left_out"}
     assert set(doc.figures) == {"survival_km", "survival_inflation"}
     text = render_markdown(doc)
     assert "model smollm2-135m here, 7B–20B" in text and "horizon 60 steps here, ~6,000 (3 epochs) there" in text
-    view = sections_survival._runs_view(results.survival, sections_survival.arm_labels(results.survival))
+    s = sections_survival.SURVIVAL.of(results)
+    view = sections_survival._runs_view(s, sections_survival.arm_labels(s))
     assert view.loc[("8-bit · 0.41.0 maps", 3)].tolist() == ["30", "47 (diverged)", "47 (diverged)"]
     assert view.loc[("32-bit", 1)].tolist() == ["> 60"] * 3
 
@@ -259,10 +260,10 @@ def test_not_a_horizon_study_gets_no_section(tmp_path, case):
     study = load_study(_not_horizon(tmp_path, case))
     assert survival.compute_survival(study) is None
     r = compute(study)
-    assert r.survival is None
+    assert sections_survival.SURVIVAL.of(r) is None
     assert sections_survival.headline_sentences(r) == [] and sections_survival.answer_figure(r) is None
     doc = Doc("t")
-    assert sections_survival.survival(doc, r) == {} and doc.blocks == []
+    assert sections_survival.SURVIVAL.render(doc, r) == {} and doc.blocks == []
 
 
 def test_grid_arms_are_not_horizon_arms(horizon_study):

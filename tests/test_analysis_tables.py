@@ -1,4 +1,5 @@
-"""Paper-shaped tables: Table 1/2 reproduce the paper's numbers; files written as promised."""
+"""Paper-shaped tables: Table 1/2 reproduce the paper's numbers (analysis.compute.tables); files written as
+promised (analysis.present.formatting)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from analysis_fixtures import (
 
 from analysis.compute import tables
 from analysis.load import load_study
+from analysis.present import formatting
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +76,12 @@ def test_timing_table_shape(paper):
                                         (float("nan"), "–"), (None, "–"), (float("inf"), "inf"),
                                         (3.2e12, "3.2000e+12"), ("x|y", "x|y"), (True, "True")])
 def test_format_number(value, text):
-    assert tables.format_number(value) == text
+    assert formatting.format_number(value) == text
 
 
 def test_write_table_writes_csv_markdown_latex(paper, tmp_path):
     table = tables.perplexity_table(paper.runs, "quotes")
-    paths = tables.write_table(table, tmp_path / "t", "table1", caption="Perplexity")
+    paths = formatting.write_table(table, tmp_path / "t", "table1", caption="Perplexity")
     assert sorted(p.name for p in (tmp_path / "t").iterdir()) == [
         "table1.csv", "table1.md", "table1.tex"]
     back = pd.read_csv(paths["csv"], header=[0, 1], index_col=0)
@@ -93,12 +95,12 @@ def test_write_table_writes_csv_markdown_latex(paper, tmp_path):
 
 
 def test_markdown_cells_stay_on_one_line():
-    md = tables.to_markdown(pd.DataFrame({"a": ["two\nlines | pipe"]}), index=False)
+    md = formatting.to_markdown(pd.DataFrame({"a": ["two\nlines | pipe"]}), index=False)
     assert md.splitlines()[2] == "| two ⏎ lines \\| pipe |"
 
 
 def test_latex_captions_are_escaped(tmp_path):
-    paths = tables.write_table(pd.DataFrame({"a": [1.5]}), tmp_path, "t",
+    paths = formatting.write_table(pd.DataFrame({"a": [1.5]}), tmp_path, "t",
                                caption="X = a__b, `c_d`, 5%")
     assert "\\caption{X = a\\_\\_b, \\texttt{c\\_d}, 5\\%}" in paths["tex"].read_text()
 
@@ -106,16 +108,16 @@ def test_latex_captions_are_escaped(tmp_path):
 def test_a_column_keeps_one_format():
     table = pd.DataFrame({"sensitivity": [0.358, 0.49394, 0.35651, float("nan")], "count": [7.0, 3.0, None, 0.0],
                           "ppl": [52.6917, 233812.79, 3.5, 51.52], "arm": ["a", "b", "c", "d"]})
-    shown = tables.format_frame(table)
+    shown = formatting.format_frame(table)
     assert list(shown["sensitivity"]) == ["0.35800", "0.49394", "0.35651", "–"]
     assert list(shown["count"]) == ["7", "3", "–", "0"]
     assert list(shown["ppl"]) == ["52.692", "233813", "3.5000", "51.520"]
     assert list(shown["arm"]) == ["a", "b", "c", "d"]
-    md = tables.to_markdown(table, index=False)
+    md = formatting.to_markdown(table, index=False)
     assert "| 0.35800 " in md and "| 0.49394 " in md
 
 
 def test_an_interval_keeps_one_format():
-    assert tables.format_interval(1.01, 1.0159) == "[1.0100, 1.0159]"
-    assert tables.format_interval(0.0, 0.708) == "[0, 0.70800]"
-    assert tables.format_interval(3, 7) == "[3, 7]"
+    assert formatting.format_interval(1.01, 1.0159) == "[1.0100, 1.0159]"
+    assert formatting.format_interval(0.0, 0.708) == "[0, 0.70800]"
+    assert formatting.format_interval(3, 7) == "[3, 7]"

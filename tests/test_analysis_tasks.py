@@ -10,6 +10,7 @@ from analysis import report
 from analysis.compute import task_scores
 from analysis.config import AnalysisConfig
 from analysis.load import load_study
+from analysis.present.verdict_words import task_comparisons_in_words
 from repeatability.records import evaluators
 from tests.analysis_fixtures import SMOL_8, write_run, write_task_study
 
@@ -26,12 +27,14 @@ def test_spreads_baselines_and_equivalence(tmp_path) -> None:
     assert row["ppl_spread"] == pytest.approx(55 / 51)
     base = task_scores.baselines(study.runs).set_index(["baseline", "metric"])["value"]
     assert base[("zero_shot", "metrics.accuracy")] == 0.25 and base[("few_shot", "metrics.accuracy")] == 0.31
-    comp = task_scores.compare(study.runs, AnalysisConfig(task_margin=0.02)).set_index("metric")
+    config = AnalysisConfig(task_margin=0.02)
+    comp = task_comparisons_in_words(task_scores.compare(study.runs, config), config).set_index("metric")
     acc = comp.loc["metrics.accuracy"]
     assert acc["design"] == "paired" and acc["mean_diff"] == pytest.approx(-0.004)
     assert acc["tost_p"] < 0.05 and acc["verdict"].startswith("equivalent within ±2 points")
     # at ±1 point the same five pairs are not enough: inconclusive, never "no difference"
-    tight = task_scores.compare(study.runs, AnalysisConfig(task_margin=0.001)).set_index("metric")
+    config = AnalysisConfig(task_margin=0.001)
+    tight = task_comparisons_in_words(task_scores.compare(study.runs, config), config).set_index("metric")
     assert tight.loc["metrics.accuracy", "verdict"].startswith("inconclusive with 5 paired trials")
 
 
@@ -39,15 +42,17 @@ def test_identical_scores_in_every_pair_are_said_so_without_a_degenerate_p(tmp_p
     """Both arms scoring the same in every paired trial (the QA half of the task study): the t-based
     TOST has zero variance there, so the verdict says "identical" and quotes no p."""
     same = [0.60, 0.62, 0.64, 0.61, 0.63]
-    acc = (task_scores.compare(_study(tmp_path, acc_8=same, acc_32=same).runs)
-           .set_index("metric").loc["metrics.accuracy"])
+    compared = task_scores.compare(_study(tmp_path, acc_8=same, acc_32=same).runs)
+    assert compared.set_index("metric").loc["metrics.accuracy", "all_equal"]
+    acc = task_comparisons_in_words(compared, AnalysisConfig()).set_index("metric").loc["metrics.accuracy"]
     assert acc["mean_diff"] == 0 and acc["verdict"].startswith("identical in all 5 paired trials")
     assert "p =" not in acc["verdict"]
 
 
 def test_a_clear_difference_is_called_different(tmp_path) -> None:
     study = _study(tmp_path, acc_8=[0.40, 0.42, 0.41, 0.43, 0.44])
-    acc = task_scores.compare(study.runs).set_index("metric").loc["metrics.accuracy"]
+    acc = task_comparisons_in_words(task_scores.compare(study.runs), AnalysisConfig()).set_index("metric")
+    acc = acc.loc["metrics.accuracy"]
     assert acc["mean_diff"] == pytest.approx(0.42 - 0.624) and acc["verdict"].startswith("different")
 
 

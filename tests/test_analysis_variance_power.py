@@ -11,7 +11,7 @@ from variance_fixtures import OFAT_CELLS, sampled_generations, write_variance_so
 
 from analysis.compute import ablations, power, verdict
 from analysis.load import load_study
-from analysis.present import prose
+from analysis.present import prose, sections_variance, verdict_words
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_trials_needed_per_cell(vs_study):
 
 
 def test_sampling_ablation_identical_and_not(tmp_path, vs_study):
-    cells = ablations.sampling_by_cell(ablations.sampling(vs_study.generations)).set_index(
+    cells = sections_variance.sampling_by_cell(ablations.sampling(vs_study.generations)).set_index(
         "cell", drop=False)
     row = cells.loc[OFAT_CELLS["vary-lora-init"].dirname]
     assert (row["K"], row["min_seeds"], row["samples_identical"], row["equal_greedy"]) == \
@@ -80,7 +80,7 @@ def test_sampling_ablation_identical_and_not(tmp_path, vs_study):
     per_prompt = ablations.sampling(load_study(tmp_path / "s").generations)
     assert per_prompt[["n_distinct", "samples_identical", "equal_greedy"]].values.tolist() == [
         [2, False, False], [1, True, True]]
-    line = prose.sampling_line(ablations.sampling_by_cell(per_prompt).iloc[0])
+    line = prose.sampling_line(sections_variance.sampling_by_cell(per_prompt).iloc[0])
     assert "identical to each other in 1/2" in line and line.endswith("changed the text.")
 
 
@@ -97,12 +97,15 @@ def test_base_repeats_verified_and_not(tmp_path, vs_study):
 
 
 def test_bitwise_verdict_lines(vs_study, tmp_path):
-    lines = verdict.bitwise_verdicts(vs_study.runs, vs_study.curves,
-                                     vs_study.generations).set_index("cell")["line"]
+    bitwise = verdict.bitwise_verdicts(vs_study.runs, vs_study.curves, vs_study.generations)
+    data = OFAT_CELLS["vary-data-order"].dirname  # trials 1 and 2: same adapter and curve
+    counts = bitwise.set_index("cell").loc[data]
+    assert (counts["adapters_distinct"], counts["adapters_alike"], counts["curve_first_step"]) == (2, 2, 2)
+    assert counts["seeds_varied"] == ("data_order",) and not counts["bitwise"]
+    lines = verdict_words.bitwise_in_words(bitwise).set_index("cell")["line"]
     nothing = OFAT_CELLS["vary-nothing"].dirname
     assert lines[nothing] == (f"`{nothing}`: adapters identical (3/3 same SHA-256), loss curves "
                               "identical, greedy generations identical → bitwise repeatable")
-    data = OFAT_CELLS["vary-data-order"].dirname  # trials 1 and 2: same adapter and curve
     assert lines[data] == (f"`{data}`: adapters differ (2 distinct SHA-256 in 3 recorded of 3; at "
                            "most 2 alike), loss curves part at step 2, greedy generations "
                            "identical → not bitwise repeatable, as designed (seeds vary: "
@@ -115,6 +118,6 @@ def test_bitwise_verdict_lines(vs_study, tmp_path):
         write_run(same_seeds, "s", SMOL_8, trial, summary={"seeds": {
             "lora_init": 1, "data_order": 2, "dropout": 3, "generation": 4,
             "rules": {s: "fixed" for s in ("lora_init", "data_order", "dropout", "generation")}}})
-    row = verdict.bitwise_verdicts(*(getattr(load_study(same_seeds / "s"), k)
-                                     for k in ("runs", "curves", "generations"))).iloc[0]
+    same = load_study(same_seeds / "s")
+    row = verdict_words.bitwise_in_words(verdict.bitwise_verdicts(same.runs, same.curves, same.generations)).iloc[0]
     assert row["line"].endswith("→ NOT bitwise repeatable under identical seeds")

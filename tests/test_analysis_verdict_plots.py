@@ -1,4 +1,5 @@
-"""Per-cell verdicts, the "what could not run as asked" list, and the figures' axes."""
+"""Per-cell verdicts (as categories, then in words), the "what could not run as asked" list, and the
+figures' axes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from analysis_fixtures import SMOL_8, SMOL_32, SMOL_FIXED, write_mixed_study, wr
 from analysis.compute import verdict
 from analysis.compute.curves import dispersion
 from analysis.load import load_study
-from analysis.present import plots, prose
+from analysis.present import plots, prose, sections_runs, verdict_words
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +18,10 @@ def mixed(tmp_path_factory):
 
 
 def test_cell_verdicts(mixed):
-    table = verdict.cell_verdicts(mixed.runs, mixed.generations).set_index("cell")
+    computed = verdict.cell_verdicts(mixed.runs, mixed.generations)
+    assert list(computed.set_index("cell")["verdict"].loc[[SMOL_FIXED.dirname, SMOL_32.dirname, SMOL_8.dirname]]) == [
+        verdict.Repeatability.BITWISE, verdict.Repeatability.SAME_GREEDY, verdict.Repeatability.SEEDS_VARY]
+    table = verdict_words.cell_verdicts_in_words(computed).set_index("cell")
     fixed = table.loc[SMOL_FIXED.dirname]
     assert (fixed["n_distinct_adapters"], fixed["adapters_identical"]) == (1, True)
     assert fixed["verdict"] == "bitwise repeatable: every adapter is identical"
@@ -38,12 +42,14 @@ def test_same_seeds_but_different_results_is_called_not_repeatable(tmp_path):
                   summary={"seeds": {"lora_init": 1, "data_order": 2, "dropout": 3,
                                      "generation": 4}})
     study = load_study(tmp_path / "s")
-    row = verdict.cell_verdicts(study.runs, study.generations).iloc[0]
-    assert row["verdict"].startswith("NOT repeatable under identical seeds")
+    table = verdict.cell_verdicts(study.runs, study.generations)
+    assert table.iloc[0]["verdict"] == verdict.Repeatability.NOT_REPEATABLE
+    row = verdict_words.cell_verdicts_in_words(table).iloc[0]
+    assert row["verdict"].startswith("NOT repeatable under identical seeds: 2 distinct adapters, perplexity max/min")
 
 
 def test_not_as_asked_lists_each_kind(mixed):
-    issues = verdict.not_as_asked(mixed.runs)
+    issues = sections_runs.run_issues(mixed.runs)
     kinds = issues.groupby("issue")["trial"].apply(sorted).to_dict()
     assert kinds["failed"] == [4] and kinds["incomplete"] == [5] and kinds["diverged"] == [4]
     assert kinds["unreadable"] == [5, 6]
@@ -58,7 +64,7 @@ def test_partial_8bit_state_is_reported(tmp_path):
     write_run(tmp_path, "s", SMOL_8, 1, summary={"optimizer": {"effective": {
         "state_8bit_param_fraction": 0.75, "paging_effective": True}}})
     write_run(tmp_path, "s", SMOL_8, 2, summary={"optimizer": {"effective": {"bits": 32}}})
-    issues = verdict.not_as_asked(load_study(tmp_path / "s").runs)
+    issues = sections_runs.run_issues(load_study(tmp_path / "s").runs)
     assert list(issues["issue"]) == ["8-bit state partial", "paging not effective",
                                      "8-bit state not used"]
     assert issues.iloc[0]["detail"].startswith("75.0% of trainable parameters had 8-bit state")

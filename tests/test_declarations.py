@@ -202,6 +202,7 @@ LAYERS = (
     ("repeatability.records", (TRIAL, LAUNCHING)),  # the contract and the schema know no run and no launcher
     (TRIAL, (LAUNCHING,)),  # a launcher hands the trial its thread budget and stop check (trial.stopping)
     ("analysis", (TRIAL, LAUNCHING)),  # reports read run records only (notebooks included)
+    ("analysis.compute", ("analysis.present", "analysis.report")),  # numbers and typed records, no words
 )
 
 
@@ -229,7 +230,10 @@ def test_the_layers_point_down() -> None:
 def test_the_layer_check_finds_an_upward_import() -> None:
     graph = {"repeatability.records.record": {f"{TRIAL}.evaluate"}, f"{TRIAL}.train": {f"{LAUNCHING}.preemption"},
              "analysis/notebooks/x.ipynb": {LAUNCHING}, f"{LAUNCHING}.sweep": {f"{TRIAL}.pipeline"},
-             f"{TRIAL}.pipeline": {"repeatability.records.record"}, "repeatability.trialx": {LAUNCHING}}
-    assert _upward(graph) == ["analysis/notebooks/x.ipynb -> repeatability.launching",
+             f"{TRIAL}.pipeline": {"repeatability.records.record"}, "repeatability.trialx": {LAUNCHING},
+             "analysis.compute.verdict": {"analysis.present.prose"},
+             "analysis.present.prose": {"analysis.compute.stats"}}
+    assert _upward(graph) == ["analysis.compute.verdict -> analysis.present.prose",
+                              "analysis/notebooks/x.ipynb -> repeatability.launching",
                               "repeatability.records.record -> repeatability.trial.evaluate",
                               "repeatability.trial.train -> repeatability.launching.preemption"]

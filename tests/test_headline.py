@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from analysis.compute.results import compute
 from analysis.config import AnalysisConfig
 from analysis.load import load_study
 from analysis.present import headline
+from analysis.report import compute
 from tests.analysis_fixtures import SMOL_8, SMOL_32, write_default_like_study, write_run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -94,13 +94,13 @@ def test_every_declared_metric_is_a_schema_field_and_each_use_reads_the_registry
     """One declaration per metric (repeatability.records.metrics): its key is in the summary schema, and
     the analyses' lists are derived from it, not kept beside it."""
     from analysis import load
-    from analysis.compute import anova, results, variance
+    from analysis.compute import anova, curves, results, variance
     from repeatability.records import metrics, tracking
 
     documented = set(re.findall(r"^\| `([^`]+)` \|", S.markdown_table(), re.M))
     assert {m.key for m in metrics.METRICS} <= documented
     assert metrics.PRIMARY.key == "metrics.perplexity_token_weighted"
-    assert results.PERPLEXITY_METRICS == metrics.keys("perplexity") and results.LOSS_METRICS == metrics.keys("loss")
+    assert results.PERPLEXITY_METRICS == metrics.keys("perplexity") and curves.LOSS_METRICS == metrics.keys("loss")
     assert variance.OFAT_METRICS[:2] == (("log perplexity", metrics.PRIMARY.key, True),
                                          ("perplexity", metrics.PRIMARY.key, False))
     assert anova.RESPONSES == metrics.responses("anova") and anova.RESPONSES[0][0] == "log perplexity"

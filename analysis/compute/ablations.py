@@ -11,11 +11,11 @@ cached ``_base`` score, so equal lists across runs are one measurement, not many
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import pandas as pd
 
-from analysis.compute.tables import format_number
-from analysis.load import FINISHED, column
+from analysis.load import FINISHED, Study, column
 from repeatability.records.summary import COLUMNS as S
 
 SAMPLE_COLUMNS = ("cell", "trial", "prompt_index", "k", "n_seeds", "n_distinct",
@@ -50,28 +50,6 @@ def sampling(gens: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS))
 
 
-def _count(flags: pd.Series) -> str:
-    known = flags.dropna()
-    return f"{int(known.astype(bool).sum())}/{len(known)}" if len(known) else "–"
-
-
-def sampling_by_cell(per_prompt: pd.DataFrame) -> pd.DataFrame:
-    """Per cell: runs, K (min–max), distinct seeds per prompt (min), and the counts of
-    (run, prompt) pairs whose samples are identical and equal to greedy, as "i/n"."""
-    rows = []
-    for cell, group in per_prompt.groupby("cell", sort=True):
-        k_lo, k_hi = int(group["k"].min()), int(group["k"].max())
-        rows.append({"cell": cell, "runs": int(group["trial"].nunique()),
-                     "K": str(k_lo) if k_lo == k_hi else f"{k_lo}–{k_hi}",
-                     "min_seeds": int(group["n_seeds"].min()),
-                     "temperature / top_p": "; ".join(sorted({
-                         f"{format_number(t)} / {format_number(p)}"
-                         for t, p in zip(group["temperature"], group["top_p"])})),
-                     "samples_identical": _count(group["samples_identical"]),
-                     "equal_greedy": _count(group["equal_greedy"])})
-    return pd.DataFrame(rows)
-
-
 def base_repeats(runs: pd.DataFrame) -> pd.DataFrame:
     """Per finished run that recorded ``metrics.base_perplexity_repeats``: K, min, max, the
     spread recomputed (max − min) and as recorded, and ``zero`` (both exactly 0)."""
@@ -91,3 +69,18 @@ def base_repeats(runs: pd.DataFrame) -> pd.DataFrame:
                      "zero": spread == 0 and (math.isnan(recorded) or recorded == 0)})
     return pd.DataFrame(rows, columns=["cell", "trial", "k", "min", "max", "spread",
                                        "spread_recorded", "zero"])
+
+
+@dataclass(frozen=True)
+class AblationResults:
+    """The ablations section's numbers (:func:`ablation_results`): (a) :func:`sampling` per run and
+    prompt; (b) :func:`base_repeats` (empty frames when no run recorded them)."""
+
+    sampling: pd.DataFrame
+    base_repeats: pd.DataFrame
+
+
+def ablation_results(study: Study) -> AblationResults:
+    """Both ablations of ``study``'s runs."""
+    return AblationResults(sampling=sampling(study.generations) if not study.generations.empty else pd.DataFrame(),
+                           base_repeats=base_repeats(study.runs))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis.load import FINISHED, column
+from analysis.load import FINISHED, Study, column
 from repeatability.records import adapter_files
 from repeatability.records.summary import COLUMNS as S
 
@@ -301,3 +302,37 @@ def distance_matrix(pairs: pd.DataFrame, cell: str) -> tuple[list[int], np.ndarr
         d2[a, b] = d2[b, a] = row["distance"] ** 2
         n2[a], n2[b] = row["norm_i"] ** 2, row["norm_j"] ** 2
     return trials, d2, n2
+
+
+ARM_COLUMNS = ["cell", "trial_i", "trial_j", "rel_l2", "cosine"]
+
+
+@dataclass(frozen=True)
+class AdapterResults:
+    """The adapter-distance section's numbers (:func:`adapter_results`).
+
+    Attributes:
+        whole, kinds, layers, cells: the pair table per trial pair (:func:`whole_adapter`), per
+            module kind (:func:`by_kind`), per layer (:func:`by_layer`) and per cell (:func:`summarise`).
+        arms: whole-adapter distance between seed-matched arms, per trial (:func:`arm_pairs`).
+        not_kept: finished runs whose adapter weights are not on disk though their SHA-256 was
+            recorded (:func:`weights_not_kept`).
+    """
+
+    whole: pd.DataFrame
+    kinds: pd.DataFrame
+    layers: pd.DataFrame
+    cells: pd.DataFrame
+    arms: pd.DataFrame
+    not_kept: int
+
+
+def adapter_results(study: Study, pairs: pd.DataFrame, matched: Mapping[tuple[str, str], list[int]]) -> AdapterResults:
+    """The adapter distance per trial pair, module kind, layer and cell (``pairs``: :func:`pair_table`),
+    and between seed-matched arms (``matched``: their trials)."""
+    whole, kinds = whole_adapter(pairs), by_kind(pairs)
+    arms = [arm_pairs(study.runs, study.path, x, y, trials) for (x, y), trials in matched.items() if trials]
+    arms = [a for a in arms if len(a)]
+    return AdapterResults(whole=whole, kinds=kinds, layers=by_layer(pairs), cells=summarise(whole, kinds),
+                          arms=pd.concat(arms, ignore_index=True) if arms else pd.DataFrame(columns=ARM_COLUMNS),
+                          not_kept=weights_not_kept(study.runs, study.path))

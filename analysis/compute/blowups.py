@@ -1,5 +1,5 @@
 """Blow-ups as an outcome of their own: how often an arm's runs blow up, with an exact CI,
-Fisher's exact test between arms, and a plain note when an arm's perplexities split apart.
+Fisher's exact test between arms, and the clusters an arm's perplexities split into.
 
 A finished run (complete or diverged) *blew up* when it diverged (loss NaN/inf, or its
 perplexity overflowed) or its primary perplexity exceeds k × the reference of its
@@ -25,7 +25,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from analysis.compute.stats import PRIMARY_METRIC, describe, metric_values
-from analysis.compute.tables import arm_label, format_number
+from analysis.compute.tables import arm_label
 from analysis.config import DEFAULT, AnalysisConfig
 from analysis.load import FINISHED, Study, column, is_imported, optim_bits
 from repeatability.records.summary import COLUMNS as S
@@ -36,7 +36,7 @@ REFERENCE_POOLED = "pooled median perplexity of the finished runs across arms (n
 REFERENCE_COLUMNS = ("model", "dataset", "reference", "value", "n_values", "min", "max",
                      "threshold")
 RATE_COLUMNS = ("cell", "model", "dataset", "optim", "variant", "n", "blowups", "rate", "ci_low",
-                "ci_high", "n_clusters", "bimodality")
+                "ci_high", "n_clusters", "clusters")
 
 
 def _numbers(rows: pd.DataFrame, key: str) -> pd.Series:
@@ -108,35 +108,22 @@ def clusters(values: Sequence[float], gap_decades: float = 1.0) -> list[list[flo
     return [list(map(float, part)) for part in np.split(x, cuts)]
 
 
-def bimodality_note(values: Sequence[float], blowups: int, n: int,
-                    gap_decades: float = 1.0) -> tuple[int, str]:
-    """(number of clusters, a note in words) for one arm (see :func:`clusters`)."""
-    parts = clusters(values, gap_decades)
-    if len(parts) > 1:
-        sizes = ", ".join(f"{len(p)} at {format_number(p[0])}–{format_number(p[-1])}"
-                          for p in parts)
-        return len(parts), f"split: {len(parts)} clusters ({sizes})"
-    if 0 < blowups < n:
-        return len(parts), "blow-ups and ordinary runs both present, no gap wider than the threshold"
-    return len(parts), "one cluster" if parts else "no finite perplexity"
-
-
 def arm_rates(runs: pd.DataFrame, config: AnalysisConfig = DEFAULT,
               metric: str = PRIMARY_METRIC) -> pd.DataFrame:
     """One row per cell: runs judged (``n``), blow-ups, rate, Clopper–Pearson 95% CI, and the
-    bimodality of its perplexities (:func:`bimodality_note`)."""
+    clusters of its perplexities (:func:`clusters`: ``n_clusters``, and the values of each)."""
     outcomes = run_outcomes(runs, config, metric)
     rows = []
     for cell, group in runs.groupby("cell", sort=True):
         mine = outcomes[(outcomes["cell"] == cell) & outcomes["known"]]
         n, k = len(mine), int(mine["blowup"].sum())
         low, high = clopper_pearson(k, n)
-        n_clusters, note = bimodality_note(mine["perplexity"], k, n, config.gap_decades)
+        parts = clusters(mine["perplexity"], config.gap_decades)
         first = group.iloc[0]
         rows.append({"cell": cell, "model": first["model"], "dataset": first["dataset"],
                      "optim": first["optim"], "variant": first["variant"], "n": n, "blowups": k,
                      "rate": k / n if n else math.nan, "ci_low": low, "ci_high": high,
-                     "n_clusters": n_clusters, "bimodality": note})
+                     "n_clusters": len(parts), "clusters": parts})
     return pd.DataFrame(rows, columns=list(RATE_COLUMNS))
 
 

@@ -9,12 +9,19 @@ Three things were once all called "divergence"; each has its own word now: curve
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
 import pandas as pd
 
-from analysis.load import FINISHED
+from analysis.compute.stats import stats_table
+from analysis.load import FINISHED, Study
+from repeatability.records import metrics as registry
+
+LOSS_METRICS = registry.keys("loss")
+LOSS_ATOL = 0.01  # nats/token: a difference in loss curves worth calling material
 
 
 def _finished(curves: pd.DataFrame, split: str) -> pd.DataFrame:
@@ -112,3 +119,53 @@ def paired_parting(curves: pd.DataFrame, cell_x: str, cell_y: str, split: str = 
            for t in sorted(set(x) & set(y))]
     return pd.DataFrame(out, columns=["trial", "x", "y", "first_step", "final_loss_x",
                                       "final_loss_y"])
+
+
+@dataclass(frozen=True)
+class Parting:
+    """Where arm X's loss curve parts from arm Y's, per trial (``first_step`` at atol 0,
+    ``first_step_tol`` beyond :data:`LOSS_ATOL`); ``seed_matched``: the arms share seeds."""
+
+    x: str
+    y: str
+    seed_matched: bool
+    table: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class LossResults:
+    """The loss-curve section's numbers (:func:`loss_results`).
+
+    Attributes:
+        final_stats: :func:`analysis.compute.stats.stats_table` of the final losses (:data:`LOSS_METRICS`).
+        parting: where the trials of a cell part (:func:`within_cell_parting` at atol 0, plus
+            ``first_step_tol`` at :data:`LOSS_ATOL`).
+        parting_pairs: where the arms of each comparison part.
+        dispersion: :func:`dispersion` of the training loss.
+        smoothed: :func:`smoothed` training loss of the finished runs; bands: its :func:`arm_bands`.
+    """
+
+    final_stats: pd.DataFrame
+    parting: pd.DataFrame
+    parting_pairs: tuple[Parting, ...]
+    dispersion: pd.DataFrame
+    smoothed: pd.DataFrame
+    bands: pd.DataFrame
+
+
+def loss_results(study: Study, matched: Mapping[tuple[str, str], list[int]]) -> LossResults:
+    """Final-loss statistics, dispersion, and where curves part, at atol 0 and :data:`LOSS_ATOL`
+    (``first_step`` = any difference, ``first_step_tol`` = beyond it); ``matched``: the seed-matched
+    trials of each pair of arms (:attr:`analysis.compute.results.Results.seed_matched`)."""
+    tol = within_cell_parting(study.curves, atol=LOSS_ATOL).set_index("cell")["first_step"]
+    parting = within_cell_parting(study.curves)
+    parting.insert(5, "first_step_tol", parting["cell"].map(tol))
+    pairs = []
+    for (x, y), trials in matched.items():
+        paired = paired_parting(study.curves, x, y)
+        paired.insert(4, "first_step_tol", paired_parting(study.curves, x, y, atol=LOSS_ATOL)["first_step"].to_numpy())
+        pairs.append(Parting(x, y, bool(trials), paired))
+    smooth = smoothed(study.curves, "train") if len(study.curves) else study.curves.iloc[:0]
+    return LossResults(final_stats=stats_table(study.runs, LOSS_METRICS), parting=parting,
+                       parting_pairs=tuple(pairs), dispersion=dispersion(study.curves),
+                       smoothed=smooth, bands=arm_bands(smooth))

@@ -1,4 +1,4 @@
-"""Equivalence or difference between two arms, in words only a test supports.
+"""Equivalence or difference between two arms: the tests behind the words only they support.
 
 On mean log perplexity (a ratio of geometric means, the natural scale of perplexity):
 
@@ -6,10 +6,11 @@ On mean log perplexity (a ratio of geometric means, the natural scale of perplex
   trials, else ``ttost_ind`` with Welch's variance) against ±log(1 + margin);
 - difference: the t-test of the same design (paired t-test, or Welch's t-test).
 
-The verdict says "equivalent within ±m" only when TOST p < α, "different" only when the
-difference test p < α, and otherwise "inconclusive with n trials": no p-value above α is ever
-read as "no difference". Next to these, per pair: the blow-up rates and Fisher's exact test
-(:mod:`analysis.compute.blowups`) and P(X > Y) with its bootstrap CI.
+The verdict (:func:`analysis.present.verdict_words.comparison_verdict`) says "equivalent within ±m"
+only when TOST p < α, "different" only when the difference test p < α, and otherwise "inconclusive
+with n trials": no p-value above α is ever read as "no difference". Next to these, per pair: the
+blow-up rates and Fisher's exact test (:mod:`analysis.compute.blowups`) and P(X > Y) with its
+bootstrap CI.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ COLUMNS = ("x", "y", "design", "n_x", "n_y", "judged_x", "judged_y", "blowups_x"
            "fisher_p",
            "mean_log_diff", "ratio_gmean", "ratio_ci_low", "ratio_ci_high", "tost_p", "diff_test",
            "diff_p", "p_x_gt_y",
-           "p_x_gt_y_ci_low", "p_x_gt_y_ci_high", "verdict")
+           "p_x_gt_y_ci_low", "p_x_gt_y_ci_high")
 
 
 def tost(x_log: np.ndarray, y_log: np.ndarray, log_margin: float, paired: bool,
@@ -71,37 +72,16 @@ def tost(x_log: np.ndarray, y_log: np.ndarray, log_margin: float, paired: bool,
                   "ratio_ci_high": math.exp(high) if math.isfinite(high) else math.nan}
 
 
-def margin_text(config: AnalysisConfig) -> str:
-    """The declared margin as the report writes it: 0.01 → ``±1%``."""
-    return f"±{config.margin * 100:g}%"
-
-
-def verdict(tost_p: float, diff_p: float, mean_log_diff: float, trials: str,
-            config: AnalysisConfig = DEFAULT) -> str:
-    """The words a pair has earned. ``trials`` says how many (e.g. "7 paired trials")."""
-    margin, alpha = margin_text(config), config.alpha
-    ratio = math.exp(mean_log_diff) if math.isfinite(mean_log_diff) else math.nan
-    if tost_p < alpha:
-        extra = f"; the difference test also finds the small shift, p = {diff_p:.2g}" \
-            if diff_p < alpha else ""
-        return (f"equivalent within {margin} (TOST p = {tost_p:.2g}; geometric-mean ratio "
-                f"X/Y = {ratio:.4g}{extra})")
-    if diff_p < alpha:
-        return f"different (p = {diff_p:.2g}): geometric-mean ratio X/Y = {ratio:.4g}"
-    return (f"inconclusive with {trials}: neither equivalent within {margin} (TOST p = "
-            f"{tost_p:.2g}) nor different (p = {diff_p:.2g}) at α = {alpha:g}")
-
-
 def _log_arms(runs: pd.DataFrame, x: str, y: str,
-              metric: str) -> tuple[np.ndarray, np.ndarray, bool, str]:
+              metric: str) -> tuple[np.ndarray, np.ndarray, bool]:
     """Log values of both arms, paired by trial when the arms are seed-matched."""
     vx, vy = metric_values(runs, x, metric), metric_values(runs, y, metric)
     vx, vy = vx[vx > 0], vy[vy > 0]
     trials = [t for t in paired_trials(runs, x, y) if t in vx.index and t in vy.index]
     if trials:
         vx, vy = vx.loc[trials], vy.loc[trials]
-        return np.log(vx.to_numpy()), np.log(vy.to_numpy()), True, f"{len(trials)} paired trials"
-    return np.log(vx.to_numpy()), np.log(vy.to_numpy()), False, f"{len(vx)} + {len(vy)} trials"
+        return np.log(vx.to_numpy()), np.log(vy.to_numpy()), True
+    return np.log(vx.to_numpy()), np.log(vy.to_numpy()), False
 
 
 def compare_pair(runs: pd.DataFrame, rates: pd.DataFrame, x: str, y: str,
@@ -113,7 +93,7 @@ def compare_pair(runs: pd.DataFrame, rates: pd.DataFrame, x: str, y: str,
     paired); ``judged_x``/``judged_y``: finished runs judged for blow-ups (diverged included).
     """
     rx, ry = rates.set_index("cell").loc[x], rates.set_index("cell").loc[y]
-    lx, ly, paired, trials = _log_arms(runs, x, y, metric)
+    lx, ly, paired = _log_arms(runs, x, y, metric)
     test = tost(lx, ly, config.log_margin, paired, 1 - config.alpha)
     low, high = p_x_gt_y_ci(lx, ly, paired, n_resamples=config.n_resamples, seed=config.seed)
     p_gt = compare_values(lx, ly)["p_x_gt_y"]
@@ -124,9 +104,7 @@ def compare_pair(runs: pd.DataFrame, rates: pd.DataFrame, x: str, y: str,
                                          int(ry["n"])),
             **test, "ratio_gmean": math.exp(test["mean_log_diff"])
             if math.isfinite(test["mean_log_diff"]) else math.nan,
-            "p_x_gt_y": p_gt, "p_x_gt_y_ci_low": low, "p_x_gt_y_ci_high": high,
-            "verdict": verdict(test["tost_p"], test["diff_p"], test["mean_log_diff"], trials,
-                               config)}
+            "p_x_gt_y": p_gt, "p_x_gt_y_ci_low": low, "p_x_gt_y_ci_high": high}
 
 
 def comparisons(runs: pd.DataFrame, config: AnalysisConfig = DEFAULT,

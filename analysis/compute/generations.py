@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from itertools import combinations
 
 import numpy as np
@@ -100,3 +101,41 @@ def prompts(gens: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=["prompt_index", "prompt"])
     return (gens[["prompt_index", "prompt"]].drop_duplicates("prompt_index")
             .sort_values("prompt_index", ignore_index=True))
+
+
+@dataclass(frozen=True)
+class PromptTable:
+    """One prompt's completions side by side (Tables 4–7 shape)."""
+
+    dataset: str
+    prompt_index: int
+    prompt: str
+    mode: str
+    table: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class GenerationResults:
+    """The generations section's numbers (:func:`generation_results`): :func:`agreement` between
+    trials, every prompt's completions side by side per dataset and mode, and the answer letters
+    (Tables 8/9) per dataset with multiple-choice prompts."""
+
+    agreement: pd.DataFrame
+    tables: tuple[PromptTable, ...]
+    answer_letters: dict[str, pd.DataFrame]
+
+
+def generation_results(gens: pd.DataFrame) -> GenerationResults:
+    """Agreement between trials, every prompt side by side, answer letters (per dataset)."""
+    if gens.empty:
+        return GenerationResults(pd.DataFrame(), (), {})
+    prompt_tables, letters = [], {}
+    for dataset, rows in gens.groupby("dataset", sort=True):
+        for _, p in prompts(rows).iterrows():
+            prompt_tables += [PromptTable(str(dataset), int(p["prompt_index"]), str(p["prompt"]), mode,
+                                          side_by_side(rows, int(p["prompt_index"]), mode))
+                              for mode in sorted(rows["mode"].dropna().unique())]
+        table = answer_letters(rows)
+        if not table.empty:
+            letters[str(dataset)] = table
+    return GenerationResults(agreement(gens), tuple(prompt_tables), letters)

@@ -5,9 +5,9 @@ Per cell: each score's spread between identical trials (max − min, in points) 
 Per comparison of two arms: the mean difference of each score with its CI, and whether the arms
 are equivalent on it: TOST on the difference (statsmodels ``ttost_paired`` for seed-matched
 trials, else ``ttost_ind`` with Welch's variance) against an absolute margin
-(:attr:`analysis.config.AnalysisConfig.task_margin`, 0.01 = ±1 point); the words follow
-:mod:`analysis.compute.equivalence`: "equivalent" only when TOST p < α, "different" only when the
-difference test p < α, else "inconclusive".
+(:attr:`analysis.config.AnalysisConfig.task_margin`, 0.01 = ±1 point); the words
+(:func:`analysis.present.verdict_words.task_verdict`) follow the perplexity comparison's: "equivalent"
+only when TOST p < α, "different" only when the difference test p < α, else "inconclusive".
 
 The scores are the metrics declared with use ``task`` in :mod:`repeatability.records.metrics`.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -31,7 +32,7 @@ TASK_METRICS = registry.keys("task")
 SPREAD_COLUMNS = ("cell", "metric", "n", "mean", "std", "min", "max", "spread", "ppl_spread")
 BASELINE_COLUMNS = ("model", "dataset", "baseline", "shots", "metric", "value")
 COMPARE_COLUMNS = ("x", "y", "metric", "design", "n_x", "n_y", "mean_x", "mean_y", "mean_diff", "ci_low",
-                   "ci_high", "tost_p", "diff_test", "diff_p", "verdict")
+                   "ci_high", "tost_p", "diff_test", "diff_p", "all_equal")
 
 
 def recorded(runs: pd.DataFrame) -> tuple[str, ...]:
@@ -76,12 +77,6 @@ def baselines(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(BASELINE_COLUMNS))
 
 
-def margin_text(config: AnalysisConfig) -> str:
-    """The task margin as the report writes it: 0.01 → ``±1 point``."""
-    points = config.task_margin * 100
-    return f"±{points:g} point{'' if points == 1 else 's'}"
-
-
 def _test(x: np.ndarray, y: np.ndarray, margin: float, paired: bool, confidence: float) -> dict[str, float | str]:
     name = "paired t-test" if paired else "Welch t-test"
     out: dict[str, float | str] = {"tost_p": math.nan, "diff_test": name, "diff_p": math.nan,
@@ -98,23 +93,9 @@ def _test(x: np.ndarray, y: np.ndarray, margin: float, paired: bool, confidence:
     return out | {"tost_p": float(p), "diff_p": float(test.pvalue), "ci_low": float(low), "ci_high": float(high)}
 
 
-def verdict(tost_p: float, diff_p: float, trials: str, config: AnalysisConfig = DEFAULT,
-            all_equal: bool = False) -> str:
-    """The words the pair has earned on one task score. ``all_equal``: every paired difference is
-    exactly 0, where the t-based tests degenerate (zero variance), so no p is quoted."""
-    if all_equal:
-        return (f"identical in all {trials} (every difference exactly 0; the t-based TOST is degenerate at "
-                "zero variance, so no p is given)")
-    if tost_p < config.alpha:
-        return f"equivalent within {margin_text(config)} (TOST p = {tost_p:.2g})"
-    if diff_p < config.alpha:
-        return f"different (p = {diff_p:.2g})"
-    return (f"inconclusive with {trials}: neither equivalent within {margin_text(config)} (TOST p = "
-            f"{tost_p:.2g}) nor different (p = {diff_p:.2g}) at α = {config.alpha:g}")
-
-
 def compare(runs: pd.DataFrame, config: AnalysisConfig = DEFAULT) -> pd.DataFrame:
-    """Each pair of arms that differ only in the optimizer, on each recorded task score."""
+    """Each pair of arms that differ only in the optimizer, on each recorded task score (``all_equal``:
+    every paired difference is exactly 0, where the t-based tests degenerate at zero variance)."""
     rows = []
     for metric in recorded(runs):
         for x, y in comparison_pairs(runs):
@@ -125,11 +106,24 @@ def compare(runs: pd.DataFrame, config: AnalysisConfig = DEFAULT) -> pd.DataFram
             paired = bool(trials)
             if paired:
                 vx, vy = vx.loc[trials], vy.loc[trials]
-            words = f"{len(trials)} paired trials" if paired else f"{len(vx)} + {len(vy)} trials"
             test = _test(vx.to_numpy(float), vy.to_numpy(float), config.task_margin, paired, 1 - config.alpha)
             all_equal = paired and len(trials) >= 2 and bool((vx.to_numpy(float) == vy.to_numpy(float)).all())
             rows.append({"x": x, "y": y, "metric": metric, "design": "paired" if paired else "unpaired",
                          "n_x": len(vx), "n_y": len(vy), "mean_x": float(vx.mean()), "mean_y": float(vy.mean()),
-                         "mean_diff": float(vx.mean() - vy.mean()), **test,
-                         "verdict": verdict(float(test["tost_p"]), float(test["diff_p"]), words, config, all_equal)})
+                         "mean_diff": float(vx.mean() - vy.mean()), **test, "all_equal": all_equal})
     return pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
+
+
+@dataclass(frozen=True)
+class TaskResults:
+    """The task-score section's numbers (:func:`task_results`): :func:`spreads`, :func:`baselines` and
+    :func:`compare` (empty frames when no run recorded a task score)."""
+
+    spreads: pd.DataFrame
+    baselines: pd.DataFrame
+    comparisons: pd.DataFrame
+
+
+def task_results(runs: pd.DataFrame, config: AnalysisConfig = DEFAULT) -> TaskResults:
+    """Each task score's spread, the base model's baselines and the arms compared on each score."""
+    return TaskResults(spreads=spreads(runs), baselines=baselines(runs), comparisons=compare(runs, config))

@@ -31,12 +31,13 @@ import logging
 import math
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from analysis.compute import adapter_distance
+from analysis.compute import adapter_distance, anova
 from analysis.compute.stats import metric_values
 from analysis.compute.verdict import varied_sources
 from analysis.load import FINISHED
@@ -45,8 +46,8 @@ from repeatability.records import metrics as registry
 log = logging.getLogger(__name__)
 
 BASELINE = "none (floor)"  # the source label of the all-fixed cell
-__all__ = ["BASELINE", "OFAT_METRICS", "WEIGHTS", "components", "decompose", "ofat_design",
-           "pair_variance", "scalar_d2", "varied_sources"]
+__all__ = ["BASELINE", "OFAT_METRICS", "WEIGHTS", "VarianceSources", "components", "decompose", "ofat_design",
+           "pair_variance", "scalar_d2", "source_results", "varied_sources"]
 # (label, summary key, on the log scale?): the metrics declared for ``ofat`` (repeatability.records.metrics)
 OFAT_METRICS: tuple[tuple[str, str, bool], ...] = registry.responses("ofat")
 WEIGHTS = "adapter ΔW (relative)"
@@ -234,3 +235,19 @@ def decompose(runs: pd.DataFrame, pairs: pd.DataFrame | None = None, seed: int =
     if not frames:
         return pd.DataFrame(columns=list(TABLE_COLUMNS))
     return pd.concat(frames, ignore_index=True)[list(TABLE_COLUMNS)]
+
+
+@dataclass(frozen=True)
+class VarianceSources:
+    """The variance-sources section's numbers (:func:`source_results`): the one-factor-at-a-time
+    components (:func:`decompose`; empty without ``vary-*`` cells) and the ANOVA of each crossed
+    design (:func:`analysis.compute.anova.crossed_anova`; ``[]`` without one)."""
+
+    ofat: pd.DataFrame
+    anova: list[tuple[anova.Design, str, pd.DataFrame]]
+
+
+def source_results(runs: pd.DataFrame, pairs: pd.DataFrame) -> VarianceSources:
+    """Where the variance of ``runs`` comes from; ``pairs``: the study's
+    :func:`analysis.compute.adapter_distance.pair_table` (the adapter rows of the OFAT table)."""
+    return VarianceSources(ofat=decompose(runs, pairs), anova=anova.crossed_anova(runs))

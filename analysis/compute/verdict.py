@@ -1,18 +1,18 @@
-"""The per-cell verdict (identical adapters? identical greedy text? perplexity spread?) and the
-list of what did not run as the config asked.
+"""The per-cell verdict (identical adapters? identical greedy text? perplexity spread?), the bitwise
+checks behind it, which lock files the runs came from and what differs in a cell's environment. As
+categories and counts: :mod:`analysis.present.verdict_words` says them in words.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
 
 import pandas as pd
 
 from analysis.compute.curves import within_cell_parting
 from analysis.compute.stats import PRIMARY_METRIC, describe, metric_values
-from analysis.compute.tables import format_number
 from analysis.load import FINISHED, column, is_imported
 from repeatability.records.run_setup import SEED_SOURCES
 from repeatability.records.summary import COLUMNS as S
@@ -43,40 +43,45 @@ def _greedy_identity(gens: pd.DataFrame, cell: str) -> tuple[int, int]:
     return int((distinct == 1).sum()), int(distinct.size)
 
 
-UNKNOWN = "unknown (no adapters or seeds recorded)"
-
-
 def recorded_seeds(rows: pd.DataFrame) -> bool:
     """Whether any of the runs recorded a seed of a training source (imported runs: never)."""
     return any(column(rows, getattr(S.seeds, s)).notna().any() for s in SEED_SOURCES)
 
 
-def _verdict_text(n: int, adapters: int, same_greedy: int, n_prompts: int, spread: float,
-                  seeds_varied: bool, seeds_recorded: bool = True) -> str:
-    """One sentence; trials meant to differ (seeds vary) are not called "not repeatable", and
-    trials with no evidence either way (no adapter hash, no seed) are called unknown."""
+class Repeatability(StrEnum):
+    """What a cell's finished trials showed (the ``verdict`` of :func:`cell_verdicts`)."""
+
+    TOO_FEW = "fewer than 2 finished runs"
+    UNKNOWN = "unknown: no adapter or seed recorded"
+    BITWISE = "every adapter identical"
+    GREEDY_ONLY = "adapters not recorded, greedy outputs identical"
+    SAME_GREEDY = "adapters differ, greedy outputs identical"
+    SEEDS_VARY = "trials differ, as their seeds do"
+    SAME_SEEDS_UNKNOWN = "unknown: no adapter recorded, identical seeds"
+    NOT_REPEATABLE = "adapters differ under identical seeds"
+
+
+def _repeatability(n: int, adapters: int, same_greedy: int, n_prompts: int, seeds_varied: bool,
+                   seeds_recorded: bool = True) -> Repeatability:
+    """Trials meant to differ (seeds vary) are not called "not repeatable", and trials with no
+    evidence either way (no adapter hash, no seed) are called unknown."""
     if n < 2:
-        return "fewer than 2 finished runs: nothing to compare"
+        return Repeatability.TOO_FEW
     if adapters == 0 and not seeds_recorded:
-        return UNKNOWN
+        return Repeatability.UNKNOWN
     if adapters == 1:
-        return "bitwise repeatable: every adapter is identical"
+        return Repeatability.BITWISE
     if n_prompts and same_greedy == n_prompts:
-        if not adapters:
-            return "adapters not recorded; greedy outputs are identical"
-        return f"weights differ ({adapters} distinct adapters) but greedy outputs are identical"
-    found = f"{adapters} distinct adapters" if adapters else "adapters not recorded"
-    spread_txt = f"perplexity max/min = {format_number(spread)}"
+        return Repeatability.SAME_GREEDY if adapters else Repeatability.GREEDY_ONLY
     if seeds_varied:
-        return f"trials differ, as their seeds do: {found}, {spread_txt}"
-    if adapters == 0:
-        return f"unknown (no adapters recorded; identical seeds), {spread_txt}"
-    return f"NOT repeatable under identical seeds: {adapters} distinct adapters, {spread_txt}"
+        return Repeatability.SEEDS_VARY
+    return Repeatability.SAME_SEEDS_UNKNOWN if adapters == 0 else Repeatability.NOT_REPEATABLE
 
 
 def cell_verdicts(runs: pd.DataFrame, gens: pd.DataFrame,
                   metric: str = PRIMARY_METRIC) -> pd.DataFrame:
-    """One row per cell: finished runs, distinct adapter hashes, greedy identity, spread.
+    """One row per cell: finished runs, distinct adapter hashes, greedy identity, spread, and the
+    ``verdict`` (:class:`Repeatability`).
 
     ``seeds_varied`` names the seed sources that differ across the cell's trials: when it is
     non-empty, differences between trials are *expected* (they are what the study measures).
@@ -97,46 +102,37 @@ def cell_verdicts(runs: pd.DataFrame, gens: pd.DataFrame,
                     "ppl_spread": spread,
                     "seeds_varied": (", ".join(varied) or "none") if recorded_seeds(done)
                     else "not recorded",
-                    "verdict": _verdict_text(len(done), int(hashes.nunique()), same, n_prompts,
-                                             spread, bool(set(varied) - {"generation"}),
-                                             recorded_seeds(done))})
+                    "verdict": _repeatability(len(done), int(hashes.nunique()), same, n_prompts,
+                                              bool(set(varied) - {"generation"}), recorded_seeds(done))})
     return pd.DataFrame(out)
 
 
-def _bitwise_parts(done: pd.DataFrame, curve: pd.Series | None,
-                   greedy: tuple[int, int]) -> tuple[list[str], bool]:
-    """The three checks of one cell in words, and whether all of them passed."""
-    n, hashes = len(done), column(done, S.adapter.sha256).dropna()
-    if len(hashes) == n and hashes.nunique() == 1:
-        parts, ok = [f"adapters identical ({n}/{n} same SHA-256)"], True
-    else:
-        top = int(hashes.value_counts().max()) if len(hashes) else 0
-        parts = [f"adapters differ ({hashes.nunique()} distinct SHA-256 in {len(hashes)} "
-                 f"recorded of {n}; at most {top} alike)"]
-        ok = False
-    if curve is None or not curve["n_pairs"]:
-        parts.append("no loss curves to compare")
-    elif curve["n_pairs_identical"] == curve["n_pairs"]:
-        parts.append("loss curves identical")
-    else:
-        parts.append(f"loss curves part at step {format_number(curve['first_step'])}")
-        ok = False
-    same, n_prompts = greedy
-    if not n_prompts:
-        parts.append("no greedy generations")
-    elif same == n_prompts:
-        parts.append("greedy generations identical")
-    else:
-        parts.append(f"greedy generations identical on {same}/{n_prompts} prompts")
-        ok = False
-    return parts, ok
+BITWISE_COLUMNS = ("cell", "bitwise", "n_finished", "seeds_recorded", "adapters_recorded", "adapters_distinct",
+                   "adapters_alike", "curve_pairs", "curve_pairs_identical", "curve_first_step", "greedy_identical",
+                   "greedy_prompts", "seeds_varied")
+
+
+def _bitwise(row: dict) -> bool | None:
+    """Every check of one cell passed (curves or generations not recorded pass); ``None`` when
+    nothing was recorded to judge (no adapter hash and no seed), ``False`` below two finished runs."""
+    if row["n_finished"] < 2:
+        return False
+    if row["adapters_recorded"] == 0 and not row["seeds_recorded"]:
+        return None
+    adapters = row["adapters_recorded"] == row["n_finished"] and row["adapters_distinct"] == 1
+    curves = row["curve_pairs_identical"] == row["curve_pairs"]
+    greedy = row["greedy_identical"] == row["greedy_prompts"]
+    return adapters and curves and greedy
 
 
 def bitwise_verdicts(runs: pd.DataFrame, curves: pd.DataFrame, gens: pd.DataFrame,
                      parting: pd.DataFrame | None = None) -> pd.DataFrame:
-    """One row per cell with ``bitwise`` (every adapter's SHA-256 equal, every training-loss
-    curve identical at every step, every greedy completion identical; curves or generations
-    not recorded count as passing) and ``line``, the verdict as one line of text.
+    """One row per cell (:data:`BITWISE_COLUMNS`): ``bitwise`` (every adapter's SHA-256 equal, every
+    training-loss curve identical at every step, every greedy completion identical; curves or
+    generations not recorded count as passing; :func:`_bitwise`) and the counts behind it: finished
+    runs, adapter hashes recorded, distinct and the most alike, pairs of trials whose curves were
+    compared and never part (``curve_first_step``: where the first pair parts), prompts whose greedy
+    completion is identical, and the seed sources varied by design (:func:`varied_sources`).
 
     ``parting``: :func:`analysis.compute.curves.within_cell_parting` of ``curves`` (atol 0), when the
     caller has it.
@@ -145,73 +141,18 @@ def bitwise_verdicts(runs: pd.DataFrame, curves: pd.DataFrame, gens: pd.DataFram
     rows = []
     for cell, group in runs.groupby("cell", sort=True):
         done = group[group["status"].isin(FINISHED)]
-        if len(done) < 2:
-            rows.append({"cell": cell, "bitwise": False,
-                         "line": f"`{cell}`: {len(done)} finished run(s): nothing to compare"})
-            continue
-        if column(done, S.adapter.sha256).dropna().empty and not recorded_seeds(done):
-            rows.append({"cell": cell, "bitwise": None, "line": f"`{cell}`: {UNKNOWN}"})
-            continue
+        hashes = column(done, S.adapter.sha256).dropna()
         curve = within.loc[cell] if cell in within.index else None
-        parts, ok = _bitwise_parts(done, curve, _greedy_identity(gens, str(cell)))
-        varied = varied_sources(done)
-        if ok:
-            end = "bitwise repeatable"
-        elif set(varied) - {"generation"}:
-            end = f"not bitwise repeatable, as designed (seeds vary: {', '.join(varied)})"
-        else:
-            end = "NOT bitwise repeatable under identical seeds"
-        rows.append({"cell": cell, "bitwise": ok,
-                     "line": f"`{cell}`: " + ", ".join(parts) + f" → {end}"})
-    return pd.DataFrame(rows, columns=["cell", "bitwise", "line"])
-
-
-def _flag(value: Any) -> bool | None:
-    """A recorded boolean as ``True``/``False``; ``None`` when the run did not record it."""
-    if value is None or (not isinstance(value, (list, dict)) and pd.isna(value)):
-        return None
-    return bool(value)
-
-
-def _issues(row: pd.Series) -> list[tuple[str, str]]:
-    """(issue, detail) pairs for one run; empty when it ran as asked."""
-    get = row.get
-    issues: list[tuple[str, str]] = []
-    status = get("status")
-    if status == "failed":
-        issues.append(("failed", f"{get(S.error.type) or 'error'}: {get(S.error.message) or ''}"))
-    elif status == "diverged":
-        step, last = format_number(get(S.divergence.step)), format_number(get(S.divergence.last_loss))
-        where = f" at step {step} (last loss {last})" if get(S.divergence.step) is not None else ""
-        issues.append(("diverged", f"{get(S.divergence.reason)}{where}"))
-    elif status == "incomplete":
-        issues.append(("incomplete", "no DONE marker: half-finished; re-run the study to redo it"))
-    elif status in ("unreadable", "corrupted"):
-        issues.append((status, str(get("load_error") or "see problems")))
-    if _flag(get(S.optimizer.requested.is_paged)) is True \
-            and _flag(get(S.optimizer.effective.paging_effective)) is False:
-        issues.append(("paging not effective",
-                       str(get(S.optimizer.effective.paging_note) or "no state tensor was paged")))
-    if get(S.optimizer.requested.optim_bits) == 8:
-        bits = get(S.optimizer.effective.bits)
-        frac = get(S.optimizer.effective.state_8bit_param_fraction)
-        if bits == 32:
-            issues.append(("8-bit state not used", "every optimizer state stayed 32-bit"))
-        elif isinstance(frac, (int, float)) and not math.isnan(frac) and frac < 1:
-            detail = f"{frac:.1%} of trainable parameters had 8-bit state; tensors under min_8bit_size keep 32-bit"
-            issues.append(("8-bit state partial", detail))
-    return issues
-
-
-def not_as_asked(runs: pd.DataFrame) -> pd.DataFrame:
-    """Every run that failed, diverged, is half-finished, unreadable or corrupted, and every run whose
-    optimizer did not do what was requested (paging off on CPU, 8-bit state partial or absent).
-    """
-    out: list[dict[str, Any]] = []
-    for _, row in runs.iterrows():
-        out += [{"run": row["run"], "cell": row["cell"], "trial": row["trial"], "issue": issue,
-                 "detail": detail} for issue, detail in _issues(row)]
-    return pd.DataFrame(out, columns=["run", "cell", "trial", "issue", "detail"])
+        same, n_prompts = _greedy_identity(gens, str(cell))
+        row = {"cell": cell, "n_finished": len(done), "seeds_recorded": recorded_seeds(done),
+               "adapters_recorded": len(hashes), "adapters_distinct": int(hashes.nunique()),
+               "adapters_alike": int(hashes.value_counts().max()) if len(hashes) else 0,
+               "curve_pairs": int(curve["n_pairs"]) if curve is not None else 0,
+               "curve_pairs_identical": int(curve["n_pairs_identical"]) if curve is not None else 0,
+               "curve_first_step": float(curve["first_step"]) if curve is not None else math.nan,
+               "greedy_identical": same, "greedy_prompts": n_prompts, "seeds_varied": tuple(varied_sources(done))}
+        rows.append(row | {"bitwise": _bitwise(row)})
+    return pd.DataFrame(rows, columns=list(BITWISE_COLUMNS))
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.compute.tables import format_frame, to_markdown
+from analysis.present.formatting import format_frame, to_markdown
 
 SHOWN_ROWS = 15  # rows of a long HTML table shown before "all N rows"
 

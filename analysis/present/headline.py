@@ -1,5 +1,6 @@
 """The report's headline: at most three plain sentences that answer the study's question, each
-number with its n and interval, every word computed from :class:`~analysis.compute.results.Results`.
+number with its n and interval, every word computed from :class:`~analysis.compute.results.Results`
+(and the numbers of the sections it quotes, through their :class:`~analysis.present.section.Section`).
 
 Which question depends on the study: a horizon study — how often each arm blew up, and when; a
 learning-rate edge study — where each arm tips over and what
@@ -16,13 +17,15 @@ import re
 
 import pandas as pd
 
-from analysis.compute.equivalence import margin_text
 from analysis.compute.results import Results
 from analysis.compute.stats import PRIMARY_METRIC
 from analysis.config import AnalysisConfig
 from analysis.load import column, is_imported
 from analysis.present import labels as L
 from analysis.present import plots, prose, prose_edge, sections_survival
+from analysis.present.sections_edge import LR_EDGE
+from analysis.present.sections_variance import SOURCES
+from analysis.present.verdict_words import margin_text
 from repeatability.records.summary import COLUMNS as S
 
 MAX_SENTENCES = 3
@@ -197,7 +200,7 @@ def _where(r: Results, study: str, ours: bool) -> str:
 
 def edge_sentences(r: Results) -> list[str]:
     """A learning-rate edge study: where each arm tips over, and the paper's LR against it."""
-    e = r.lr_edge
+    e = LR_EDGE.of(r)
     labels = prose_edge.arm_labels(e.rates)
     edges = e.edges.set_index("arm")
     parts = [prose_edge.edge_phrase(edges.loc[a], label) for a, label in labels.items() if a in edges.index]
@@ -209,7 +212,7 @@ def edge_sentences(r: Results) -> list[str]:
 
 def variance_sentences(r: Results) -> list[str]:
     """A study of the seed sources: the first group's answer, its first sentence only."""
-    lines = prose.variance_answer(r.ofat)
+    lines = prose.variance_answer(SOURCES.of(r).ofat)
     if not lines:
         return []
     end = _SENTENCE_END.search(lines[0])
@@ -218,11 +221,12 @@ def variance_sentences(r: Results) -> list[str]:
 
 def sentences(r: Results) -> list[str]:
     """The headline sentences for this study (at most :data:`MAX_SENTENCES`)."""
-    if r.survival is not None:  # a horizon study: blow-up rates and time to blow-up per arm
+    edge = LR_EDGE.of(r)
+    if sections_survival.SURVIVAL.of(r) is not None:  # a horizon study: blow-up rates and time to blow-up per arm
         out = sections_survival.headline_sentences(r)
-    elif r.lr_edge is not None and not r.lr_edge.rates.empty:
+    elif edge is not None and not edge.rates.empty:
         out = edge_sentences(r)
-    elif not r.ofat.empty:
+    elif not SOURCES.of(r).ofat.empty:
         out = variance_sentences(r)
         arm = arm_sentence(r)
         out += [arm] if arm else []

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from analysis.compute.tables import format_lr
+from analysis.present.formatting import format_lr
 from repeatability.records.run_setup import SEED_SOURCES
 
 FIELDS = ("model", "dataset", "optim", "variant")

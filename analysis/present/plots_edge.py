@@ -16,7 +16,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator, NullLocator
 
 from analysis.compute.lr_edge import EDGE_RATE
-from analysis.compute.tables import format_lr
+from analysis.present.formatting import format_lr
 from analysis.present.plots import STATUS_MARKERS, new_figure
 
 NONFINITE_MARKER = "^"  # a run without a finite perplexity, drawn at the top of the panel

@@ -15,9 +15,9 @@ import pandas as pd
 from analysis.compute.anova import Design
 from analysis.compute.blowups import REFERENCE_BASE
 from analysis.compute.power import ALPHA, POWER, RATIOS
-from analysis.compute.tables import format_number
 from analysis.compute.variance import BASELINE
 from analysis.config import AnalysisConfig
+from analysis.present.formatting import format_number
 
 if TYPE_CHECKING:
     from analysis.compute.verdict import LockStatus
@@ -97,7 +97,7 @@ def _all(count: str) -> bool:
 
 
 def sampling_line(row: pd.Series | dict) -> str:
-    """One line per cell of :func:`analysis.compute.ablations.sampling_by_cell`, in words."""
+    """One line per cell of :func:`analysis.present.sections_variance.sampling_by_cell`, in words."""
     same, greedy = row["samples_identical"], row["equal_greedy"]
     head = (f"`{row['cell']}` ({row['runs']} run(s), temperature / top-p "
             f"{row['temperature / top_p']}): ")

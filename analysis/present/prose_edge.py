@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.compute.lr_edge import EDGE_RATE, PAPER_LR, EdgeResults, arm_order
-from analysis.compute.tables import format_lr
+from analysis.present.formatting import format_lr
 from analysis.present.labels import SEP, optim_words, unique_or, variant_words
 
 

@@ -1,7 +1,9 @@
 """The report's present layer: each section adds headings, text, tables and figures to a
-:class:`~analysis.present.document.Doc` from the numbers :func:`analysis.compute.results.compute` computed once
-(:class:`~analysis.compute.results.Results`), and returns the tables it wants written to ``tables/``.
-A section computes nothing: it selects, formats and says in words (:mod:`analysis.present.prose`).
+:class:`~analysis.present.document.Doc` from the numbers computed once per report (the core
+:class:`~analysis.compute.results.Results`, and the section's own: :class:`~analysis.present.section.Section`),
+and returns the tables it wants written to ``tables/``. A section computes nothing: it selects,
+formats and says in words (:mod:`analysis.present.prose`). This module: the verdict per cell, the
+held-out perplexity, the arm comparisons and the appendix (setup and environment).
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ import pandas as pd
 from analysis.compute import provenance, stats, tables, verdict
 from analysis.compute.results import SECOND_METRIC, Results
 from analysis.load import FINISHED, column, is_imported
-from analysis.present import plots, prose
+from analysis.present import plots, prose, verdict_words
 from analysis.present.document import Doc
+from analysis.present.formatting import format_number
 from analysis.present.labels import short_labels
+from analysis.present.section import Section, Tables
 from repeatability.records.summary import COLUMNS as S
 
 log = logging.getLogger(__name__)
-
-Tables = dict[str, tuple[pd.DataFrame, str]]  # file stem → (table, caption)
 
 # Setup rows: label → summary keys (joined with " / " when several).
 SETUP_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -75,7 +77,7 @@ def _values(rows: pd.DataFrame, keys: Sequence[str]) -> str:
         parts = [c.loc[i] for c in cols]
         if all(p is None or (not isinstance(p, (list, dict)) and pd.isna(p)) for p in parts):
             continue
-        text = " / ".join(tables.format_number(p) if not isinstance(p, (list, dict))
+        text = " / ".join(format_number(p) if not isinstance(p, (list, dict))
                           else str(p) for p in parts)
         if text not in seen:
             seen.append(text)
@@ -106,9 +108,10 @@ def environment_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(data)
 
 
-def overview(doc: Doc, r: Results) -> Tables:
+def overview(doc: Doc, differences: pd.DataFrame, r: Results) -> Tables:
     """The appendix: run counts, the setup that actually ran, the environment and any difference
-    inside a cell; columns are the cells' short labels (:mod:`analysis.present.labels`, legend in *Answer*)."""
+    inside a cell (``differences``: :func:`analysis.compute.verdict.environment_differences`); columns are
+    the cells' short labels (:mod:`analysis.present.labels`, legend in *Answer*)."""
     runs, counts = r.study.runs, r.status_counts
     doc.appendix("Appendix: setup and environment")
     doc.para(f"Study directory: `{r.study.path}`. {len(runs)} run directories in "
@@ -129,7 +132,7 @@ def overview(doc: Doc, r: Results) -> Tables:
     setup = setup_table(runs)
     doc.table(setup[list(labels)].rename(columns=labels), "Setup per cell")
     return ({"setup": (setup, "Setup per cell")} | _fingerprints(doc, r)
-            | _environment(doc, runs, r.environment_differences, labels))
+            | _environment(doc, runs, differences, labels))
 
 
 def _fingerprints(doc: Doc, r: Results) -> Tables:
@@ -171,8 +174,8 @@ def _environment(doc: Doc, runs: pd.DataFrame, diffs: pd.DataFrame, labels: dict
 
 
 def verdicts(doc: Doc, r: Results) -> Tables:
-    """The repeatability verdict per cell (:func:`analysis.compute.verdict.cell_verdicts`)."""
-    table, bitwise = r.verdicts, r.bitwise
+    """The repeatability verdict per cell (:func:`analysis.compute.verdict.cell_verdicts`, in words)."""
+    table, bitwise = verdict_words.cell_verdicts_in_words(r.verdicts), verdict_words.bitwise_in_words(r.bitwise)
     doc.heading("Verdict per cell")
     doc.para("Identical adapters = every finished trial's `adapter_model.safetensors` has the same "
              "SHA-256. Greedy identical = every prompt's greedy completion is the same in every "
@@ -211,7 +214,7 @@ def arm_notes(runs: pd.DataFrame) -> list[str]:
 
 def _ci(view: pd.DataFrame, stat: str) -> list[str]:
     pairs = zip(view[f"{stat}_ci_low"], view[f"{stat}_ci_high"], strict=True)
-    return [f"[{tables.format_number(lo)}, {tables.format_number(hi)}]" for lo, hi in pairs]
+    return [f"[{format_number(lo)}, {format_number(hi)}]" for lo, hi in pairs]
 
 
 def _stats_view(cell_stats: pd.DataFrame) -> pd.DataFrame:
@@ -241,8 +244,9 @@ def compact_view(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def perplexity(doc: Doc, r: Results) -> Tables:
-    """Tables 1/2 and statistics for both perplexity definitions, with one figure each."""
+def perplexity(doc: Doc, tables_1_2: dict[tuple[str, str], pd.DataFrame], r: Results) -> Tables:
+    """Tables 1/2 (``tables_1_2``: :func:`analysis.compute.tables.perplexity_tables`) and statistics
+    for both perplexity definitions, with one figure each."""
     runs, out = r.study.runs, {}
     doc.heading("Held-out perplexity")
     definition = _values(runs[runs["status"].isin(FINISHED)], ("perplexity_definition",))
@@ -258,7 +262,7 @@ def perplexity(doc: Doc, r: Results) -> Tables:
         if metric not in r.cell_stats:
             doc.para(f"The {label}: not recorded by any run.")
             continue
-        for (of, dataset), table in r.perplexity_tables.items():
+        for (of, dataset), table in tables_1_2.items():
             if of == metric:
                 caption = f"Table 1/2 shape: {label}, dataset `{dataset}`, one row per trial"
                 doc.table(table, caption)
@@ -308,3 +312,10 @@ def comparisons(doc: Doc, r: Results) -> Tables:
         doc.figure(f"paired_ratio_{i + 1}", fig,
                    f"Per-trial perplexity ratio X/Y: X = {row['x']}, Y = {row['y']}")
     return {"comparisons": (table, "Comparisons of the token-weighted held-out perplexity")}
+
+
+VERDICTS = Section("verdicts", present=verdicts)
+PERPLEXITY = Section("perplexity", present=perplexity,
+                     compute=lambda r: tables.perplexity_tables(r.study.runs, tuple(r.cell_stats)))
+COMPARISONS = Section("comparisons", present=comparisons)
+OVERVIEW = Section("overview", present=overview, compute=lambda r: verdict.environment_differences(r.study.runs))

@@ -1,6 +1,8 @@
 """The report's first section: the headline (:mod:`analysis.present.headline`: at most three
 sentences), its one figure, then the answer in a few lines per comparison. Every word is written
-from :class:`~analysis.compute.results.Results` (nothing hand-written): the arms and n, the verdict
+from :class:`~analysis.compute.results.Results` (nothing hand-written; the numbers of the learning-rate
+edge, time-to-blow-up, task-score and variance-sources sections through their
+:class:`~analysis.present.section.Section`): the arms and n, the verdict
 with its p, the geometric-mean perplexity ratio with its CI, the spread between identical trials,
 blow-ups with exact CIs, and bitwise identity; for a study with a learning-rate axis, the edge's
 answer and its figure; with ``--compare``, the other studies' blow-up rates beside ours. The
@@ -17,13 +19,23 @@ import pandas as pd
 from analysis.compute import provenance
 from analysis.compute.results import Results
 from analysis.compute.stats import PRIMARY_METRIC
-from analysis.compute.tables import format_number
+from analysis.present import (
+    headline,
+    plots,
+    plots_edge,
+    prose,
+    prose_edge,
+    sections_survival,
+    sections_tasks,
+    sections_variance,
+)
 from analysis.present import labels as L
-from analysis.present import (headline, plots, plots_edge, prose, prose_edge, sections_survival, sections_tasks,
-                              sections_variance)
 from analysis.present.document import Doc
-from analysis.present.sections import Tables
-from analysis.present.sections_edge import GPU_TEST
+from analysis.present.formatting import format_number
+from analysis.present.section import Section, Tables
+from analysis.present.sections_edge import GPU_TEST, LR_EDGE
+from analysis.present.sections_survival import SURVIVAL
+from analysis.present.sections_variance import SOURCES
 
 MAX_LINES = 6  # comparisons spelled out in the answer; the rest are in "Arm comparisons"
 
@@ -155,7 +167,7 @@ def _with_others(r: Results) -> pd.DataFrame:
 
 
 def _edge_answer(doc: Doc, r: Results) -> None:
-    e = r.lr_edge
+    e = LR_EDGE.of(r)
     names = prose_edge.arm_labels(e.rates)
     doc.figure("answer", plots_edge.perplexity_vs_lr(e.outcomes, e.rates, e.edges, names, r.config.blowup_k),
                "Held-out perplexity against the learning rate, one dot per finished run (log scales); "
@@ -207,12 +219,13 @@ def answer(doc: Doc, r: Results) -> Tables:
     said = headline.headline(r)
     if said:
         doc.para(said)
-    if r.survival is None and r.lr_edge is not None and not r.lr_edge.rates.empty:
+    edge, horizon = LR_EDGE.of(r), SURVIVAL.of(r)
+    if horizon is None and edge is not None and not edge.rates.empty:
         _edge_answer(doc, r)
         return {}
     runs = r.study.runs
     labels = answer_labels(r)
-    if r.survival is not None:  # a horizon study: the Kaplan–Meier curves answer it
+    if horizon is not None:  # a horizon study: the Kaplan–Meier curves answer it
         doc.figure("answer", sections_survival.answer_figure(r),
                    "Share of runs not yet blown up against the optimizer step, per arm (Kaplan–Meier, with "
                    "its confidence band); details under *Time to blow-up*")
@@ -229,9 +242,13 @@ def answer(doc: Doc, r: Results) -> Tables:
     compared = set(r.equivalence["x"]) | set(r.equivalence["y"])
     lines += [cell_line(r, c, labels) for c in plots.cell_order(runs) if c not in compared][:MAX_LINES]
     lines += sections_tasks.answer_lines(r, labels)[:MAX_LINES]  # task scores (eval.tasks), when recorded
-    if not r.ofat.empty:  # a study of the seed sources: which one moves the result, first
-        lines = prose.variance_answer(r.ofat, where=sections_variance.where(runs)) + lines
+    ofat = SOURCES.of(r).ofat
+    if not ofat.empty:  # a study of the seed sources: which one moves the result, first
+        lines = prose.variance_answer(ofat, where=sections_variance.where(runs)) + lines
     doc.bullets(lines + compare_lines(r) + reproducibility_lines(r, labels))
     legend = L.legend(labels)
     doc.table(legend.set_index("label"), "Arm labels used in this report and the cells they stand for")
     return {"arm_labels": (legend, "Arm labels and cells")}
+
+
+ANSWER = Section("answer", present=answer)

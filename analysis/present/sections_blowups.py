@@ -1,19 +1,19 @@
 """The report's sections on blow-ups, equivalence between arms, and this study next to others
 (e.g. the paper's imported Tables 1–2 next to the harness's own runs). Same conventions as
-:mod:`analysis.present.sections`: the numbers come from :class:`~analysis.compute.results.Results`.
+:mod:`analysis.present.sections`: the numbers are core ones (:class:`~analysis.compute.results.Results`:
+the Answer and the headline quote them too).
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from analysis.compute import equivalence
 from analysis.compute.results import Results
-from analysis.compute.tables import format_number
 from analysis.config import AnalysisConfig
-from analysis.present import prose
+from analysis.present import prose, verdict_words
 from analysis.present.document import Doc
-from analysis.present.sections import Tables
+from analysis.present.formatting import format_number
+from analysis.present.section import Section, Tables
 
 
 def _rates_view(rates: pd.DataFrame) -> pd.DataFrame:
@@ -45,7 +45,7 @@ def _pairs_view(pairs: pd.DataFrame, config: AnalysisConfig) -> pd.DataFrame:
 
 
 def _explain(doc: Doc, config: AnalysisConfig) -> None:
-    margin = equivalence.margin_text(config)
+    margin = verdict_words.margin_text(config)
     doc.para(f"A finished run blew up when it diverged or its token-weighted perplexity exceeds "
              f"k = {format_number(config.blowup_k)} × the reference of its (model, dataset): the "
              "base model's perplexity recorded by the runs, or, when no run recorded one "
@@ -71,7 +71,7 @@ def blowups_equivalence(doc: Doc, r: Results) -> Tables:
     difference test, P(X > Y) with CI and the verdict in words."""
     doc.heading("Blow-ups and equivalence")
     _explain(doc, r.config)
-    refs, rates = r.blowup_references, r.blowup_rates
+    refs, rates = r.blowup_references, verdict_words.rates_in_words(r.blowup_rates)
     if refs.empty:
         doc.para("No finished run: nothing to judge.")
         return {}
@@ -83,7 +83,7 @@ def blowups_equivalence(doc: Doc, r: Results) -> Tables:
     doc.bullets(split)
     out = {"blowup_references": (refs, "Blow-up reference per (model, dataset)"),
            "blowup_rates": (rates, "Blow-ups per arm")}
-    pairs = r.equivalence
+    pairs = verdict_words.comparisons_in_words(r.equivalence, r.config)
     if pairs.empty:
         doc.para("No two cells differ only in the optimizer: no comparison.")
         return out
@@ -149,3 +149,7 @@ def _reproducibility(doc: Doc, r: Results) -> Tables:
     return {"reproducibility_cells": (r.cross_cells, caption),
             "reproducibility_trials": (r.cross_trials, trials_caption),
             "reproducibility_machines": (r.cross_machines, machines_caption)}
+
+
+BLOWUPS = Section("blowups_equivalence", present=blowups_equivalence)
+SIDE_BY_SIDE = Section("side_by_side", present=side_by_side)

@@ -1,20 +1,20 @@
 """The report's section on the learning-rate edge (:mod:`analysis.compute.lr_edge`): an answer in
 numbers first, then the tables and figures behind it. Same conventions as
-:mod:`analysis.present.sections`: the numbers come from :class:`~analysis.compute.results.Results`; a study
-without an LR axis gets no section.
+:mod:`analysis.present.sections`; the section computes its own numbers
+(:func:`analysis.compute.lr_edge.compute_edge`, :data:`LR_EDGE`); a study without an LR axis gets no section.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from analysis.compute.lr_edge import EDGE_RATE, EdgeResults
+from analysis.compute.lr_edge import EDGE_RATE, EdgeResults, compute_edge
 from analysis.compute.results import Results
-from analysis.compute.tables import format_interval, format_lr, format_number
 from analysis.config import AnalysisConfig
 from analysis.present import plots_edge, prose_edge
 from analysis.present.document import Doc
-from analysis.present.sections import Tables
+from analysis.present.formatting import format_interval, format_lr, format_number
+from analysis.present.section import Section, Tables
 
 # The hypothesis this section tests (stated, not concluded: the numbers above are the result)
 MECHANISM = (
@@ -115,9 +115,8 @@ def _figures(doc: Doc, e: EdgeResults, labels: dict[str, str]) -> None:
                    "trials, band from min to max); 1 = exact fp32 AdamW")
 
 
-def lr_edge(doc: Doc, r: Results) -> Tables:
-    """Where each arm tips over as the learning rate grows; nothing without an LR axis."""
-    e = r.lr_edge
+def lr_edge(doc: Doc, e: EdgeResults | None, r: Results) -> Tables:
+    """Where each arm tips over as the learning rate grows; nothing without an LR axis (``e`` None)."""
     if e is None:
         return {}
     doc.heading("Learning-rate edge")
@@ -147,3 +146,7 @@ def lr_edge(doc: Doc, r: Results) -> Tables:
         out["lr_edge_horizon"] = (e.horizon, "Long runs: update inflation and the mechanism's prediction")
     _figures(doc, e, labels)
     return out
+
+
+LR_EDGE: Section[EdgeResults | None] = Section("lr_edge", present=lr_edge,
+                                               compute=lambda r: compute_edge(r.study, r.config))

@@ -1,8 +1,9 @@
 """The report's section on the time to blow-up (:mod:`analysis.compute.survival`): when, within the
 horizon, each arm's runs blew up, as Kaplan–Meier curves, the median step, the rate at the horizon
 beside the paper's, log-rank tests, and the update inflation on the way. Same conventions as
-:mod:`analysis.present.sections`: every number comes from :class:`~analysis.compute.results.Results`;
-a study that is not a horizon study (:func:`analysis.compute.survival.horizon_arms`) gets nothing.
+:mod:`analysis.present.sections`; the section computes its own numbers
+(:func:`analysis.compute.survival.compute_survival`, :data:`SURVIVAL`); a study that is not a horizon
+study (:func:`analysis.compute.survival.horizon_arms`) gets nothing.
 
 :func:`headline_sentences` and :func:`answer_figure` give the Answer section its lines and figure.
 """
@@ -16,12 +17,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from analysis.compute.results import Results
-from analysis.compute.survival import PAPER, SurvivalResults
-from analysis.compute.tables import format_lr, format_number
+from analysis.compute.survival import PAPER, SurvivalResults, compute_survival
 from analysis.present import plots_survival
 from analysis.present.document import Doc
+from analysis.present.formatting import format_lr, format_number
 from analysis.present.labels import short_labels
-from analysis.present.sections import Tables
+from analysis.present.section import Section, Tables
 
 INFLATION_ROWS = 10  # steps of the update-inflation table shown in the report (all are in its CSV)
 
@@ -58,7 +59,7 @@ def headline_sentences(r: Results) -> list[str]:
     config's) with n and the exact CI, and the median step to blow-up with its CI; the log-rank p
     between the first two arms (fewest optimizer bits: the two 8-bit arms of explain-horizon).
     ``[]`` when the study is not a horizon study."""
-    s = r.survival
+    s = SURVIVAL.of(r)
     if s is None:
         return []
     labels, rows, conf = arm_labels(s), _primary(s), f"{1 - r.config.alpha:.0%}"
@@ -79,7 +80,7 @@ def headline_sentences(r: Results) -> list[str]:
 
 def answer_figure(r: Results) -> Figure | None:
     """The Kaplan–Meier figure at the config's k; ``None`` when the study is not a horizon study."""
-    s = r.survival
+    s = SURVIVAL.of(r)
     if s is None:
         return None
     return plots_survival.km_figure(s.km, s.runs, arm_labels(s), s.primary, s.horizon, r.config.alpha)
@@ -182,9 +183,9 @@ def _figures_and_tables(doc: Doc, s: SurvivalResults, labels: dict[str, str], r:
                   "trials at some traced steps (every traced step: tables/survival_inflation.csv)")
 
 
-def survival(doc: Doc, r: Results) -> Tables:
-    """When each arm's runs blew up within the horizon; nothing for a study that is not a horizon study."""
-    s = r.survival
+def survival(doc: Doc, s: SurvivalResults | None, r: Results) -> Tables:
+    """When each arm's runs blew up within the horizon; nothing for a study that is not a horizon
+    study (``s`` None)."""
     if s is None:
         return {}
     labels = arm_labels(s)
@@ -202,3 +203,7 @@ def survival(doc: Doc, r: Results) -> Tables:
     if len(s.left_out):
         out["survival_left_out"] = (s.left_out, "Runs of the horizon arms left out")
     return out
+
+
+SURVIVAL: Section[SurvivalResults | None] = Section("survival", present=survival,
+                                                    compute=lambda r: compute_survival(r.study, r.config))

@@ -1,6 +1,7 @@
 """The task-score section (``eval.tasks``): each score's spread between identical trials beside
 perplexity's, the base model's zero-/few-shot baselines, and whether the arms are equivalent on
-each score (:mod:`analysis.compute.task_scores`). Absent when no run recorded a task score."""
+each score (:func:`analysis.compute.task_scores.task_results`, computed by the section: :data:`TASKS`). Absent
+when no run recorded a task score."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import pandas as pd
 
 from analysis.compute import task_scores
 from analysis.compute.results import Results
-from analysis.compute.tables import format_number
 from analysis.present import labels as L
-from analysis.present import plots
+from analysis.present import plots, verdict_words
 from analysis.present.document import Doc
-from analysis.present.sections import Tables
+from analysis.present.formatting import format_number
+from analysis.present.section import Section, Tables
 from repeatability.records import evaluators
 from repeatability.records import metrics as registry
 
@@ -33,11 +34,12 @@ def _baseline_text(b: pd.Series) -> str:
 def answer_lines(r: Results, labels: dict[str, str]) -> list[str]:
     """One line per comparison and task score: both arms' mean and spread between identical trials
     (points), perplexity's spread, the difference with its CI, the verdict, and the baselines."""
-    spreads = r.task_spreads.set_index(["cell", "metric"]) if len(r.task_spreads) else None
+    t = TASKS.of(r)
+    spreads = t.spreads.set_index(["cell", "metric"]) if len(t.spreads) else None
     lines = []
-    for _, row in r.task_comparisons.iterrows():
+    for _, row in verdict_words.task_comparisons_in_words(t.comparisons, r.config).iterrows():
         sx, sy = spreads.loc[(row["x"], row["metric"])], spreads.loc[(row["y"], row["metric"])]
-        base = r.task_baselines[r.task_baselines["metric"] == row["metric"]]
+        base = t.baselines[t.baselines["metric"] == row["metric"]]
         base_text = "; ".join(_baseline_text(b) for _, b in base.iterrows())
         ci = f"{1 - r.config.alpha:.0%} CI {_points(row['ci_low'])} to {_points(row['ci_high'])}"
         lines.append(
@@ -50,20 +52,20 @@ def answer_lines(r: Results, labels: dict[str, str]) -> list[str]:
     return lines
 
 
-def tasks(doc: Doc, r: Results) -> Tables:
+def tasks(doc: Doc, t: task_scores.TaskResults, r: Results) -> Tables:
     """Task scores per trial by arm, their spreads, the baselines and the equivalence tests."""
-    if r.task_spreads.empty:
+    if t.spreads.empty:
         return {}
     doc.heading("Task scores")
     doc.para("Scored on a fixed, seeded subset of the held-out split, the same in every run (its SHA-256 is "
              "each summary's `tasks.subset_sha256`; every example's prediction is in the run's "
              f"`evals/tasks.json`): {'; '.join(e.method for e in evaluators.EVALUATORS.values())}. "
              "Spread = max − min over identical trials, in points (1 point = 0.01); "
-             f"equivalence: TOST on the difference with margin {task_scores.margin_text(r.config)}.")
+             f"equivalence: TOST on the difference with margin {verdict_words.task_margin_text(r.config)}.")
     labels = L.short_labels(list(plots.cell_order(r.study.runs)))
     for metric in task_scores.recorded(r.study.runs):
         fig = plots.metric_by_cell(r.study.runs, metric, labels=labels)
-        base = r.task_baselines[r.task_baselines["metric"] == metric]
+        base = t.baselines[t.baselines["metric"] == metric]
         ax = fig.axes[0]
         for (_, b), style in zip(base.iterrows(), ("--", ":")):
             ax.axhline(b["value"], color="0.35", ls=style, lw=1,
@@ -73,23 +75,27 @@ def tasks(doc: Doc, r: Results) -> Tables:
         doc.figure(f"task_{_short(metric).replace(' ', '_').replace('-', '').lower()}", fig,
                    f"{plots.metric_label(metric)} per trial, by arm; bar: median"
                    + ("; dashed / dotted: the base model zero-shot / few-shot" if len(base) else ""))
-    spreads = r.task_spreads.assign(arm=r.task_spreads["cell"].map(lambda c: labels.get(c, c)),
-                                    score=r.task_spreads["metric"].map(_short))
+    spreads = t.spreads.assign(arm=t.spreads["cell"].map(lambda c: labels.get(c, c)),
+                               score=t.spreads["metric"].map(_short))
     shown = spreads[["arm", "score", "n", "mean", "std", "min", "max", "spread", "ppl_spread"]]
     doc.table(shown.set_index(["arm", "score"]), "Task scores per arm: spread between identical trials "
               "(max − min) beside perplexity's (max/min)")
-    out: Tables = {"task_spreads": (r.task_spreads, "Task scores per cell and their spread between identical trials")}
-    if len(r.task_baselines):
-        base = r.task_baselines.assign(score=r.task_baselines["metric"].map(_short))
+    out: Tables = {"task_spreads": (t.spreads, "Task scores per cell and their spread between identical trials")}
+    if len(t.baselines):
+        base = t.baselines.assign(score=t.baselines["metric"].map(_short))
         doc.table(base[["model", "dataset", "baseline", "shots", "score", "value"]].set_index(["model", "dataset"]),
                   "The base model with the same evaluators (once per study)")
-        out["task_baselines"] = (r.task_baselines, "Base-model task baselines")
-    if len(r.task_comparisons):
-        comp = r.task_comparisons.assign(x=r.task_comparisons["x"].map(lambda c: labels.get(c, c)),
-                                         y=r.task_comparisons["y"].map(lambda c: labels.get(c, c)),
-                                         score=r.task_comparisons["metric"].map(_short))
+        out["task_baselines"] = (t.baselines, "Base-model task baselines")
+    if len(t.comparisons):
+        compared = verdict_words.task_comparisons_in_words(t.comparisons, r.config)
+        comp = compared.assign(x=compared["x"].map(lambda c: labels.get(c, c)),
+                               y=compared["y"].map(lambda c: labels.get(c, c)), score=compared["metric"].map(_short))
         doc.table(comp[["x", "y", "score", "design", "n_x", "mean_diff", "ci_low", "ci_high", "tost_p", "diff_p",
                         "verdict"]].set_index(["x", "y", "score"]),
-                  f"Arms compared on each task score (X − Y; TOST margin {task_scores.margin_text(r.config)})")
-        out["task_comparisons"] = (r.task_comparisons, "Task-score comparisons of the arms")
+                  f"Arms compared on each task score (X − Y; TOST margin {verdict_words.task_margin_text(r.config)})")
+        out["task_comparisons"] = (compared, "Task-score comparisons of the arms")
     return out
+
+
+TASKS: Section[task_scores.TaskResults] = Section("tasks", present=tasks,
+                                                  compute=lambda r: task_scores.task_results(r.study.runs, r.config))

@@ -1,21 +1,25 @@
 """The report's sections on where the variance comes from, how far apart the adapters are (the
 adapter distance), the paper's ablations and how many trials a comparison needs. Same
-conventions as :mod:`analysis.present.sections`: each presents :class:`~analysis.compute.results.Results` and
-returns the tables to write; a section whose data the study lacks adds nothing (or one line
-saying what is missing).
+conventions as :mod:`analysis.present.sections`: each computes the numbers only it reads (its
+:class:`~analysis.present.section.Section`: :data:`SOURCES`, :data:`ADAPTERS`, :data:`ABLATIONS`,
+:data:`TRIALS_NEEDED`), presents them and returns the tables to write; a section whose data the study
+lacks adds nothing (or one line saying what is missing).
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from analysis.compute import power
+from analysis.compute import ablations as ablation
+from analysis.compute import adapter_distance as distance
+from analysis.compute import power, variance
 from analysis.compute.results import Results
-from analysis.compute.tables import format_interval
 from analysis.load import FINISHED
 from analysis.present import plots_variance, prose
 from analysis.present.document import Doc
-from analysis.present.sections import Tables, _values
+from analysis.present.formatting import format_interval, format_number
+from analysis.present.section import Section, Tables
+from analysis.present.sections import _values
 from repeatability.records.summary import COLUMNS as S
 
 
@@ -83,17 +87,17 @@ def _anova(doc: Doc, runs: pd.DataFrame, results: list) -> Tables:
     return out
 
 
-def variance_sources(doc: Doc, r: Results) -> Tables:
+def variance_sources(doc: Doc, v: variance.VarianceSources, r: Results) -> Tables:
     """"Where does the variance come from?": OFAT components (vary-* cells) and the ANOVA of
     crossed designs; nothing when the study has neither."""
-    if r.ofat.empty and not r.anova:
+    if v.ofat.empty and not v.anova:
         return {}
     doc.heading("Where does the variance come from?")
     out: Tables = {}
-    if not r.ofat.empty:
-        out |= _ofat(doc, r.study.runs, r.ofat)
-    if r.anova:
-        out |= _anova(doc, r.study.runs, r.anova)
+    if not v.ofat.empty:
+        out |= _ofat(doc, r.study.runs, v.ofat)
+    if v.anova:
+        out |= _anova(doc, r.study.runs, v.anova)
     return out
 
 
@@ -118,12 +122,12 @@ def _cell_lines(summary: pd.DataFrame) -> list[str]:
             for _, r in summary.iterrows()]
 
 
-def adapter_distance(doc: Doc, r: Results) -> Tables:
+def adapter_distance(doc: Doc, a: distance.AdapterResults, r: Results) -> Tables:
     """Pairwise relative L2 distance and cosine similarity of ΔW between a cell's trials."""
     doc.heading("Adapter distance")
     if r.adapter_pairs.empty:
-        if r.adapters_not_kept:
-            doc.para(f"Adapter weights not kept: {r.adapters_not_kept} finished run(s) recorded their "
+        if a.not_kept:
+            doc.para(f"Adapter weights not kept: {a.not_kept} finished run(s) recorded their "
                      "adapter's SHA-256 (summary and manifest) but the weights are not in this copy of the "
                      "study (a published study ships its run records, not its adapters); distances need "
                      "the weights, so none is computed.")
@@ -134,41 +138,65 @@ def adapter_distance(doc: Doc, r: Results) -> Tables:
              "Relative L2 distance = ||ΔW_i − ΔW_j||_F / mean(||ΔW_i||_F, ||ΔW_j||_F) (0: same "
              "update; √2: orthogonal updates of equal size); cosine = <ΔW_i, ΔW_j>_F / "
              "(||ΔW_i||_F ||ΔW_j||_F). Whole adapter = every module's ΔW concatenated.")
-    doc.bullets(_cell_lines(r.adapter_cells))
-    doc.table(r.adapter_cells.set_index("cell"), "Adapter distance per cell (whole adapter)")
-    out = _arm_distance(doc, r.adapter_arms)
-    if (r.adapter_layers["layer"] >= 0).any():
-        doc.figure("adapter_distance_by_layer", plots_variance.adapter_distance_by_layer(r.adapter_layers),
+    doc.bullets(_cell_lines(a.cells))
+    doc.table(a.cells.set_index("cell"), "Adapter distance per cell (whole adapter)")
+    out = _arm_distance(doc, a.arms)
+    if (a.layers["layer"] >= 0).any():
+        doc.figure("adapter_distance_by_layer", plots_variance.adapter_distance_by_layer(a.layers),
                    "Relative L2 distance of ΔW between trials, per transformer layer")
     return out | {
-        "adapter_distance_cells": (r.adapter_cells, "Adapter distance per cell"),
-        "adapter_distance_pairs": (r.adapter_whole, "Adapter distance per trial pair (whole adapter)"),
-        "adapter_distance_layers": (r.adapter_layers, "Adapter distance per layer"),
-        "adapter_distance_kinds": (r.adapter_kinds, "Adapter distance per module kind and trial pair")}
+        "adapter_distance_cells": (a.cells, "Adapter distance per cell"),
+        "adapter_distance_pairs": (a.whole, "Adapter distance per trial pair (whole adapter)"),
+        "adapter_distance_layers": (a.layers, "Adapter distance per layer"),
+        "adapter_distance_kinds": (a.kinds, "Adapter distance per module kind and trial pair")}
 
 
-def ablations(doc: Doc, r: Results) -> Tables:
+def _count(flags: pd.Series) -> str:
+    known = flags.dropna()
+    return f"{int(known.astype(bool).sum())}/{len(known)}" if len(known) else "–"
+
+
+def sampling_by_cell(per_prompt: pd.DataFrame) -> pd.DataFrame:
+    """Per cell of :func:`analysis.compute.ablations.sampling`: runs, K (min–max), distinct seeds per
+    prompt (min), and the counts of (run, prompt) pairs whose samples are identical and equal to
+    greedy, as "i/n"."""
+    rows = []
+    for cell, group in per_prompt.groupby("cell", sort=True):
+        k_lo, k_hi = int(group["k"].min()), int(group["k"].max())
+        rows.append({"cell": cell, "runs": int(group["trial"].nunique()),
+                     "K": str(k_lo) if k_lo == k_hi else f"{k_lo}–{k_hi}",
+                     "min_seeds": int(group["n_seeds"].min()),
+                     "temperature / top_p": "; ".join(sorted({
+                         f"{format_number(t)} / {format_number(p)}"
+                         for t, p in zip(group["temperature"], group["top_p"])})),
+                     "samples_identical": _count(group["samples_identical"]),
+                     "equal_greedy": _count(group["equal_greedy"])})
+    return pd.DataFrame(rows)
+
+
+def ablations(doc: Doc, a: ablation.AblationResults, r: Results) -> Tables:
     """(a) K samples at low temperature under different seeds vs greedy; (b) base-model
     perplexity scored K times. Nothing when no run recorded either."""
-    if r.sampling.empty and r.base_repeats.empty:
+    if a.sampling.empty and a.base_repeats.empty:
         return {}
     doc.heading("Ablations")
     out: Tables = {}
-    if not r.sampling.empty:
+    if not a.sampling.empty:
         doc.para("(a) The same adapter sampled K times (temperature / top-p as recorded) under "
                  "different generation seeds, against its greedy completion:")
-        doc.bullets([prose.sampling_line(row) for _, row in r.sampling_cells.iterrows()])
-        doc.table(r.sampling_cells.set_index("cell"), "Ablation (a): sampled vs greedy, per cell")
-        out["ablation_sampling"] = (r.sampling, "Ablation (a) per run and prompt")
-    doc.para(prose.base_statement(r.base_repeats))
-    if not r.base_repeats.empty:
-        out["ablation_base_repeats"] = (r.base_repeats, "Ablation (b): base perplexity repeats per run")
+        cells = sampling_by_cell(a.sampling)
+        doc.bullets([prose.sampling_line(row) for _, row in cells.iterrows()])
+        doc.table(cells.set_index("cell"), "Ablation (a): sampled vs greedy, per cell")
+        out["ablation_sampling"] = (a.sampling, "Ablation (a) per run and prompt")
+    doc.para(prose.base_statement(a.base_repeats))
+    if not a.base_repeats.empty:
+        out["ablation_base_repeats"] = (a.base_repeats, "Ablation (b): base perplexity repeats per run")
     return out
 
 
-def trials_needed(doc: Doc, r: Results) -> Tables:
-    """Trials per arm to detect a 5/10/50% perplexity difference, from each cell's spread."""
-    table = r.trials_needed
+def trials_needed(doc: Doc, table: pd.DataFrame, r: Results) -> Tables:
+    """Trials per arm to detect a 5/10/50% perplexity difference, from each cell's spread (``table``:
+    :func:`analysis.compute.power.trials_needed`)."""
     if table.empty:
         return {}
     doc.heading("How many trials are needed")
@@ -181,3 +209,15 @@ def trials_needed(doc: Doc, r: Results) -> Tables:
     doc.table(table.set_index("cell"), "Trials per arm needed (n_<ratio>: at σ; _ci_high: at "
               "σ's upper 95% bound)")
     return {"trials_needed": (table, "Trials per arm needed")}
+
+
+SOURCES: Section[variance.VarianceSources] = Section(
+    "variance_sources", present=variance_sources,
+    compute=lambda r: variance.source_results(r.study.runs, r.adapter_pairs))
+ADAPTERS: Section[distance.AdapterResults] = Section(
+    "adapter_distance", present=adapter_distance,
+    compute=lambda r: distance.adapter_results(r.study, r.adapter_pairs, r.seed_matched))
+ABLATIONS: Section[ablation.AblationResults] = Section(
+    "ablations", present=ablations, compute=lambda r: ablation.ablation_results(r.study))
+TRIALS_NEEDED: Section[pd.DataFrame] = Section(
+    "trials_needed", present=trials_needed, compute=lambda r: power.trials_needed(r.study.runs))
