@@ -492,8 +492,8 @@ def interrupted(reference: Path, tiny_model_dir: Path, quotes_jsonl: Path,
         _log_executions(ran, mp)
         rerun_rc = run_cli(args)  # the same command
     _check_integrity(study)
-    return Interrupted(study, exits, fault_rc, out.getvalue(), rerun_rc, state, checkpoints, ledger, errors, statuses, issues, rendered,
-                       ran_before, _executions(ran))
+    return Interrupted(study, exits, fault_rc, out.getvalue(), rerun_rc, state, checkpoints, ledger, errors, statuses,
+                       issues, rendered, ran_before, _executions(ran))
 
 
 def _expected_state(kind: str, site: str) -> str:
@@ -533,7 +533,8 @@ def test_a_run_killed_or_failing_at_a_write_is_reported_unfinished_and_the_rerun
     done, whole = artifacts.read_summary(run), artifacts.read_summary(reference / "trial-02")
     assert done["status"] == "complete" and done["adapter"]["sha256"] == whole["adapter"]["sha256"]
     assert _curve(run) == _curve(reference / "trial-02")
-    assert (done["resumed"] or {}).get("from_step") == (None if where.resumes_from in (None, -1) else where.resumes_from)
+    resumed_from = None if where.resumes_from in (None, -1) else where.resumes_from
+    assert (done["resumed"] or {}).get("from_step") == resumed_from
     assert not (run / artifacts.ERROR).exists() and not (run / artifacts.CHECKPOINTS).exists()
     # nothing ran twice: once up to the fault (unless it came first), once in the re-run (unless it had finished)
     assert (got.ran_before[v], got.ran_after[v]) == (int(site != "claim"), int(where.resumes_from != -1))
@@ -588,7 +589,8 @@ def test_the_estimate_covers_what_a_run_writes(reference: Path, tiny_model_dir: 
     """Not below what a real run wrote (its checkpoints' recorded bytes, its finished files), and
     not more than twice it: conservative, not a refusal of everything."""
     [cfg] = [to_run_config(c) for c in _configs(tiny_model_dir, quotes_jsonl, tmp_path, "2")]
-    est = footprint.run_footprint(cfg, n_train=100, prompts=["Your silence will", "Let the improvement of yourself keep you"])
+    est = footprint.run_footprint(cfg, n_train=100,
+                                  prompts=["Your silence will", "Let the improvement of yourself keep you"])
     summary = artifacts.read_summary(reference / "trial-02")
     saved = max(c["bytes"] for c in summary["checkpointing"]["saved"])
     assert est.shape_known and saved <= est.checkpoint <= 2 * saved
@@ -740,5 +742,6 @@ def test_a_real_full_tmpfs(tmpfs: Path, reference: Path, tiny_model_dir: Path, q
     subprocess.run(["mount", "-o", "remount,size=64m", str(tmpfs)], check=True)
     assert run_cli(args) == 0
     run = tmpfs / STUDY / CELL / "trial-01"
-    assert artifacts.read_summary(run)["adapter"]["sha256"] == artifacts.read_summary(reference / "trial-01")["adapter"]["sha256"]
+    sha = artifacts.read_summary(reference / "trial-01")["adapter"]["sha256"]
+    assert artifacts.read_summary(run)["adapter"]["sha256"] == sha
     assert _curve(run) == _curve(reference / "trial-01")
