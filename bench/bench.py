@@ -64,7 +64,7 @@ class RecordingCollator:
 
 
 def _harness_steps(cfg: Any, path: str, ds: Any, collator: Any, out: Path) -> tuple[list[float], Any]:
-    from repeatability.records.config import DiagnosticsConfig
+    from repeatability.config.run import DiagnosticsConfig
     from repeatability.trial import data, modelling, train
     from repeatability.trial.seeding import resolve_seeds
 

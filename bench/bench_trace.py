@@ -19,7 +19,7 @@ log = logging.getLogger("bench")
 
 
 def _steps(cfg: Any, path: str, ds: Any, collator: Any, out: Path, trace: bool) -> tuple[list[float], float]:
-    from repeatability.records.config import DiagnosticsConfig
+    from repeatability.config.run import DiagnosticsConfig
     from repeatability.trial import data, modelling, train
     from repeatability.trial.seeding import resolve_seeds
 

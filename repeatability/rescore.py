@@ -31,9 +31,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from repeatability.config.errors import ConfigError
+from repeatability.config.run import GROUPS, RunConfig, to_run_config
 from repeatability.records import adapter_files, artifacts, eval_records, integrity
-from repeatability.records.config import GROUPS, RunConfig, to_run_config
-from repeatability.records.errors import ConfigError, RunDirError
+from repeatability.records.errors import RunDirError
 from repeatability.records.metrics import PERPLEXITY_DEFINITION
 
 log = logging.getLogger(__name__)

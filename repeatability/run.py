@@ -14,9 +14,9 @@ import time
 import hydra
 from omegaconf import DictConfig
 
+from repeatability.config.errors import ConfigError
+from repeatability.config.run import register_configs
 from repeatability.launching import preflight, sweep
-from repeatability.records.config import register_configs
-from repeatability.records.errors import ConfigError
 
 register_configs()
 

@@ -38,7 +38,7 @@ _pin_xdist_worker()
 
 
 def _quotes(n: int) -> list[str]:
-    from repeatability.records.config_cell import DatasetConfig
+    from repeatability.config.cell import DatasetConfig
     from repeatability.trial.data import load_examples
 
     cfg = DatasetConfig(name="quotes", source="fortune", kind="text", max_chars=200, max_examples=n)

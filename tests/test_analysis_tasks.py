@@ -11,7 +11,7 @@ from analysis.compute import task_scores
 from analysis.config import AnalysisConfig
 from analysis.load import load_study
 from analysis.present.verdict_words import task_comparisons_in_words
-from repeatability.records import evaluators
+from repeatability.config import evaluators
 from tests.analysis_fixtures import SMOL_8, write_run, write_task_study
 
 

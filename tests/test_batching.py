@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import torch
 
-from repeatability.records.config_cell import LoraConfig, ModelConfig, QuantConfig
-from repeatability.records.errors import ConfigError
+from repeatability.config.cell import LoraConfig, ModelConfig, QuantConfig
+from repeatability.config.errors import ConfigError
 from repeatability.trial import data, evaluate, modelling
 from tests.conftest import run_cli, tiny_overrides
 

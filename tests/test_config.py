@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from repeatability.config.errors import ConfigError
+from repeatability.config.run import GROUPS, RunConfig, to_run_config
 from repeatability.launching import preflight
-from repeatability.records.config import GROUPS, RunConfig, to_run_config
-from repeatability.records.errors import ConfigError
 from repeatability.trial.determinism import apply_determinism, read_determinism_flags
 from repeatability.trial.seeding import resolve_seeds
 
@@ -63,7 +63,7 @@ def test_cross_field_checks() -> None:
 
 
 def test_seed_policies() -> None:
-    from repeatability.records.config import DeterminismConfig
+    from repeatability.config.run import DeterminismConfig
 
     per = [resolve_seeds(DeterminismConfig(), t) for t in (1, 2)]
     assert per[0].lora_init != per[1].lora_init and per[0].data_order != per[1].data_order

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from repeatability.records.config_cell import DatasetConfig
+from repeatability.config.cell import DatasetConfig
 from repeatability.trial.data import Example, PadCollator, apply_template, load_examples, split_examples
 
 
@@ -78,7 +78,7 @@ def test_open_platypus_loader_on_a_local_copy(tmp_path: Path) -> None:
 
 
 def test_local_csv_with_missing_column(tmp_path: Path) -> None:
-    from repeatability.records.errors import ConfigError
+    from repeatability.config.errors import ConfigError
 
     (tmp_path / "d.csv").write_text("body\nhello\nworld\n")
     with pytest.raises(ConfigError, match="column\\(s\\) text not found \\(has body\\)"):

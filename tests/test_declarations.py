@@ -2,8 +2,8 @@
 
 A mirror kept by hand (a list copied from another, a string spelled again) fails here instead of
 after a run's training, when its summary is checked. Also: no import cycle between the project's
-modules, lazy imports included, and the layers point down (launching -> trial -> records; analysis
-reads records only).
+modules, lazy imports included, and the layers point down (launching -> trial -> records -> config;
+analysis reads records and config only).
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from repeatability.records import evaluators, metrics
+from repeatability.config import evaluators
+from repeatability.config.cell import OPTIM_CLASSES, OptimConfig
+from repeatability.config.run import SEED_SOURCES, TASK_EVALUATORS, DeterminismConfig
+from repeatability.records import metrics
 from repeatability.records import run_setup as R
 from repeatability.records import summary as S
-from repeatability.records.config import TASK_EVALUATORS
-from repeatability.records.config_cell import OPTIM_CLASSES, OptimConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,6 +88,16 @@ def test_each_evaluator_scores_exactly_what_it_declares() -> None:
     assert tuple(classified) == evaluators.score_names("classification")
     assert tuple(generated) == evaluators.score_names("generation")
     assert classified["accuracy"] == 0.5 and generated["exact_match"] == 0.0
+
+
+# --------------------------------------------------------------------------- seeded sources
+
+
+def test_every_seeded_source_has_an_override_a_seed_and_a_rule() -> None:
+    """The config declares the sources; the determinism config's overrides and the summary's seeds
+    and rules spell them as fields (each needs its own text), so they are checked here."""
+    assert tuple(_fields(R.SeedRules)) == SEED_SOURCES
+    assert set(SEED_SOURCES) <= set(_fields(R.Seeds)) and set(SEED_SOURCES) <= set(_fields(DeterminismConfig))
 
 
 # --------------------------------------------------------------------------- metric keys
@@ -196,10 +207,13 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 # --------------------------------------------------------------------------- layers
 
 TRIAL, LAUNCHING = "repeatability.trial", "repeatability.launching"
-# (the modules a rule covers, the packages they must not import, at any depth): launching → trial → records.
-# The entries at the top of the package (repeatability.run, rescore, reproduce) and bench/ may import any layer.
+RECORDS, CONFIG = "repeatability.records", "repeatability.config"
+# (the modules a rule covers, the packages they must not import, at any depth): launching → trial → records →
+# config. The entries at the top of the package (repeatability.run, rescore, reproduce) and bench/ may import any
+# layer.
 LAYERS = (
-    ("repeatability.records", (TRIAL, LAUNCHING)),  # the contract and the schema know no run and no launcher
+    (CONFIG, (RECORDS, TRIAL, LAUNCHING)),  # the config schema is checked before any run exists: it knows none
+    (RECORDS, (TRIAL, LAUNCHING)),  # the contract and the summary schema know no run and no launcher
     (TRIAL, (LAUNCHING,)),  # a launcher hands the trial its thread budget and stop check (trial.stopping)
     ("analysis", (TRIAL, LAUNCHING)),  # reports read run records only (notebooks included)
     ("analysis.compute", ("analysis.present", "analysis.report")),  # numbers and typed records, no words
@@ -223,6 +237,7 @@ def test_the_layers_point_down() -> None:
     graph = _graph()
     assert f"{TRIAL}.pipeline" in graph["repeatability.launching.sweep"]  # the scan sees a lazy import
     assert "repeatability.records.record" in graph[f"{TRIAL}.pipeline"]
+    assert f"{CONFIG}.cell" in graph[f"{RECORDS}.run_setup"]  # the records derive from the config
     assert any(name.endswith(".ipynb") for name in graph)  # the notebooks are read too
     assert _upward(graph) == []
 
@@ -232,8 +247,10 @@ def test_the_layer_check_finds_an_upward_import() -> None:
              "analysis/notebooks/x.ipynb": {LAUNCHING}, f"{LAUNCHING}.sweep": {f"{TRIAL}.pipeline"},
              f"{TRIAL}.pipeline": {"repeatability.records.record"}, "repeatability.trialx": {LAUNCHING},
              "analysis.compute.verdict": {"analysis.present.prose"},
-             "analysis.present.prose": {"analysis.compute.stats"}}
+             "analysis.present.prose": {"analysis.compute.stats"}, f"{CONFIG}.run": {f"{RECORDS}.run_setup"},
+             f"{RECORDS}.run_setup": {f"{CONFIG}.cell"}, "analysis.load": {f"{CONFIG}.run"}}
     assert _upward(graph) == ["analysis.compute.verdict -> analysis.present.prose",
                               "analysis/notebooks/x.ipynb -> repeatability.launching",
+                              "repeatability.config.run -> repeatability.records.run_setup",
                               "repeatability.records.record -> repeatability.trial.evaluate",
                               "repeatability.trial.train -> repeatability.launching.preemption"]

@@ -74,7 +74,7 @@ def test_an_eval_pass_does_not_change_training_gradients(tiny_model_dir: Path) -
     import bitsandbytes as bnb
     import torch
 
-    from repeatability.records.config_cell import LoraConfig, ModelConfig, QuantConfig
+    from repeatability.config.cell import LoraConfig, ModelConfig, QuantConfig
     from repeatability.trial.modelling import add_lora, load_base
 
     mcfg = ModelConfig(name="tiny", source="local", path=str(tiny_model_dir),

@@ -37,9 +37,9 @@ from typing import Any
 
 import pytest
 
+from repeatability.config.run import to_run_config
 from repeatability.launching import footprint, preflight, sweep
 from repeatability.records import artifacts, curve_files, integrity, storage
-from repeatability.records.config import to_run_config
 from tests.conftest import ROOT, run_cli, tiny_overrides
 
 CELL = "tiny__tq__paged_adamw_8bit"

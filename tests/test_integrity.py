@@ -228,8 +228,8 @@ def test_a_rerun_over_a_corrupted_finished_run_refuses_naming_the_file(
 
 
 def test_claim_settings_are_checked_and_do_not_change_a_runs_config(tmp_path: Path) -> None:
-    from repeatability.records.config import to_run_config
-    from repeatability.records.errors import ConfigError
+    from repeatability.config.errors import ConfigError
+    from repeatability.config.run import to_run_config
 
     [cfg] = preflight.compose_jobs(["claim_heartbeat_s=60", "claim_stale_after_s=100"], multirun=False)
     with pytest.raises(ConfigError, match="at least 3 heartbeats"):

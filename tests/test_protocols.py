@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from repeatability.config.cell import DatasetConfig
+from repeatability.config.errors import ConfigError
+from repeatability.config.run import DeterminismConfig, RunConfig, TrainConfig, to_run_config
 from repeatability.launching import preflight
-from repeatability.records.config import DeterminismConfig, RunConfig, TrainConfig, to_run_config
-from repeatability.records.config_cell import DatasetConfig
-from repeatability.records.errors import ConfigError
 from repeatability.trial import data
 from repeatability.trial.data import Example, apply_template, load_examples, split_examples
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from repeatability.config.errors import ConfigError
 from repeatability.launching import slurm, slurm_wait, sweep
-from repeatability.records.errors import ConfigError
 
 
 class FakePaths:

@@ -127,8 +127,8 @@ def test_fp16_runs_on_cpu_with_a_grad_scaler(tiny_model_dir: Path, quotes_jsonl:
 
 
 def test_paper_cells_compose_with_fp16_and_three_arms() -> None:
+    from repeatability.config.run import to_run_config
     from repeatability.launching import preflight
-    from repeatability.records.config import to_run_config
     from repeatability.trial import modelling
 
     for name in ("paper_llama2_7b_quotes", "paper_neox20b_quotes", "paper_llama2_chat_platypus",
@@ -142,7 +142,7 @@ def test_paper_cells_compose_with_fp16_and_three_arms() -> None:
 
 
 def test_mixed_precision_follows_the_compute_dtype() -> None:
-    from repeatability.records.config_cell import QuantConfig
+    from repeatability.config.cell import QuantConfig
     from repeatability.trial import modelling
 
     mp = modelling.resolve_mixed_precision

@@ -81,7 +81,7 @@ def test_config_groups_and_their_summary_groups_name_the_same_fields() -> None:
     record, run_setup.OptimRequested, is derived from OptimConfig; tests/test_declarations.py.)"""
     from dataclasses import fields
 
-    from repeatability.records.config_cell import QuantConfig
+    from repeatability.config.cell import QuantConfig
 
     def names(cls: type) -> set[str]:
         return {f.name for f in fields(cls)}

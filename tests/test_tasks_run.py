@@ -9,11 +9,11 @@ import pytest
 import torch
 from conftest import run_cli, tiny_overrides
 
+from repeatability.config.cell import DatasetConfig
+from repeatability.config.errors import ConfigError
+from repeatability.config.run import EvalConfig, to_run_config
 from repeatability.launching import preflight
 from repeatability.records import artifacts, eval_records, integrity
-from repeatability.records.config import EvalConfig, to_run_config
-from repeatability.records.config_cell import DatasetConfig
-from repeatability.records.errors import ConfigError
 from repeatability.trial import data, tasks
 
 CLASSES = ["alpha", "beta", "gamma"]
@@ -85,7 +85,7 @@ def test_neftune_noise_only_in_training() -> None:
 
 
 def test_training_args_carry_neftune() -> None:
-    from repeatability.records.config import TrainConfig
+    from repeatability.config.run import TrainConfig
     from repeatability.trial import train
     from repeatability.trial.seeding import Seeds
 

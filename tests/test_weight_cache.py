@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from repeatability.records.config_cell import LoraConfig, ModelConfig, QuantConfig
+from repeatability.config.cell import LoraConfig, ModelConfig, QuantConfig
 from repeatability.trial import data, evaluate, modelling
 from repeatability.trial.weight_cache import dequantized_4bit_weights
 

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 from analysis_fixtures import PROMPTS, seeds_for, write_run
 
+from repeatability.config.run import SEED_SOURCES
 from repeatability.records import artifacts
-from repeatability.records.run_setup import SEED_SOURCES
 
 STUDY = "variance-sources"
 MODEL, DATASET = "smollm2-135m", "quotes"

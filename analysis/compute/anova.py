@@ -31,8 +31,8 @@ from scipy import stats as sps
 
 from analysis.compute.stats import PRIMARY_METRIC, metric_values, paired_trials
 from analysis.load import FINISHED
+from repeatability.config.run import TRAINING_SEED_SOURCES
 from repeatability.records import metrics as registry
-from repeatability.records.run_setup import TRAINING_SEED_SOURCES
 from repeatability.records.summary import COLUMNS as S
 
 log = logging.getLogger(__name__)

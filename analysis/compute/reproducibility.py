@@ -19,7 +19,7 @@ import pandas as pd
 from analysis.compute.curves import first_parting_step
 from analysis.compute.stats import PRIMARY_METRIC
 from analysis.load import FINISHED, Study, column
-from repeatability.records.run_setup import TRAINING_SEED_SOURCES
+from repeatability.config.run import TRAINING_SEED_SOURCES
 from repeatability.records.summary import COLUMNS as S
 
 PAIR_COLUMNS = ("other", "cell", "trial", "perplexity", "perplexity_other", "rel_diff", "adapter_equal",

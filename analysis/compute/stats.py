@@ -18,8 +18,8 @@ import pandas as pd
 from scipy import stats as sps
 
 from analysis.load import FINISHED, column, finite, optim_bits
+from repeatability.config.run import TRAINING_SEED_SOURCES
 from repeatability.records import metrics as registry
-from repeatability.records.run_setup import TRAINING_SEED_SOURCES
 from repeatability.records.summary import COLUMNS as S
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import pandas as pd
 from analysis.compute.curves import within_cell_parting
 from analysis.compute.stats import PRIMARY_METRIC, describe, metric_values
 from analysis.load import FINISHED, column, is_imported
-from repeatability.records.run_setup import SEED_SOURCES
+from repeatability.config.run import SEED_SOURCES
 from repeatability.records.summary import COLUMNS as S
 
 VARYING_RULES = ("trial", "entropy")  # seed rules that give each trial its own seed

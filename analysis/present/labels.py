@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import pandas as pd
 
 from analysis.present.formatting import format_lr
-from repeatability.records.run_setup import SEED_SOURCES
+from repeatability.config.run import SEED_SOURCES
 
 FIELDS = ("model", "dataset", "optim", "variant")
 SEP = " · "

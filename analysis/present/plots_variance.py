@@ -14,7 +14,7 @@ from matplotlib.ticker import MaxNLocator
 
 from analysis.compute.variance import BASELINE, WEIGHTS
 from analysis.present.plots import new_figure
-from repeatability.records.run_setup import SEED_SOURCES
+from repeatability.config.run import SEED_SOURCES
 
 SHARE_METRICS = ("log perplexity", "final val loss", "final train loss", WEIGHTS)
 FLOOR_COLOR = "0.55"

@@ -14,7 +14,7 @@ from analysis.present import plots, verdict_words
 from analysis.present.document import Doc
 from analysis.present.formatting import format_number
 from analysis.present.section import Section, Tables
-from repeatability.records import evaluators
+from repeatability.config import evaluators
 from repeatability.records import metrics as registry
 
 

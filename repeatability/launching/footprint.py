@@ -32,9 +32,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from repeatability.config.errors import ConfigError
+from repeatability.config.run import RunConfig
 from repeatability.records import storage
-from repeatability.records.config import RunConfig
-from repeatability.records.errors import ConfigError
 
 KIB = 1024
 SMALL_FILES = 256 * KIB  # summary, environment, config, overrides, manifest, DONE, claim; Hydra's .hydra/

@@ -19,10 +19,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from repeatability.config.errors import ConfigError
+from repeatability.config.run import GROUPS, RunConfig, register_configs, to_run_config
 from repeatability.launching import footprint, launchers, slurm
 from repeatability.records import artifacts, tracking
-from repeatability.records.config import GROUPS, RunConfig, register_configs, to_run_config
-from repeatability.records.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = ROOT / "conf"

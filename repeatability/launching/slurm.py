@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from repeatability.records.errors import ConfigError
+from repeatability.config.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

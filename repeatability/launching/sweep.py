@@ -31,10 +31,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from repeatability.config.errors import ConfigError
+from repeatability.config.run import RunConfig, to_run_config
 from repeatability.launching import claims, faults, launchers, notices, preemption, slurm_wait, threads
 from repeatability.records import artifacts, checkpoint_files, integrity, storage
-from repeatability.records.config import RunConfig, to_run_config
-from repeatability.records.errors import ConfigError, RunDirError
+from repeatability.records.errors import RunDirError
 from repeatability.records.metrics import NAME as N
 
 log = logging.getLogger("repeatability")

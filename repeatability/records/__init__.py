@@ -1,2 +1,2 @@
 """Records: the run-directory contract and its files (integrity, adapters, checkpoints, evaluations),
-the typed summary and its schema, the metric registry, configs, environment and lock, trackers."""
+the typed summary and its schema, the metric registry, environment and lock, trackers."""

@@ -56,8 +56,8 @@ from repeatability.records import storage
 from repeatability.records import summary as schema
 from repeatability.records.errors import RunDirError
 
-if TYPE_CHECKING:  # records.config is not imported at run time: it needs nothing from here
-    from repeatability.records.config import RunConfig
+if TYPE_CHECKING:  # the config schema only types an argument here: not imported at run time
+    from repeatability.config.run import RunConfig
 
 # the summary's schema lives in repeatability/records/summary.py (typed records, one doc per field)
 SCHEMA_VERSION = schema.SCHEMA_VERSION

@@ -5,7 +5,7 @@ and the loader read this table; none keeps its own list.
 
 A new metric = one :class:`Metric` here + where it is measured + its field in the summary schema
 (:mod:`repeatability.records.summary`); a task score is declared with its evaluator instead
-(:mod:`repeatability.records.evaluators`), which makes its field and its entry here. Code that
+(:mod:`repeatability.config.evaluators`), which makes its field and its entry here. Code that
 fills or reads the summary's ``metrics`` group names a field through :data:`NAME`
 (``NAME.perplexity_token_weighted``), never as a bare string. Uses:
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from repeatability.records import evaluators as task_evaluators
+from repeatability.config import evaluators as task_evaluators
 from repeatability.records.schema import Keys
 from repeatability.records.summary import COLUMNS as S
 from repeatability.records.summary import Metrics

@@ -12,7 +12,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from repeatability.records.config_cell import OptimConfig
+from repeatability.config.cell import OptimConfig
 from repeatability.records.schema import doc
 
 
@@ -29,18 +29,14 @@ class Cell:
 @dataclass
 class SeedRules:
     """The rule that chose each source's seed: `trial`, `fixed`, `hf42` (the Trainer's 42) or
-    `entropy` (drawn from the OS and recorded)."""
+    `entropy` (drawn from the OS and recorded). One field per seeded source, in the order of
+    :data:`repeatability.config.run.SEED_SOURCES` (tests/test_declarations.py checks)."""
 
     lora_init: str = doc("rule of the LoRA-initialisation seed")
     data_order: str = doc("rule of the data-order seed")
     dropout: str = doc("rule of the dropout seed")
     generation: str = doc("rule of the generation seed")
 
-
-# Every seeded source of a run (one vocabulary for the trial side, the config and the analysis), and
-# the ones that shape training: two trials with equal training seeds are a matched pair.
-SEED_SOURCES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SeedRules))
-TRAINING_SEED_SOURCES: tuple[str, ...] = tuple(s for s in SEED_SOURCES if s != "generation")
 
 
 @dataclass

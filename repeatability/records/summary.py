@@ -13,7 +13,7 @@ Extending it: add a field (``doc(...)``) to a record, or a new record and one fi
 :data:`SCHEMA_VERSION` and add the old version to :data:`SUPPORTED_SCHEMA_VERSIONS`; then
 regenerate the docs table. A key not declared here is refused when written and reported when read.
 Two groups are derived, not declared here: the task scores (in ``metrics`` and each baseline's
-:class:`TaskScores`) from their evaluators (:mod:`repeatability.records.evaluators`), and
+:class:`TaskScores`) from their evaluators (:mod:`repeatability.config.evaluators`), and
 ``optimizer.requested`` from the optim config (:mod:`repeatability.records.run_setup`).
 
 Schema versions: 1 — the first; 2 — adds ``tracking`` and ``batching``; 3 — adds
@@ -30,9 +30,21 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from repeatability.records import evaluators as task_evaluators
-from repeatability.records.run_setup import (Batching, Cell, Data, Determinism, Device, Lock, Model, Numerics,
-                                             Optimizer, Precision, Seeds, Tracking)
+from repeatability.config import evaluators as task_evaluators
+from repeatability.records.run_setup import (
+    Batching,
+    Cell,
+    Data,
+    Determinism,
+    Device,
+    Lock,
+    Model,
+    Numerics,
+    Optimizer,
+    Precision,
+    Seeds,
+    Tracking,
+)
 from repeatability.records.schema import ABSENT, Columns, doc, from_dict, markdown_rows, missing, to_dict
 
 SCHEMA_VERSION = 6
@@ -56,14 +68,14 @@ class _HeldoutMetrics:
 
 
 def _task_scores(name: str, doc_text: str, bases: tuple[type, ...] = ()) -> type:
-    """A record of every evaluator's scores (:data:`repeatability.records.evaluators.SCORES`, optional
+    """A record of every evaluator's scores (:data:`repeatability.config.evaluators.SCORES`, optional
     floats), after the fields of ``bases``."""
     return dataclasses.make_dataclass(
         name, [(s.name, float, doc(s.doc, optional=True)) for s in task_evaluators.SCORES], bases=bases,
         namespace={"__module__": __name__, "__doc__": doc_text})
 
 
-# The task scores (``eval.tasks``) are declared once, by their evaluator (repeatability.records.evaluators):
+# The task scores (``eval.tasks``) are declared once, by their evaluator (repeatability.config.evaluators):
 # Metrics holds them between the held-out and the training numbers (the order of summary.json and of
 # the docs table), and a baseline's scores (``tasks.zero_shot``, ``tasks.few_shot``) are the same fields.
 TASK_SCORES: tuple[str, ...] = tuple(s.name for s in task_evaluators.SCORES)

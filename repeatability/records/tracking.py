@@ -24,10 +24,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from repeatability.config.errors import ConfigError
+from repeatability.config.run import TrackingConfig
 from repeatability.records import artifacts
 from repeatability.records import metrics as metrics_registry
-from repeatability.records.config import TrackingConfig
-from repeatability.records.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

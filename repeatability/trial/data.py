@@ -26,9 +26,9 @@ import numpy as np
 import torch
 import yaml
 
-from repeatability.records.config import PROMPTS_DIR, RunConfig
-from repeatability.records.config_cell import DatasetConfig
-from repeatability.records.errors import ConfigError
+from repeatability.config.cell import DatasetConfig
+from repeatability.config.errors import ConfigError
+from repeatability.config.run import PROMPTS_DIR, RunConfig
 
 log = logging.getLogger(__name__)
 

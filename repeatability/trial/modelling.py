@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from repeatability.records.config_cell import LoraConfig, ModelConfig, QuantConfig
+from repeatability.config.cell import LoraConfig, ModelConfig, QuantConfig
+from repeatability.config.errors import ConfigError
 from repeatability.records.environment import cpu_has_bf16
-from repeatability.records.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import yaml
 
+from repeatability.config.run import RunConfig
 from repeatability.records import (
     adapter_files,
     artifacts,
@@ -27,7 +28,6 @@ from repeatability.records import (
 )
 from repeatability.records import run_setup as R
 from repeatability.records import summary as S
-from repeatability.records.config import RunConfig
 from repeatability.records.environment import PeakMemory, capture_environment, cpu_model
 from repeatability.records.metrics import NAME as N
 from repeatability.records.record import headline

@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
+from repeatability.config.run import RunConfig
 from repeatability.records import run_setup as R
 from repeatability.records import summary as S
-from repeatability.records.config import RunConfig
 from repeatability.records.metrics import NAME as N
 from repeatability.records.metrics import PERPLEXITY_DEFINITION
 from repeatability.trial.stage_outputs import Built, Prepared

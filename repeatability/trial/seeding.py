@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from repeatability.records.config import DeterminismConfig
-from repeatability.records.run_setup import SEED_SOURCES
+from repeatability.config.run import SEED_SOURCES, DeterminismConfig
 
 # What each policy does with each source when the per-source knob is left null.
 # "paper" mirrors a script like the paper's: the Trainer seed (data order, dropout) is the

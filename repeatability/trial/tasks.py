@@ -9,7 +9,7 @@ into the held-out split, their SHA-256), the decoding and every per-example outp
 for the run's ``evals/`` record.
 
 Which evaluators exist and which scores each records is declared in
-:mod:`repeatability.records.evaluators`; :data:`IMPLEMENTATIONS` runs each of them.
+:mod:`repeatability.config.evaluators`; :data:`IMPLEMENTATIONS` runs each of them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from repeatability.records import evaluators as declared
+from repeatability.config import evaluators as declared
 from repeatability.records.metrics import NAME as N
 
 CLASS_SCORING = ("sum of the natural-log probabilities of the class name's tokens and the end-of-answer "
@@ -261,7 +261,7 @@ def _generate(job: Job) -> tuple[dict[str, float], dict[str, Any]]:
 
 @dataclass(frozen=True)
 class Implementation:
-    """How an evaluator declared in :mod:`repeatability.records.evaluators` runs."""
+    """How an evaluator declared in :mod:`repeatability.config.evaluators` runs."""
 
     run: Callable[[Job], tuple[dict[str, float], dict[str, Any]]]  # its scores and its part of evals/tasks.json
     settings: Callable[[Any, TaskInputs], dict[str, Any]]  # its fields of the summary's ``tasks`` group

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
+from repeatability.config.cell import OptimConfig
+from repeatability.config.run import DiagnosticsConfig, EvalConfig, TrainConfig
 from repeatability.records import artifacts, checkpoint_files, storage
-from repeatability.records.config import DiagnosticsConfig, EvalConfig, TrainConfig
-from repeatability.records.config_cell import OptimConfig
 from repeatability.records.tracking import TrackerRun
 from repeatability.trial import data, optimtrace, qmaps, stopping
 from repeatability.trial.seeding import Seeds
@@ -44,7 +44,7 @@ def _bnb_adamw(cfg: OptimConfig, common: dict[str, Any]) -> tuple[type, dict[str
 
 
 # ``optim.impl`` → the optimizer class and its arguments, given the arguments every AdamW takes. The
-# choices are declared in repeatability.records.config_cell.OPTIM_CLASSES (tests/test_declarations.py
+# choices are declared in repeatability.config.cell.OPTIM_CLASSES (tests/test_declarations.py
 # checks both agree); what ran is read back from the optimizer after training (effective_optimizer).
 OPTIMIZERS: dict[str, Callable[[OptimConfig, dict[str, Any]], tuple[type, dict[str, Any]]]] = {
     "bnb_adamw": _bnb_adamw,

@@ -1,5 +1,5 @@
 """Every task evaluator (``eval.tasks``), declared once: its name, the scores it records and how
-the report words its method. The config's choices (:data:`repeatability.records.config.TASK_EVALUATORS`),
+the report words its method. The config's choices (:data:`repeatability.config.run.TASK_EVALUATORS`),
 the summary's task-score fields (``metrics.<score>`` and the baselines'
 :class:`~repeatability.records.summary.TaskScores`), the metric registry's ``task`` entries
 (:mod:`repeatability.records.metrics`) and the report's description of the evaluators

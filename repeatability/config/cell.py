@@ -1,7 +1,7 @@
 """Typed configuration schema, part 1: the groups that make a cell — the model, the dataset, the
 optimizer, the LoRA adapter and the quantization of the base (``model=``, ``dataset=``, ``optim=``,
-``lora=``, ``quant=``). :mod:`repeatability.records.config` holds the rest (training, evaluation,
-determinism, tracking, diagnostics), the whole :class:`~repeatability.records.config.RunConfig`
+``lora=``, ``quant=``). :mod:`repeatability.config.run` holds the rest (training, evaluation,
+determinism, tracking, diagnostics), the whole :class:`~repeatability.config.run.RunConfig`
 and its registration with Hydra; its module doc says how the checks run.
 """
 
@@ -12,7 +12,7 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
-from repeatability.records.errors import ConfigError
+from repeatability.config.errors import ConfigError
 
 MODEL_SOURCES = ("gguf_package", "hub", "local")
 DATASET_SOURCES = ("fortune", "chatterbot", "hub", "local")

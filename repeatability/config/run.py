@@ -1,5 +1,5 @@
 """Typed configuration schema (the groups that make a cell — model, dataset, optim, lora, quant —
-are in :mod:`repeatability.records.config_cell`).
+are in :mod:`repeatability.config.cell`).
 
 Every config group in ``conf/`` is backed by one dataclass here, registered in Hydra's
 ``ConfigStore`` so that a typo or a wrong type fails at compose time, before any compute
@@ -17,12 +17,16 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from repeatability.records import evaluators as task_evaluators
-from repeatability.records.config_cell import (DatasetConfig, LoraConfig, ModelConfig, OptimConfig, QuantConfig,
-                                               check_choice)
-from repeatability.records.errors import ConfigError
-from repeatability.records.run_setup import SEED_SOURCES
+from repeatability.config import evaluators as task_evaluators
+from repeatability.config.cell import DatasetConfig, LoraConfig, ModelConfig, OptimConfig, QuantConfig, check_choice
+from repeatability.config.errors import ConfigError
 
+# Every seeded source of a run, declared once (one vocabulary for the config, the trial side, the records
+# and the analysis): each has an override in DeterminismConfig, and a seed and its rule in the summary
+# (records.run_setup.Seeds and SeedRules; tests/test_declarations.py checks they agree). The ones that
+# shape training: two trials with equal training seeds are a matched pair.
+SEED_SOURCES: tuple[str, ...] = ("lora_init", "data_order", "dropout", "generation")
+TRAINING_SEED_SOURCES: tuple[str, ...] = tuple(s for s in SEED_SOURCES if s != "generation")
 SEED_POLICIES = ("per_trial", "fixed", "paper")
 DETERMINISM_MODES = ("strict", "default", "off")
 # padded: each batch padded to its longest example (evaluation: length-sorted batches);
@@ -30,7 +34,7 @@ DETERMINISM_MODES = ("strict", "default", "off")
 # (transformers' DataCollatorWithFlattening / packed-sequence masking), no padding at all
 BATCHINGS = ("padded", "padding_free")
 PROMPTS_DIR = Path(__file__).resolve().parents[2] / "conf" / "prompts"  # eval.prompts presets
-TASK_EVALUATORS = task_evaluators.NAMES  # declared in repeatability.records.evaluators
+TASK_EVALUATORS = task_evaluators.NAMES  # declared in repeatability.config.evaluators
 TASK_BASELINES = ("zero_shot", "few_shot")
 TRACKERS = ("none", "tensorboard", "mlflow", "wandb")  # repeatability.records.tracking: the Trainer's report_to
 WANDB_MODES = ("auto", "offline", "online")
@@ -110,7 +114,7 @@ class EvalConfig:
     base_repeats: int = 1  # score the base K times: the spread must be exactly 0 (paper ablation b)
     ppl_overflow: float = 1e30  # a perplexity above this (or inf/NaN) marks the run diverged
     batching: str = "padded"  # held-out scoring: padded (length-sorted) | padding_free (packed rows)
-    # task evaluators besides perplexity (TASK_EVALUATORS: repeatability/records/evaluators.py): classification
+    # task evaluators besides perplexity (TASK_EVALUATORS: repeatability/config/evaluators.py): classification
     # (accuracy and macro-F1, the class chosen by likelihood) | generation (exact match, ROUGE-1/2/L of greedy answers)
     tasks: List[str] = field(default_factory=list)
     task_examples: Optional[int] = 100  # a fixed seeded subset of the held-out split (null = all of it)
