@@ -201,11 +201,11 @@ def main() -> None:
     if "sweeps" not in a.skip:
         result |= bench_sweeps(a.sweep_steps, out)
     if "rescore" not in a.skip and "sweeps" not in a.skip:
-        from bench_rescore import bench_rescore  # noqa: E402  (bench/ is on sys.path as the script's folder)
+        from bench_rescore import bench_rescore  # bench/ is on sys.path as the script's folder
 
         result |= bench_rescore(out / "sweep-padded")
     if "trace" not in a.skip:
-        from bench_trace import bench_trace  # noqa: E402
+        from bench_trace import bench_trace
 
         result |= bench_trace(a.trace_steps, a.rounds, out)
     if "evalcache" not in a.skip:

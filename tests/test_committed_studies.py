@@ -21,7 +21,7 @@ STUDIES = sorted(p.parent.parent for p in ROOT.glob("results/*/_report/report.md
                  if any(p.parent.parent.glob("*/trial-*/summary.json")))
 STAMP = re.compile(r"Generated \d{4}-\d\d-\d\d \d\d:\d\d UTC")
 # a report built with --compare names each compared study: "This study (`x`) next to `y` (results/y)."
-COMPARED = re.compile(r"^This study \(`[^`]+`\) next to (.*?)\. Each study", re.M)
+COMPARED = re.compile(r"^This study \(`[^`]+`\) next to (.*?)\. Each study", re.MULTILINE)
 
 
 def compared_studies(report_md: str) -> list[str]:

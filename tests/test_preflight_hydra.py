@@ -24,7 +24,7 @@ def _readme_sweeps() -> list[list[str]]:
     """Every ``python -m repeatability.run -m ...`` line of README.md and the Makefile's study."""
     readme = (ROOT / "README.md").read_text().replace("\\\n", " ")  # shell line continuations
     lines = re.findall(r"python -m repeatability\.run (-m [^#\n]+)", readme)
-    make = re.search(r"^STUDY_ARGS \?= (.+)$", (ROOT / "Makefile").read_text(), re.M)
+    make = re.search(r"^STUDY_ARGS \?= (.+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
     assert make is not None and len(lines) >= 5
     return [[a for a in shlex.split(line) if a != "-m"] for line in [*lines, make.group(1)]]
 

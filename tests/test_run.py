@@ -141,7 +141,7 @@ def test_failure_is_recorded_and_the_sweep_goes_on(
 
     real = pipeline._score_and_generate
 
-    def flaky(cfg, *args, **kwargs):  # noqa: ANN001
+    def flaky(cfg, *args, **kwargs):
         if cfg.variant == "boom":
             raise RuntimeError("injected failure")
         return real(cfg, *args, **kwargs)

@@ -165,7 +165,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes_bit_for_bit(cluster: Loc
     array = _wait_for(lambda: _array_job(study), "the array job", 120, proc, log)
     # submitit submits a sweep of one run as a plain job (id "N", not "N_0"); its log is N_0_log.out
     [(job, _)] = _wait_for(lambda: _squeue(array), "the job in squeue", 60, proc, log)
-    job_log = lambda: "\n".join(p.read_text() for p in study.glob("_sweeps/*/.submitit/*/*_0_log.out"))  # noqa: E731
+    job_log = lambda: "\n".join(p.read_text() for p in study.glob("_sweeps/*/.submitit/*/*_0_log.out"))
     _wait_for(lambda: f"step 5/{steps}" in job_log(), "training to reach step 5", 180, proc, log)
     # submitit: as its own preemption test (Job._interrupt) sends them
     usr = SlurmJobEnvironment.USR_SIG  # USR2 in submitit 1.5

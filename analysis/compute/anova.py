@@ -126,7 +126,7 @@ def noncentrality_ci(f: float, df1: float, df2: float,
         return math.nan, math.nan
 
     def lam(quantile: float) -> float:
-        cdf = lambda x: sps.ncf.cdf(f, df1, df2, x) - quantile  # noqa: E731 - decreasing in λ
+        cdf = lambda x: sps.ncf.cdf(f, df1, df2, x) - quantile  # decreasing in λ
         if sps.f.cdf(f, df1, df2) < quantile:
             return 0.0
         upper = max(10.0, 2 * f * df1)

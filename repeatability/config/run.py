@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -68,7 +68,7 @@ class TrainConfig:
     batching: str = "padded"
     # NEFTune (Jain et al. 2023): uniform noise of scale alpha/sqrt(length*hidden) added to the input
     # embeddings in training only (the Trainer's own neftune_noise_alpha); null = off
-    neftune_noise_alpha: Optional[float] = None
+    neftune_noise_alpha: float | None = None
 
     def __post_init__(self) -> None:
         check_choice(self.batching, BATCHINGS, "train.batching")
@@ -102,7 +102,7 @@ class TrainConfig:
 class EvalConfig:
     """Held-out scoring and generation."""
 
-    max_examples: Optional[int] = None  # cap on held-out examples scored (None = whole split)
+    max_examples: int | None = None  # cap on held-out examples scored (None = whole split)
     batch_size: int = 8
     max_new_tokens: int = 32
     temperature: float = 0.1
@@ -116,15 +116,15 @@ class EvalConfig:
     batching: str = "padded"  # held-out scoring: padded (length-sorted) | padding_free (packed rows)
     # task evaluators besides perplexity (TASK_EVALUATORS: repeatability/config/evaluators.py): classification
     # (accuracy and macro-F1, the class chosen by likelihood) | generation (exact match, ROUGE-1/2/L of greedy answers)
-    tasks: List[str] = field(default_factory=list)
-    task_examples: Optional[int] = 100  # a fixed seeded subset of the held-out split (null = all of it)
+    tasks: list[str] = field(default_factory=list)
+    task_examples: int | None = 100  # a fixed seeded subset of the held-out split (null = all of it)
     task_max_new_tokens: int = 32  # greedy answers of the generation evaluator
     # the base model scored with the same evaluators once per study: zero_shot | few_shot
-    baselines: List[str] = field(default_factory=list)
+    baselines: list[str] = field(default_factory=list)
     few_shot_k: int = 3  # solved training examples before each question (few_shot baseline)
     # a prompt set replacing dataset.prompts: a preset name (conf/prompts/<name>.yaml, e.g.
     # bello_questions: reference 001's question set) or a file (a YAML list, or one prompt per line)
-    prompts: Optional[str] = None
+    prompts: str | None = None
 
     def __post_init__(self) -> None:
         check_choice(self.batching, BATCHINGS, "eval.batching")
@@ -154,11 +154,11 @@ class DeterminismConfig:
     base_seed: int = 1234
     split_seed: int = 42  # the train/test split: the same for every trial and optimizer
     # per-source override: "trial" (follow the trial) or "fixed" (base_seed); null = from policy
-    lora_init: Optional[str] = None
-    data_order: Optional[str] = None
-    dropout: Optional[str] = None
-    generation: Optional[str] = None
-    threads: Optional[int] = None  # torch intra-op threads (None = torch default)
+    lora_init: str | None = None
+    data_order: str | None = None
+    dropout: str | None = None
+    generation: str | None = None
+    threads: int | None = None  # torch intra-op threads (None = torch default)
 
     def __post_init__(self) -> None:
         check_choice(self.mode, DETERMINISM_MODES, "determinism.mode")
@@ -179,9 +179,9 @@ class TrackingConfig:
 
     name: str = "none"  # none | tensorboard | mlflow | wandb
     # mlflow: where runs go (default: file:<results>/<study>/_mlflow, a local file store)
-    tracking_uri: Optional[str] = None
+    tracking_uri: str | None = None
     # mlflow experiment / wandb project name (default: the study's name)
-    project: Optional[str] = None
+    project: str | None = None
     # wandb: auto = online when logged in (WANDB_API_KEY or ~/.netrc), else offline
     mode: str = "auto"
 

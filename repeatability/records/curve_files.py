@@ -7,8 +7,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from repeatability.records.artifacts import LOSS_COLUMNS, LOSS_CURVE, OPTIMIZER_TRACE, as_float, write_text
 from repeatability.records.errors import RunDirError

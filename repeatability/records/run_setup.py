@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from repeatability.config.cell import OptimConfig
 from repeatability.records.schema import doc
@@ -67,8 +67,8 @@ class Determinism:
     use_deterministic_algorithms: bool = doc("`torch.are_deterministic_algorithms_enabled()`")
     cudnn_deterministic: bool = doc("`torch.backends.cudnn.deterministic`")
     cudnn_benchmark: bool = doc("`torch.backends.cudnn.benchmark`")
-    CUBLAS_WORKSPACE_CONFIG: Optional[str] = doc("the environment variable as set")
-    FLASH_ATTENTION_DETERMINISTIC: Optional[str] = doc("the environment variable as set")
+    CUBLAS_WORKSPACE_CONFIG: str | None = doc("the environment variable as set")
+    FLASH_ATTENTION_DETERMINISTIC: str | None = doc("the environment variable as set")
     cuda_initialised_before_flags: bool = doc("CUDA was already initialised when the flags were set "
                                               "(then they may be too late)")
     torch_num_threads: int = doc("`torch.get_num_threads()`")
@@ -125,7 +125,7 @@ class StateMaps:
 class Optimizer:
     requested: OptimRequested = doc("the optimizer as asked")
     effective: OptimEffective = doc("the optimizer that really ran")
-    state_maps: Optional[StateMaps] = doc("the 8-bit state maps in force")
+    state_maps: StateMaps | None = doc("the 8-bit state maps in force")
 
 
 @dataclass
@@ -138,7 +138,7 @@ class Precision:
     grad_scaler: bool = doc("a loss scaler ran (fp16)")
     scaler_skipped_steps: int = doc("optimizer steps the scaler skipped for inf/NaN gradients")
     scaler_skipped_at: list[int] = doc("their step numbers (first 100)")
-    final_loss_scale: Optional[float] = doc("the scaler's last scale; null without a scaler")
+    final_loss_scale: float | None = doc("the scaler's last scale; null without a scaler")
 
 
 @dataclass
@@ -219,10 +219,10 @@ class Lock:
     """The run's environment against the project's lock (`requirements/cpu.txt`, `cuda.txt` or `cuda12.txt` by
     torch's build, plus `bootstrap.txt`; repeatability/records/lock.py). Also in `environment.json`."""
 
-    file: Optional[str] = doc("the lock compared with, relative to the project; null when none was found "
+    file: str | None = doc("the lock compared with, relative to the project; null when none was found "
                               "(an unlocked install)")
-    sha256: Optional[str] = doc("SHA-256 of that lock file")
-    matches: Optional[bool] = doc("every installed distribution (but pip, setuptools and this project) has the lock's "
+    sha256: str | None = doc("SHA-256 of that lock file")
+    matches: bool | None = doc("every installed distribution (but pip, setuptools and this project) has the lock's "
                                   "version and nothing else is installed; null without a lock")
     mismatched: list[str] = doc("each distribution that differs: `name version (lock version)`, `name missing`, "
                                 "`name version not in the lock`")
@@ -241,8 +241,8 @@ class Numerics:
     canary_sequences: int = doc("held-out sequences in the canary batch (the first ones of the scored split)")
     canary_tokens: int = doc("target tokens in the canary batch")
     canary_ids_sha256: str = doc("SHA-256 of the canary batch's token ids")
-    commit: Optional[str] = doc("the project's git commit the run executed (null outside a git checkout)")
-    dirty: Optional[bool] = doc("tracked files differed from that commit when the run started")
+    commit: str | None = doc("the project's git commit the run executed (null outside a git checkout)")
+    dirty: bool | None = doc("tracked files differed from that commit when the run started")
 
 
 @dataclass

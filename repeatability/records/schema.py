@@ -23,9 +23,9 @@ from repeatability.records.errors import RunDirError
 class _Absent:
     """The key is not in the record (not the same as ``null``)."""
 
-    _instance: "_Absent | None" = None
+    _instance: _Absent | None = None
 
-    def __new__(cls) -> "_Absent":
+    def __new__(cls) -> _Absent:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -36,7 +36,7 @@ class _Absent:
     def __bool__(self) -> bool:
         return False
 
-    def __deepcopy__(self, memo: dict) -> "_Absent":
+    def __deepcopy__(self, memo: dict) -> _Absent:
         return self
 
 
@@ -178,19 +178,19 @@ class Columns(str):
     _record: Any
 
     @classmethod
-    def of(cls, record: type, path: str = "") -> "Columns":
+    def of(cls, record: type, path: str = "") -> Columns:
         node = super().__new__(cls, path)
         node._record = record
         return node
 
-    def __getattr__(self, name: str) -> "Columns":
+    def __getattr__(self, name: str) -> Columns:
         record = object.__getattribute__(self, "_record")
         if name.startswith("_") or not _is_record(record):
             raise AttributeError(name)
         for f in dataclasses.fields(record):
             if name in (f.name, json_key(f)):
                 inner, _ = _strip_optional(_hints(record)[f.name])
-                path = f"{str(self)}.{json_key(f)}" if str(self) else json_key(f)
+                path = f"{self!s}.{json_key(f)}" if str(self) else json_key(f)
                 return Columns.of(inner if _is_record(inner) else None, path)
         raise AttributeError(f"{record.__name__} has no field {name!r} ({_source(record)})")
 

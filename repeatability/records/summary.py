@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 from repeatability.config import evaluators as task_evaluators
 from repeatability.records.run_setup import (
@@ -148,7 +148,7 @@ class Memory:
 @dataclass
 class Adapter:
     path: str = doc("`adapter`")
-    sha256: Optional[str] = doc("SHA-256 of `adapter_model.safetensors`")
+    sha256: str | None = doc("SHA-256 of `adapter_model.safetensors`")
 
 
 @dataclass
@@ -236,12 +236,12 @@ class Summary:
     timings: Timings = doc("seconds per stage")
     memory: Memory = doc("peak memory")
     adapter: Adapter = doc("the saved adapter")
-    resumed: Optional[Resumed] = doc("null, or the checkpoint the run continued from after an interruption "
+    resumed: Resumed | None = doc("null, or the checkpoint the run continued from after an interruption "
                                      "(its `timings` cover the last attempt only)")
     checkpointing: Checkpointing = doc("mid-run checkpoints")
-    divergence: Optional[Divergence] = doc("null, or why the run diverged")
-    error: Optional[Error] = doc("null, or the exception of a failed run")
-    tracking: Optional[Tracking] = doc("null (`tracking=none`), or the tracker run (schema 2)")
+    divergence: Divergence | None = doc("null, or why the run diverged")
+    error: Error | None = doc("null, or the exception of a failed run")
+    tracking: Tracking | None = doc("null (`tracking=none`), or the tracker run (schema 2)")
     optimizer_trace: OptimizerTrace = doc("the optimizer trace's headline figures (schema 3; only with "
                                           "`diagnostics.optimizer_trace=true`)", optional=True)
     lock: Lock = doc("the environment against the project's lock file (schema 4; absent before)", optional=True)
@@ -294,8 +294,8 @@ def markdown_table() -> str:
     return "\n".join(["| key | type | meaning |", "| --- | --- | --- |", *markdown_rows(Summary)])
 
 
-__all__ = ["ABSENT", "COLUMNS", "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS", "Summary", "dump", "parse", "part",
-           "required_missing", "markdown_table"]
+__all__ = ["ABSENT", "COLUMNS", "SCHEMA_VERSION", "SUPPORTED_SCHEMA_VERSIONS", "Summary", "dump", "markdown_table",
+           "parse", "part", "required_missing"]
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ import json
 import logging
 import netrc
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from repeatability.config.errors import ConfigError
 from repeatability.config.run import TrackingConfig

@@ -114,7 +114,7 @@ class TrainLog:
     skipped_steps: list[int] = field(default_factory=list)  # optimizer steps the grad scaler skipped
     nonfinite_streak: int = 0  # consecutive logged steps with a non-finite loss (grad scaler runs)
     checkpoints: list[dict[str, Any]] = field(default_factory=list)  # {step, seconds, bytes} per save
-    trace: "optimtrace.OptimizerTrace | None" = field(default=None, repr=False)  # diagnostics.optimizer_trace
+    trace: optimtrace.OptimizerTrace | None = field(default=None, repr=False)  # diagnostics.optimizer_trace
     real_tokens: int = 0  # tokens of the training batches (padding excluded)
     token_slots: int = 0  # token positions the training forwards computed (padding included)
 
@@ -128,7 +128,7 @@ class TrainLog:
         return {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "trace"}
 
     @classmethod
-    def from_resume_state(cls, state: dict[str, Any]) -> "TrainLog":
+    def from_resume_state(cls, state: dict[str, Any]) -> TrainLog:
         rows = [{k: artifacts.as_float(v) if k in ("loss", "learning_rate", "grad_norm") and isinstance(v, str) else v
                  for k, v in r.items()} for r in state["rows"]]
         return cls(**{**state, "rows": rows})
