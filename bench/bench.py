@@ -116,8 +116,8 @@ def bench_steps(steps: int, rounds: int, out: Path) -> dict[str, Any]:
         recorder = RecordingCollator(padded)
         harness, record = _harness_steps(cfg, path, prep.train_ds, recorder, out / f"ckpt-{r}")
         arms = [("harness_padding_free",
-                 lambda: _harness_steps(cfg, path, prep.train_ds, free, out / f"ckpt-pf-{r}")[0]),
-                ("bare", lambda: _bare_steps(cfg, path, recorder.batches, padded))]
+                 lambda r=r: _harness_steps(cfg, path, prep.train_ds, free, out / f"ckpt-pf-{r}")[0]),
+                ("bare", lambda recorder=recorder: _bare_steps(cfg, path, recorder.batches, padded))]
         for name, arm in (arms if r % 2 == 0 else arms[::-1]):
             times[name] += arm()
         times["harness"] += harness

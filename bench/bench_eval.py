@@ -93,7 +93,7 @@ def bench_optimizers() -> None:
         for p in params:
             p.grad = torch.randn_like(p) * 1e-3
 
-        def step() -> None:
+        def step(opt: torch.optim.Optimizer = opt) -> None:
             for _ in range(5):
                 opt.step()
 

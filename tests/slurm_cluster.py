@@ -145,7 +145,8 @@ class LocalSlurm:
     def _wait_idle(self, env: dict[str, str], timeout_s: float) -> None:
         deadline, state = time.monotonic() + timeout_s, ""
         while time.monotonic() < deadline:
-            out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, env=env)
+            out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, env=env,
+                                 check=False)
             state = out.stdout.strip()
             if state == "idle":
                 return

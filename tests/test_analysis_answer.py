@@ -200,9 +200,9 @@ def test_the_answer_warns_when_runs_came_from_different_locks(tmp_path):
     doc = Doc("T")
     sections_answer.answer(doc, mixed)
     warnings = [b for b in doc.blocks if b[0] == "para" and str(b[1]).startswith("WARNING")]
-    assert warnings[0] == ("para", "WARNING: the runs came from different locks: 7 run(s) from requirements/cpu.txt "
-                             "aaaa; 7 run(s) from requirements/cpu.txt bbbb (14 of 14 exactly locked). Differences "
-                             "between them may be the software's, not the seeds'.")
+    assert warnings[0] == ("para", ("WARNING: the runs came from different locks: 7 run(s) from requirements/cpu.txt "
+                                    "aaaa; 7 run(s) from requirements/cpu.txt bbbb (14 of 14 exactly locked). "
+                                    "Differences between them may be the software's, not the seeds'."))
 
 
 def test_the_answer_warns_when_runs_mix_commits_dirty_trees_or_fingerprints(tmp_path):

@@ -42,7 +42,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSlurm]:
     c = LocalSlurm(tmp_path_factory.mktemp("slurm"))
     try:
         c.start()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever failed, stop the daemons and show their log
         c.stop()
         pytest.fail(f"the local SLURM cluster did not start: {exc}\n{c.log_tail()}")
     saved = {k: os.environ.get(k) for k in c.env()}
@@ -62,13 +62,14 @@ def _ledger(study: Path) -> list[dict]:
 
 
 def _squeue(job: str) -> list[tuple[str, str]]:
-    out = subprocess.run(["squeue", "-t", "all", "-h", "-o", "%i|%T", "-j", job], capture_output=True, text=True)
+    out = subprocess.run(["squeue", "-t", "all", "-h", "-o", "%i|%T", "-j", job], capture_output=True, text=True,
+                         check=False)
     return [tuple(line.split("|")) for line in out.stdout.split()]  # type: ignore[misc]
 
 
 def _job_state(job: str) -> tuple[str, int]:
     """The job's state and how many times SLURM has restarted it (``scontrol show job``)."""
-    out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
+    out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, check=False).stdout
     fields = dict(f.split("=", 1) for f in out.split() if "=" in f)
     return fields.get("JobState", "UNKNOWN"), int(fields.get("Restarts", "0") or 0)
 
@@ -172,7 +173,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes_bit_for_bit(cluster: Loc
     commands = ([["scancel", job, "--signal", sig] for sig in ("SIGTERM", usr)] if how == "submitit"
                 else [["scontrol", "requeue", job]])
     for command in commands:
-        sent = subprocess.run(command, capture_output=True, text=True)
+        sent = subprocess.run(command, capture_output=True, text=True, check=False)
         assert sent.returncode == 0, f"{sent.stderr} {_squeue(array)}\n{job_log()[-2000:]}\n{cluster.log_tail()}"
     preempted = _wait_for(lambda: [e for e in _ledger(study) if e["status"] == "preempted"], "the preemption", 120,
                           proc, log)
@@ -184,7 +185,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes_bit_for_bit(cluster: Loc
         if restarts >= 1 and state in ("RUNNING", "COMPLETING", "COMPLETED"):
             break
         if state == "PENDING":
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True, check=False)
         time.sleep(0.5)
     rc = proc.wait(timeout=300)
     assert rc == 0, log.read_text()[-3000:]

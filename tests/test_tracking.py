@@ -16,7 +16,7 @@ from repeatability.records import artifacts, curve_files, tracking
 from tests.conftest import run_cli, tiny_overrides
 
 CELL = "tiny__tq__paged_adamw_8bit"
-FLOAT32 = dict(rel_tol=1e-6, abs_tol=1e-9)  # TensorBoard stores scalars as float32
+FLOAT32 = {"rel_tol": 1e-6, "abs_tol": 1e-9}  # TensorBoard stores scalars as float32
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +120,8 @@ def test_missing_tracker_package_is_one_line_before_training(
     args = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path)
     assert run_cli(["trial=1", "study=s", "tracking=mlflow", *args]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert err == ["error: tracking=mlflow needs the not_an_installed_module_xyz package, which is not installed; "
-                   "install this project's extra: .venv/bin/pip install -e '.[mlflow]' (or tracking=none)"]
+    assert err == [("error: tracking=mlflow needs the not_an_installed_module_xyz package, which is not installed; "
+                    "install this project's extra: .venv/bin/pip install -e '.[mlflow]' (or tracking=none)")]
     assert not (tmp_path / "s").exists()
 
 

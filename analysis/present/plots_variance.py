@@ -61,11 +61,11 @@ def _share_panel(ax: Axes, rows: pd.DataFrame, colors: dict[str, str]) -> None:
     for i, metric in enumerate(metrics):
         left = 0.0
         part = rows[rows["metric"] == metric]
-        for source in colors:
+        for source, color in colors.items():
             share = part.loc[part["source"] == source, "share"]
             if len(share) and share.notna().all() and float(share.iloc[0]) > 0:
                 width = float(share.iloc[0])
-                ax.barh(i, width, left=left, color=colors[source], height=0.6)
+                ax.barh(i, width, left=left, color=color, height=0.6)
                 if width >= 0.08:
                     ax.text(left + width / 2, i, f"{width:.0%}", ha="center", va="center",
                             fontsize=8, color="white")

@@ -37,10 +37,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from repeatability.launching import launchers
 from repeatability.records import artifacts
 from repeatability.records.errors import RunDirError
+
+if TYPE_CHECKING:  # typing.Self from Python 3.11
+    from typing_extensions import Self
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +270,7 @@ class Claim:
             if current is not None and current.token == self.holder.token:
                 artifacts.claim_file(self.run).unlink()
 
-    def __enter__(self) -> Claim:
+    def __enter__(self) -> Self:
         self._thread = threading.Thread(target=self._beat_forever, name=f"claim-heartbeat {self.run.name}",
                                         daemon=True)
         self._thread.start()

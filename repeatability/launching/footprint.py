@@ -109,7 +109,9 @@ def lora_tensors(cfg: RunConfig) -> tuple[int, ...] | None:
         return None
     try:
         return _lora_tensors(*source, tuple(targets), cfg.lora.r) or None
-    except Exception:  # an architecture this transformers cannot build: not counted, and said
+    # an estimate, never a stop: whatever building the shapes raises (an architecture or a GGUF file this
+    # transformers cannot read) leaves the LoRA tensors uncounted, and the estimate says so
+    except Exception:  # noqa: BLE001 - any failure means: shape not known here
         return None
 
 

@@ -151,7 +151,9 @@ def check(overrides: list[str], multirun: bool) -> list[RunConfig]:
         composed = compose_jobs(overrides, multirun)
     except ConfigError:
         raise
-    except Exception as exc:  # Hydra / OmegaConf composition errors
+    # Hydra / OmegaConf composition errors, and whatever else composing raises: every one becomes the
+    # user's one line (ConfigError), never a traceback
+    except Exception as exc:  # noqa: BLE001 - any composition failure is bad input here
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"{first} (check the spelling of the key and its type in conf/)") from None
     finally:

@@ -82,7 +82,7 @@ def launch(launcher: Any, job_overrides: Sequence[Sequence[str]], initial_job_id
 def _nodes(partition: str | None) -> list[dict[str, Any]]:
     """``sinfo``: every node's CPUs, memory (MB) and GPUs, for one partition or all."""
     cmd = ["sinfo", "-h", "-N", "-o", "%N|%c|%m|%G|%P"] + (["-p", partition] if partition else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
     if out.returncode != 0:
         raise ConfigError(f"sinfo failed ({out.stderr.strip() or out.returncode}); is this a SLURM login node?")
     nodes = []

@@ -11,11 +11,14 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from repeatability.records import lock
+
+if TYPE_CHECKING:  # typing.Self from Python 3.11
+    from typing_extensions import Self
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets", "hydra-core",
@@ -68,7 +71,7 @@ def _cuda() -> dict[str, Any]:
                     device_total_mb=props.total_memory / 2**20)
         try:
             out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=10)
+                                 capture_output=True, text=True, timeout=10, check=False)
             info["driver"] = out.stdout.strip().splitlines()[0] if out.returncode == 0 else None
         except (OSError, subprocess.SubprocessError, IndexError):
             info["driver"] = None
@@ -110,7 +113,7 @@ class PeakMemory:
         while not self._stop.wait(self.interval):
             self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
 
-    def __enter__(self) -> PeakMemory:
+    def __enter__(self) -> Self:
         if self.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         self._thread.start()

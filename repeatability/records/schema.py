@@ -15,11 +15,12 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Union
+from typing import Any, Union, final
 
 from repeatability.records.errors import RunDirError
 
 
+@final  # one instance, ABSENT: Self would not describe it
 class _Absent:
     """The key is not in the record (not the same as ``null``)."""
 

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import importlib.util
 import io
+import itertools
 import json
 import logging
 import random
@@ -169,7 +170,7 @@ def _load_chatterbot(cfg: DatasetConfig) -> list[Example]:
         doc = yaml.safe_load(file.read_text()) or {}
         for conv in doc.get("conversations") or []:
             turns = [str(t).strip() for t in conv if t is not None]
-            for q, a in zip(turns, turns[1:]):
+            for q, a in itertools.pairwise(turns):
                 if q and a:
                     pairs.append(Example(instruction=q, response=a))
     return pairs
@@ -202,7 +203,9 @@ def _load_with_datasets(cfg: DatasetConfig) -> list[dict[str, Any]]:
         names = _class_label_names(ds)
     except ConfigError:
         raise
-    except Exception as exc:  # hub unreachable, not cached, malformed file
+    # hub unreachable, not cached, malformed file: `datasets`, the hub client and the parsers raise many
+    # types, and every one becomes the user's one line (ConfigError) before any training
+    except Exception as exc:  # noqa: BLE001 - any load failure is bad input here
         if cfg.source == "local":
             raise _malformed_local(cfg.name, Path(target), exc) from None
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
@@ -361,7 +364,7 @@ def load_examples(cfg: DatasetConfig) -> list[Example]:
 def split_examples(examples: list[Example], split_seed: int, val_examples: int, name: str) -> Split:
     """80/20 split by a seeded permutation; the validation slice comes out of the 80%."""
     n = len(examples)
-    n_heldout = int(round(n * HELDOUT_FRACTION))
+    n_heldout = round(n * HELDOUT_FRACTION)
     order = np.random.RandomState(split_seed).permutation(n)
     heldout = [examples[i] for i in sorted(order[:n_heldout])]
     train_all = [examples[i] for i in sorted(order[n_heldout:])]

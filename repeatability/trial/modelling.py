@@ -128,7 +128,9 @@ def _hub_available(cfg: ModelConfig) -> None:
 
     try:
         HfApi().model_info(repo, revision=cfg.revision, timeout=10)
-    except Exception as exc:
+    # the probe asks one thing, whether the hub answers for this repo: any failure (network, HTTP status,
+    # offline mode, the hub client's own errors) is the user's one line
+    except Exception as exc:  # noqa: BLE001 - any failure means: not reachable
         raise ConfigError(
             f"model {cfg.name}: {repo} is not cached and the hub is unreachable ({type(exc).__name__}); {hint}"
         ) from None

@@ -117,10 +117,10 @@ def maps_in_force(optimizer: Any, requested: str) -> dict[str, Any]:
     for group in inner.param_groups:
         for p in group["params"]:
             state = inner.state.get(p, {})
-            for key in found:
+            for key, seen in found.items():
                 if torch.is_tensor(state.get(key)):
                     d = describe_map(state[key])
-                    found[key].setdefault(d["sha256"], d)
+                    seen.setdefault(d["sha256"], d)
     if not any(found.values()):
         return {"requested": requested, "name": "none (no 8-bit state)", "maps": {}}
     held = {key: set(v) for key, v in found.items()}
