@@ -25,6 +25,11 @@ the default optimizer, batch 4 of quotes, max length 64), in one process or inte
 5. ``eval_dequant_cache`` (bench/bench_evalcache.py): held-out scoring seconds and greedy
    generation tokens/s with each 4-bit weight dequantized once per evaluation vs once per
    forward (``repeatability.trial.weight_cache``), and whether both gave the same bits.
+6. ``layouts`` (bench/bench_parallel.py): runs per hour of one run at a time with every core's
+   threads (1×2 here) vs two runs side by side with one thread each (2×1), on 2 trials × both
+   optimizer arms of the default study, ``--sweep-steps`` steps each, and whether their adapters agree.
+7. ``batched_scoring`` (bench/bench_eval.py): held-out scoring of the default study's 200 quotes in
+   length-sorted batches of 16 vs one at a time, and the largest perplexity difference.
 3. ``rescore_over_forward``: ``python -m repeatability.rescore`` on the padded sweep (K = 2
    adapters on one loaded base), its scoring wall time (base load excluded, reported apart) over
    K x the pure forward time of scoring one adapter.
@@ -187,7 +192,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--sweep-steps", type=int, default=12, help="train steps per run of the small sweeps")
     parser.add_argument("--trace-steps", type=int, default=12, help="train steps per arm and round (trace on vs off)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=("steps", "sweeps", "rescore", "trace", "evalcache"))
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=("steps", "sweeps", "rescore", "trace", "evalcache", "layouts", "scoring"))
     parser.add_argument("--out", type=Path, default=None)
     a = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -212,6 +218,15 @@ def main() -> None:
         from bench_evalcache import bench_evalcache
 
         result |= bench_evalcache(a.rounds, out)
+    if "layouts" not in a.skip:
+        from bench_parallel import bench_layouts
+
+        result["layouts"] = bench_layouts(2, a.sweep_steps, out / "layouts",
+                                          ["optim=paged_adamw_8bit,paged_adamw_32bit"])
+    if "scoring" not in a.skip:
+        from bench_eval import bench_batched_scoring
+
+        result |= bench_batched_scoring()
     result |= {"machine": machine(), "model": "smollm2-135m (NF4 base, LoRA r=8 all linear)",
                "batch": "4 quotes, max length 64", "bench_s": round(time.perf_counter() - start, 1), "out": str(out)}
     print(json.dumps(result))

@@ -5,6 +5,7 @@
 1. Held-out scoring: length-sorted batches (what evaluate.sequence_nll does) vs the same
    batches in data order vs one sequence at a time. Prints the speed-up and the largest
    perplexity difference (batching must not change the number beyond float rounding).
+   ``make bench`` runs it on SmolLM2 (:func:`bench_batched_scoring`).
 2. Optimizer step on the LoRA parameters: bitsandbytes AdamW 8-bit and 32-bit vs torch AdamW.
 """
 
@@ -55,7 +56,7 @@ def _smollm2() -> tuple[Any, list[list[int]], int]:
     return model, data.tokenize(tok, ["<|endoftext|>" + q.text + "<|im_end|>" for q in quotes], 64), tok.pad_token_id
 
 
-def bench_scoring(model: Any, ids: list[list[int]], pad: int) -> None:
+def bench_scoring(model: Any, ids: list[list[int]], pad: int) -> dict[str, Any]:
     from repeatability.trial import evaluate
 
     def unsorted() -> list[tuple[float, int]]:
@@ -73,8 +74,20 @@ def bench_scoring(model: Any, ids: list[list[int]], pad: int) -> None:
           f"| one at a time {t_single:.2f}s")
     print(f"  speed-up sorted vs data-order: {t_unsorted / t_sorted:.2f}x; "
           f"vs one at a time: {t_single / t_sorted:.2f}x")
+    rel = max(abs(p - ppl[2]) / ppl[2] for p in ppl)
     print(f"  perplexity sorted {ppl[0]:.6f}, data-order {ppl[1]:.6f}, single {ppl[2]:.6f} "
-          f"(max rel. diff {max(abs(p - ppl[2]) / ppl[2] for p in ppl):.2e})")
+          f"(max rel. diff {rel:.2e})")
+    return {"sequences": len(ids), "batch_size": 16, "sorted_batches_s": round(t_sorted, 2),
+            "data_order_batches_s": round(t_unsorted, 2), "one_at_a_time_s": round(t_single, 2),
+            "one_at_a_time_over_batched": round(t_single / t_sorted, 2), "max_rel_perplexity_diff": rel}
+
+
+def bench_batched_scoring() -> dict[str, Any]:
+    """``make bench``'s line: held-out scoring of the default study's 200 quotes on SmolLM2 (NF4),
+    in length-sorted batches of 16 (the harness) vs one sequence at a time."""
+    model, ids, pad = _smollm2()
+    with torch.no_grad():
+        return {"batched_scoring": bench_scoring(model, ids, pad)}
 
 
 def bench_optimizers() -> None:

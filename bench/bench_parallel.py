@@ -22,12 +22,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _sweep(results: Path, study: str, trials: int, steps: int, extra: list[str]) -> float:
+def _sweep(results: Path, study: str, trials: int, steps: int, extra: Sequence[str]) -> float:
     args = [sys.executable, "-m", "repeatability.run", "-m", f"trial={','.join(map(str, range(1, trials + 1)))}",
             f"study={study}", f"results_dir={results}", f"train.max_steps={steps}", "train.eval_every=0",
             "train.checkpoint_every=0", "eval.max_examples=20", "eval.max_new_tokens=8", "eval.base_perplexity=false",
@@ -44,6 +46,24 @@ def _adapters(results: Path, study: str) -> list[str]:
     return [artifacts.read_summary(p)["adapter"]["sha256"] for p in artifacts.iter_run_dirs(results / study)]
 
 
+def bench_layouts(trials: int, steps: int, results: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Both layouts on the same sweep (``trials`` trials of ``steps`` steps, plus ``overrides``),
+    after a 1-step warm-up run: wall times, runs per hour each, and whether the adapters agree."""
+    # warm the model conversion and the page cache so neither sweep pays for them
+    _sweep(results, "warm", 1, 1, overrides)
+    sequential = _sweep(results, "sequential", trials, steps, overrides)
+    parallel = _sweep(results, "parallel", trials, steps, [*overrides, "hydra/launcher=local_parallel",
+                                                           "hydra.launcher.n_jobs=2", "determinism.threads=1"])
+    runs = len(_adapters(results, "sequential"))
+    same = _adapters(results, "sequential") == _adapters(results, "parallel")
+    return {"parallel_over_sequential": round(parallel / sequential, 3), "sequential_s": round(sequential, 1),
+            "runs_per_hour_1x2": round(3600 * runs / sequential, 1),
+            "runs_per_hour_2x1": round(3600 * runs / parallel, 1),
+            "parallel_s": round(parallel, 1), "runs": runs, "steps": steps, "n_jobs": 2,
+            "cores": len(os.sched_getaffinity(0)), "same_adapters": same, "overrides": list(overrides),
+            "results": str(results)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=4)
@@ -52,17 +72,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for both sweeps (after --)")
     a = parser.parse_args()
     results = a.out or Path(tempfile.mkdtemp(prefix="bench-parallel-"))
-    # warm the model conversion and the page cache so neither sweep pays for them
-    _sweep(results, "warm", 1, 1, a.overrides)
-    sequential = _sweep(results, "sequential", a.trials, a.steps, a.overrides)
-    parallel = _sweep(results, "parallel", a.trials, a.steps, [*a.overrides, "hydra/launcher=local_parallel",
-                                                               "hydra.launcher.n_jobs=2", "determinism.threads=1"])
-    same = _adapters(results, "sequential") == _adapters(results, "parallel")
-    print(json.dumps({"parallel_over_sequential": round(parallel / sequential, 3), "sequential_s": round(sequential, 1),
-                      "runs_per_hour_1x2": round(3600 * a.trials / sequential, 1),
-                      "runs_per_hour_2x1": round(3600 * a.trials / parallel, 1),
-                      "parallel_s": round(parallel, 1), "trials": a.trials, "steps": a.steps, "n_jobs": 2,
-                      "cores": len(os.sched_getaffinity(0)), "same_adapters": same, "results": str(results)}))
+    print(json.dumps(bench_layouts(a.trials, a.steps, results, a.overrides)))
 
 
 if __name__ == "__main__":

@@ -233,6 +233,24 @@ def test_the_answer_warns_when_runs_mix_commits_dirty_trees_or_fingerprints(tmp_
     assert fingerprints["runs"].tolist() == [1, 1, 2] and fingerprints["dirty_runs"].tolist() == [0, 0, 1]
 
 
+def test_the_answer_warns_when_runs_mix_worker_layouts(tmp_path):
+    """One commit, clean, one fingerprint, but 3 runs with 1 torch thread (two workers side by side)
+    and 1 with 2: the thread count moved bits near the LR edge, so the Answer says so."""
+    from analysis_fixtures import write_run
+
+    from analysis.present import sections_answer
+    from analysis.report import compute
+
+    for arm, trial, threads in ((SMOL_8, 1, 1), (SMOL_8, 2, 2), (SMOL_32, 1, 1), (SMOL_32, 2, 1)):
+        write_run(tmp_path, "lay", arm, trial, ppl=30.0 + trial, env={"git": {"commit": "a" * 40, "dirty": False}},
+                  summary={"determinism": {"torch_num_threads": threads}})
+    r = compute(load_study(tmp_path / "lay"))
+    assert sections_answer.provenance_warning(r) == (
+        "WARNING: the runs mix worker layouts: 3 run(s) with 1 torch thread, 1 run(s) with 2 torch threads. The "
+        "same seeds may give other numbers under another commit, an edited tree or another thread count: compare "
+        "runs within one commit and fingerprint (appendix).")
+
+
 def test_an_arm_with_blowups_gets_no_perplexity_ratio(tmp_path):
     """8-bit trial 4 diverged (1/4 blow-ups): a ratio of means over blown-up and sane runs is no
     shift of either arm, so the answer line defers to the blow-up rates."""

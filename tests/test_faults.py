@@ -224,10 +224,11 @@ def _report_in_between(study: Path) -> tuple[dict[str, str], dict[str, dict[str,
     as asked" lists (detail by issue), both by run (``<cell>/trial-NN``)."""
     from analysis.compute.results import compute
     from analysis.load import load_study
+    from analysis.present.sections_runs import run_issues
 
     results = compute(load_study(study))
     issues: dict[str, dict[str, str]] = {}
-    for row in results.not_as_asked.itertuples():
+    for row in run_issues(results.study.runs).itertuples():  # the table of section "not_as_asked"
         issues.setdefault(row.run, {})[row.issue] = row.detail
     return dict(zip(results.study.runs["run"], results.study.runs["status"])), issues
 

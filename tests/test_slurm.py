@@ -148,62 +148,80 @@ def test_cancelled_job_is_a_failed_run_and_the_sweep_fails(cluster: LocalSlurm, 
         assert artifacts.run_state(study / CELL32 / f"trial-0{t}") != "complete"
 
 
-@pytest.mark.parametrize("how", ["submitit", "scontrol_requeue"])
-def test_preempted_job_checkpoints_requeues_and_resumes_bit_for_bit(cluster: LocalSlurm, tiny_model_dir: Path,
-                                                                   quotes_jsonl: Path, tmp_path: Path,
-                                                                   how: str) -> None:
-    """Preempted mid-training, the job saves a checkpoint at the end of that step and is requeued;
+STEPS = 60  # the preemption and stopped-controller sweeps: long enough to interrupt at step >= 5
+
+
+def _interruptible(tiny_model_dir: Path, quotes_jsonl: Path, results: Path) -> list[str]:
+    """The overrides of the sweeps interrupted below (8-bit, no periodic checkpoints)."""
+    return tiny_overrides(tiny_model_dir, quotes_jsonl, results, optim="paged_adamw_8bit",
+                          **{"train.max_steps": STEPS, "train.checkpoint_every": 0, "train.eval_every": 10})
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model_dir: Path, quotes_jsonl: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Trials 1 and 2 of the interrupted sweeps' protocol, run through without interruption by the
+    local launcher (same seeds, one thread as in a SLURM job): the bits a resumed or redone run must have."""
+    results = tmp_path_factory.mktemp("uninterrupted")
+    assert run_cli(["-m", "study=ref", "trial=1,2", *_interruptible(tiny_model_dir, quotes_jsonl, results)]) == 0
+    return results / "ref" / CELL8
+
+
+def test_preempted_jobs_checkpoint_requeue_and_resume_bit_for_bit(cluster: LocalSlurm, tiny_model_dir: Path,
+                                                                  quotes_jsonl: Path, tmp_path: Path,
+                                                                  uninterrupted: Path) -> None:
+    """Preempted mid-training, a job saves a checkpoint at the end of that step and is requeued;
     the requeued job resumes from it to the same adapter SHA-256, loss curve and perplexity as an
-    uninterrupted run. ``submitit``: its preemption signals (SIGTERM, then its USR2 to the job's step;
-    submitit's handler then requeues the job). ``scontrol_requeue``: SLURM requeues the job and
-    sends it SIGTERM, as a preemption with PreemptMode=REQUEUE does."""
-    steps = 60
-    args = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path, optim="paged_adamw_8bit",
-                          **{"train.max_steps": steps, "train.checkpoint_every": 0, "train.eval_every": 10})
+    uninterrupted run. Both ways at once, one per element of a 2-job array: trial 1 by submitit's
+    preemption signals (SIGTERM, then its USR2 to the job's step; submitit's handler then requeues
+    the job), trial 2 by ``scontrol requeue`` (SLURM requeues the job and sends it SIGTERM, as a
+    preemption with PreemptMode=REQUEUE does)."""
     log = tmp_path / "sweep.log"
-    proc = _launch(["-m", *FIT, "study=pre", "trial=1", *args], log)
-    study, cell = tmp_path / "pre", CELL8
+    proc = _launch(["-m", *FIT, "study=pre", "trial=1,2", *_interruptible(tiny_model_dir, quotes_jsonl, tmp_path)],
+                   log)
+    study = tmp_path / "pre"
     array = _wait_for(lambda: _array_job(study), "the array job", 120, proc, log)
-    # submitit submits a sweep of one run as a plain job (id "N", not "N_0"); its log is N_0_log.out
-    [(job, _)] = _wait_for(lambda: _squeue(array), "the job in squeue", 60, proc, log)
-    job_log = lambda: "\n".join(p.read_text() for p in study.glob("_sweeps/*/.submitit/*/*_0_log.out"))
-    _wait_for(lambda: f"step 5/{steps}" in job_log(), "training to reach step 5", 180, proc, log)
-    # submitit: as its own preemption test (Job._interrupt) sends them
-    usr = SlurmJobEnvironment.USR_SIG  # USR2 in submitit 1.5
-    commands = ([["scancel", job, "--signal", sig] for sig in ("SIGTERM", usr)] if how == "submitit"
-                else [["scontrol", "requeue", job]])
-    for command in commands:
+    jobs = [f"{array}_0", f"{array}_1"]  # trial 1, trial 2
+    for job in jobs:
+        _wait_for(lambda job=job: f"step 5/{STEPS}" in _job_log(study, job), f"job {job} to reach step 5", 300,
+                  proc, log)
+    usr = SlurmJobEnvironment.USR_SIG  # USR2 in submitit 1.5; as submitit's own preemption test (Job._interrupt)
+    for command in [*(["scancel", jobs[0], "--signal", sig] for sig in ("SIGTERM", usr)),
+                    ["scontrol", "requeue", jobs[1]]]:
         sent = subprocess.run(command, capture_output=True, text=True, check=False)
-        assert sent.returncode == 0, f"{sent.stderr} {_squeue(array)}\n{job_log()[-2000:]}\n{cluster.log_tail()}"
-    preempted = _wait_for(lambda: [e for e in _ledger(study) if e["status"] == "preempted"], "the preemption", 120,
-                          proc, log)
+        assert sent.returncode == 0, f"{sent.stderr} {_squeue(array)}\n{cluster.log_tail()}"
+    def both_preempted() -> list[dict] | None:
+        lines = [e for e in _ledger(study) if e["status"] == "preempted"]
+        return lines if len(lines) == 2 else None
+
+    preempted = _wait_for(both_preempted, "both preemptions", 180, proc, log)
     # SLURM may hold a requeued job for ~2 minutes (BeginTime); as the cluster's admin, start it now.
     # Where it is not held, the job may restart and even finish (and the sweep end) between two looks.
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:
-        state, restarts = _job_state(job)
-        if restarts >= 1 and state in ("RUNNING", "COMPLETING", "COMPLETED"):
-            break
-        if state == "PENDING":
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True, check=False)
+    deadline, restarted = time.monotonic() + 180, set()
+    while proc.poll() is None and time.monotonic() < deadline and len(restarted) < 2:
+        for job in set(jobs) - restarted:
+            state, restarts = _job_state(job)
+            if restarts >= 1 and state in ("RUNNING", "COMPLETING", "COMPLETED"):
+                restarted.add(job)
+            elif state == "PENDING":
+                subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True,
+                               check=False)
         time.sleep(0.5)
     rc = proc.wait(timeout=300)
-    assert rc == 0, log.read_text()[-3000:]
-    [stop] = preempted
-    assert 5 <= stop["step"] < steps and stop["slurm_job"] == array
-    run = study / cell / "trial-01"
-    s = artifacts.read_summary(run)
-    assert s["status"] == "complete" and s["resumed"]["from_step"] == stop["step"]
-    assert s["resumed"]["checkpoint"] == f"checkpoint-{stop['step']}"
-    assert [e["status"] for e in _ledger(study)] == ["preempted", "complete"]
-    assert "sweep finished: 1 runs (1 complete; 1 preemption(s) resumed)" in log.read_text()
-    # the uninterrupted reference, here with the local launcher and the same seeds
-    assert run_cli(["study=ref", "trial=1", *args]) == 0
-    ref = tmp_path / "ref" / cell / "trial-01"
-    r = artifacts.read_summary(ref)
-    assert s["adapter"]["sha256"] == r["adapter"]["sha256"]
-    assert _curve(run) == _curve(ref)
-    assert s["metrics"]["perplexity_token_weighted"] == r["metrics"]["perplexity_token_weighted"]
+    out = log.read_text()
+    assert rc == 0, out[-3000:]
+    assert sorted(e["slurm_job"] for e in preempted) == jobs
+    assert sorted(e["status"] for e in _ledger(study)) == ["complete", "complete", "preempted", "preempted"]
+    assert "sweep finished: 2 runs (2 complete; 2 preemption(s) resumed)" in out
+    for t, stop in ((1, next(e for e in preempted if e["slurm_job"] == jobs[0])),
+                    (2, next(e for e in preempted if e["slurm_job"] == jobs[1]))):
+        run, ref = study / CELL8 / f"trial-0{t}", uninterrupted / f"trial-0{t}"
+        assert stop["run_dir"] == str(run) and 5 <= stop["step"] < STEPS
+        s, r = artifacts.read_summary(run), artifacts.read_summary(ref)
+        assert s["status"] == "complete" and s["resumed"]["from_step"] == stop["step"]
+        assert s["resumed"]["checkpoint"] == f"checkpoint-{stop['step']}"
+        assert s["adapter"]["sha256"] == r["adapter"]["sha256"]
+        assert _curve(run) == _curve(ref)
+        assert s["metrics"]["perplexity_token_weighted"] == r["metrics"]["perplexity_token_weighted"]
 
 
 def _curve(run: Path) -> list[tuple[str, ...]]:
@@ -276,16 +294,15 @@ def _freeze_the_controller_mid_sweep(cluster: LocalSlurm, command: list[str], st
 
 
 def test_a_controller_that_stops_answering_ends_the_wait_and_a_rerun_takes_over(
-        cluster: LocalSlurm, tiny_model_dir: Path, quotes_jsonl: Path, tmp_path: Path) -> None:
+        cluster: LocalSlurm, tiny_model_dir: Path, quotes_jsonl: Path, tmp_path: Path, uninterrupted: Path) -> None:
     """slurmctld frozen mid-sweep (SIGSTOP: squeue and sacct time out): the launcher gives up on
     both jobs within hydra.launcher.unanswered_wait_s, one line each, ``lost`` in the ledger, exit 1.
     Meanwhile the job of trial 1 died (SIGKILL) and that of trial 2 lives on (frozen). With the
     controller back, the same command takes trial 1's claim over and redoes it (the adapter of an
     uninterrupted run) and leaves trial 2 to its own job, which then finishes it: each run once."""
-    steps, bound = 60, 30
-    args = tiny_overrides(tiny_model_dir, quotes_jsonl, tmp_path, optim="paged_adamw_8bit",
-                          **{"train.max_steps": steps, "train.checkpoint_every": 0, "train.eval_every": 10})
-    command = ["-m", *FIT, f"hydra.launcher.unanswered_wait_s={bound}", "study=lost", "trial=1,2", *args]
+    steps, bound = STEPS, 30
+    command = ["-m", *FIT, f"hydra.launcher.unanswered_wait_s={bound}", "study=lost", "trial=1,2",
+               *_interruptible(tiny_model_dir, quotes_jsonl, tmp_path)]
     study = tmp_path / "lost"
     runs = [study / CELL8 / f"trial-0{t}" for t in (1, 2)]
     holders: list[claims.Holder] = []
@@ -307,7 +324,6 @@ def test_a_controller_that_stops_answering_ends_the_wait_and_a_rerun_takes_over(
         assert [(e["status"], e["slurm_job"], e["error"]) for e in _ledgers(study)[0]] == [
             ("lost", f"{array}_0", lines[0]), ("lost", f"{array}_1", lines[1])]
         _rerun_takes_over(command, study, runs, tmp_path / "rerun.log", dead, frozen, cluster)
-        assert run_cli(["study=ref", "trial=1", *args]) == 0  # uninterrupted, local launcher, same seeds
         _wait_for(lambda: artifacts.run_state(runs[1]) == "complete", "trial 2's own job to finish", 600)
     finally:
         cluster.resume_controller()
@@ -317,7 +333,7 @@ def test_a_controller_that_stops_answering_ends_the_wait_and_a_rerun_takes_over(
         integrity.verify_manifest(run)
         s = artifacts.read_summary(run)
         assert s["status"] == "complete" and s["resumed"] is None and s["metrics"]["steps"] == steps
-    ref = artifacts.read_summary(tmp_path / "ref" / CELL8 / "trial-01")
+    ref = artifacts.read_summary(uninterrupted / "trial-01")  # local launcher, same seeds
     assert artifacts.read_summary(runs[0])["adapter"]["sha256"] == ref["adapter"]["sha256"]
     # each run finished once: trial 1 in the rerun, trial 2 in its first job (whose line is in the first ledger)
     by_run = [[[e["status"] for e in led if e["run_dir"] == str(run)] for led in _ledgers(study)] for run in runs]

@@ -12,7 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from repeatability.config.errors import ConfigError
-from repeatability.launching import slurm, slurm_wait, sweep
+from repeatability.launching import slurm_preflight, slurm_wait, sweep
 
 
 class FakePaths:
@@ -114,7 +114,7 @@ def test_the_bound_must_be_positive(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unanswered_wait_s must be > 0"):
         slurm_wait.wait([FakeJob(tmp_path, "1")], ["trial=1"], 0)
     with pytest.raises(ConfigError, match=r"^hydra.launcher.unanswered_wait_s=0 must be a positive number"):
-        slurm.check_resources(OmegaConf.create({"unanswered_wait_s": 0}), needs_gpu=False)
+        slurm_preflight.check_resources(OmegaConf.create({"unanswered_wait_s": 0}), needs_gpu=False)
 
 
 def test_states_are_parsed_from_squeue_and_sacct_lines() -> None:

@@ -194,7 +194,8 @@ def _details(doc: Doc, r: Results) -> None:
 
 
 def provenance_warning(r: Results) -> str | None:
-    """A study whose runs mix commits, dirty trees or numerics fingerprints, said with the runs named."""
+    """A study whose runs mix commits, dirty trees, numerics fingerprints or torch thread counts (worker
+    layouts), said with the runs named."""
     mix = provenance.mix(r.provenance)
     if not mix.mixed:
         return None
@@ -209,8 +210,13 @@ def provenance_warning(r: Results) -> str | None:
     if mix.split_cells:
         parts.append("cells whose numerics fingerprints differ between trials: " + ", ".join(
             f"`{labels.get(c, c)}` ({n} fingerprints)" for c, n in mix.split_cells.items()))
-    return ("WARNING: the runs mix " + "; ".join(parts) + ". The same seeds may give other numbers under another "
-            "commit or an edited tree: compare runs within one commit and fingerprint (appendix).")
+    causes = "another commit or an edited tree"
+    if len(mix.threads) > 1:
+        parts.append("worker layouts: " + ", ".join(f"{n} run(s) with {t} torch thread{'' if t == '1' else 's'}"
+                                                     for t, n in mix.threads.items()))
+        causes = "another commit, an edited tree or another thread count"
+    return ("WARNING: the runs mix " + "; ".join(parts) + f". The same seeds may give other numbers under {causes}: "
+            "compare runs within one commit and fingerprint (appendix).")
 
 
 def answer(doc: Doc, r: Results) -> Tables:

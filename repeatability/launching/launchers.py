@@ -4,7 +4,9 @@ share this host's cores, and whether jobs run elsewhere. The thread budget
 nothing else looks at a launcher's ``_target_``.
 
 A launcher is known by the end of its ``_target_`` (:data:`KNOWN`). Adding one = one entry in
-:data:`KNOWN` (how to read its config) + its YAML under ``conf/hydra/launcher/``. A launcher not
+:data:`KNOWN` (how to read its config) + its YAML under ``conf/hydra/launcher/``; a remote one also
+brings its module with the preflight check of its cluster (as :mod:`.slurm_preflight` does,
+:attr:`Launcher.check_resources`), so a new remote launcher touches 3 files. A launcher not
 listed is classified ``unknown`` and treated as if every job could run at once on this host
 (one thread each): slower than needed, never oversubscribed.
 
@@ -21,6 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from repeatability.launching import slurm_preflight
+
 
 def cores() -> int:
     """Cores this process may run on (its affinity), else the machine's count."""
@@ -35,7 +39,9 @@ class Launcher:
     """What a launcher means for the jobs it starts.
 
     ``parallel_jobs``: jobs of one sweep at once on *this* host (1 when sequential or remote);
-    ``remote``: jobs run on other machines (preflight checks the cluster, not this host).
+    ``remote``: jobs run on other machines (preflight checks the cluster, not this host);
+    ``check_resources(launcher_cfg, needs_gpu)``: a remote launcher's preflight of its cluster, which
+    raises :class:`~repeatability.records.errors.ConfigError` for a request no node can run.
     """
 
     kind: str
@@ -43,6 +49,7 @@ class Launcher:
     parallel_jobs: int
     remote: bool
     source: str  # the budget's reason in words, e.g. "joblib n_jobs=2"
+    check_resources: Callable[[Any, bool], None] | None = None
 
 
 def _basic(target: str, cfg: Mapping[str, Any]) -> Launcher:
@@ -55,7 +62,8 @@ def _joblib(target: str, cfg: Mapping[str, Any]) -> Launcher:
 
 
 def _slurm(target: str, cfg: Mapping[str, Any]) -> Launcher:
-    return Launcher("slurm", target, 1, True, f"SLURM cpus_per_task={cfg.get('cpus_per_task')}")
+    return Launcher("slurm", target, 1, True, f"SLURM cpus_per_task={cfg.get('cpus_per_task')}",
+                    slurm_preflight.check_resources)
 
 
 # ``_target_`` suffix → how to read that launcher's config

@@ -25,7 +25,7 @@ from typing import Any
 
 from repeatability.trial.stopping import Preempted, set_stop_check
 
-__all__ = ["Preempted", "hand_over", "in_slurm_job", "install", "requested"]
+__all__ = ["Preempted", "hand_over", "in_slurm_job", "install", "requested", "slurm_job"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,13 @@ def _usr_signal() -> int:
 
 def in_slurm_job() -> bool:
     return os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+
+
+def slurm_job() -> str | None:
+    """This SLURM job as ``squeue``, ``scancel`` and the launcher's ledger lines name it:
+    ``<array job id>_<task id>`` for an element of an array job, else ``<job id>``; None outside SLURM."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
 
 
 def install() -> bool:

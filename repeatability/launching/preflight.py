@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from repeatability.config.errors import ConfigError
 from repeatability.config.run import GROUPS, RunConfig, register_configs, to_run_config
-from repeatability.launching import footprint, launchers, slurm
+from repeatability.launching import footprint, launchers
 from repeatability.records import artifacts, tracking
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -163,8 +163,8 @@ def check(overrides: list[str], multirun: bool) -> list[RunConfig]:
         tracking.check_available(next(c.tracking for c in configs if c.tracking.name == name))
     launcher_cfg = launcher_config(overrides)
     launcher = launchers.classify(launcher_cfg)
-    if launcher.remote:
-        slurm.check_resources(launcher_cfg, needs_gpu=any(c.device == "cuda" for c in configs))
+    if launcher.check_resources is not None:  # a remote launcher's own check of its cluster
+        launcher.check_resources(launcher_cfg, any(c.device == "cuda" for c in configs))
     n_train = _check_resources(configs, launcher.remote)
     # on SLURM every job may run at once; here, the launcher's parallel jobs
     _check_space(configs, len(configs) if launcher.remote else launcher.parallel_jobs, n_train)

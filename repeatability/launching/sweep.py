@@ -155,7 +155,7 @@ def run_one(cfg: DictConfig) -> str:
         log.warning("%s", stop)
         append_ledger({"run_dir": stop.run_dir, "status": "preempted", "step": stop.step,
                        "seconds": round(time.perf_counter() - started, 1),
-                       "slurm_job": os.environ.get("SLURM_JOB_ID")})
+                       "slurm_job": preemption.slurm_job()})
         preemption.hand_over()  # requeues and exits
         raise
     except Exception as exc:  # a write outside a run (claim, ledger) that the filesystem refused
