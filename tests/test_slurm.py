@@ -324,7 +324,9 @@ def test_a_controller_that_stops_answering_ends_the_wait_and_a_rerun_takes_over(
         assert [(e["status"], e["slurm_job"], e["error"]) for e in _ledgers(study)[0]] == [
             ("lost", f"{array}_0", lines[0]), ("lost", f"{array}_1", lines[1])]
         _rerun_takes_over(command, study, runs, tmp_path / "rerun.log", dead, frozen, cluster)
-        _wait_for(lambda: artifacts.run_state(runs[1]) == "complete", "trial 2's own job to finish", 600)
+        # its job writes DONE, then its ledger line: wait for the line, not the marker
+        _wait_for(lambda: any(e["run_dir"] == str(runs[1]) and e["status"] == "complete" for e in _ledgers(study)[0]),
+                  "trial 2's own job to finish and say so in its ledger", 600)
     finally:
         cluster.resume_controller()
         for holder in holders[1:]:  # a failed test leaves no frozen job behind (it finishes its run)
